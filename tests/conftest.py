@@ -1,0 +1,60 @@
+"""Shared test fixtures: paths to ../shared/data and small synthetic audio made on the fly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TFBREATH_SHARED_DATA", REPO.parent / "shared" / "data"))
+BREATH_DIR = SHARED_DATA / "breath"
+ICBHI_DIR = SHARED_DATA / "icbhi_sample"
+
+SAMPLE_RATE = 16000
+
+
+def _skip_without(path: Path) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not path.is_dir(), reason=f"needs the shared data folder {path} (absent)")
+
+
+needs_breath = _skip_without(BREATH_DIR)
+needs_icbhi = _skip_without(ICBHI_DIR)
+
+
+def sine(freq_hz: float = 440.0, seconds: float = 1.0, sample_rate: int = SAMPLE_RATE,
+         amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    return (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
+
+
+def breath_like(seed: int, seconds: float = 1.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Band-limited noise under a smooth swell: a stand-in for one breathing-phase clip."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    noise = np.convolve(rng.standard_normal(n), np.hanning(16), mode="same")
+    swell = np.sin(np.pi * np.linspace(0.05, 0.95, n)) ** 2
+    return (0.3 * noise / np.abs(noise).max() * swell).astype(np.float32)
+
+
+@pytest.fixture
+def write_wav(tmp_path):
+    """Write float audio as a WAV with the given soundfile subtype; returns the path."""
+
+    def _write(name: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE,
+               subtype: str = "PCM_16", fmt: str = "WAV") -> Path:
+        path = tmp_path / name
+        sf.write(path, audio, sample_rate, subtype=subtype, format=fmt)
+        return path
+
+    return _write
+
+
+def real_clips(n: int) -> list[Path]:
+    """The first ``n`` real training clips (sorted by name), for parity tests."""
+    return sorted((BREATH_DIR / "train").glob("*.wav"))[:n]

@@ -1,0 +1,76 @@
+"""Constant matrices built once in NumPy with librosa/SciPy and applied in-graph.
+
+Every builder is cached and returns float32 arrays laid out for ``time-major @ matrix``
+products: a spectrogram is ``[..., frames, bins]`` in-graph, so a filterbank is ``[bins, bands]``.
+Linear operators along time (deltas, smoothing) are ``[frames, frames]`` and applied as
+``operator @ x`` on ``[..., frames, bands]``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import librosa
+import numpy as np
+import scipy.fft
+import scipy.ndimage
+import scipy.signal
+
+DELTA_WIDTH = 9
+"""librosa.feature.delta's default Savitzky-Golay window (frames)."""
+
+CENS_SMOOTHING_FRAMES = 41
+"""librosa.feature.chroma_cens's default Hann smoothing length (frames)."""
+
+
+@functools.lru_cache(maxsize=None)
+def hann_window(length: int) -> np.ndarray:
+    """Periodic Hann window, as librosa's STFT uses (``fftbins=True``). ``[length]``"""
+    return scipy.signal.get_window("hann", length, fftbins=True).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def fft_frequencies(sample_rate: int, n_fft: int) -> np.ndarray:
+    """Centre frequency of every rFFT bin in Hz. ``[n_fft // 2 + 1]``"""
+    return librosa.fft_frequencies(sr=sample_rate, n_fft=n_fft).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmax: float | None = None) -> np.ndarray:
+    """Slaney-normalised mel filterbank (librosa defaults). ``[n_fft // 2 + 1, n_mels]``"""
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=fmax).T.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def chroma_filterbank(sample_rate: int, n_fft: int) -> np.ndarray:
+    """12-bin chroma filterbank at A440 tuning (tuning = 0). ``[n_fft // 2 + 1, 12]``"""
+    return librosa.filters.chroma(sr=sample_rate, n_fft=n_fft, tuning=0.0).T.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def dct_matrix(n_inputs: int, n_outputs: int) -> np.ndarray:
+    """Orthonormal DCT-II keeping the first ``n_outputs`` coefficients. ``[n_inputs, n_outputs]``"""
+    basis = scipy.fft.dct(np.eye(n_inputs), type=2, norm="ortho", axis=0)  # [n_out_all, n_in]
+    return basis[:n_outputs].T.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def delta_operator(n_frames: int, order: int) -> np.ndarray:
+    """librosa.feature.delta (width 9, ``mode="interp"``) as a matrix along time. ``[frames, frames]``
+
+    Row ``t`` holds the weights that make output frame ``t`` from all input frames, edges
+    included, so the in-graph delta equals librosa's exactly.
+    """
+    impulses = np.eye(n_frames)
+    responses = librosa.feature.delta(impulses, width=DELTA_WIDTH, order=order, axis=-1)
+    return responses.T.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def cens_smoothing_operator(n_frames: int) -> np.ndarray:
+    """chroma_cens's normalised Hann smoothing (zero-padded convolution) along time. ``[frames, frames]``"""
+    window = scipy.signal.get_window("hann", CENS_SMOOTHING_FRAMES + 2, fftbins=False)
+    window = window / window.sum()
+    impulses = np.eye(n_frames)
+    responses = scipy.ndimage.convolve(impulses, window[np.newaxis, :], mode="constant")
+    return responses.T.astype(np.float32)

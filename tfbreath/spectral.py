@@ -1,0 +1,83 @@
+"""Small pure-TF spectral primitives shared by the maps and the scalars.
+
+Layout: signals are ``[..., samples]``; spectrograms are time-major ``[..., frames, bins]``
+(any number of leading batch axes, including none). All math is float32, whatever the global
+Keras dtype policy, so features are identical under mixed precision.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfbreath import filters
+
+AMIN = 1e-10
+"""librosa.power_to_db's floor on power before the log."""
+
+TOP_DB = 80.0
+"""librosa.power_to_db's dynamic range below the peak."""
+
+EPS = 1e-8
+"""Guards divisions by a zero norm or zero energy."""
+
+
+def as_float32(x: tf.Tensor) -> tf.Tensor:
+    return tf.cast(tf.convert_to_tensor(x), tf.float32)
+
+
+def pad_edges(y: tf.Tensor, pad: int, mode: str = "constant") -> tf.Tensor:
+    """Pad the last axis by ``pad`` on both sides with zeros or the edge values. ``[..., n + 2 pad]``"""
+    with tf.name_scope("pad_edges"):
+        y = as_float32(y)
+        if mode == "constant":
+            paddings = [[0, 0]] * (y.shape.rank - 1) + [[pad, pad]]
+            return tf.pad(y, paddings)  # [..., n + 2 pad]
+        if mode == "edge":
+            first = tf.repeat(y[..., :1], pad, axis=-1)  # [..., pad]
+            last = tf.repeat(y[..., -1:], pad, axis=-1)  # [..., pad]
+            return tf.concat([first, y, last], axis=-1)  # [..., n + 2 pad]
+        raise ValueError(f"pad mode must be 'constant' or 'edge', got {mode!r}")
+
+
+def frame(y: tf.Tensor, frame_length: int, hop_length: int, pad_mode: str = "constant") -> tf.Tensor:
+    """Centred frames, as librosa's ``center=True``. ``[..., n]`` -> ``[..., 1 + n // hop, frame_length]``"""
+    with tf.name_scope("frame"):
+        padded = pad_edges(y, frame_length // 2, pad_mode)  # [..., n + frame_length]
+        return tf.signal.frame(padded, frame_length, hop_length, axis=-1)  # [..., T, frame_length]
+
+
+def stft_magnitude(y: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
+    """|STFT| with a periodic Hann window and zero-padded centring. ``[..., n]`` -> ``[..., T, n_fft//2+1]``"""
+    with tf.name_scope("stft_magnitude"):
+        frames = frame(y, n_fft, hop_length)  # [..., T, n_fft]
+        windowed = frames * filters.hann_window(n_fft)  # [..., T, n_fft]
+        return tf.abs(tf.signal.rfft(windowed))  # [..., T, n_fft // 2 + 1]
+
+
+def apply_filterbank(spectrogram: tf.Tensor, matrix) -> tf.Tensor:
+    """Project the bins of a time-major spectrogram. ``[..., T, F] @ [F, M]`` -> ``[..., T, M]``"""
+    with tf.name_scope("apply_filterbank"):
+        return tf.tensordot(spectrogram, tf.constant(matrix), axes=[[-1], [0]])  # [..., T, M]
+
+
+def apply_time_operator(operator, spectrogram: tf.Tensor) -> tf.Tensor:
+    """Mix frames with a constant ``[T, T]`` operator. ``[..., T, F]`` -> ``[..., T, F]``"""
+    with tf.name_scope("apply_time_operator"):
+        return tf.einsum("ts,...sf->...tf", tf.constant(operator), spectrogram)  # [..., T, F]
+
+
+def power_to_db(power: tf.Tensor, ref_max: bool = True, top_db: float | None = TOP_DB) -> tf.Tensor:
+    """librosa.power_to_db per example over the last two axes. ``[..., T, F]`` -> ``[..., T, F]``
+
+    ``ref_max=True`` is ``ref=np.max`` (0 dB at the loudest bin); ``False`` is ``ref=1.0``.
+    """
+    with tf.name_scope("power_to_db"):
+        log_ten = tf.math.log(tf.constant(10.0))
+        db = 10.0 * tf.math.log(tf.maximum(power, AMIN)) / log_ten  # [..., T, F]
+        peak = tf.reduce_max(db, axis=[-2, -1], keepdims=True)  # [..., 1, 1]
+        if ref_max:
+            db = db - tf.maximum(peak, 10.0 * tf.math.log(AMIN) / log_ten)  # [..., T, F]
+            peak = tf.zeros_like(peak)
+        if top_db is not None:
+            db = tf.maximum(db, peak - top_db)  # [..., T, F]
+        return db

@@ -76,7 +76,7 @@ def power_to_db(power: tf.Tensor, ref_max: bool = True, top_db: float | None = T
         db = 10.0 * tf.math.log(tf.maximum(power, AMIN)) / log_ten  # [..., T, F]
         peak = tf.reduce_max(db, axis=[-2, -1], keepdims=True)  # [..., 1, 1]
         if ref_max:
-            db = db - tf.maximum(peak, 10.0 * tf.math.log(AMIN) / log_ten)  # [..., T, F]
+            db = db - peak  # [..., T, F]: exactly 0 dB at the peak, and everywhere for silence
             peak = tf.zeros_like(peak)
         if top_db is not None:
             db = tf.maximum(db, peak - top_db)  # [..., T, F]

@@ -1,0 +1,136 @@
+"""The nine spectral maps: librosa parity on real clips, known answers, batching, graph mode."""
+
+from __future__ import annotations
+
+import keras
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+import tensorflow as tf
+
+from conftest import SAMPLE_RATE, breath_like, needs_breath, real_clips, sine
+from tfbreath import maps
+from tfbreath.config import MAP_NAMES, FeatureConfig
+from tfbreath.reference.maps import reference_maps, reference_raw_maps
+
+FEATURES = FeatureConfig()
+N_PARITY_CLIPS = 12
+PARITY_MIN_CORRELATION = 0.9999
+"""Per map and per clip; tighter than the 0.99 the issue asks, since every map is exact up to float32."""
+PARITY_MAX_ABS = 0.01
+"""On the z-scored maps (unit variance); every map but LPC stays below ~2e-3."""
+LPC_MAX_ABS = 0.2
+"""Burg's recursion in float32 (ours) vs float64 (librosa): the high-order coefficients of
+nearly singular frames differ by up to ~0.1 standard deviations."""
+
+
+def _maps(y, features=FEATURES):
+    return maps.spectral_maps(y, SAMPLE_RATE, features).numpy()
+
+
+@needs_breath
+@pytest.mark.parametrize("path", real_clips(N_PARITY_CLIPS), ids=lambda p: p.stem)
+def test_every_map_matches_librosa_on_real_clips(path):
+    y, sample_rate = sf.read(path, dtype="float32")
+    assert sample_rate == SAMPLE_RATE
+    ours = _maps(y)
+    reference = reference_maps(y, SAMPLE_RATE, FEATURES)
+    assert ours.shape == reference.shape == (128, 63, 9)
+    for channel, name in enumerate(MAP_NAMES):
+        a, b = ours[..., channel].ravel(), reference[..., channel].ravel()
+        assert np.corrcoef(a, b)[0, 1] >= PARITY_MIN_CORRELATION, name
+        assert np.abs(a - b).max() <= (LPC_MAX_ABS if name == "lpc" else PARITY_MAX_ABS), name
+
+
+@needs_breath
+def test_raw_maps_match_librosa_before_normalisation():
+    y, _ = sf.read(real_clips(1)[0], dtype="float32")
+    ours = maps.raw_maps(y, SAMPLE_RATE, FEATURES)
+    reference = reference_raw_maps(y, SAMPLE_RATE, FEATURES)
+    for name in ("mel", "mfcc", "gammatone", "chroma"):
+        raw = ours[name].numpy().T
+        scale = np.abs(reference[name]).max()
+        np.testing.assert_allclose(raw, reference[name], atol=1e-4 * scale, err_msg=name)
+    np.testing.assert_allclose(ours["tempogram"].numpy().T, reference["tempogram"], atol=1e-4)
+
+
+def test_silence_gives_all_zero_maps():
+    out = _maps(np.zeros(SAMPLE_RATE, np.float32))
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out, 0.0)
+
+
+def test_sine_lights_the_right_mel_band_and_chroma_bin():
+    freq = 1000.0
+    raw = maps.raw_maps(sine(freq), SAMPLE_RATE, FEATURES)
+    centres = librosa.mel_frequencies(n_mels=FEATURES.n_mels + 2, fmax=FEATURES.fmax)[1:-1]
+    loudest = int(np.argmax(raw["mel"].numpy().mean(axis=0)))
+    assert abs(centres[loudest] - freq) < 40.0
+    chroma = maps.raw_maps(sine(440.0), SAMPLE_RATE, FEATURES)["chroma"].numpy()
+    a_index = 9  # chroma bins start at C: C C# D D# E F F# G G# A
+    assert (chroma[:, :12].argmax(axis=1) == a_index).all()
+    cens = chroma[:, 12:]  # quantised, so A may tie with a neighbour for the top step
+    assert (cens[:, a_index] == cens.max(axis=1)).all()
+
+
+def test_burg_lpc_recovers_a_known_ar2_process():
+    rng = np.random.default_rng(0)
+    a1, a2 = -1.3, 0.8  # y[n] = 1.3 y[n-1] - 0.8 y[n-2] + e[n]
+    y = np.zeros(20000)
+    e = rng.standard_normal(len(y))
+    for n in range(2, len(y)):
+        y[n] = -a1 * y[n - 1] - a2 * y[n - 2] + e[n]
+    coeffs = maps.burg_lpc(tf.constant(y[np.newaxis], tf.float32), order=2).numpy()[0]
+    np.testing.assert_allclose(coeffs, [a1, a2], atol=0.03)
+
+
+def test_noise_and_sine_differ_in_gammatone_spread():
+    noise = maps.raw_maps(np.random.default_rng(1).uniform(-0.5, 0.5, SAMPLE_RATE).astype(np.float32),
+                          SAMPLE_RATE, FEATURES)["gammatone"].numpy()
+    tone = maps.raw_maps(sine(1000.0), SAMPLE_RATE, FEATURES)["gammatone"].numpy()
+    assert noise.mean(axis=0).std() < tone.mean(axis=0).std()
+
+
+def test_batched_equals_unbatched():
+    batch = np.stack([breath_like(seed) for seed in range(3)])
+    together = _maps(batch)
+    assert together.shape == (3, 128, 63, 9)
+    for i, y in enumerate(batch):
+        np.testing.assert_allclose(together[i], _maps(y), atol=1e-4)
+
+
+def test_direct_call_equals_inside_dataset_map():
+    batch = np.stack([breath_like(seed) for seed in range(2)])
+    direct = _maps(batch)
+    ds = tf.data.Dataset.from_tensor_slices(batch).map(
+        lambda y: maps.spectral_maps(y, SAMPLE_RATE, FEATURES))
+    mapped = np.stack([x.numpy() for x in ds])
+    np.testing.assert_allclose(mapped, direct, rtol=1e-3, atol=1e-4)
+
+
+def test_config_selects_maps_and_their_order():
+    y = breath_like(3)
+    chosen = FeatureConfig(maps=("lpc", "mel"))
+    out = _maps(y, chosen)
+    full = _maps(y)
+    assert out.shape == (128, 63, 2)
+    np.testing.assert_allclose(out[..., 0], full[..., MAP_NAMES.index("lpc")], atol=1e-5)
+    np.testing.assert_allclose(out[..., 1], full[..., MAP_NAMES.index("mel")], atol=1e-5)
+
+
+def test_small_maps_are_padded_with_their_minimum():
+    out = _maps(breath_like(4), FeatureConfig(maps=("chroma",)))[..., 0]
+    assert np.all(out[24:] == out.min())
+    assert np.ptp(out[:24]) > 0
+
+
+def test_maps_stay_float32_under_mixed_precision():
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        out = maps.spectral_maps(breath_like(5), SAMPLE_RATE, FEATURES)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), _maps(breath_like(5)), atol=1e-5)

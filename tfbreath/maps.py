@@ -1,0 +1,302 @@
+"""The nine spectral maps of the breathing-phase paper, computed in-graph.
+
+``spectral_maps(y, sample_rate, features)`` turns waveforms ``[..., samples]`` into the CNN input
+``[..., n_mels, frames, len(features.maps)]`` (128 x 63 x 9 for 1-s 16 kHz clips). Each map is
+built time-major ``[..., frames, bands]``, z-scored on its own (per band for MFCC and chroma,
+as a whole otherwise), then padded up to ``n_mels`` bands with the map's minimum (or cut to
+``n_mels``) and turned freq-major.
+
+Recipe (16 kHz, n_fft 512, hop 256, centred frames; librosa defaults otherwise):
+
+- ``mel``: 128-band mel power (fmax 4500 Hz) in dB, ref = max, top_db 80.
+- ``mel_delta``, ``mel_delta2``: its first and second Savitzky-Golay deltas (width 9).
+- ``mfcc``: 40 MFCCs (full-band 128 mel, dB re 1) with their deltas: 120 bands.
+- ``chroma``: 12-bin STFT chroma (inf-norm per frame, A440 tuning) and its CENS: 24 bands.
+- ``gammatone``: gammatone-style 64-band (mel-spaced) filterbank on |STFT|, log1p.
+- ``modulation``: orthonormal 2-D DCT of the dB mel (first 40 quefrency rows).
+- ``tempogram``: autocorrelation tempogram (384 lags) of the onset envelope, cut to n_mels lags.
+- ``lpc``: 12 Burg LPC coefficients per 25 ms Hamming frame of the pre-emphasised signal.
+
+Two documented choices where librosa's own path cannot run in-graph or is data-dependent:
+chroma uses A440 tuning instead of a per-clip tuning estimate, and CENS is computed from the
+STFT chroma instead of a CQT chroma. LPC frames are centred on the STFT frames (hop 256) so
+the map spans the whole clip. The reference in ``tfbreath.reference.maps`` makes the same
+choices with librosa calls.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+from tfbreath import filters, spectral
+from tfbreath.config import FeatureConfig
+
+PER_BAND_ZSCORE = frozenset({"mfcc", "chroma"})
+"""Maps z-scored per band over time; the others are z-scored as a whole."""
+
+N_MODULATION = 40
+"""Quefrency rows kept by the modulation spectrum."""
+
+PRE_EMPHASIS = 0.97
+"""First-order pre-emphasis coefficient before LPC."""
+
+ONSET_N_FFT = 2048
+"""librosa.onset.onset_strength's STFT size (its default)."""
+
+ONSET_N_MELS = 128
+"""librosa.onset.onset_strength's mel bands (melspectrogram's default)."""
+
+TEMPOGRAM_WINDOW = 384
+"""librosa.feature.tempogram's autocorrelation window (frames)."""
+
+CHROMA_CENS_THRESHOLDS = (0.4, 0.2, 0.1, 0.05)
+"""CENS quantisation steps; each step crossed adds ``CHROMA_CENS_STEP``."""
+
+CHROMA_CENS_STEP = 0.25
+
+ZSCORE_RESOLUTION = 1e-5
+"""Relative spread below which a map is constant: real clips stay above 4e-4, silence is ~3e-7."""
+
+TINY = float(np.finfo(np.float32).tiny)
+"""librosa.util.normalize's threshold: frames with a smaller norm are left unscaled."""
+
+
+def _safe_norm(norm: tf.Tensor) -> tf.Tensor:
+    return tf.where(norm < TINY, tf.ones_like(norm), norm)
+
+
+def normalize_bands(x: tf.Tensor, order: str) -> tf.Tensor:
+    """Scale every frame to unit ``"max"``, ``"l1"`` or ``"l2"`` norm over bands. ``[..., T, F]``"""
+    with tf.name_scope(f"normalize_{order}"):
+        if order == "max":
+            norm = tf.reduce_max(tf.abs(x), axis=-1, keepdims=True)  # [..., T, 1]
+        elif order == "l1":
+            norm = tf.reduce_sum(tf.abs(x), axis=-1, keepdims=True)  # [..., T, 1]
+        else:
+            norm = tf.norm(x, axis=-1, keepdims=True)  # [..., T, 1]
+        return x / _safe_norm(norm)  # [..., T, F]
+
+
+def zscore(x: tf.Tensor, per_band: bool) -> tf.Tensor:
+    """Zero mean, unit std over the whole map or per band over time. ``[..., T, F]``
+
+    A map (or band) whose spread is below ``ZSCORE_RESOLUTION`` of the map's largest magnitude
+    is float32 round-off on a constant, as for silence, and becomes 0 instead of amplified noise.
+    """
+    with tf.name_scope("zscore"):
+        axes = [-2] if per_band else [-2, -1]
+        mean = tf.reduce_mean(x, axis=axes, keepdims=True)  # [..., 1, F] or [..., 1, 1]
+        std = tf.math.reduce_std(x, axis=axes, keepdims=True)  # same as mean
+        scale = tf.reduce_max(tf.abs(x), axis=[-2, -1], keepdims=True)  # [..., 1, 1]
+        varies = std > ZSCORE_RESOLUTION * scale  # [..., 1, F] or [..., 1, 1]
+        return tf.where(varies, (x - mean) / (std + spectral.EPS), tf.zeros_like(x))  # [..., T, F]
+
+
+def fit_bands(x: tf.Tensor, n_bands: int) -> tf.Tensor:
+    """Pad bands up to ``n_bands`` with the map's minimum, or keep the first ``n_bands``. ``[..., T, n_bands]``"""
+    with tf.name_scope("fit_bands"):
+        have = x.shape[-1]
+        if have >= n_bands:
+            return x[..., :n_bands]  # [..., T, n_bands]
+        floor = tf.reduce_min(x, axis=[-2, -1], keepdims=True)  # [..., 1, 1]
+        filler = tf.zeros_like(x[..., :1]) + floor  # [..., T, 1]
+        return tf.concat([x, tf.repeat(filler, n_bands - have, axis=-1)], axis=-1)  # [..., T, n_bands]
+
+
+def delta(x: tf.Tensor, order: int) -> tf.Tensor:
+    """librosa.feature.delta along time (width 9, interpolated edges). ``[..., T, F]``"""
+    with tf.name_scope(f"delta{order}"):
+        return spectral.apply_time_operator(filters.delta_operator(x.shape[-2], order), x)
+
+
+def chroma_cens(chroma: tf.Tensor) -> tf.Tensor:
+    """librosa.feature.chroma_cens of a given chroma. ``[..., T, 12]`` -> ``[..., T, 12]``"""
+    with tf.name_scope("chroma_cens"):
+        distribution = normalize_bands(chroma, "l1")  # [..., T, 12]
+        quantised = tf.add_n([
+            CHROMA_CENS_STEP * tf.cast(distribution > step, tf.float32)
+            for step in CHROMA_CENS_THRESHOLDS
+        ])  # [..., T, 12]
+        smooth = spectral.apply_time_operator(
+            filters.cens_smoothing_operator(chroma.shape[-2]), quantised)  # [..., T, 12]
+        return normalize_bands(smooth, "l2")  # [..., T, 12]
+
+
+def burg_lpc(frames: tf.Tensor, order: int) -> tf.Tensor:
+    """Burg's method per frame, as librosa.lpc; returns a[1..order]. ``[..., L]`` -> ``[..., order]``"""
+    with tf.name_scope("burg_lpc"):
+        forward = frames[..., 1:]  # [..., L-1]
+        backward = frames[..., :-1]  # [..., L-1]
+        energy = tf.reduce_sum(forward ** 2 + backward ** 2, axis=-1)  # [...]
+        coeffs = [tf.ones_like(energy)] + [tf.zeros_like(energy)] * order  # order+1 x [...]
+        for i in range(order):
+            reflection = -2.0 * tf.reduce_sum(backward * forward, axis=-1) / (energy + TINY)  # [...]
+            previous = coeffs
+            coeffs = list(previous)
+            for j in range(1, i + 2):
+                coeffs[j] = previous[j] + reflection * previous[i - j + 1]  # [...]
+            k = reflection[..., tf.newaxis]  # [..., 1]
+            forward, backward = forward + k * backward, backward + k * forward  # [..., L-1-i]
+            energy = ((1.0 - reflection ** 2) * energy
+                      - backward[..., -1] ** 2 - forward[..., 0] ** 2)  # [...]
+            forward, backward = forward[..., 1:], backward[..., :-1]  # [..., L-2-i]
+        return tf.stack(coeffs[1:], axis=-1)  # [..., order]
+
+
+def linear_ramp_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
+    """np.pad(mode="linear_ramp", end_values=0) on the last axis. ``[..., n]`` -> ``[..., n + 2 pad]``"""
+    with tf.name_scope("linear_ramp_pad"):
+        ramp = tf.constant(np.arange(pad, dtype=np.float32) / pad)  # [pad]: 0 .. (pad-1)/pad
+        left = x[..., :1] * ramp  # [..., pad]
+        right = x[..., -1:] * ramp[::-1]  # [..., pad]
+        return tf.concat([left, x, right], axis=-1)  # [..., n + 2 pad]
+
+
+def autocorrelation(x: tf.Tensor, n_lags: int) -> tf.Tensor:
+    """sum_n x[n] x[n+k] for k < n_lags (zero beyond the end). ``[..., L]`` -> ``[..., n_lags]``
+
+    Through an FFT at least ``L + n_lags`` long, so the circular product has no wrap-around.
+    """
+    with tf.name_scope("autocorrelation"):
+        fft_length = 1 << int(np.ceil(np.log2(x.shape[-1] + n_lags)))
+        spectrum = tf.signal.rfft(x, fft_length=[fft_length])  # [..., fft_length/2+1]
+        power = tf.cast(tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2, tf.complex64)
+        return tf.signal.irfft(power, fft_length=[fft_length])[..., :n_lags]  # [..., n_lags]
+
+
+class _Intermediates:
+    """Spectrograms shared between maps, each computed at most once per call (at trace time)."""
+
+    def __init__(self, y: tf.Tensor, sample_rate: int, features: FeatureConfig):
+        self.y = y
+        self.sample_rate = sample_rate
+        self.features = features
+
+    @functools.cached_property
+    def magnitude(self) -> tf.Tensor:
+        f = self.features
+        return spectral.stft_magnitude(self.y, f.n_fft, f.hop_length)  # [..., T, n_fft/2+1]
+
+    @functools.cached_property
+    def power(self) -> tf.Tensor:
+        return self.magnitude ** 2  # [..., T, n_fft/2+1]
+
+    @functools.cached_property
+    def mel_db(self) -> tf.Tensor:
+        f = self.features
+        bank = filters.mel_filterbank(self.sample_rate, f.n_fft, f.n_mels, f.fmax)
+        return spectral.power_to_db(spectral.apply_filterbank(self.power, bank))  # [..., T, n_mels]
+
+
+def mel_map(s: _Intermediates) -> tf.Tensor:
+    return s.mel_db  # [..., T, n_mels]
+
+
+def mel_delta_map(s: _Intermediates) -> tf.Tensor:
+    return delta(s.mel_db, 1)  # [..., T, n_mels]
+
+
+def mel_delta2_map(s: _Intermediates) -> tf.Tensor:
+    return delta(s.mel_db, 2)  # [..., T, n_mels]
+
+
+def mfcc_map(s: _Intermediates) -> tf.Tensor:
+    with tf.name_scope("mfcc"):
+        f = s.features
+        bank = filters.mel_filterbank(s.sample_rate, f.n_fft, f.n_mels)
+        log_mel = spectral.power_to_db(spectral.apply_filterbank(s.power, bank), ref_max=False)  # [..., T, n_mels]
+        mfcc = spectral.apply_filterbank(log_mel, filters.dct_matrix(f.n_mels, f.n_mfcc))  # [..., T, n_mfcc]
+        return tf.concat([mfcc, delta(mfcc, 1), delta(mfcc, 2)], axis=-1)  # [..., T, 3 n_mfcc]
+
+
+def chroma_map(s: _Intermediates) -> tf.Tensor:
+    with tf.name_scope("chroma"):
+        bank = filters.chroma_filterbank(s.sample_rate, s.features.n_fft)
+        chroma = normalize_bands(spectral.apply_filterbank(s.magnitude, bank), "max")  # [..., T, 12]
+        return tf.concat([chroma, chroma_cens(chroma)], axis=-1)  # [..., T, 24]
+
+
+def gammatone_map(s: _Intermediates) -> tf.Tensor:
+    with tf.name_scope("gammatone"):
+        f = s.features
+        bank = filters.mel_filterbank(s.sample_rate, f.n_fft, f.n_gammatone)
+        return tf.math.log1p(spectral.apply_filterbank(s.magnitude, bank))  # [..., T, n_gammatone]
+
+
+def modulation_map(s: _Intermediates) -> tf.Tensor:
+    with tf.name_scope("modulation"):
+        n_frames, n_mels = s.mel_db.shape[-2], s.mel_db.shape[-1]
+        cepstrum = spectral.apply_filterbank(s.mel_db, filters.dct_matrix(n_mels, N_MODULATION))  # [..., T, 40]
+        time_dct = filters.dct_matrix(n_frames, n_frames).T  # [T_out, T_in]
+        return spectral.apply_time_operator(time_dct, cepstrum)  # [..., T, 40]
+
+
+def onset_envelope(s: _Intermediates) -> tf.Tensor:
+    """librosa.onset.onset_strength (mean over 128 mel bands, lag 1, centred). ``[..., T]``"""
+    with tf.name_scope("onset_envelope"):
+        hop = s.features.hop_length
+        power = spectral.stft_magnitude(s.y, ONSET_N_FFT, hop) ** 2  # [..., T, 1025]
+        bank = filters.mel_filterbank(s.sample_rate, ONSET_N_FFT, ONSET_N_MELS)
+        db = spectral.power_to_db(spectral.apply_filterbank(power, bank), ref_max=False)  # [..., T, 128]
+        rise = tf.reduce_mean(tf.nn.relu(db[..., 1:, :] - db[..., :-1, :]), axis=-1)  # [..., T-1]
+        lead = 1 + ONSET_N_FFT // (2 * hop)
+        n_frames = db.shape[-2]
+        padded = tf.pad(rise, [[0, 0]] * (rise.shape.rank - 1) + [[lead, 0]])  # [..., T-1+lead]
+        return padded[..., :n_frames]  # [..., T]
+
+
+def tempogram_map(s: _Intermediates) -> tf.Tensor:
+    with tf.name_scope("tempogram"):
+        envelope = onset_envelope(s)  # [..., T]
+        n_frames = envelope.shape[-1]
+        half = TEMPOGRAM_WINDOW // 2
+        padded = linear_ramp_pad(envelope, half)  # [..., T + 384]
+        windows = tf.signal.frame(padded, TEMPOGRAM_WINDOW, 1, axis=-1)[..., :n_frames, :]  # [..., T, 384]
+        windows = windows * filters.hann_window(TEMPOGRAM_WINDOW)  # [..., T, 384]
+        lags = autocorrelation(windows, TEMPOGRAM_WINDOW)  # [..., T, 384]
+        return lags / _safe_norm(lags[..., :1])  # [..., T, 384]: lag 0 is the max |r|
+
+
+def lpc_map(s: _Intermediates) -> tf.Tensor:
+    with tf.name_scope("lpc"):
+        f = s.features
+        y = s.y
+        emphasised = tf.concat([y[..., :1], y[..., 1:] - PRE_EMPHASIS * y[..., :-1]], axis=-1)  # [..., n]
+        frame_length = int(round(f.lpc_frame_s * s.sample_rate))
+        frames = spectral.frame(emphasised, frame_length, f.hop_length)  # [..., T, L]
+        frames = frames * np.hamming(frame_length).astype(np.float32)  # [..., T, L]
+        return burg_lpc(frames, f.lpc_order)  # [..., T, order]
+
+
+MAP_BUILDERS = {
+    "mel": mel_map,
+    "mel_delta": mel_delta_map,
+    "mel_delta2": mel_delta2_map,
+    "mfcc": mfcc_map,
+    "chroma": chroma_map,
+    "gammatone": gammatone_map,
+    "modulation": modulation_map,
+    "tempogram": tempogram_map,
+    "lpc": lpc_map,
+}
+
+
+def raw_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig) -> dict[str, tf.Tensor]:
+    """Each requested map before normalisation, time-major. name -> ``[..., T, bands]``"""
+    with tf.name_scope("raw_maps"):
+        shared = _Intermediates(spectral.as_float32(y), sample_rate, features)
+        return {name: MAP_BUILDERS[name](shared) for name in features.maps}
+
+
+def spectral_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig) -> tf.Tensor:
+    """Waveforms to the stacked, normalised maps. ``[..., n]`` -> ``[..., n_mels, T, len(maps)]``"""
+    with tf.name_scope("spectral_maps"):
+        finished = []
+        for name, raw in raw_maps(y, sample_rate, features).items():
+            normalised = zscore(raw, per_band=name in PER_BAND_ZSCORE)  # [..., T, bands]
+            fitted = fit_bands(normalised, features.n_mels)  # [..., T, n_mels]
+            finished.append(tf.linalg.matrix_transpose(fitted))  # [..., n_mels, T]
+        return tf.stack(finished, axis=-1)  # [..., n_mels, T, C]

@@ -1,0 +1,219 @@
+"""In-graph scalar features (tfbreath.scalars) against the librosa reference and known answers."""
+
+from __future__ import annotations
+
+import re
+
+import keras
+import numpy as np
+import pytest
+import scipy.signal
+import soundfile as sf
+import tensorflow as tf
+
+from conftest import SAMPLE_RATE, breath_like, needs_breath, real_clips, sine
+from tfbreath import config
+from tfbreath.reference.scalars import reference_scalars
+from tfbreath.scalars import SCALAR_NAMES, _envelope_peaks, contrast_bands, scalar_features
+
+IDX = {name: i for i, name in enumerate(SCALAR_NAMES)}
+N_PARITY_CLIPS = 64
+MIN_CORRELATION = 0.99
+PARITY_RTOL = 1e-3
+"""Tighter than correlation: |tf - ref| <= 1e-3 * (|ref| + spread of ref over clips), every clip.
+Measured worst case is ~1e-4 (contrast, skewness: float32 FFT and moment rounding)."""
+PEAK_COUNT_AGREEMENT = 0.95
+"""The peak count is an integer decided by thresholds (height >= mean, local-maximum tests) that
+float32 vs float64 rounding of the envelope can flip on a borderline sample; exact agreement on
+95 % of clips (measured: 100 %) is the meaningful check, correlation is not."""
+
+
+def _features(y) -> np.ndarray:
+    return scalar_features(tf.constant(y)).numpy()
+
+
+def _white_noise(seed: int = 0) -> np.ndarray:
+    return (0.1 * np.random.default_rng(seed).standard_normal(SAMPLE_RATE)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- API and names
+
+
+def test_names_match_config_and_are_snake_case():
+    assert len(SCALAR_NAMES) == config.N_SCALARS == 39
+    assert len(set(SCALAR_NAMES)) == len(SCALAR_NAMES)
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", name) for name in SCALAR_NAMES)
+    # The three completing skewness features are at the end (documented in the module docstring).
+    assert SCALAR_NAMES[-3:] == ("bandwidth_skew", "rolloff_skew", "flatness_skew")
+
+
+def test_contrast_bands_follow_librosa_octaves():
+    bands = contrast_bands(SAMPLE_RATE)
+    assert len(bands) == 7
+    assert bands[0][0] == 0 and bands[-1][1] == 1025  # from DC to Nyquist
+    assert all(first < end and k >= 1 for first, end, k in bands)
+    assert all(a[1] == b[0] for a, b in zip(bands[:-1], bands[1:]))  # contiguous partition
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+@pytest.fixture(scope="module")
+def parity_features():
+    paths = real_clips(N_PARITY_CLIPS)
+    clips = np.stack([sf.read(path, dtype="float32")[0] for path in paths])
+    got = scalar_features(tf.constant(clips)).numpy()
+    want = np.stack([reference_scalars(clip) for clip in clips])
+    return got, want
+
+
+@needs_breath
+def test_parity_with_reference_on_real_clips(parity_features):
+    got, want = parity_features
+    assert got.shape == want.shape == (N_PARITY_CLIPS, 39)
+    assert np.isfinite(got).all() and np.isfinite(want).all()
+    failures = []
+    for i, name in enumerate(SCALAR_NAMES):
+        a, b = got[:, i], want[:, i]
+        if name == "envelope_peak_count":
+            agreement = np.mean(a == b)
+            if agreement < PEAK_COUNT_AGREEMENT:
+                failures.append(f"{name}: exact on {agreement:.0%} of clips")
+            continue
+        if np.ptp(b) == 0:  # constant reference: correlation undefined
+            if not np.allclose(a, b, rtol=1e-5, atol=1e-7):
+                failures.append(f"{name}: constant reference {b[0]}, got {a}")
+            continue
+        correlation = np.corrcoef(a, b)[0, 1]
+        if not correlation >= MIN_CORRELATION:
+            failures.append(f"{name}: correlation {correlation:.5f}")
+        tolerance = PARITY_RTOL * (np.abs(b) + np.std(b))
+        worst = np.max(np.abs(a - b) / tolerance)
+        if worst > 1.0:
+            failures.append(f"{name}: error {worst:.2f}x the tolerance")
+    assert not failures, "\n".join(failures)
+
+
+# ----------------------------------------------------------------------------- known answers
+
+
+def test_silence_is_finite_and_zero_energy():
+    out = _features(np.zeros(SAMPLE_RATE, np.float32))
+    assert out.shape == (39,)
+    assert np.isfinite(out).all()
+    for name in ("rms_mean", "rms_std", "rms_max", "rms_min", "zcr_mean", "envelope_mean",
+                 "envelope_peak_count", "low_freq_energy_ratio", "autocorr_10ms", "waveform_skew"):
+        assert out[IDX[name]] == 0.0, name
+    assert out[IDX["flatness_mean"]] == pytest.approx(1.0, abs=1e-4)  # amin floor everywhere
+
+
+def test_sine_1khz_known_answers():
+    out = _features(sine(1000.0))
+    lag = SAMPLE_RATE // 100
+    # The first/last frames see padding, so max (interior frames) is the clean rate.
+    assert out[IDX["zcr_max"]] == pytest.approx(2 * 1000 / SAMPLE_RATE, rel=0.01)
+    assert out[IDX["centroid_mean"]] == pytest.approx(1000 / (SAMPLE_RATE / 2), rel=0.02)
+    assert out[IDX["rms_max"]] == pytest.approx(0.5 / np.sqrt(2), rel=0.01)
+    # Finite-length autocorrelation of a sine: (n - k) / n * cos(2 pi f k / sr).
+    expected = (SAMPLE_RATE - lag) / SAMPLE_RATE * np.cos(2 * np.pi * 1000 * lag / SAMPLE_RATE)
+    assert out[IDX["autocorr_10ms"]] == pytest.approx(expected, abs=1e-3)
+
+
+def test_autocorrelation_sign_and_minimum_lag():
+    out = _features(sine(1250.0))  # 12.5 periods in 10 ms: anti-phase
+    assert out[IDX["autocorr_10ms"]] == pytest.approx(-(1 - 0.01), abs=1e-3)
+    # 1 kHz: the period is 16 samples, so lag 8 is exactly anti-phase, and the earliest such
+    # lag has the largest (n - k) / n overlap: the global minimum below 50 ms.
+    out = _features(sine(1000.0))
+    assert out[IDX["autocorr_min_lag_s"]] == pytest.approx(8 / SAMPLE_RATE, abs=1e-9)
+
+
+@pytest.mark.parametrize(("freq", "expected"), [(3000.0, 0.0), (300.0, 1.0)])
+def test_low_frequency_energy_ratio(freq, expected):
+    assert _features(sine(freq))[IDX["low_freq_energy_ratio"]] == pytest.approx(expected, abs=1e-3)
+
+
+def test_flatness_noise_high_sine_low():
+    noise = _features(_white_noise())[IDX["flatness_mean"]]
+    tone = _features(sine(1000.0))[IDX["flatness_mean"]]
+    assert noise > 0.3
+    assert tone < 1e-3
+
+
+def test_percentiles_match_numpy_exactly():
+    y = breath_like(3)
+    out = _features(y)
+    assert out[IDX["abs_amplitude_p90"]] == pytest.approx(np.percentile(np.abs(y), 90), rel=1e-6)
+    assert out[IDX["abs_amplitude_p10"]] == pytest.approx(np.percentile(np.abs(y), 10), rel=1e-6)
+
+
+def _scipy_peak_stats(envelope: np.ndarray) -> list[float]:
+    peaks, props = scipy.signal.find_peaks(envelope, height=envelope.mean(), distance=SAMPLE_RATE // 10)
+    heights = props["peak_heights"]
+    return [len(peaks), heights.mean() if len(heights) else 0.0, heights.std() if len(heights) > 1 else 0.0]
+
+
+def test_envelope_peaks_match_scipy_greedy_distance_rule():
+    rng = np.random.default_rng(7)
+    envelopes = []
+    for _ in range(6):  # many candidates closer than the distance, unequal heights
+        smooth = np.convolve(rng.standard_normal(SAMPLE_RATE + 400), np.hanning(200), mode="valid")
+        envelopes.append(np.abs(smooth[:SAMPLE_RATE]))
+    crafted = np.zeros(SAMPLE_RATE)
+    crafted[[1000, 1500, 2000, 4000, 9000, 9900, 15000]] = [3.0, 5.0, 4.0, 2.0, 1.0, 6.0, 2.5]
+    crafted[4001] = 2.0  # a two-sample plateau: scipy puts the peak on its left sample
+    envelopes.append(crafted)
+    batch = tf.constant(np.stack(envelopes).astype(np.float32))
+    got = np.stack([t.numpy() for t in _envelope_peaks(batch, SAMPLE_RATE)], axis=1)
+    want = np.array([_scipy_peak_stats(e.astype(np.float32)) for e in envelopes])
+    np.testing.assert_array_equal(got[:, 0], want[:, 0])
+    np.testing.assert_allclose(got[:, 1:], want[:, 1:], rtol=1e-5, atol=1e-7)
+    assert want[-1, 0] == 4  # 1500 (drops 1000, 2000), 4000, 9900 (drops 9000), 15000
+
+
+def test_skewness_and_kurtosis_of_waveform():
+    y = breath_like(4)
+    want = reference_scalars(y)
+    got = _features(y)
+    for name in ("waveform_skew", "waveform_kurtosis", "centroid_skew", "bandwidth_skew",
+                 "rolloff_skew", "flatness_skew"):
+        assert got[IDX[name]] == pytest.approx(want[IDX[name]], rel=1e-3, abs=1e-4), name
+
+
+# ----------------------------------------------------------------------------- graph behaviour
+
+
+def test_batched_equals_unbatched():
+    clips = np.stack([breath_like(seed) for seed in range(3)] + [sine(700.0)])
+    batched = _features(clips)
+    assert batched.shape == (4, 39)
+    single = np.stack([_features(clip) for clip in clips])
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
+    nested = _features(clips.reshape(2, 2, -1))
+    assert nested.shape == (2, 2, 39)
+    np.testing.assert_allclose(nested.reshape(4, 39), batched, rtol=1e-5, atol=1e-6)
+
+
+def test_inside_dataset_map_equals_direct_call():
+    clips = np.stack([breath_like(seed) for seed in range(3)])
+    direct = _features(clips)
+    mapped = tf.data.Dataset.from_tensor_slices(clips).map(scalar_features).batch(3)
+    (from_dataset,) = [batch.numpy() for batch in mapped]
+    np.testing.assert_allclose(from_dataset, direct, rtol=1e-5, atol=1e-6)
+    batched = tf.data.Dataset.from_tensor_slices(clips).batch(3).map(scalar_features)
+    np.testing.assert_allclose(next(iter(batched)).numpy(), direct, rtol=1e-5, atol=1e-6)
+
+
+def test_float32_under_mixed_precision():
+    y = breath_like(5)
+    expected = _features(y)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        out = scalar_features(tf.constant(y))
+        from_double = scalar_features(tf.constant(y.astype(np.float64)))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert out.dtype == tf.float32 and from_double.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(from_double.numpy(), expected, rtol=1e-5, atol=1e-6)

@@ -140,9 +140,10 @@ def burg_lpc(frames: tf.Tensor, order: int) -> tf.Tensor:
                 coeffs[j] = previous[j] + reflection * previous[i - j + 1]  # [...]
             k = reflection[..., tf.newaxis]  # [..., 1]
             forward, backward = forward + k * backward, backward + k * forward  # [..., L-1-i]
-            energy = ((1.0 - reflection ** 2) * energy
-                      - backward[..., -1] ** 2 - forward[..., 0] ** 2)  # [...]
             forward, backward = forward[..., 1:], backward[..., :-1]  # [..., L-2-i]
+            # Marple's DEN_M, summed afresh: his running update loses float32 precision on
+            # nearly singular frames.
+            energy = tf.reduce_sum(forward ** 2 + backward ** 2, axis=-1)  # [...]
         return tf.stack(coeffs[1:], axis=-1)  # [..., order]
 
 
@@ -168,27 +169,27 @@ def autocorrelation(x: tf.Tensor, n_lags: int) -> tf.Tensor:
 
 
 class _Intermediates:
-    """Spectrograms shared between maps, each computed at most once per call (at trace time)."""
+    """What the maps share: the waveforms' spectrogram cache and the derived dB mel."""
 
-    def __init__(self, y: tf.Tensor, sample_rate: int, features: FeatureConfig):
-        self.y = y
+    def __init__(self, cache: spectral.SpectrogramCache, sample_rate: int, features: FeatureConfig):
+        self.cache = cache
+        self.y = cache.y  # [..., n]
         self.sample_rate = sample_rate
         self.features = features
 
     @functools.cached_property
     def magnitude(self) -> tf.Tensor:
-        f = self.features
-        return spectral.stft_magnitude(self.y, f.n_fft, f.hop_length)  # [..., T, n_fft/2+1]
+        return self.cache.magnitude(self.features.n_fft, self.features.hop_length)  # [..., T, n_fft/2+1]
 
     @functools.cached_property
     def power(self) -> tf.Tensor:
-        return self.magnitude ** 2  # [..., T, n_fft/2+1]
+        return self.cache.power(self.features.n_fft, self.features.hop_length)  # [..., T, n_fft/2+1]
 
     @functools.cached_property
     def mel_db(self) -> tf.Tensor:
         f = self.features
-        bank = filters.mel_filterbank(self.sample_rate, f.n_fft, f.n_mels, f.fmax)
-        return spectral.power_to_db(spectral.apply_filterbank(self.power, bank))  # [..., T, n_mels]
+        mel = self.cache.mel_power(self.sample_rate, f.n_fft, f.hop_length, f.n_mels, f.fmax)
+        return spectral.power_to_db(mel)  # [..., T, n_mels]
 
 
 def mel_map(s: _Intermediates) -> tf.Tensor:
@@ -238,9 +239,8 @@ def onset_envelope(s: _Intermediates) -> tf.Tensor:
     """librosa.onset.onset_strength (mean over 128 mel bands, lag 1, centred). ``[..., T]``"""
     with tf.name_scope("onset_envelope"):
         hop = s.features.hop_length
-        power = spectral.stft_magnitude(s.y, ONSET_N_FFT, hop) ** 2  # [..., T, 1025]
-        bank = filters.mel_filterbank(s.sample_rate, ONSET_N_FFT, ONSET_N_MELS)
-        db = spectral.power_to_db(spectral.apply_filterbank(power, bank), ref_max=False)  # [..., T, 128]
+        mel = s.cache.mel_power(s.sample_rate, ONSET_N_FFT, hop, ONSET_N_MELS)  # [..., T, 128]
+        db = spectral.power_to_db(mel, ref_max=False)  # [..., T, 128]
         rise = tf.reduce_mean(tf.nn.relu(db[..., 1:, :] - db[..., :-1, :]), axis=-1)  # [..., T-1]
         lead = 1 + ONSET_N_FFT // (2 * hop)
         n_frames = db.shape[-2]
@@ -284,19 +284,30 @@ MAP_BUILDERS = {
 }
 
 
-def raw_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig) -> dict[str, tf.Tensor]:
+def raw_maps_from_cache(cache: spectral.SpectrogramCache, sample_rate: int,
+                        features: FeatureConfig) -> dict[str, tf.Tensor]:
     """Each requested map before normalisation, time-major. name -> ``[..., T, bands]``"""
     with tf.name_scope("raw_maps"):
-        shared = _Intermediates(spectral.as_float32(y), sample_rate, features)
+        shared = _Intermediates(cache, sample_rate, features)
         return {name: MAP_BUILDERS[name](shared) for name in features.maps}
 
 
-def spectral_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig) -> tf.Tensor:
-    """Waveforms to the stacked, normalised maps. ``[..., n]`` -> ``[..., n_mels, T, len(maps)]``"""
+def raw_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig) -> dict[str, tf.Tensor]:
+    """``raw_maps_from_cache`` of waveforms ``[..., n]``."""
+    return raw_maps_from_cache(spectral.SpectrogramCache(y), sample_rate, features)
+
+
+def maps_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, features: FeatureConfig) -> tf.Tensor:
+    """The stacked, normalised maps of the cache's waveforms. ``[..., n_mels, T, len(maps)]``"""
     with tf.name_scope("spectral_maps"):
         finished = []
-        for name, raw in raw_maps(y, sample_rate, features).items():
+        for name, raw in raw_maps_from_cache(cache, sample_rate, features).items():
             normalised = zscore(raw, per_band=name in PER_BAND_ZSCORE)  # [..., T, bands]
             fitted = fit_bands(normalised, features.n_mels)  # [..., T, n_mels]
             finished.append(tf.linalg.matrix_transpose(fitted))  # [..., n_mels, T]
         return tf.stack(finished, axis=-1)  # [..., n_mels, T, C]
+
+
+def spectral_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig) -> tf.Tensor:
+    """Waveforms to the stacked, normalised maps. ``[..., n]`` -> ``[..., n_mels, T, len(maps)]``"""
+    return maps_from_cache(spectral.SpectrogramCache(y), sample_rate, features)

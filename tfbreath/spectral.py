@@ -63,7 +63,7 @@ def apply_filterbank(spectrogram: tf.Tensor, matrix) -> tf.Tensor:
 def apply_time_operator(operator, spectrogram: tf.Tensor) -> tf.Tensor:
     """Mix frames with a constant ``[T, T]`` operator. ``[..., T, F]`` -> ``[..., T, F]``"""
     with tf.name_scope("apply_time_operator"):
-        return tf.einsum("ts,...sf->...tf", tf.constant(operator), spectrogram)  # [..., T, F]
+        return tf.matmul(tf.constant(operator), spectrogram)  # [T, T] @ [..., T, F] -> [..., T, F]
 
 
 def power_to_db(power: tf.Tensor, ref_max: bool = True, top_db: float | None = TOP_DB) -> tf.Tensor:
@@ -81,3 +81,57 @@ def power_to_db(power: tf.Tensor, ref_max: bool = True, top_db: float | None = T
         if top_db is not None:
             db = tf.maximum(db, peak - top_db)  # [..., T, F]
         return db
+
+
+class SpectrogramCache:
+    """Spectrograms of one waveform batch ``[..., n]``, each built at most once per trace.
+
+    The maps and the scalars ask it for the STFTs and mel powers they need, so a feature
+    extraction that wants both computes each one once (the n_fft-2048 STFT and its 128-band
+    mel power serve the tempogram, the spectral-shape scalars and the mel flux).
+    """
+
+    def __init__(self, y: tf.Tensor):
+        self.y = as_float32(y)  # [..., n]
+        self._built: dict[tuple, tf.Tensor] = {}
+
+    def _once(self, key: tuple, build) -> tf.Tensor:
+        if key not in self._built:
+            self._built[key] = build()
+        return self._built[key]
+
+    def magnitude(self, n_fft: int, hop_length: int) -> tf.Tensor:
+        """|STFT|. ``[..., T, n_fft//2+1]``"""
+        return self._once(("magnitude", n_fft, hop_length), lambda: stft_magnitude(self.y, n_fft, hop_length))
+
+    def power(self, n_fft: int, hop_length: int) -> tf.Tensor:
+        """|STFT|^2. ``[..., T, n_fft//2+1]``"""
+        return self._once(("power", n_fft, hop_length), lambda: tf.square(self.magnitude(n_fft, hop_length)))
+
+    def mel_power(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int,
+                  fmax: float | None = None) -> tf.Tensor:
+        """Mel power spectrogram (librosa's Slaney filterbank). ``[..., T, n_mels]``"""
+        bank = filters.mel_filterbank(sample_rate, n_fft, n_mels, fmax)
+        return self._once(("mel", sample_rate, n_fft, hop_length, n_mels, fmax),
+                          lambda: apply_filterbank(self.power(n_fft, hop_length), bank))
+
+
+def flatten_batch(y: tf.Tensor):
+    """Fold any leading axes into one batch axis. ``[..., n]`` -> (``[B, n]``, restore)
+
+    ``restore(x)`` turns a ``[B, ...]`` result back into ``[<leading axes>, ...]``.
+    """
+    y = as_float32(y)
+    if y.shape.rank is not None and y.shape.rank < 1:
+        raise ValueError(f"expected waveforms [..., samples], got shape {y.shape}")
+    leading = tf.shape(y)[:-1]
+    flat = tf.reshape(y, tf.stack([-1, tf.shape(y)[-1]]))  # [B, n]
+    flat.set_shape([None, y.shape[-1]] if y.shape.rank is not None else [None, None])
+
+    def restore(x: tf.Tensor) -> tf.Tensor:
+        out = tf.reshape(x, tf.concat([leading, tf.shape(x)[1:]], 0))  # [..., *x.shape[1:]]
+        if y.shape.rank is not None:
+            out.set_shape(y.shape[:-1].concatenate(x.shape[1:]))
+        return out
+
+    return flat, restore

@@ -1,0 +1,78 @@
+"""Model inputs from waveforms, in-graph: the spectral maps and the scalar vector.
+
+``extract_features(y, pipeline)`` maps ``[..., samples]`` to
+``{"spectral": [..., n_mels, frames, C], "scalars": [..., 39]}`` (``"scalars"`` only when the
+config asks for them). It is a pure TF function: call it directly, inside ``Dataset.map`` or in
+an exported model.
+
+Command line (features of the default or a given pipeline, skipped files reported)::
+
+    python -m tfbreath.features WAV_OR_DIR... --out FILE.npz [--pipeline pipelines/x.toml]
+
+writes one array per map name ``[N, n_mels, frames]``, ``scalars [N, 39]`` and ``files [N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfbreath import maps, scalars, spectral
+from tfbreath.config import ConfigError, PipelineConfig, load_config
+
+SPECTRAL = "spectral"
+SCALARS = "scalars"
+
+
+def extract_features(y: tf.Tensor, pipeline: PipelineConfig) -> dict[str, tf.Tensor]:
+    """Waveforms at the pipeline's rate to model inputs. ``[..., n]`` -> dict of ``[..., ...]``"""
+    with tf.name_scope("extract_features"):
+        rate = pipeline.audio.sample_rate
+        features = pipeline.features
+        flat, restore = spectral.flatten_batch(y)  # [B, n]
+        cache = spectral.SpectrogramCache(flat)  # STFTs shared by the maps and the scalars
+        out = {SPECTRAL: restore(maps.maps_from_cache(cache, rate, features))}  # [..., n_mels, T, C]
+        if features.scalars:
+            out[SCALARS] = restore(scalars.scalars_from_cache(cache, rate, features.hop_length))  # [..., 39]
+        return out
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tfbreath.features",
+        description="Compute the pipeline's spectral maps and scalars for WAV files, in-graph.")
+    parser.add_argument("inputs", nargs="+", help="WAV files or folders of WAV files")
+    parser.add_argument("--out", required=True, help="output .npz file")
+    parser.add_argument("--pipeline", help="pipeline TOML (default: the embedded breath-phase recipe)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tfbreath import data  # data builds on this module
+
+    args = _parse_args(argv)
+    try:
+        pipeline = load_config(args.pipeline) if args.pipeline else PipelineConfig()
+        files = data.collect_wav_files(args.inputs)
+    except (ConfigError, data.DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    feature_set = data.extract(files, None, pipeline, description="features")
+    print(feature_set.report, file=sys.stderr)
+    arrays = feature_set.to_numpy()
+    out = {name: arrays[SPECTRAL][..., channel] for channel, name in enumerate(pipeline.features.maps)}
+    if SCALARS in arrays:
+        out[SCALARS] = arrays[SCALARS]
+    out["files"] = np.array([str(p) for p in arrays["files"]])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(args.out, **out)
+    print(f"wrote {len(out['files'])} file(s) to {args.out}", file=sys.stderr)
+    return 1 if feature_set.report.skipped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -124,13 +124,88 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Batch augmentation parameters; the defaults are the breathing-phase paper's recipe."""
+
+    p_cutmix: float = 0.6
+    cutmix_alpha: float = 1.0
+    p_mixup: float = 0.4
+    mixup_alpha: float = 0.2
+    warmup_epochs: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("p_cutmix", "p_mixup"):
+            value = getattr(self, name)
+            _require(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value!r}")
+        total = self.p_cutmix + self.p_mixup
+        _require(total <= 1.0 + 1e-9,
+                 f"p_cutmix + p_mixup must be <= 1, "
+                 f"got {self.p_cutmix!r} + {self.p_mixup!r} = {total!r}")
+        for name in ("cutmix_alpha", "mixup_alpha"):
+            value = getattr(self, name)
+            _require(value > 0, f"{name} must be > 0, got {value!r}")
+        _require(isinstance(self.warmup_epochs, int) and not isinstance(self.warmup_epochs, bool)
+                 and self.warmup_epochs >= 0,
+                 f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
+
+
+MODEL_NAMES = ("cnn8", "vgg")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+
+def _default_learning_rates() -> dict[str, float]:
+    return {"cnn8": 4e-4, "vgg": 1e-3}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe: which models, optimiser, schedule, stopping and precision."""
+
+    models: tuple[str, ...] = MODEL_NAMES
+    epochs: int = 140
+    learning_rates: dict[str, float] = dataclasses.field(default_factory=_default_learning_rates)
+    """Peak learning rate per model (after warm-up)."""
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    """Share of all steps spent warming the learning rate up linearly."""
+    warmup_start_factor: float = 0.1
+    """The warm-up starts at this fraction of the peak learning rate."""
+    min_learning_rate: float = 1e-6
+    """Where the cosine decay ends."""
+    clipnorm: float = 1.0
+    early_stopping_patience: int = 20
+    precision: str = "auto"
+    model_width: float = 1.0
+    """Filter multiplier of the conv stacks (1.0 = the paper's models)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(self.models))
+        unknown = [m for m in self.models if m not in MODEL_NAMES]
+        _require(not unknown, f"models has unknown names {unknown!r}; choose from {list(MODEL_NAMES)}")
+        _require(bool(self.models), "models must name at least one model, got []")
+        _require(len(set(self.models)) == len(self.models), f"models has duplicates, got {list(self.models)!r}")
+        for name in ("epochs", "weight_decay", "min_learning_rate", "clipnorm", "early_stopping_patience",
+                     "model_width", "warmup_start_factor"):
+            _positive(name, getattr(self, name))
+        _require(0.0 <= self.warmup_fraction < 1.0,
+                 f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        _require(self.precision in PRECISIONS, f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        missing = [m for m in self.models if m not in self.learning_rates]
+        _require(not missing, f"learning_rates has no entry for {missing!r}, got {dict(self.learning_rates)!r}")
+        for model, rate in self.learning_rates.items():
+            _positive(f"learning_rates.{model}", rate)
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """One task's whole pipeline: audio → features → data."""
+    """One task's whole pipeline: audio → features → data → training and augmentation."""
 
     name: str = "breath_phase"
     audio: AudioConfig = AudioConfig()
     features: FeatureConfig = FeatureConfig()
     data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    augment: AugmentConfig = AugmentConfig()
 
     @property
     def num_frames(self) -> int:
@@ -141,7 +216,8 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"audio": AudioConfig, "features": FeatureConfig, "data": DataConfig}
+_SECTIONS = {"audio": AudioConfig, "features": FeatureConfig, "data": DataConfig, "train": TrainConfig,
+             "augment": AugmentConfig}
 
 
 def _build_section(cls: type, section: str, values: Any, source: str) -> Any:
@@ -176,3 +252,38 @@ def load_config(path: str | Path) -> PipelineConfig:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     return config_from_dict(raw, source=str(path))
+
+
+def with_overrides(pipeline: PipelineConfig, section: str, **values: Any) -> PipelineConfig:
+    """A copy with some fields of one section replaced (``None`` values are ignored), validated."""
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return pipeline
+    try:
+        updated = dataclasses.replace(getattr(pipeline, section), **values)
+    except ConfigError as err:
+        raise ConfigError(f"[{section}] {err}") from None
+    return dataclasses.replace(pipeline, **{section: updated})
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def dump_config(pipeline: PipelineConfig) -> str:
+    """The whole resolved pipeline as TOML that ``load_config`` reads back to an equal config."""
+    lines = [f"name = {_toml_value(pipeline.name)}"]
+    for section in _SECTIONS:
+        lines += ["", f"[{section}]"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in dataclasses.asdict(getattr(pipeline, section)).items()]
+    return "\n".join(lines) + "\n"

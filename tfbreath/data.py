@@ -191,7 +191,9 @@ class FeatureSet:
 
     @property
     def kept(self) -> tf.data.Dataset:
-        return self.cached.filter(lambda e: tf.equal(e[STATUS], audio.OK))
+        """Elements of the files that decoded; their count is known from the extraction pass."""
+        ds = self.cached.filter(lambda e: tf.equal(e[STATUS], audio.OK))
+        return ds.apply(tf.data.experimental.assert_cardinality(self.report.total - len(self.report.skipped)))
 
     def batches(self, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None) -> tf.data.Dataset:
         """``({"spectral", "scalars"}, label)`` batches: cache -> shuffle -> batch -> prefetch."""

@@ -1,0 +1,301 @@
+"""CutMix / MixUp batch augmentation (tfbreath.augment): invariants on constructed batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfbreath.augment import (AugmentationSchedule, AugmentConfig, Augmenter, cutmix, cutmix_box,
+                              mixup)
+from tfbreath.config import ConfigError
+
+B, H, W, C, S = 8, 10, 12, 3, 5
+
+
+def indexed_batch(with_scalars: bool = True):
+    """Sample i: every map pixel/channel = i, every scalar = 100 + i; labels alternate 0, 1."""
+    idx = np.arange(B, dtype=np.float32)
+    inputs = {"spectral": np.broadcast_to(idx[:, None, None, None], (B, H, W, C)).copy()}
+    if with_scalars:
+        inputs["scalars"] = np.broadcast_to(100 + idx[:, None], (B, S)).copy()
+    labels = (np.arange(B) % 2).astype(np.float32)
+    return inputs, labels
+
+
+def onehot_batch():
+    """Sample i: channel i of the map = 1 (others 0), scalar i = 1; labels alternate 0, 1."""
+    eye = np.eye(B, dtype=np.float32)
+    inputs = {"spectral": np.broadcast_to(eye[:, None, None, :], (B, 4, 4, B)).copy(),
+              "scalars": eye.copy()}
+    return inputs, (np.arange(B) % 2).astype(np.float32)
+
+
+def numpy_out(result):
+    inputs, labels = result
+    return {k: v.numpy() for k, v in inputs.items()}, labels.numpy()
+
+
+def classify(inputs, labels, out_inputs, out_labels) -> str:
+    """Which augmentation an ``indexed_batch`` went through: 'cutmix', 'mixup' or 'none'."""
+    spec = out_inputs["spectral"]
+    if np.array_equal(spec, inputs["spectral"]) and np.array_equal(out_labels, labels):
+        return "none"
+    if np.array_equal(out_inputs["scalars"], inputs["scalars"]):
+        return "cutmix"            # maps changed, scalars not (a full-map box keeps maps constant)
+    assert all(np.ptp(spec[i]) == 0 for i in range(len(spec))), "scalars mixed but maps cut"
+    return "mixup"
+
+
+# ----------------------------------------------------------------------------- shapes, dtypes
+
+@pytest.mark.parametrize("fn", [cutmix, mixup])
+@pytest.mark.parametrize("with_scalars", [True, False])
+def test_shapes_and_dtypes_preserved(fn, with_scalars):
+    inputs, labels = indexed_batch(with_scalars)
+    out, out_labels = fn(inputs, labels, 1.0, seed=1)
+    assert set(out) == set(inputs)
+    for key, value in inputs.items():
+        assert out[key].shape == value.shape and out[key].dtype == tf.float32
+    assert out_labels.shape == labels.shape and out_labels.dtype == tf.float32
+
+
+@pytest.mark.parametrize("with_scalars", [True, False])
+def test_augmenter_preserves_structure_in_dataset(with_scalars):
+    inputs, labels = indexed_batch(with_scalars)
+    aug = Augmenter(AugmentConfig(warmup_epochs=0), seed=0)
+    ds = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(3).map(aug)  # last batch of 2
+    spec = ds.element_spec
+    assert set(spec[0]) == set(inputs)
+    assert spec[0]["spectral"].shape.as_list() == [None, H, W, C]
+    sizes = [out_labels.shape[0] for _, out_labels in ds]
+    assert sizes == [3, 3, 2]
+
+
+def test_unknown_input_keys_are_rejected():
+    inputs, labels = indexed_batch()
+    inputs["other"] = inputs["scalars"]
+    with pytest.raises(ValueError, match="other"):
+        mixup(inputs, labels, 0.2, seed=0)
+
+
+# ----------------------------------------------------------------------------- MixUp
+
+def test_mixup_uses_one_lambda_for_maps_scalars_and_labels():
+    inputs, labels = onehot_batch()
+    informative = 0
+    for seed in range(20):
+        out, out_labels = numpy_out(mixup(inputs, labels, 1.0, seed=seed))
+        assert np.all((out_labels >= 0) & (out_labels <= 1))
+        lambdas = []
+        for i in range(B):
+            mixed_map = out["spectral"][i, 0, 0]
+            assert np.allclose(out["spectral"][i], mixed_map)          # still constant per sample
+            partners = [j for j in range(B) if j != i and mixed_map[j] > 0]
+            if not partners:                                           # partner is itself
+                assert np.isclose(mixed_map[i], 1) and np.isclose(out_labels[i], labels[i])
+                continue
+            (p,) = partners
+            lam = mixed_map[i]
+            assert np.isclose(mixed_map[p], 1 - lam, atol=1e-6)
+            np.testing.assert_allclose(out["scalars"][i], mixed_map, atol=1e-6)  # same lambda
+            expected_label = lam * labels[i] + (1 - lam) * labels[p]
+            assert np.isclose(out_labels[i], expected_label, atol=1e-6)
+            lambdas.append(lam)
+            informative += labels[i] != labels[p] and 0.01 < lam < 0.99
+        assert np.ptp(lambdas) < 1e-6                                   # one lambda per batch
+    assert informative >= 20                                            # the checks had teeth
+
+
+def test_mixup_lambda_follows_beta_alpha():
+    """Beta(0.2, 0.2) puts most mass near 0 and 1; Beta(1, 1) is uniform."""
+    inputs, labels = onehot_batch()
+
+    def lambdas(alpha):
+        lams = []
+        for seed in range(150):
+            out, _ = numpy_out(mixup(inputs, labels, alpha, seed=seed))
+            first = next((i for i in range(B) if out["spectral"][i, 0, 0, i] < 1 or
+                         np.count_nonzero(out["spectral"][i, 0, 0]) > 1), None)  # not own partner
+            # first is None: every sample unchanged, i.e. lam == 1
+            lams.append(1.0 if first is None else out["spectral"][first, 0, 0, first])
+        return np.array(lams)
+
+    lam_02, lam_1 = lambdas(0.2), lambdas(1.0)
+    extreme_02 = np.mean((lam_02 < 0.1) | (lam_02 > 0.9))     # P = 0.63 for Beta(0.2, 0.2)
+    extreme_1 = np.mean((lam_1 < 0.1) | (lam_1 > 0.9))        # P = 0.2 for Beta(1, 1)
+    assert extreme_02 > 0.5 and 0.08 < extreme_1 < 0.33, (extreme_02, extreme_1)
+
+
+# ----------------------------------------------------------------------------- CutMix
+
+def test_cutmix_label_weight_equals_pasted_area_and_scalars_unchanged():
+    inputs, labels = indexed_batch()
+    informative = touches_edge = 0
+    for seed in range(30):
+        out, out_labels = numpy_out(cutmix(inputs, labels, 1.0, seed=seed))
+        np.testing.assert_array_equal(out["scalars"], inputs["scalars"])
+        assert np.all((out_labels >= 0) & (out_labels <= 1))
+        boxes = []
+        for i in range(B):
+            spec = out["spectral"][i]
+            assert np.all(spec == spec[..., :1])                   # every channel has the same box
+            pasted = spec[..., 0] != i
+            values = np.unique(spec[..., 0][pasted])
+            assert len(values) <= 1                                # one partner per sample
+            fraction = pasted.mean()
+            p = int(values[0]) if len(values) else i
+            if p == i:
+                assert np.isclose(out_labels[i], labels[i])
+                continue
+            boxes.append(pasted)
+            expected = (1 - fraction) * labels[i] + fraction * labels[p]
+            assert np.isclose(out_labels[i], expected, atol=1e-6), (seed, i, fraction)
+            informative += labels[i] != labels[p] and 0 < fraction < 1
+            touches_edge += bool(pasted[0].any() or pasted[-1].any() or pasted[:, 0].any()
+                                 or pasted[:, -1].any())
+        for pasted in boxes:                                       # one rectangular box per batch
+            np.testing.assert_array_equal(pasted, boxes[0])
+            rows, cols = np.flatnonzero(pasted.any(1)), np.flatnonzero(pasted.any(0))
+            if rows.size:
+                assert pasted.sum() == rows.size * cols.size
+                assert np.ptp(rows) + 1 == rows.size and np.ptp(cols) + 1 == cols.size
+    assert informative >= 30 and touches_edge >= 30                # clipped boxes were covered
+
+
+def test_cutmix_box_is_clipped_to_the_map():
+    """lam = 0.19 -> sides round(0.9 * 10) = 9, round(0.9 * 12) = 11; edge centres get clipped."""
+    areas = []
+    for seed in range(40):
+        box = cutmix_box(tf.constant(H), tf.constant(W), tf.constant(0.19), tf.constant([seed, 1]))
+        y1, y2, x1, x2 = (int(v) for v in box)
+        assert 0 <= y1 < y2 <= H and 0 <= x1 < x2 <= W
+        assert y2 - y1 <= 9 and x2 - x1 <= 11
+        areas.append((y2 - y1) * (x2 - x1))
+    assert min(areas) < 9 * 11 // 2                         # edges clip many boxes
+
+
+# ----------------------------------------------------------------------------- probabilities
+
+def run_batches(config: AugmentConfig, n: int, seed: int = 0) -> list[str]:
+    inputs, labels = indexed_batch()
+    aug = Augmenter(config, seed=seed)
+    aug.enabled.assign(True)
+    ds = tf.data.Dataset.from_tensors((inputs, labels)).repeat(n).map(aug)
+    return [classify(inputs, labels, *numpy_out(out)) for out in ds]
+
+
+def test_branch_frequencies_match_probabilities():
+    n = 400
+    kinds = run_batches(AugmentConfig(p_cutmix=0.5, p_mixup=0.3, mixup_alpha=1.0), n)
+    freq = {k: kinds.count(k) / n for k in ("cutmix", "mixup", "none")}
+    # binomial sd <= 0.025 at n=400; 0.08 is > 3 sd
+    assert abs(freq["cutmix"] - 0.5) < 0.08 and abs(freq["mixup"] - 0.3) < 0.08
+    assert abs(freq["none"] - 0.2) < 0.08, freq
+
+
+def test_default_recipe_always_augments():
+    kinds = run_batches(AugmentConfig(mixup_alpha=1.0), 100, seed=1)  # alpha 1: every mix visible
+    assert "none" not in kinds and {"cutmix", "mixup"} <= set(kinds)
+
+
+@pytest.mark.parametrize("p_cutmix,p_mixup,expected", [(0.0, 0.0, {"none"}), (1.0, 0.0, {"cutmix"}),
+                                                       (0.0, 1.0, {"mixup"})])
+def test_degenerate_probabilities(p_cutmix, p_mixup, expected):
+    kinds = run_batches(AugmentConfig(p_cutmix=p_cutmix, p_mixup=p_mixup, mixup_alpha=1.0), 40)
+    assert set(kinds) == expected
+
+
+def test_seeded_augmenter_is_reproducible():
+    inputs, labels = indexed_batch()
+
+    def labels_of(seed):
+        aug = Augmenter(AugmentConfig(warmup_epochs=0), seed=seed)
+        ds = tf.data.Dataset.from_tensors((inputs, labels)).repeat(10).map(aug)
+        return np.stack([out_labels.numpy() for _, out_labels in ds])
+
+    np.testing.assert_array_equal(labels_of(7), labels_of(7))
+    assert not np.array_equal(labels_of(7), labels_of(8))
+
+
+# ----------------------------------------------------------------------------- warm-up
+
+def test_disabled_augmenter_is_identity():
+    inputs, labels = indexed_batch()
+    aug = Augmenter(AugmentConfig(), seed=0)
+    assert not aug.enabled.numpy()
+    out, out_labels = numpy_out(aug(inputs, labels))
+    for key in inputs:
+        np.testing.assert_array_equal(out[key], inputs[key])
+    np.testing.assert_array_equal(out_labels, labels)
+
+
+def test_schedule_flips_are_seen_by_the_dataset_pipeline():
+    inputs, labels = indexed_batch()
+    aug = Augmenter(AugmentConfig(warmup_epochs=2, mixup_alpha=1.0), seed=0)
+    schedule = AugmentationSchedule(aug)
+    ds = (tf.data.Dataset.from_tensor_slices((inputs, labels)).repeat(4).batch(B)
+          .map(aug, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
+    seen = []
+    for epoch in range(4):
+        schedule.on_epoch_begin(epoch)
+        assert bool(aug.enabled.numpy()) == (epoch >= 2)
+        seen.append({classify(inputs, labels, *numpy_out(out)) for out in ds})
+    assert seen[0] == seen[1] == {"none"}
+    assert "none" not in seen[2] and "none" not in seen[3]
+    schedule.on_epoch_begin(0)                      # and back off (e.g. a restarted fit)
+    assert {classify(inputs, labels, *numpy_out(out)) for out in ds} == {"none"}
+
+
+def test_schedule_inside_model_fit():
+    """End to end: labels seen by the loss are hard during warm-up and soft afterwards."""
+    import keras
+
+    inputs, labels = indexed_batch()
+    soft = []
+
+    class SoftLabels(keras.metrics.Mean):
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            y = tf.cast(y_true, tf.float32)
+            return super().update_state(tf.cast(tf.abs(y * (1 - y)) > 1e-6, tf.float32))
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            soft.append(logs["soft"])
+
+    spectral = keras.Input((H, W, C), name="spectral")
+    scalars = keras.Input((S,), name="scalars")
+    x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(spectral), scalars])
+    model = keras.Model({"spectral": spectral, "scalars": scalars},
+                        keras.layers.Dense(1, activation="sigmoid")(x))
+    model.compile("sgd", "binary_crossentropy", metrics=[SoftLabels(name="soft")])
+    aug = Augmenter(AugmentConfig(warmup_epochs=1, mixup_alpha=1.0), seed=0)
+    ds = tf.data.Dataset.from_tensor_slices((inputs, labels)).repeat(8).batch(B).map(aug)
+    model.fit(ds, epochs=3, verbose=0, shuffle=False,
+              callbacks=[AugmentationSchedule(aug), Record()])
+    assert soft[0] == 0.0 and soft[1] > 0.2 and soft[2] > 0.2, soft
+
+
+# ----------------------------------------------------------------------------- config
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"p_cutmix": 1.5}, "p_cutmix must be in [0, 1], got 1.5"),
+    ({"p_mixup": -0.1}, "p_mixup must be in [0, 1], got -0.1"),
+    ({"p_cutmix": 0.7, "p_mixup": 0.5}, "p_cutmix + p_mixup must be <= 1, got 0.7 + 0.5"),
+    ({"cutmix_alpha": 0.0}, "cutmix_alpha must be > 0, got 0.0"),
+    ({"mixup_alpha": -1}, "mixup_alpha must be > 0, got -1"),
+    ({"warmup_epochs": -1}, "warmup_epochs must be an integer >= 0, got -1"),
+    ({"warmup_epochs": 2.5}, "warmup_epochs must be an integer >= 0, got 2.5"),
+])
+def test_config_validation_echoes_bad_value(kwargs, message):
+    with pytest.raises(ConfigError) as info:
+        AugmentConfig(**kwargs)
+    assert message in str(info.value)
+
+
+def test_config_defaults_are_the_paper_recipe():
+    cfg = AugmentConfig()
+    assert (cfg.p_cutmix, cfg.cutmix_alpha, cfg.p_mixup, cfg.mixup_alpha, cfg.warmup_epochs) == \
+        (0.6, 1.0, 0.4, 0.2, 4)
+    with pytest.raises(AttributeError):
+        cfg.p_cutmix = 0.1  # frozen

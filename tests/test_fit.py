@@ -1,0 +1,173 @@
+"""Training, ensembling and the fit CLI, on tiny models and synthetic audio."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from tfbreath import data, fit, train
+from tfbreath.augment import Augmenter
+from tfbreath.config import PipelineConfig, with_overrides
+from tfbreath.ensemble import WeightedSigmoidAverage, build_ensemble, softmax_weights
+from tfbreath.synthetic import write_synthetic_breath
+
+TINY = with_overrides(with_overrides(PipelineConfig(), "train", model_width=0.125, epochs=3,
+                                     early_stopping_patience=10),
+                      "data", batch_size=16)
+TINY = with_overrides(TINY, "augment", warmup_epochs=1)
+
+
+def _inputs(n, pipeline=TINY, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"spectral": rng.standard_normal((n, 128, 63, len(pipeline.features.maps))).astype("float32"),
+            "scalars": rng.standard_normal((n, 39)).astype("float32")}
+
+
+def test_softmax_weights_follow_the_rule():
+    weights = softmax_weights([0.8, 0.9])
+    expected = np.exp([0.8, 0.9]) / np.exp([0.8, 0.9]).sum()
+    np.testing.assert_allclose(weights, expected)
+    assert weights[1] > weights[0]
+    np.testing.assert_allclose(softmax_weights([0.7, 0.7, 0.7]), [1 / 3] * 3)
+
+
+def test_ensemble_is_the_weighted_sigmoid_average_and_round_trips(tmp_path):
+    members = {name: train.new_model(name, TINY) for name in ("cnn8", "vgg")}
+    alphas = softmax_weights([0.75, 0.8])
+    ensemble = build_ensemble(members, alphas)
+    x = _inputs(4)
+    logits = [members[name].predict(x, verbose=0) for name in members]
+    expected = sum(a / (1 + np.exp(-z)) for a, z in zip(alphas, logits))
+    out = ensemble.predict(x, verbose=0)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    path = tmp_path / "e.keras"
+    ensemble.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), out, atol=1e-6)
+    layer = WeightedSigmoidAverage([0.25, 0.75])
+    assert WeightedSigmoidAverage.from_config(layer.get_config()).alphas == [0.25, 0.75]
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    recipe = PipelineConfig().train
+    schedule = train.learning_rate_schedule(4e-4, 1000, recipe)
+    assert float(schedule(0)) == pytest.approx(4e-5)
+    assert float(schedule(50)) == pytest.approx(4e-4)
+    assert float(schedule(525)) == pytest.approx((4e-4 + 1e-6) / 2, rel=0.02)
+    assert float(schedule(1000)) == pytest.approx(1e-6)
+
+
+def test_precision_is_chosen_from_the_hardware(tmp_path):
+    bf16 = tmp_path / "cpuinfo_bf16"
+    bf16.write_text("flags : fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    plain = tmp_path / "cpuinfo"
+    plain.write_text("flags : fpu avx avx2\n")
+    assert train.cpu_supports_bf16(bf16)
+    assert not train.cpu_supports_bf16(plain)
+    assert not train.cpu_supports_bf16(tmp_path / "missing")
+    assert train.choose_precision("mixed_float16") == "mixed_float16"
+    assert train.choose_precision("auto") in ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@pytest.fixture(scope="module")
+def tiny_sets(tmp_path_factory):
+    root = write_synthetic_breath(tmp_path_factory.mktemp("synthetic"), n_sessions=12, clips_per_session=4)
+    train_ex, val_ex = data.split_by_session(data.read_kaggle_train(root), 0.25, seed=0)
+    return (data.extract(train_ex, None, TINY, progress=False),
+            data.extract(val_ex, None, TINY, progress=False))
+
+
+class _StopAfter(keras.callbacks.Callback):
+    """Simulates a crash at the end of an epoch (after BackupAndRestore has saved it)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("simulated interruption")
+
+
+def test_an_interrupted_model_resumes_from_its_last_epoch(tiny_sets, tmp_path):
+    train_set, val_set = tiny_sets
+    pipeline = with_overrides(TINY, "train", epochs=4)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        train.train_model("cnn8", pipeline, train_set, val_set, tmp_path, Augmenter(pipeline.augment, seed=0),
+                          extra_callbacks=(_StopAfter(1),))
+    assert not (tmp_path / "cnn8.keras").exists()
+    train.train_model("cnn8", pipeline, train_set, val_set, tmp_path, Augmenter(pipeline.augment, seed=0))
+    with open(tmp_path / "history_cnn8.csv", newline="") as handle:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
+    assert epochs == [0, 1, 2, 3]  # epochs 0-1 before the crash, 2-3 after: none repeated
+    assert (tmp_path / "cnn8.keras").exists()
+
+
+def test_fit_without_data_trains_on_synthetic_audio_and_writes_every_artifact(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(fit.DATA_ENV, raising=False)
+    monkeypatch.setitem(fit.SYNTHETIC_RECIPE, "train", {"epochs": 2, "model_width": 0.125})
+    out = tmp_path / "run"
+    assert fit.main(["--out", str(out), "--seed", "3"]) == 0
+    said = capsys.readouterr().out
+    assert "synthetic inhale/exhale-like audio" in said
+    for artifact in ("pipeline.toml", "cnn8.keras", "vgg.keras", "ensemble.keras", "metrics.json",
+                     "training_curves.png", "confusion_matrix.png", "roc.png", "validation_predictions.csv",
+                     "history_cnn8.csv", "history_vgg.csv"):
+        assert (out / artifact).is_file(), artifact
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"cnn8", "vgg", "ensemble"}
+    for name in ("cnn8", "vgg", "ensemble"):
+        assert set(metrics["models"][name]) >= {"accuracy", "roc_auc", "precision", "recall", "f1"}
+    weights = metrics["models"]["ensemble"]["weights"]
+    expected = softmax_weights([metrics["models"]["cnn8"]["accuracy"], metrics["models"]["vgg"]["accuracy"]])
+    np.testing.assert_allclose([weights["cnn8"], weights["vgg"]], expected)
+    assert metrics["split"]["validation_sessions"] > 0
+    with open(out / "validation_predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == metrics["split"]["validation_clips"]
+    assert set(rows[0]) == {"file", "Target", "cnn8", "vgg", "ensemble"}
+    # The resolved config reloads, and a second run in the same folder resumes instead of retraining.
+    assert fit.main(["--out", str(out), "--seed", "3"]) == 0
+    assert "already trained" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "/nonexistent/folder"], "/nonexistent/folder: data folder not found"),
+    (["--precision", "float8"], "precision must be one of"),
+    (["--epochs", "0"], "epochs must be > 0, got 0"),
+    (["--models", "cnn8,resnet"], "models has unknown names ['resnet']"),
+])
+def test_bad_arguments_give_one_line_errors(argv, message, tmp_path, capsys):
+    assert fit.main([*argv, "--out", str(tmp_path / "run"), "--data", str(tmp_path)]
+                    if "--data" not in argv else [*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_a_csv_row_without_its_wav_is_reported(tmp_path, capsys):
+    root = write_synthetic_breath(tmp_path / "d", n_sessions=6, clips_per_session=2)
+    next((root / "train").glob("*.wav")).unlink()
+    assert fit.main(["--data", str(root), "--out", str(tmp_path / "run")]) == 2
+    assert "not found at" in capsys.readouterr().err
+
+
+def test_a_run_folder_of_another_pipeline_is_not_overwritten(tmp_path, capsys):
+    root = write_synthetic_breath(tmp_path / "d", n_sessions=6, clips_per_session=2)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "pipeline.toml").write_text('name = "something_else"\n')
+    assert fit.main(["--data", str(root), "--out", str(out)]) == 2
+    assert "holds a run of a different pipeline" in capsys.readouterr().err
+
+
+def test_synthetic_recipe_values_are_valid():
+    pipeline = PipelineConfig()
+    for section, values in fit.SYNTHETIC_RECIPE.items():
+        pipeline = with_overrides(pipeline, section, **values)
+    assert dataclasses.replace(pipeline.train).epochs == fit.SYNTHETIC_RECIPE["train"]["epochs"]

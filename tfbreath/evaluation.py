@@ -1,0 +1,81 @@
+"""Validation metrics (scikit-learn) and the run's plots (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn import metrics  # noqa: E402
+
+from tfbreath import artifacts  # noqa: E402
+from tfbreath.data import LABEL_NAMES  # noqa: E402
+
+THRESHOLD = 0.5
+"""P(exhale) at or above which a clip is called exhale."""
+
+
+def binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Accuracy, ROC AUC, precision, recall and F1 (exhale = positive class)."""
+    labels = np.asarray(labels).astype(int)
+    predicted = (np.asarray(probabilities) >= THRESHOLD).astype(int)
+    both_classes = len(np.unique(labels)) == 2
+    return {
+        "accuracy": float(metrics.accuracy_score(labels, predicted)),
+        "roc_auc": float(metrics.roc_auc_score(labels, probabilities)) if both_classes else float("nan"),
+        "precision": float(metrics.precision_score(labels, predicted, zero_division=0)),
+        "recall": float(metrics.recall_score(labels, predicted, zero_division=0)),
+        "f1": float(metrics.f1_score(labels, predicted, zero_division=0)),
+    }
+
+
+def plot_training_curves(history_csvs: dict[str, Path], path: Path) -> None:
+    """Loss and accuracy per epoch, train and validation, one colour per model."""
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, csv_path in history_csvs.items():
+        with open(csv_path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        epochs = [int(r["epoch"]) + 1 for r in rows]
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+            line, = ax.plot(epochs, [float(r[key]) for r in rows], label=f"{name} train")
+            ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], "--", color=line.get_color(),
+                    label=f"{name} validation")
+    for ax, title in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.set(xlabel="epoch", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    artifacts.save_figure(figure, path)
+    plt.close(figure)
+
+
+def plot_confusion_matrix(labels: np.ndarray, probabilities: np.ndarray, path: Path, title: str) -> None:
+    matrix = metrics.confusion_matrix(np.asarray(labels).astype(int),
+                                      (np.asarray(probabilities) >= THRESHOLD).astype(int), labels=[0, 1])
+    figure, ax = plt.subplots(figsize=(4, 4))
+    metrics.ConfusionMatrixDisplay(matrix, display_labels=list(LABEL_NAMES)).plot(ax=ax, colorbar=False)
+    ax.set_title(title)
+    artifacts.save_figure(figure, path)
+    plt.close(figure)
+
+
+def plot_roc(labels: np.ndarray, probabilities: dict[str, np.ndarray], path: Path) -> None:
+    figure, ax = plt.subplots(figsize=(5, 5))
+    for name, probs in probabilities.items():
+        metrics.RocCurveDisplay.from_predictions(np.asarray(labels).astype(int), probs, name=name, ax=ax)
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_title("ROC, validation split")
+    artifacts.save_figure(figure, path)
+    plt.close(figure)
+
+
+def write_predictions(path: Path, files, labels: np.ndarray, probabilities: dict[str, np.ndarray]) -> None:
+    """One row per validation clip: file, true label (I/E), P(exhale) per model and the ensemble."""
+    lines = [",".join(["file", "Target", *probabilities])]
+    for i, file in enumerate(files):
+        values = [f"{probabilities[name][i]:.6f}" for name in probabilities]
+        lines.append(",".join([Path(file).name, LABEL_NAMES[int(labels[i])], *values]))
+    artifacts.write_text(path, "\n".join(lines) + "\n")

@@ -1,0 +1,124 @@
+"""Training one model: precision policy, AdamW with warm-up + cosine, callbacks, resumption.
+
+The recipe (breathing-phase paper): AdamW (weight decay 1e-4), learning rate warmed up
+linearly from 0.1x over the first 5 % of steps then cosine-decayed to 1e-6 (Keras'
+``CosineDecay`` with ``warmup_target``), gradient-norm clipping at 1.0, binary cross-entropy
+on logits, early stopping on validation accuracy with the best weights restored, CutMix/MixUp
+after the warm-up epochs. An interrupted ``fit`` resumes from its last finished epoch
+(Keras ``BackupAndRestore``); finished models are saved atomically and not trained again.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfbreath import artifacts
+from tfbreath.augment import AugmentationSchedule, Augmenter
+from tfbreath.config import PipelineConfig, TrainConfig
+from tfbreath.data import FeatureSet
+from tfbreath.features import SCALARS
+from tfbreath.models import build_model
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""/proc/cpuinfo flags of CPUs with native bfloat16 matrix math."""
+
+SCALAR_NORM_LAYER = "scalar_norm"
+LOGIT_THRESHOLD = 0.0
+"""Logit at which a prediction flips to exhale (P = 0.5)."""
+
+
+def cpu_supports_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return False
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def choose_precision(requested: str) -> str:
+    """``auto`` -> mixed_float16 on a GPU, mixed_bfloat16 on a bf16 CPU, else float32."""
+    if requested != "auto":
+        return requested
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    return "mixed_bfloat16" if cpu_supports_bf16() else "float32"
+
+
+def learning_rate_schedule(peak: float, total_steps: int, train: TrainConfig):
+    warmup_steps = int(round(train.warmup_fraction * total_steps))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=peak * train.warmup_start_factor,
+        decay_steps=max(1, total_steps - warmup_steps),
+        alpha=train.min_learning_rate / peak,
+        warmup_target=peak,
+        warmup_steps=warmup_steps,
+    )
+
+
+def compile_model(model: keras.Model, peak: float, total_steps: int, train: TrainConfig) -> keras.Model:
+    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(peak, total_steps, train),
+                                       weight_decay=train.weight_decay, clipnorm=train.clipnorm)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=LOGIT_THRESHOLD),
+                           keras.metrics.AUC(name="auc", from_logits=True)])
+    return model
+
+
+def adapt_scalar_normalisation(model: keras.Model, train_set: FeatureSet) -> None:
+    """Fit the model's scalar Normalization layer (mean/variance) to the training scalars."""
+    if SCALARS not in model.input:
+        return
+    scalars = train_set.kept.map(lambda e: e[SCALARS]).batch(256)
+    model.get_layer(SCALAR_NORM_LAYER).adapt(scalars)
+
+
+def new_model(name: str, pipeline: PipelineConfig) -> keras.Model:
+    shape = (pipeline.features.n_mels, pipeline.num_frames, len(pipeline.features.maps))
+    return build_model(name, shape, pipeline.features.n_scalars, width=pipeline.train.model_width)
+
+
+def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_set: FeatureSet,
+                run_dir: Path, augmenter: Augmenter, extra_callbacks: tuple = ()) -> keras.Model:
+    """Train (or resume, or reload) one model; returns it with its best validation weights."""
+    final = run_dir / f"{name}.keras"
+    if final.exists():
+        print(f"{name}: already trained, loading {final}")
+        return keras.models.load_model(final)
+    data, train = pipeline.data, pipeline.train
+    n_train = len(train_set.examples) - len(train_set.report.skipped)
+    steps = math.ceil(n_train / data.batch_size)
+    model = new_model(name, pipeline)
+    adapt_scalar_normalisation(model, train_set)
+    compile_model(model, train.learning_rates[name], steps * train.epochs, train)
+    batches = train_set.batches(data.batch_size, data.shuffle_buffer, seed=data.seed)
+    batches = batches.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup" / name)),
+        AugmentationSchedule(augmenter),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=train.early_stopping_patience,
+                                      restore_best_weights=True),
+        keras.callbacks.CSVLogger(str(run_dir / f"history_{name}.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "logs" / name)),
+        *extra_callbacks,
+    ]
+    print(f"{name}: {model.count_params():,} parameters, {train.epochs} epochs x {steps} steps, "
+          f"peak learning rate {train.learning_rates[name]:g}")
+    model.fit(batches, validation_data=val_set.batches(data.batch_size), epochs=train.epochs,
+              callbacks=callbacks, shuffle=False,  # the tf.data pipeline shuffles
+              verbose=1 if sys.stdout.isatty() else 2)
+    artifacts.save_model(model, final)
+    return model
+
+
+def predict_probabilities(model: keras.Model, feature_set: FeatureSet, batch_size: int,
+                          from_logits: bool = True) -> np.ndarray:
+    """P(exhale) of every kept file, in file order. ``[N]``"""
+    outputs = np.asarray(model.predict(feature_set.batches(batch_size), verbose=0), np.float32).reshape(-1)
+    return 1.0 / (1.0 + np.exp(-outputs)) if from_logits else outputs

@@ -171,3 +171,10 @@ def test_synthetic_recipe_values_are_valid():
     for section, values in fit.SYNTHETIC_RECIPE.items():
         pipeline = with_overrides(pipeline, section, **values)
     assert dataclasses.replace(pipeline.train).epochs == fit.SYNTHETIC_RECIPE["train"]["epochs"]
+
+
+def test_training_accuracy_scores_mixed_labels_by_their_dominant_class():
+    labels = np.array([0.0, 1.0, 0.3, 0.7, 0.3], np.float32)
+    logits = np.array([[-2.0], [1.0], [-0.5], [0.2], [3.0]], np.float32)
+    hits = keras.ops.convert_to_numpy(train.dominant_label_accuracy(labels, logits))
+    np.testing.assert_array_equal(hits, [1, 1, 1, 1, 0])

@@ -212,9 +212,6 @@ class PipelineConfig:
         """Time frames of every spectral map (centred STFT frames of one clip)."""
         return 1 + self.audio.num_samples // self.features.hop_length
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 _SECTIONS = {"audio": AudioConfig, "features": FeatureConfig, "data": DataConfig, "train": TrainConfig,
              "augment": AugmentConfig}

@@ -23,12 +23,11 @@ from tfbreath.augment import AugmentationSchedule, Augmenter
 from tfbreath.config import PipelineConfig, TrainConfig
 from tfbreath.data import FeatureSet
 from tfbreath.features import SCALARS
-from tfbreath.models import build_model
+from tfbreath.models import SCALAR_NORM, build_model_for_pipeline
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 """/proc/cpuinfo flags of CPUs with native bfloat16 matrix math."""
 
-SCALAR_NORM_LAYER = "scalar_norm"
 LOGIT_THRESHOLD = 0.0
 """Logit at which a prediction flips to exhale (P = 0.5)."""
 
@@ -61,12 +60,25 @@ def learning_rate_schedule(peak: float, total_steps: int, train: TrainConfig):
     )
 
 
+@keras.saving.register_keras_serializable(package="tfbreath")
+def dominant_label_accuracy(y_true, logits):
+    """Per-clip hit of ``logit > 0`` against ``y_true >= 0.5``. ``[B], [B, 1]`` -> ``[B]``
+
+    Under CutMix/MixUp a training label is a blend; its dominant class is what the prediction
+    should match. (Keras' BinaryAccuracy compares the blend itself and counts every mixed clip
+    wrong.) On hard labels it is plain binary accuracy.
+    """
+    y_true = keras.ops.reshape(y_true, (-1,))
+    logits = keras.ops.reshape(logits, (-1,))
+    return keras.ops.cast(keras.ops.equal(y_true >= 0.5, logits > LOGIT_THRESHOLD), "float32")
+
+
 def compile_model(model: keras.Model, peak: float, total_steps: int, train: TrainConfig) -> keras.Model:
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(peak, total_steps, train),
                                        weight_decay=train.weight_decay, clipnorm=train.clipnorm)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=LOGIT_THRESHOLD),
+                  metrics=[keras.metrics.MeanMetricWrapper(dominant_label_accuracy, name="accuracy"),
                            keras.metrics.AUC(name="auc", from_logits=True)])
     return model
 
@@ -76,12 +88,12 @@ def adapt_scalar_normalisation(model: keras.Model, train_set: FeatureSet) -> Non
     if SCALARS not in model.input:
         return
     scalars = train_set.kept.map(lambda e: e[SCALARS]).batch(256)
-    model.get_layer(SCALAR_NORM_LAYER).adapt(scalars)
+    model.get_layer(SCALAR_NORM).adapt(scalars)
 
 
 def new_model(name: str, pipeline: PipelineConfig) -> keras.Model:
-    shape = (pipeline.features.n_mels, pipeline.num_frames, len(pipeline.features.maps))
-    return build_model(name, shape, pipeline.features.n_scalars, width=pipeline.train.model_width)
+    """An untrained model of the pipeline's input sizes and ``[train] model_width``."""
+    return build_model_for_pipeline(name, pipeline, width=pipeline.train.model_width)
 
 
 def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_set: FeatureSet,

@@ -16,119 +16,18 @@ The scalar branch starts with a ``keras.layers.Normalization`` named ``"scalar_n
 Never adapted, it is the identity (mean 0, variance 1). It runs in float32 whatever the
 global policy, so large raw scalars are not rounded to bfloat16 before being standardised.
 
-This module also holds the building blocks shared by :mod:`tfbreath.models.cnn8` and
-:mod:`tfbreath.models.vgg` (inputs, conv/dense units, fusion, logit). They are defined before
-the model modules are imported, which import them from here.
+The building blocks both models share are in :mod:`tfbreath.models.blocks`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import keras
 
-SPECTRAL_INPUT = "spectral"
-"""Name of the spectral-map input (same key as ``tfbreath.features.SPECTRAL``)."""
-SCALARS_INPUT = "scalars"
-"""Name of the scalar-vector input (same key as ``tfbreath.features.SCALARS``)."""
-SCALAR_NORM = "scalar_norm"
-"""Name of the scalar branch's ``Normalization`` layer, adapted by the trainer."""
-LOGIT = "logit"
-"""Name of the output layer (one float32 logit)."""
-
-# PyTorch BatchNorm defaults (the paper's models were trained in PyTorch):
-# running = 0.9 * running + 0.1 * batch, eps 1e-5.
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
-CONV_KERNEL = 3
-CONV_INITIALIZER = "he_normal"  # Kaiming normal, as in the authors' code
-LOGIT_DTYPE = "float32"
-MIN_FILTERS = 1
-
-
-def scaled(units: int, width: float) -> int:
-    """``units * width`` rounded, at least 1: how a ``width`` multiplier thins a layer."""
-    if width <= 0:
-        raise ValueError(f"width must be > 0, got {width!r}")
-    return max(MIN_FILTERS, int(round(units * width)))
-
-
-def batch_norm(name: str) -> keras.layers.BatchNormalization:
-    """BatchNorm with the PyTorch momentum/epsilon of the reference models."""
-    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
-
-
-def conv_unit(x, filters: int, activation: str, *, norm_first: bool, name: str,
-              strides: int = 1, kernel_size: int = CONV_KERNEL):
-    """One conv layer with BN and activation, ``"same"`` padding. ``[B,H,W,*] -> [B,H/s,W/s,F]``
-
-    ``norm_first=True``: bias-free conv -> BN -> activation (VGG).
-    ``norm_first=False``: conv with bias -> activation -> BN (CNN8, as in the authors' code).
-    """
-    x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
-                            use_bias=not norm_first, kernel_initializer=CONV_INITIALIZER,
-                            name=f"{name}_conv")(x)
-    if norm_first:
-        x = batch_norm(f"{name}_bn")(x)
-        return keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
-    x = keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
-    return batch_norm(f"{name}_bn")(x)
-
-
-def dense_unit(x, units: int, activation: str, *, norm_first: bool, name: str):
-    """Dense + BN + activation, ordered like :func:`conv_unit`. ``[B, *] -> [B, units]``"""
-    x = keras.layers.Dense(units, use_bias=not norm_first, name=f"{name}_dense")(x)
-    if norm_first:
-        x = batch_norm(f"{name}_bn")(x)
-        return keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
-    x = keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
-    return batch_norm(f"{name}_bn")(x)
-
-
-def dense_stack(x, units: Sequence[int], dropouts: Sequence[float], activation: str, *,
-                norm_first: bool, name: str):
-    """``dense_unit`` per entry of ``units``, each followed by its dropout (0 = none)."""
-    for i, (n, rate) in enumerate(zip(units, dropouts, strict=True), start=1):
-        x = dense_unit(x, n, activation, norm_first=norm_first, name=f"{name}{i}")
-        if rate > 0:
-            x = keras.layers.Dropout(rate, name=f"{name}{i}_dropout")(x)
-    return x
-
-
-def model_inputs(spectral_shape: tuple[int, int, int], n_scalars: int):
-    """Keras inputs and the standardised scalars.
-
-    Returns ``(inputs, spectral, scalars)``: ``inputs`` is the dict for ``keras.Model``,
-    ``spectral`` the ``[B, H, W, C]`` input tensor and ``scalars`` the ``[B, S]`` output of the
-    float32 ``"scalar_norm"`` layer, or ``None`` when ``n_scalars == 0``.
-    """
-    if len(spectral_shape) != 3 or min(spectral_shape) <= 0:
-        raise ValueError(
-            f"spectral_shape must be (H, W, C) with positive sizes, got {spectral_shape!r}")
-    if n_scalars < 0:
-        raise ValueError(f"n_scalars must be >= 0, got {n_scalars!r}")
-    spectral = keras.Input(shape=tuple(spectral_shape), dtype="float32", name=SPECTRAL_INPUT)
-    inputs = {SPECTRAL_INPUT: spectral}
-    if n_scalars == 0:
-        return inputs, spectral, None
-    raw = keras.Input(shape=(n_scalars,), dtype="float32", name=SCALARS_INPUT)
-    inputs[SCALARS_INPUT] = raw
-    # Un-adapted, the layer's mean/variance weights start at 0 / 1 (identity).
-    norm = keras.layers.Normalization(axis=-1, dtype="float32", name=SCALAR_NORM)
-    return inputs, spectral, norm(raw)  # [B, S]
-
-
-def fuse_and_classify(image, scalars, head_units: Sequence[int], head_dropouts: Sequence[float],
-                      activation: str, *, norm_first: bool):
-    """``concat(image [B, F], scalars [B, 64] or None)`` -> head MLP -> float32 logit ``[B, 1]``."""
-    x = image if scalars is None else keras.layers.Concatenate(name="fusion")([image, scalars])
-    x = dense_stack(x, head_units, head_dropouts, activation, norm_first=norm_first, name="head")
-    return keras.layers.Dense(1, dtype=LOGIT_DTYPE, name=LOGIT)(x)  # [B, 1] float32
-
-
-# The model modules import the helpers above from this package.
-from tfbreath.models.cnn8 import build_cnn8  # noqa: E402
-from tfbreath.models.vgg import build_vgg  # noqa: E402
+from tfbreath.models.blocks import LOGIT, SCALAR_NORM, SCALARS_INPUT, SPECTRAL_INPUT
+from tfbreath.models.cnn8 import build_cnn8
+from tfbreath.models.vgg import build_vgg
 
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {"cnn8": build_cnn8, "vgg": build_vgg}
 """Model name -> ``builder(spectral_shape, n_scalars, **kwargs) -> keras.Model``."""

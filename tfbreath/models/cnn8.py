@@ -40,7 +40,7 @@ from typing import Sequence
 
 import keras
 
-from tfbreath.models import conv_unit, dense_stack, fuse_and_classify, model_inputs, scaled
+from tfbreath.models.blocks import conv_unit, dense_stack, fuse_and_classify, model_inputs, scaled
 
 ACTIVATION = "relu"
 DROPOUT = 0.3

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import keras
 
-from tfbreath.models import (CONV_INITIALIZER, batch_norm, conv_unit, dense_stack,
+from tfbreath.models.blocks import (CONV_INITIALIZER, batch_norm, conv_unit, dense_stack,
                              fuse_and_classify, model_inputs, scaled)
 
 ACTIVATION = "gelu"

@@ -119,6 +119,7 @@ def test_fit_without_data_trains_on_synthetic_audio_and_writes_every_artifact(tm
                      "training_curves.png", "confusion_matrix.png", "roc.png", "validation_predictions.csv",
                      "history_cnn8.csv", "history_vgg.csv"):
         assert (out / artifact).is_file(), artifact
+    assert not (out / "backup").exists()  # resume state is gone once the run is complete
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["models"]) == {"cnn8", "vgg", "ensemble"}
     for name in ("cnn8", "vgg", "ensemble"):

@@ -15,6 +15,7 @@ command again resumes an interrupted run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -119,6 +120,8 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path) -> dict:
                          "train_seconds": round(time.monotonic() - model_started, 1)}
         print(f"{name}: validation {results[name]}")
 
+    with contextlib.suppress(OSError):  # BackupAndRestore empties it once every model has finished
+        (run_dir / "backup").rmdir()
     alphas = softmax_weights([results[name]["accuracy"] for name in models])
     ensemble = build_ensemble(models, alphas)
     artifacts.save_model(ensemble, run_dir / "ensemble.keras")

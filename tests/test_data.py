@@ -83,6 +83,8 @@ def test_extract_counts_and_reports_bad_files_and_batches_the_rest(tmp_path, wri
 
     arrays = feature_set.to_numpy()
     assert [p.name for p in arrays["files"]] == [p.name for p in good]
+    assert list(feature_set.kept_examples.files) == list(arrays["files"])
+    np.testing.assert_array_equal(feature_set.kept_examples.labels, arrays["labels"])
     np.testing.assert_array_equal(arrays["labels"], [0, 1, 1, 0, 1])
 
     batches = list(feature_set.batches(batch_size=4))

@@ -188,12 +188,14 @@ class FeatureSet:
     cached: tf.data.Dataset
     """Every file's element: features, label, index and decode status (zeros when skipped)."""
     report: SkipReport
+    kept_examples: Examples
+    """The files that decoded, in order: what ``kept`` and ``batches`` yield, one element each."""
 
     @property
     def kept(self) -> tf.data.Dataset:
         """Elements of the files that decoded; their count is known from the extraction pass."""
         ds = self.cached.filter(lambda e: tf.equal(e[STATUS], audio.OK))
-        return ds.apply(tf.data.experimental.assert_cardinality(self.report.total - len(self.report.skipped)))
+        return ds.apply(tf.data.experimental.assert_cardinality(len(self.kept_examples)))
 
     def batches(self, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None) -> tf.data.Dataset:
         """``({"spectral", "scalars"}, label)`` batches: cache -> shuffle -> batch -> prefetch."""
@@ -261,13 +263,15 @@ def extract(examples: Examples | Sequence[Path], labels: np.ndarray | None, pipe
         examples = unlabelled(files) if labels is None else Examples(
             files, np.asarray(labels, np.float32), tuple(session_of(f.name) for f in files))
     cached = _cache(feature_dataset(examples, pipeline), cache or pipeline.data.cache)
-    skipped = []
+    skipped, kept_indices = [], []
     status_only = cached.map(lambda e: (e[STATUS], e[INDEX]))
     bar = tqdm(total=len(examples), desc=description, unit="clip", disable=not progress, leave=False)
     for status, index in status_only.as_numpy_iterator():
-        if status != audio.OK:
+        if status == audio.OK:
+            kept_indices.append(int(index))
+        else:
             skipped.append((examples.files[index], audio.status_message(int(status))))
         bar.update(1)
     bar.close()
-    return FeatureSet(examples, cached, SkipReport(len(examples), skipped))
+    return FeatureSet(examples, cached, SkipReport(len(examples), skipped), examples.subset(kept_indices))
 

@@ -106,8 +106,7 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path) -> dict:
                            cache=cache if cache in ("memory", "none") else f"{cache}_validation")
     print(train_set.report)
     print(val_set.report)
-    val_arrays = val_set.to_numpy()
-    labels = val_arrays["labels"]
+    labels = val_set.kept_examples.labels
 
     models, probabilities, results = {}, {}, {}
     for name in pipeline.train.models:
@@ -134,7 +133,8 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path) -> dict:
     evaluation.plot_confusion_matrix(labels, probabilities["ensemble"], run_dir / "confusion_matrix.png",
                                      "ensemble, validation split")
     evaluation.plot_roc(labels, probabilities, run_dir / "roc.png")
-    evaluation.write_predictions(run_dir / "validation_predictions.csv", val_arrays["files"], labels, probabilities)
+    evaluation.write_predictions(run_dir / "validation_predictions.csv", val_set.kept_examples.files, labels,
+                                 probabilities)
     summary = {
         "pipeline": pipeline.name,
         "data": str(data_dir),

@@ -104,8 +104,7 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
         print(f"{name}: already trained, loading {final}")
         return keras.models.load_model(final)
     data, train = pipeline.data, pipeline.train
-    n_train = len(train_set.examples) - len(train_set.report.skipped)
-    steps = math.ceil(n_train / data.batch_size)
+    steps = math.ceil(len(train_set.kept_examples) / data.batch_size)
     model = new_model(name, pipeline)
     adapt_scalar_normalisation(model, train_set)
     compile_model(model, train.learning_rates[name], steps * train.epochs, train)

@@ -212,10 +212,10 @@ class FeatureSet:
             for key, value in element.items():
                 arrays.setdefault(key, []).append(value)
         out = {key: np.stack(values) for key, values in arrays.items()} if arrays else {}
-        indices = out.pop(INDEX, np.zeros(0, np.int64))
-        out.pop(STATUS, None)
+        for bookkeeping in (INDEX, STATUS):
+            out.pop(bookkeeping, None)
         out["labels"] = out.pop(LABEL, np.zeros(0, np.float32))
-        out["files"] = np.array([self.examples.files[i] for i in indices], dtype=object)
+        out["files"] = np.array(self.kept_examples.files, dtype=object)
         return out
 
 

@@ -31,6 +31,9 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 LOGIT_THRESHOLD = 0.0
 """Logit at which a prediction flips to exhale (P = 0.5)."""
 
+DOMINANT_LABEL = 0.5
+"""A blended (CutMix/MixUp) label at or above this counts as exhale."""
+
 
 def cpu_supports_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     try:
@@ -62,7 +65,7 @@ def learning_rate_schedule(peak: float, total_steps: int, train: TrainConfig):
 
 @keras.saving.register_keras_serializable(package="tfbreath")
 def dominant_label_accuracy(y_true, logits):
-    """Per-clip hit of ``logit > 0`` against ``y_true >= 0.5``. ``[B], [B, 1]`` -> ``[B]``
+    """Per-clip hit of ``logit > 0`` against ``y_true >= DOMINANT_LABEL``. ``[B], [B, 1]`` -> ``[B]``
 
     Under CutMix/MixUp a training label is a blend; its dominant class is what the prediction
     should match. (Keras' BinaryAccuracy compares the blend itself and counts every mixed clip
@@ -70,7 +73,7 @@ def dominant_label_accuracy(y_true, logits):
     """
     y_true = keras.ops.reshape(y_true, (-1,))
     logits = keras.ops.reshape(logits, (-1,))
-    return keras.ops.cast(keras.ops.equal(y_true >= 0.5, logits > LOGIT_THRESHOLD), "float32")
+    return keras.ops.cast(keras.ops.equal(y_true >= DOMINANT_LABEL, logits > LOGIT_THRESHOLD), "float32")
 
 
 def compile_model(model: keras.Model, peak: float, total_steps: int, train: TrainConfig) -> keras.Model:

@@ -10,7 +10,7 @@ import soundfile as sf
 import tensorflow as tf
 
 from conftest import SAMPLE_RATE, breath_like, needs_breath, real_clips, sine
-from tfbreath import maps
+from tfbreath import maps, spectral
 from tfbreath.config import MAP_NAMES, FeatureConfig
 from tfbreath.reference.maps import reference_maps, reference_raw_maps
 
@@ -80,6 +80,26 @@ def test_burg_lpc_recovers_a_known_ar2_process():
         y[n] = -a1 * y[n - 1] - a2 * y[n - 2] + e[n]
     coeffs = maps.burg_lpc(tf.constant(y[np.newaxis], tf.float32), order=2).numpy()[0]
     np.testing.assert_allclose(coeffs, [a1, a2], atol=0.03)
+
+
+def test_log1p_keeps_float32_precision_in_graph_mode():
+    # Grappler folds the usual (1 + x) - 1 repair, so the check runs in a tf.function.
+    x = np.concatenate([[0.0], np.logspace(-30, 6, 2000), -np.logspace(-30, np.log10(0.99), 500)])
+    x = x.astype(np.float32)
+    got = tf.function(maps.log1p)(tf.constant(x)).numpy()
+    np.testing.assert_allclose(got, np.log1p(x.astype(np.float64)), rtol=4e-7)  # tf.math.log1p: 2.4e-7
+
+
+def test_autocorrelation_and_inverse_rfft_match_numpy():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 384))
+    lags = spectral.autocorrelation(tf.constant(x, tf.float32), 384).numpy()  # [2, 3, 384]
+    want = np.apply_along_axis(lambda row: np.correlate(row, row, "full")[383:], -1, x)
+    np.testing.assert_allclose(lags, want, atol=1e-5 * np.abs(want).max())
+    spectrum = rng.standard_normal(33) + 1j * rng.standard_normal(33)  # DC, Nyquist imag ignored
+    real, imag = (tf.constant(part, tf.float32) for part in (spectrum.real, spectrum.imag))
+    got = spectral.inverse_rfft(real, imag, 33).numpy()  # [33]: the first half of 64 samples
+    np.testing.assert_allclose(got, np.fft.irfft(spectrum)[:33], atol=1e-6)
 
 
 def test_noise_and_sine_differ_in_gammatone_spread():

@@ -14,7 +14,8 @@ import tensorflow as tf
 from conftest import SAMPLE_RATE, breath_like, needs_breath, real_clips, sine
 from tfbreath import config
 from tfbreath.reference.scalars import reference_scalars
-from tfbreath.scalars import SCALAR_NAMES, _envelope_peaks, contrast_bands, scalar_features
+from tfbreath.scalars import (SCALAR_NAMES, _envelope_peaks, _hilbert_envelope, contrast_bands,
+                              scalar_features)
 
 IDX = {name: i for i, name in enumerate(SCALAR_NAMES)}
 N_PARITY_CLIPS = 64
@@ -151,6 +152,16 @@ def _scipy_peak_stats(envelope: np.ndarray) -> list[float]:
     peaks, props = scipy.signal.find_peaks(envelope, height=envelope.mean(), distance=SAMPLE_RATE // 10)
     heights = props["peak_heights"]
     return [len(peaks), heights.mean() if len(heights) else 0.0, heights.std() if len(heights) > 1 else 0.0]
+
+
+@pytest.mark.parametrize("n", [SAMPLE_RATE, 1001])
+def test_hilbert_envelope_is_scipys_length_n_transform(n):
+    # Computed with power-of-two FFTs only, yet exactly scipy's length-n circular transform:
+    # a plain zero-padded FFT would differ most at the edges.
+    y = np.random.default_rng(n).standard_normal((2, n))
+    got = _hilbert_envelope(tf.constant(y, tf.float32)).numpy()
+    want = np.abs(scipy.signal.hilbert(y, axis=-1))
+    np.testing.assert_allclose(got, want, atol=1e-5 * want.max())
 
 
 def test_envelope_peaks_match_scipy_greedy_distance_rule():

@@ -74,3 +74,28 @@ def cens_smoothing_operator(n_frames: int) -> np.ndarray:
     impulses = np.eye(n_frames)
     responses = scipy.ndimage.convolve(impulses, window[np.newaxis, :], mode="constant")
     return responses.T.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def hilbert_kernel_spectrum(n: int, fft_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """rFFT (real, imaginary parts) of scipy.signal.hilbert's length-``n`` kernel, laid out for a
+    circular convolution of length ``fft_length >= 2n - 1``. 2 x ``[fft_length // 2 + 1]``
+
+    scipy's analytic signal is ifft(fft(y) h), the length-n circular convolution of y with
+    ifft(h) = delta + i k (h: 1 at DC and Nyquist, 2 on positive, 0 on negative frequencies).
+    Moving the kernel's negative lags -n < d < 0 from n + d to fft_length + d makes the longer
+    circular convolution of the zero-padded y equal that one on its first n samples.
+    """
+    if fft_length < 2 * n - 1:
+        raise ValueError(f"fft_length must be >= 2n - 1 = {2 * n - 1}, got {fft_length}")
+    weights = np.zeros(n)
+    weights[0] = 1.0
+    weights[1:(n + 1) // 2] = 2.0
+    if n % 2 == 0:
+        weights[n // 2] = 1.0
+    kernel = np.fft.ifft(weights).imag  # [n]  float64
+    laid_out = np.zeros(fft_length)
+    laid_out[:n] = kernel  # lags 0 .. n-1
+    laid_out[fft_length - n + 1:] = kernel[1:]  # lags -(n-1) .. -1 (the kernel is n-periodic)
+    spectrum = np.fft.rfft(laid_out)  # [fft_length // 2 + 1]
+    return spectrum.real.astype(np.float32), spectrum.imag.astype(np.float32)

@@ -60,6 +60,12 @@ CHROMA_CENS_STEP = 0.25
 ZSCORE_RESOLUTION = 1e-5
 """Relative spread below which a map is constant: real clips stay above 4e-4, silence is ~3e-7."""
 
+LOG1P_SERIES_MIN, LOG1P_SERIES_MAX = -0.5, 1.0
+"""Where log1p sums its artanh series: |x / (2 + x)| <= 1/3."""
+
+LOG1P_SERIES_TERMS = 7
+"""Terms of that series: the first one left out is below float32 resolution for |s| <= 1/3."""
+
 TINY = float(np.finfo(np.float32).tiny)
 """librosa.util.normalize's threshold: frames with a smaller norm are left unscaled."""
 
@@ -93,6 +99,25 @@ def zscore(x: tf.Tensor, per_band: bool) -> tf.Tensor:
         scale = tf.reduce_max(tf.abs(x), axis=[-2, -1], keepdims=True)  # [..., 1, 1]
         varies = std > ZSCORE_RESOLUTION * scale  # [..., 1, F] or [..., 1, 1]
         return tf.where(varies, (x - mean) / (std + spectral.EPS), tf.zeros_like(x))  # [..., T, F]
+
+
+def log1p(x: tf.Tensor) -> tf.Tensor:
+    """log(1 + x) to float32 precision with kernels TFLite has. ``[...]`` -> ``[...]``
+
+    TFLite has no LOG1P kernel: its converter writes log(1 + x), which drops the digits of x
+    below float32 resolution (the gammatone bands of a quiet clip), and the textbook repair
+    through (1 + x) - 1 is folded away by Grappler. Instead log1p(x) = 2 artanh(s) with
+    s = x / (2 + x), summed as its odd series where |s| <= 1/3 (-1/2 <= x <= 1); elsewhere
+    rounding 1 + x costs log(1 + x) at most an ulp or two.
+    """
+    with tf.name_scope("log1p"):
+        s = x / (2.0 + x)  # [...]
+        s2 = tf.square(s)  # [...]
+        series = tf.ones_like(s2) / (2 * LOG1P_SERIES_TERMS - 1)  # [...]
+        for k in reversed(range(LOG1P_SERIES_TERMS - 1)):
+            series = series * s2 + 1.0 / (2 * k + 1)  # [...]  1 + s^2/3 + s^4/5 + ...
+        near_zero = tf.logical_and(x >= LOG1P_SERIES_MIN, x <= LOG1P_SERIES_MAX)  # [...]
+        return tf.where(near_zero, 2.0 * s * series, tf.math.log(1.0 + x))  # [...]
 
 
 def fit_bands(x: tf.Tensor, n_bands: int) -> tf.Tensor:
@@ -138,7 +163,8 @@ def burg_lpc(frames: tf.Tensor, order: int) -> tf.Tensor:
             coeffs = list(previous)
             for j in range(1, i + 2):
                 coeffs[j] = previous[j] + reflection * previous[i - j + 1]  # [...]
-            k = reflection[..., tf.newaxis]  # [..., 1]
+            # expand_dims, not [..., tf.newaxis]: TFLite slices take no new axis after an ellipsis.
+            k = tf.expand_dims(reflection, -1)  # [..., 1]
             forward, backward = forward + k * backward, backward + k * forward  # [..., L-1-i]
             forward, backward = forward[..., 1:], backward[..., :-1]  # [..., L-2-i]
             # Marple's DEN_M, summed afresh: his running update loses float32 precision on
@@ -154,18 +180,6 @@ def linear_ramp_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
         left = x[..., :1] * ramp  # [..., pad]
         right = x[..., -1:] * ramp[::-1]  # [..., pad]
         return tf.concat([left, x, right], axis=-1)  # [..., n + 2 pad]
-
-
-def autocorrelation(x: tf.Tensor, n_lags: int) -> tf.Tensor:
-    """sum_n x[n] x[n+k] for k < n_lags (zero beyond the end). ``[..., L]`` -> ``[..., n_lags]``
-
-    Through an FFT at least ``L + n_lags`` long, so the circular product has no wrap-around.
-    """
-    with tf.name_scope("autocorrelation"):
-        fft_length = 1 << int(np.ceil(np.log2(x.shape[-1] + n_lags)))
-        spectrum = tf.signal.rfft(x, fft_length=[fft_length])  # [..., fft_length/2+1]
-        power = tf.cast(tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2, tf.complex64)
-        return tf.signal.irfft(power, fft_length=[fft_length])[..., :n_lags]  # [..., n_lags]
 
 
 class _Intermediates:
@@ -224,7 +238,7 @@ def gammatone_map(s: _Intermediates) -> tf.Tensor:
     with tf.name_scope("gammatone"):
         f = s.features
         bank = filters.mel_filterbank(s.sample_rate, f.n_fft, f.n_gammatone)
-        return tf.math.log1p(spectral.apply_filterbank(s.magnitude, bank))  # [..., T, n_gammatone]
+        return log1p(spectral.apply_filterbank(s.magnitude, bank))  # [..., T, n_gammatone]
 
 
 def modulation_map(s: _Intermediates) -> tf.Tensor:
@@ -256,7 +270,7 @@ def tempogram_map(s: _Intermediates) -> tf.Tensor:
         padded = linear_ramp_pad(envelope, half)  # [..., T + 384]
         windows = tf.signal.frame(padded, TEMPOGRAM_WINDOW, 1, axis=-1)[..., :n_frames, :]  # [..., T, 384]
         windows = windows * filters.hann_window(TEMPOGRAM_WINDOW)  # [..., T, 384]
-        lags = autocorrelation(windows, TEMPOGRAM_WINDOW)  # [..., T, 384]
+        lags = spectral.autocorrelation(windows, TEMPOGRAM_WINDOW)  # [..., T, 384]
         return lags / _safe_norm(lags[..., :1])  # [..., T, 384]: lag 0 is the max |r|
 
 

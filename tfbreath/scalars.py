@@ -25,7 +25,8 @@ at the END so that indices 0-35 follow the published order.
 
 The n_fft-2048/hop-256 magnitude STFT is computed once and shared by centroid, bandwidth,
 flatness, contrast, rolloff (every second frame = hop 512) and the mel flux. Every constant
-(frequencies, filterbank, contrast band edges and quantile counts) is built once in NumPy.
+(frequencies, filterbank, contrast band edges and quantile counts, the Hilbert kernel's
+spectrum) is built once in NumPy. Every op has a TFLite builtin kernel (see ``tfbreath.spectral``).
 
 Deviations from the reference (all measured on 512 real clips: every correlation >= 0.9999999,
 worst relative error 3.4e-4 (contrast std), peak counts identical):
@@ -179,7 +180,7 @@ def _skew_kurtosis(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return skew, kurtosis
 
 
-def _frame_sums(x: tf.Tensor, n_frames, frame_length: int, hop_length: int) -> tf.Tensor:
+def _frame_sums(x: tf.Tensor, n_frames: int, frame_length: int, hop_length: int) -> tf.Tensor:
     """Sum of ``x`` over frames ``[t hop, t hop + frame_length)``. ``[B, m]`` -> ``[B, T]``
 
     When the hop divides the frame, sums per hop block are added ``frame_length // hop`` at a
@@ -197,7 +198,7 @@ def _frame_sums(x: tf.Tensor, n_frames, frame_length: int, hop_length: int) -> t
         return tf.reduce_sum(framed, -1)  # [B, T]
 
 
-def _rms(y: tf.Tensor, n_frames, hop_length: int) -> tf.Tensor:
+def _rms(y: tf.Tensor, n_frames: int, hop_length: int) -> tf.Tensor:
     """librosa.feature.rms (zero-padded centred frames). ``[B, n]`` -> ``[B, T]``"""
     with tf.name_scope("rms"):
         padded = spectral.pad_edges(y, RMS_FRAME_LENGTH // 2, "constant")  # [B, n + L]
@@ -205,7 +206,7 @@ def _rms(y: tf.Tensor, n_frames, hop_length: int) -> tf.Tensor:
         return tf.sqrt(energy / RMS_FRAME_LENGTH)  # [B, T]
 
 
-def _zero_crossing_rate(y: tf.Tensor, n_frames, hop_length: int) -> tf.Tensor:
+def _zero_crossing_rate(y: tf.Tensor, n_frames: int, hop_length: int) -> tf.Tensor:
     """librosa.feature.zero_crossing_rate (edge-padded frames). ``[B, n]`` -> ``[B, T]``
 
     A crossing at sample i of a frame (i >= 1) is a sign-bit change between samples i-1 and i,
@@ -256,17 +257,25 @@ def _rolloff(magnitude: tf.Tensor, sample_rate: int) -> tf.Tensor:
         full = tf.minimum(full, n_blocks - 1)  # [B, T]
         before = tf.concat([tf.zeros_like(block_ends[..., :1]), block_ends[..., :-1]], -1)  # [B, T, K]
         offset = tf.gather(before, full, batch_dims=2)  # [B, T]
-        inner = offset[..., tf.newaxis] + tf.cumsum(tf.gather(blocks, full, batch_dims=2), axis=-1)  # [B, T, W]
+        # expand_dims, not [..., tf.newaxis]: TFLite slices take no new axis after an ellipsis.
+        within = tf.cumsum(tf.gather(blocks, full, batch_dims=2), axis=-1)  # [B, T, W]
+        inner = tf.expand_dims(offset, -1) + within  # [B, T, W]
         below = full * ROLLOFF_BLOCK + tf.reduce_sum(tf.cast(inner < threshold, tf.int32), -1)  # [B, T]
         return tf.gather(freq, tf.minimum(below, n_bins - 1))  # [B, T]
 
 
 def _flatness(power: tf.Tensor) -> tf.Tensor:
-    """librosa spectral_flatness on power: geometric / arithmetic mean. ``[B, T, F]`` -> ``[B, T]``"""
+    """librosa spectral_flatness on power: geometric / arithmetic mean. ``[B, T, F]`` -> ``[B, T]``
+
+    The ratio is scale-free, so each frame is first divided by its peak: a frame that is all
+    floor (silence) is then all ones and its flatness exactly 1 whatever order a kernel sums in
+    (TF and TFLite differ), which keeps the flatness of silence an exactly constant series.
+    """
     with tf.name_scope("flatness"):
         floored = tf.maximum(power, FLATNESS_AMIN)  # [B, T, F]
-        geometric = tf.exp(tf.reduce_mean(tf.math.log(floored), -1))  # [B, T]
-        return geometric / tf.reduce_mean(floored, -1)  # [B, T]
+        relative = floored / tf.reduce_max(floored, -1, keepdims=True)  # [B, T, F]  in (0, 1]
+        geometric = tf.exp(tf.reduce_mean(tf.math.log(relative), -1))  # [B, T]
+        return geometric / tf.reduce_mean(relative, -1)  # [B, T]
 
 
 def _mean_of_extremes(band: tf.Tensor, k: int, largest: bool) -> tf.Tensor:
@@ -316,18 +325,24 @@ def _mel_flux(mel: tf.Tensor) -> tf.Tensor:
 
 
 def _hilbert_envelope(y: tf.Tensor) -> tf.Tensor:
-    """|scipy.signal.hilbert(y)|: analytic signal from a length-n FFT. ``[B, n]`` -> ``[B, n]``"""
+    """|scipy.signal.hilbert(y)| = sqrt(y^2 + H(y)^2). ``[B, n]`` -> ``[B, n]``
+
+    scipy's analytic signal ifft(fft(y) h) (h: 1 at DC and Nyquist, 2 on positive, 0 on negative
+    frequencies) is y plus i H(y), H(y) the length-n circular convolution of y with the kernel
+    imag(ifft(h)). A power-of-two FFT at least 2n - 1 long holds that convolution exactly once
+    the kernel is laid out circularly (``filters.hilbert_kernel_spectrum``), so the result is
+    scipy's own length-n transform, edges included.
+    """
     with tf.name_scope("hilbert_envelope"):
-        n = tf.shape(y)[-1]
-        half = n // 2 + 1
-        spectrum = tf.signal.rfft(y)  # [B, n // 2 + 1]
-        bins = tf.range(half)  # [n // 2 + 1]
-        # Analytic weights: 1 at DC (and at Nyquist for even n), 2 for positive frequencies.
-        edge = tf.logical_or(tf.equal(bins, 0), tf.equal(2 * bins, n))  # [n // 2 + 1]
-        weights = tf.where(edge, 1.0, 2.0)  # [n // 2 + 1]
-        one_sided = spectrum * tf.complex(weights, tf.zeros_like(weights))  # [B, n // 2 + 1]
-        full = tf.pad(one_sided, [[0, 0], [0, n - half]])  # [B, n]  negative frequencies = 0
-        return tf.abs(tf.signal.ifft(full))  # [B, n]
+        n = y.shape[-1]
+        fft_length = spectral.fft_length_at_least(2 * n - 1)
+        kernel_real, kernel_imag = filters.hilbert_kernel_spectrum(n, fft_length)  # 2 x [M/2 + 1]
+        spectrum = tf.signal.rfft(y, [fft_length])  # [B, M/2 + 1]
+        real, imag = tf.math.real(spectrum), tf.math.imag(spectrum)  # 2 x [B, M/2 + 1]
+        product_real = real * kernel_real - imag * kernel_imag  # [B, M/2 + 1]
+        product_imag = real * kernel_imag + imag * kernel_real  # [B, M/2 + 1]
+        transform = spectral.inverse_rfft(product_real, product_imag, n)  # [B, n]  H(y)
+        return tf.sqrt(tf.square(y) + tf.square(transform))  # [B, n]
 
 
 def _envelope_peaks(envelope: tf.Tensor, sample_rate: int) -> list[tf.Tensor]:
@@ -352,9 +367,15 @@ def _envelope_peaks(envelope: tf.Tensor, sample_rate: int) -> list[tf.Tensor]:
         none = -1.0  # envelope >= 0 and a peak is > its left neighbour, so every peak scores > 0
         # Compact the (few hundred) candidates of every clip to the left: [B, C], padded.
         where = tf.cast(tf.where(is_peak), tf.int32)  # [K, 2]  (clip, position), row-major
-        ragged = tf.RaggedTensor.from_value_rowids(where[:, 1], where[:, 0], nrows=tf.shape(mid)[0])
+        clip, position = where[:, 0], where[:, 1]  # 2 x [K]
+        counts = tf.reduce_sum(tf.cast(is_peak, tf.int32), -1)  # [B]
+        first = tf.cumsum(counts, exclusive=True)  # [B]  row of each clip's first candidate
+        slot = tf.range(tf.shape(where)[0]) - tf.gather(first, clip)  # [K]  rank within its clip
+        # At least one slot: TFLite's SCATTER_ND faults on an empty output (no candidate anywhere).
+        n_slots = tf.maximum(tf.reduce_max(counts), 1)  # []  C
         far = -2 * distance  # padding position, never within distance of a real candidate
-        positions = ragged.to_tensor(default_value=far)  # [B, C]
+        positions = far + tf.scatter_nd(tf.stack([clip, slot], -1), position - far,
+                                        tf.stack([tf.shape(mid)[0], n_slots]))  # [B, C]
         valid = positions != far  # [B, C]
         heights = tf.gather(mid, tf.maximum(positions, 0), batch_dims=1)  # [B, C]
         scores = tf.where(valid, heights, none)  # [B, C]
@@ -414,42 +435,20 @@ def _abs_percentiles(y: tf.Tensor, quantiles: tuple[float, ...]) -> list[tf.Tens
         return results
 
 
-def _fft_size(length: int) -> int:
-    """Smallest 2^a 3^b 5^c >= length (fast mixed-radix FFT sizes)."""
-    best = 1 << max(length - 1, 0).bit_length()
-    power5 = 1
-    while power5 < best:
-        power35 = power5
-        while power35 < best:
-            size = power35
-            while size < length:
-                size *= 2
-            best = min(best, size)
-            power35 *= 3
-        power5 *= 5
-    return best
-
-
 def _autocorrelation(y: tf.Tensor, n_lags: int) -> tf.Tensor:
-    """np.correlate(y, y, "full")[n-1:][:n_lags] / r[0] via a zero-padded FFT. ``[B, n]`` -> ``[B, n_lags]``"""
-    with tf.name_scope("autocorrelation"):
-        n = y.shape[-1]
-        if n is not None:
-            fft_length = _fft_size(n + n_lags)  # no circular wrap below n_lags
-        else:
-            needed = tf.cast(tf.shape(y)[-1] + n_lags, tf.float32)
-            fft_length = tf.cast(2.0 ** tf.math.ceil(tf.math.log(needed) / tf.math.log(2.0)), tf.int32)
-        spectrum = tf.signal.rfft(y, [fft_length])  # [B, L // 2 + 1]
-        power = tf.math.real(spectrum * tf.math.conj(spectrum))  # [B, L // 2 + 1]
-        lags = tf.signal.irfft(tf.complex(power, tf.zeros_like(power)), [fft_length])[:, :n_lags]  # [B, n_lags]
+    """np.correlate(y, y, "full")[n-1:][:n_lags] / r[0], 0 for silence. ``[B, n]`` -> ``[B, n_lags]``"""
+    with tf.name_scope("normalised_autocorrelation"):
+        lags = spectral.autocorrelation(y, n_lags)  # [B, n_lags]
         return tf.math.divide_no_nan(lags, lags[:, :1])  # [B, n_lags]
 
 
 def scalars_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, hop_length: int) -> tf.Tensor:
-    """All 39 scalars of a flat batch of waveforms (``cache.y`` is ``[B, n]``). -> ``[B, 39]``"""
+    """All 39 scalars of a flat batch of waveforms (``cache.y``: ``[B, n]``, n static). -> ``[B, 39]``"""
     y = cache.y  # [B, n]
     nyquist = sample_rate / 2.0
-    n = y.shape[-1] if y.shape[-1] is not None else tf.shape(y)[-1]
+    n = y.shape[-1]
+    if n is None:
+        raise ValueError("the scalars need a static clip length: their FFT kernels depend on it")
     n_frames = 1 + n // hop_length
 
     magnitude = cache.magnitude(LIBROSA_N_FFT, hop_length)  # [B, T, 1025]
@@ -504,6 +503,7 @@ def scalar_features(y, sample_rate: int = 16000, hop_length: int = 256) -> tf.Te
     """The 39 scalars (``SCALAR_NAMES``) of mono waveforms. ``[..., n]`` -> ``[..., 39]`` float32
 
     Works unbatched (``[n]``) and batched (any leading axes); float32 whatever the Keras policy.
+    The clip length ``n`` must be static (the Hilbert kernel and FFT sizes are built for it).
     """
     with tf.name_scope("scalar_features"):
         flat, restore = spectral.flatten_batch(y)  # [B, n]

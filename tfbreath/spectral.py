@@ -3,6 +3,11 @@
 Layout: signals are ``[..., samples]``; spectrograms are time-major ``[..., frames, bins]``
 (any number of leading batch axes, including none). All math is float32, whatever the global
 Keras dtype policy, so features are identical under mixed precision.
+
+Every op has a TFLite builtin kernel, so the feature graph converts without Flex ops: the only
+FFT is a forward real FFT of power-of-two length (TFLite's RFFT2D takes no other size), complex
+results are at once reduced to float32 (magnitude, or real and imaginary parts), and inverse
+FFTs go through ``inverse_rfft``, which is one more forward real FFT.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ EPS = 1e-8
 
 def as_float32(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.convert_to_tensor(x), tf.float32)
+
+
+def fft_length_at_least(length: int) -> int:
+    """The smallest power of two >= ``length``: the FFT sizes TFLite's RFFT2D kernel accepts."""
+    return 1 << max(length - 1, 0).bit_length()
 
 
 def pad_edges(y: tf.Tensor, pad: int, mode: str = "constant") -> tf.Tensor:
@@ -52,6 +62,46 @@ def stft_magnitude(y: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
         frames = frame(y, n_fft, hop_length)  # [..., T, n_fft]
         windowed = frames * filters.hann_window(n_fft)  # [..., T, n_fft]
         return tf.abs(tf.signal.rfft(windowed))  # [..., T, n_fft // 2 + 1]
+
+
+def inverse_rfft(real: tf.Tensor, imag: tf.Tensor, n_out: int) -> tf.Tensor:
+    """The first ``n_out`` samples of irfft(real + i imag), by one forward real FFT.
+
+    ``[..., M/2 + 1]`` x 2 -> ``[..., n_out]`` with ``M = 2 (bins - 1)`` a power of two and
+    ``n_out <= M/2 + 1``. The spectrum Z = A + iB of a real signal extends to all M bins with A
+    even and B odd, and irfft(Z)[n] = (Re FFT(A)[n] + Im FFT(B)[n]) / M. FFT(A) is real and FFT(B)
+    imaginary, so the real and imaginary parts of the one real FFT of A + B carry both. As with
+    irfft, the imaginary parts at DC and Nyquist are ignored (B is 0 there).
+    """
+    with tf.name_scope("inverse_rfft"):
+        fft_length = 2 * (real.shape[-1] - 1)
+        if fft_length_at_least(fft_length) != fft_length or not 0 < n_out <= fft_length // 2 + 1:
+            raise ValueError(f"need a power-of-two FFT length and n_out <= {fft_length // 2 + 1}, "
+                             f"got {real.shape[-1]} bins and n_out {n_out}")
+        rising = real[..., 1:-1] + imag[..., 1:-1]  # [..., M/2 - 1]  A + B, bins 1 .. M/2 - 1
+        falling = real[..., 1:-1] - imag[..., 1:-1]  # [..., M/2 - 1]  A + B, bins M - 1 .. M/2 + 1
+        dc, nyquist = real[..., :1], real[..., -1:]  # 2 x [..., 1]  B = 0 there
+        extended = tf.concat([dc, rising, nyquist, tf.reverse(falling, [-1])], -1)  # [..., M]
+        spectrum = tf.signal.rfft(extended)  # [..., M/2 + 1]
+        both = tf.math.real(spectrum) + tf.math.imag(spectrum)  # [..., M/2 + 1]
+        return both[..., :n_out] / fft_length  # [..., n_out]
+
+
+def autocorrelation(x: tf.Tensor, n_lags: int) -> tf.Tensor:
+    """sum_n x[n] x[n+k] for k < n_lags <= L (0 beyond the end). ``[..., L]`` -> ``[..., n_lags]``
+
+    The inverse FFT of the power spectrum of ``x`` zero-padded to a power of two >= L + n_lags - 1,
+    long enough that the circular products do not wrap around below ``n_lags``.
+    """
+    with tf.name_scope("autocorrelation"):
+        length = x.shape[-1]
+        if length is None or not 0 < n_lags <= length:
+            raise ValueError(f"need a static length L and 0 < n_lags <= L, "
+                             f"got L {length} and n_lags {n_lags}")
+        spectrum = tf.signal.rfft(x, [fft_length_at_least(length + n_lags - 1)])  # [..., M/2 + 1]
+        real, imag = tf.math.real(spectrum), tf.math.imag(spectrum)  # 2 x [..., M/2 + 1]
+        power = tf.square(real) + tf.square(imag)  # [..., M/2 + 1]
+        return inverse_rfft(power, tf.zeros_like(power), n_lags)  # [..., n_lags]
 
 
 def apply_filterbank(spectrogram: tf.Tensor, matrix) -> tf.Tensor:

@@ -244,11 +244,16 @@ def load_config(path: str | Path) -> PipelineConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: pipeline file not found")
+    return parse_config(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def parse_config(text: str, source: str = "<string>") -> PipelineConfig:
+    """Parse and validate pipeline TOML text (what ``dump_config`` writes)."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    return config_from_dict(raw, source=str(path))
+        raise ConfigError(f"{source}: not valid TOML ({err})") from None
+    return config_from_dict(raw, source=source)
 
 
 def with_overrides(pipeline: PipelineConfig, section: str, **values: Any) -> PipelineConfig:

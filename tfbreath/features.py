@@ -18,11 +18,12 @@ import argparse
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from tfbreath import maps, scalars, spectral
-from tfbreath.config import ConfigError, PipelineConfig, load_config
+from tfbreath.config import ConfigError, PipelineConfig, dump_config, load_config, parse_config
 
 SPECTRAL = "spectral"
 SCALARS = "scalars"
@@ -39,6 +40,37 @@ def extract_features(y: tf.Tensor, pipeline: PipelineConfig) -> dict[str, tf.Ten
         if features.scalars:
             out[SCALARS] = restore(scalars.scalars_from_cache(cache, rate, features.hop_length))  # [..., 39]
         return out
+
+
+@keras.saving.register_keras_serializable(package="tfbreath")
+class FeatureExtractor(keras.layers.Layer):
+    """``extract_features`` as a Keras layer: waveforms ``[B, samples]`` -> ``{"spectral", "scalars"}``.
+
+    The pipeline travels in the layer's config as TOML, so a saved waveform-input model carries
+    its own feature recipe. Always float32, whatever the global dtype policy; no weights.
+    """
+
+    def __init__(self, pipeline_toml: str, **kwargs):
+        kwargs["dtype"] = "float32"
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.pipeline_toml = pipeline_toml
+        self.pipeline = parse_config(pipeline_toml, source=f"layer {self.name}")
+
+    @classmethod
+    def for_pipeline(cls, pipeline: PipelineConfig, **kwargs) -> "FeatureExtractor":
+        return cls(dump_config(pipeline), **kwargs)
+
+    def call(self, waveforms):
+        features = extract_features(waveforms, self.pipeline)  # {"spectral": [B, M, T, C], "scalars": [B, 39]}
+        # A reshape to constant sizes writes the static shapes into the saved graph (set_shape is
+        # Python-only), so a SavedModel -> TFLite conversion knows every conv's input channels.
+        return {name: tf.reshape(x, [-1, *x.shape[1:]]) for name, x in features.items()}
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("dtype", None)
+        return {**config, "pipeline_toml": self.pipeline_toml}
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

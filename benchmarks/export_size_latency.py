@@ -1,0 +1,101 @@
+"""Size, single-thread latency and accuracy of a run's model: Keras fp32 vs TFLite fp32/fp16.
+
+    python benchmarks/export_size_latency.py --model RUN_DIR [--member cnn8] [--data DIR]
+                                              [--latency-clips 50] [--json OUT.json]
+
+All four are the end-to-end waveform-in, P(exhale)-out model (features inside), measured in
+the same run on the run's validation clips: size on disk (the ``.keras`` file vs the
+``.tflite``), median per-clip latency at batch 1 on one thread after a warm-up, accuracy.
+Issue 4's target is for an int8 CNN8 (<= 3 MB, >= 3x faster than Keras fp32); int8 export is
+not available yet (TFLite 2.17's quantizer crashes on the feature graph), so the table
+stops at float16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+tf.config.threading.set_intra_op_parallelism_threads(1)  # one thread, before TF starts any op
+tf.config.threading.set_inter_op_parallelism_threads(1)
+
+import keras  # noqa: E402
+
+from tfbreath import export  # noqa: E402
+from tfbreath.evaluation import THRESHOLD  # noqa: E402
+
+WARMUP_CALLS = 3
+
+
+def median_latency_ms(predict, clips: np.ndarray) -> float:
+    for clip in clips[:WARMUP_CALLS]:
+        predict(clip[np.newaxis])
+    times = []
+    for clip in clips:
+        started = time.perf_counter()
+        predict(clip[np.newaxis])
+        times.append(time.perf_counter() - started)
+    return 1e3 * float(np.median(times))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, type=Path, help="run folder from python -m tfbreath.fit")
+    parser.add_argument("--member", default="cnn8", choices=export.MEMBERS)
+    parser.add_argument("--data", type=Path, help="the run's data folder, if it moved")
+    parser.add_argument("--latency-clips", type=int, default=50)
+    parser.add_argument("--json", type=Path, help="also write the table as JSON")
+    args = parser.parse_args(argv)
+
+    run = export.Run.load(args.model, args.data)
+    model = export.waveform_model(export.load_trained_model(run.model_path(args.member)), run.pipeline)
+    _, val_examples = run.split()
+    clips = export.load_waveforms(val_examples.files, run.pipeline)
+    labels = val_examples.labels
+    timed = clips[:args.latency_clips]
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        keras_file = Path(tmp) / "model.keras"
+        model.save(keras_file)
+        serving = tf.function(model, input_signature=[tf.TensorSpec((1, clips.shape[1]), tf.float32)])
+        keras_p = np.asarray(model.predict(clips, batch_size=64, verbose=0)).reshape(-1)
+        rows.append({"model": "Keras fp32", "bytes": keras_file.stat().st_size,
+                     "latency_ms": median_latency_ms(lambda x: serving(x).numpy(), timed),
+                     "accuracy": float(np.mean((keras_p >= THRESHOLD) == labels))})
+        saved = export.save_serving(model, Path(tmp) / "savedmodel")
+        for quantize in export.QUANTIZATIONS:
+            flatbuffer = export.convert(saved, quantize)
+            classifier = export.TFLiteClassifier(flatbuffer, num_threads=1)
+            p = classifier(clips)
+            rows.append({"model": f"TFLite {quantize if quantize != 'none' else 'fp32'}",
+                         "bytes": len(flatbuffer), "latency_ms": median_latency_ms(classifier, timed),
+                         "accuracy": float(np.mean((p >= THRESHOLD) == labels)),
+                         "max_abs_diff_vs_keras": float(np.max(np.abs(p - keras_p)))})
+
+    base = rows[0]["latency_ms"]
+    print(f"{args.member} end-to-end (waveform -> P(exhale)), {len(labels)} validation clips, "
+          f"latency: median of {len(timed)} clips at batch 1, 1 thread")
+    print(f"{'model':<14}{'size MB':>9}{'ms/clip':>9}{'speed-up':>10}{'accuracy':>10}{'max |dP|':>11}")
+    for row in rows:
+        row["speedup_vs_keras"] = base / row["latency_ms"]
+        diff = row.get("max_abs_diff_vs_keras")
+        print(f"{row['model']:<14}{row['bytes'] / 1e6:>9.2f}{row['latency_ms']:>9.2f}{row['speedup_vs_keras']:>9.2f}x"
+              f"{row['accuracy']:>10.4f}{'' if diff is None else f'{diff:>11.2e}'}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

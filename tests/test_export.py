@@ -1,0 +1,78 @@
+"""Waveform-in export: Keras, SavedModel and TFLite (each quantization) of a tiny trained run."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfbreath import export, fit
+from tfbreath.config import PipelineConfig, with_overrides
+from tfbreath.synthetic import write_synthetic_breath
+
+TINY = with_overrides(with_overrides(PipelineConfig(), "train", model_width=0.125, epochs=3, models=("cnn8",)),
+                      "data", batch_size=16)
+TINY = with_overrides(TINY, "augment", warmup_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A trained one-member run on synthetic clips (its data folder stays beside it)."""
+    root = tmp_path_factory.mktemp("export")
+    clips = write_synthetic_breath(root / "data", n_sessions=16, clips_per_session=4)
+    fit.run(TINY, clips, root / "run")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def validation_clips(tiny_run):
+    run = export.Run.load(tiny_run)
+    _, val = run.split()
+    return export.load_waveforms(val.files, run.pipeline), val.labels
+
+
+@pytest.mark.parametrize("quantize", export.QUANTIZATIONS)
+def test_each_quantization_passes_its_self_check_and_runs_without_flex(tiny_run, validation_clips, quantize,
+                                                                       capsys):
+    out = tiny_run / f"model_{quantize}.tflite"
+    assert export.main(["--model", str(tiny_run), "--quantize", quantize, "--out", str(out)]) == 0
+    assert "PASS" in capsys.readouterr().out
+    classifier = export.TFLiteClassifier(out)  # builtin op resolver: a Flex op would fail to allocate
+    waveforms, labels = validation_clips
+    probabilities = classifier(waveforms)
+    assert probabilities.shape == (len(labels),)
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+    assert classifier(waveforms[:1]).shape == (1,)  # batch resized back to one clip
+
+
+def test_keras_waveform_model_and_savedmodel_agree_with_the_feature_model(tiny_run, validation_clips):
+    waveforms, _ = validation_clips
+    run = export.Run.load(tiny_run)
+    member = keras.models.load_model(tiny_run / "ensemble.keras")
+    model = export.waveform_model(member, run.pipeline)
+    expected = model.predict(waveforms, verbose=0)
+    assert expected.shape == (len(waveforms),)
+
+    path = tiny_run / "check_waveform.keras"
+    model.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(waveforms, verbose=0), expected, atol=1e-6)
+
+    served = tf.saved_model.load(str(export.save_serving(model, tiny_run / "check_savedmodel")))
+    signature = served.signatures["serving_default"]
+    got = signature(waveform=tf.constant(waveforms))[export.PROBABILITY].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_a_failed_self_check_writes_nothing_and_exits_1(tiny_run, monkeypatch, capsys):
+    monkeypatch.setitem(export.MAX_PROBABILITY_DIFF, "none", -1.0)  # no model can pass this
+    out = tiny_run / "rejected.tflite"
+    assert export.main(["--model", str(tiny_run), "--out", str(out)]) == 1
+    assert "FAIL" in capsys.readouterr().out
+    assert not out.exists()
+
+
+def test_bad_run_folder_gives_a_one_line_error(tmp_path, capsys):
+    assert export.main(["--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(tmp_path) in err and "\n" not in err

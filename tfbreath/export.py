@@ -1,0 +1,295 @@
+"""``python -m tfbreath.export``: a trained run as a waveform-in, P(exhale)-out model for phones.
+
+    python -m tfbreath.export --model RUN_DIR [--member ensemble|cnn8|vgg]
+                              [--quantize none|float16] [--out FILE.tflite] [--data DIR]
+
+The exported graph holds the feature extraction: input ``[batch, samples]`` float32 audio at the
+pipeline's rate (one clip, e.g. 16,000 samples), output ``[batch]`` P(exhale). Writes
+
+- ``FILE.tflite`` (default ``RUN_DIR/<member>[_<quantize>].tflite``), TFLite builtin ops only;
+- ``RUN_DIR/<member>_waveform.keras``, the same graph as a Keras model;
+- ``RUN_DIR/<member>_savedmodel/``, a SavedModel with a ``serving_default`` signature for
+  TF Serving (input ``waveform``, output ``probability``).
+
+``float16`` stores the classifier's conv and dense weights as float16; the feature constants stay
+float32 (see ``classifier_weights_to_float16``). int8 is not offered yet: TFLite 2.17's
+post-training quantizer (plain and selective) crashes with a segmentation fault on this graph. After converting, the export checks itself on the run's validation clips:
+TFLite vs Keras probabilities (max abs diff <= 1e-3 float32, <= 1e-2 float16). It prints the table and exits 1 if a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.lite.python import schema_py_generated as schema
+from tensorflow.lite.tools import flatbuffer_utils
+
+from tfbreath import artifacts, data, train
+from tfbreath.audio import AudioError, load_audio
+from tfbreath.config import ConfigError, PipelineConfig, load_config
+from tfbreath.ensemble import WeightedSigmoidAverage
+from tfbreath.evaluation import THRESHOLD
+from tfbreath.features import FeatureExtractor
+
+QUANTIZATIONS = ("none", "float16")
+
+MAX_PROBABILITY_DIFF = {"none": 1e-3, "float16": 1e-2}
+"""Largest allowed |P_tflite - P_keras| on any validation clip, per float quantization."""
+
+FEATURE_SCOPE = "extract_features"
+"""Name scope of the feature graph; its weights stay float32 under float16 quantization."""
+
+WAVEFORM = "waveform"
+PROBABILITY = "probability"
+MEMBERS = ("ensemble", "cnn8", "vgg")
+
+
+class ExportError(RuntimeError):
+    """A run folder cannot be exported or the exported model failed its self-check."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A run folder written by ``python -m tfbreath.fit``."""
+
+    path: Path
+    pipeline: PipelineConfig
+    data_dir: Path | None
+    """Where its clips were (``metrics.json``); ``None`` when the folder no longer exists."""
+
+    @classmethod
+    def load(cls, path: str | Path, data_dir: str | Path | None = None) -> "Run":
+        path = Path(path)
+        if not (path / "pipeline.toml").is_file():
+            raise ExportError(f"{path}: not a run folder (no pipeline.toml); train one with python -m tfbreath.fit")
+        pipeline = load_config(path / "pipeline.toml")
+        if data_dir is None and (path / "metrics.json").is_file():
+            data_dir = json.loads((path / "metrics.json").read_text(encoding="utf-8")).get("data")
+        data_dir = Path(data_dir) if data_dir else None
+        return cls(path, pipeline, data_dir if data_dir and data_dir.is_dir() else None)
+
+    def model_path(self, member: str) -> Path:
+        path = self.path / f"{member}.keras"
+        if not path.is_file():
+            raise ExportError(f"{path}: model not found (members here: "
+                              f"{sorted(p.stem for p in self.path.glob('*.keras'))})")
+        return path
+
+    def split(self) -> tuple[data.Examples, data.Examples]:
+        """The run's training and validation clips, re-derived from its data and seed."""
+        if self.data_dir is None:
+            raise ExportError(f"{self.path}: its training data folder is not available; pass --data DIR")
+        examples = data.read_kaggle_train(self.data_dir)
+        return data.split_by_session(examples, self.pipeline.data.validation_fraction, self.pipeline.data.seed)
+
+
+def load_trained_model(path: str | Path) -> keras.Model:
+    """A ``.keras`` model of a run, for inference (its members were saved compiled with the
+    training metric, which has to be known to load them)."""
+    return keras.models.load_model(path, compile=False,
+                                   custom_objects={"dominant_label_accuracy": train.dominant_label_accuracy})
+
+
+def outputs_probability(model: keras.Model) -> bool:
+    """True for an ensemble (ends in a probability), False for a member (ends in a logit)."""
+    return isinstance(model.layers[-1], WeightedSigmoidAverage)
+
+
+def waveform_model(model: keras.Model, pipeline: PipelineConfig) -> keras.Model:
+    """Feature extraction + ``model`` + sigmoid: ``[B, samples]`` audio -> ``[B]`` P(exhale)."""
+    waveform = keras.Input((pipeline.audio.num_samples,), name=WAVEFORM, dtype="float32")
+    features = FeatureExtractor.for_pipeline(pipeline, name="features")(waveform)
+    made = {name: tuple(x.shape[1:]) for name, x in features.items()}
+    wanted = {name: tuple(x.shape[1:]) for name, x in model.input.items()}
+    if any(made.get(name) != shape for name, shape in wanted.items()):
+        raise ExportError(f"model {model.name!r} takes {wanted}, but its pipeline makes {made}")
+    output = model({name: features[name] for name in model.input})  # [B, 1]
+    if not outputs_probability(model):
+        output = keras.layers.Activation("sigmoid", dtype="float32", name="sigmoid")(output)
+    probability = keras.layers.Reshape((), name=PROBABILITY)(output)  # [B]
+    return keras.Model(waveform, probability, name=f"{model.name}_waveform")
+
+
+def save_serving(model: keras.Model, path: Path) -> Path:
+    """SavedModel with ``serving_default``: ``waveform [B, samples]`` -> ``probability [B]``."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    spec = tf.TensorSpec((None, model.input.shape[1]), tf.float32, name=WAVEFORM)
+    archive.add_endpoint("serving_default", lambda waveform: {PROBABILITY: model(waveform)}, input_signature=[spec])
+    return artifacts.write_folder(path, lambda staged: archive.write_out(str(staged), verbose=False))
+
+
+def convert(saved_model: Path, quantize: str) -> bytes:
+    """SavedModel -> TFLite flatbuffer of builtin ops, float32 or with float16 classifier weights."""
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["serving_default"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    flatbuffer = converter.convert()
+    return classifier_weights_to_float16(flatbuffer) if quantize == "float16" else flatbuffer
+
+
+WEIGHTED_OPS = {schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D,
+                schema.BuiltinOperator.FULLY_CONNECTED}
+"""TFLite ops whose second input is a weight tensor (the part float16 storage halves)."""
+
+
+def _builtin(model, op) -> int:
+    code = model.operatorCodes[op.opcodeIndex]
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
+def _dequantize_opcode(model) -> int:
+    """Index of the DEQUANTIZE operator code, added to the model if missing."""
+    for index, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.DEQUANTIZE:
+            return index
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
+    code.version = 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def classifier_weights_to_float16(flatbuffer: bytes) -> bytes:
+    """Store the classifier's conv/dense weights as float16, each expanded by a DEQUANTIZE op.
+
+    This is the graph TFLite's own float16 quantization makes, minus the feature extraction:
+    that converter rounds every constant, and the feature matrices do not survive float16
+    (spectral moments up to 8 kHz^2 overflow it; chroma and tempogram maps move by 0.2-0.4 sd).
+    A weight belongs to the classifier when its op's output is outside ``extract_features``.
+    """
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    dequantize = _dequantize_opcode(model)
+    for graph in model.subgraphs:
+        weights = {op.inputs[1] for op in graph.operators
+                   if _builtin(model, op) in WEIGHTED_OPS
+                   and FEATURE_SCOPE not in graph.tensors[op.outputs[0]].name.decode()}
+        users = collections.Counter(t.buffer for g in model.subgraphs for t in g.tensors)
+        expansions = []
+        for index in sorted(weights):
+            tensor = graph.tensors[index]
+            buffer = model.buffers[tensor.buffer]
+            if (tensor.type != schema.TensorType.FLOAT32 or buffer.data is None or not len(buffer.data)
+                    or users[tensor.buffer] > 1):
+                continue
+            half = schema.BufferT()
+            half.data = np.frombuffer(bytes(buffer.data), np.float32).astype(np.float16).view(np.uint8)
+            model.buffers.append(half)
+            buffer.data = None  # its only user now reads the float16 copy
+            stored = schema.TensorT()
+            stored.shape, stored.type = tensor.shape, schema.TensorType.FLOAT16
+            stored.buffer, stored.name = len(model.buffers) - 1, tensor.name + b"/float16"
+            graph.tensors.append(stored)
+            tensor.buffer = 0  # TFLite's empty buffer: the float32 weight is now computed at run time
+            op = schema.OperatorT()
+            op.opcodeIndex, op.inputs, op.outputs = dequantize, [len(graph.tensors) - 1], [index]
+            expansions.append(op)
+        graph.operators = expansions + list(graph.operators)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+class TFLiteClassifier:
+    """Runs a waveform ``.tflite``: ``[N, samples]`` float32 -> ``[N]`` P(exhale), builtin ops only."""
+
+    def __init__(self, model: bytes | str | Path, num_threads: int | None = None):
+        source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+        self.interpreter = tf.lite.Interpreter(
+            **source, num_threads=num_threads,
+            experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.num_samples = int(self.input["shape"][-1])
+        self._batch = None
+
+    def __call__(self, waveforms: np.ndarray) -> np.ndarray:
+        waveforms = np.asarray(waveforms, np.float32).reshape(-1, self.num_samples)
+        if self._batch != len(waveforms):
+            self.interpreter.resize_tensor_input(self.input["index"], waveforms.shape)
+            self.interpreter.allocate_tensors()
+            self._batch = len(waveforms)
+        self.interpreter.set_tensor(self.input["index"], waveforms)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output["index"]).reshape(-1).copy()
+
+
+def load_waveforms(files, pipeline: PipelineConfig) -> np.ndarray:
+    """Decoded clips ``[N, samples]`` at the pipeline's rate and length."""
+    audio = pipeline.audio
+    return np.stack([load_audio(f, audio.sample_rate, audio.duration_s) for f in files])
+
+
+def check(tflite: bytes, keras_model: keras.Model, quantize: str, waveforms: np.ndarray,
+          labels: np.ndarray) -> dict:
+    """TFLite vs Keras on the same clips; ``passed`` says whether the quantization's limit holds."""
+    expected = np.asarray(keras_model.predict(waveforms, batch_size=64, verbose=0), np.float32).reshape(-1)
+    got = TFLiteClassifier(tflite)(waveforms)
+    keras_accuracy = float(np.mean((expected >= THRESHOLD) == labels))
+    tflite_accuracy = float(np.mean((got >= THRESHOLD) == labels))
+    row = {"quantize": quantize, "clips": len(labels), "max_abs_diff": float(np.max(np.abs(got - expected))),
+           "keras_accuracy": keras_accuracy, "tflite_accuracy": tflite_accuracy,
+           "bytes": len(tflite)}
+    row["limit"] = f"max abs diff <= {MAX_PROBABILITY_DIFF[quantize]:g}"
+    row["passed"] = row["max_abs_diff"] <= MAX_PROBABILITY_DIFF[quantize]
+    return row
+
+
+def format_check(row: dict) -> str:
+    header = f"{'quantize':<9}{'clips':>6}{'max |dP|':>11}{'Keras acc':>11}{'TFLite acc':>12}{'size':>11}  check"
+    line = (f"{row['quantize']:<9}{row['clips']:>6}{row['max_abs_diff']:>11.2e}{row['keras_accuracy']:>11.4f}"
+            f"{row['tflite_accuracy']:>12.4f}{row['bytes'] / 1e6:>9.2f}MB  "
+            f"{'PASS' if row['passed'] else 'FAIL'} ({row['limit']})")
+    return header + "\n" + line
+
+
+def export(run: Run, member: str, quantize: str) -> tuple[bytes, dict]:
+    """Write one member's Keras waveform model and SavedModel; return its checked ``.tflite``."""
+    model = waveform_model(load_trained_model(run.model_path(member)), run.pipeline)
+    artifacts.save_model(model, run.path / f"{member}_waveform.keras")
+    saved_model = save_serving(model, run.path / f"{member}_savedmodel")
+    _, val_examples = run.split()
+    flatbuffer = convert(saved_model, quantize)
+    row = check(flatbuffer, model, quantize, load_waveforms(val_examples.files, run.pipeline), val_examples.labels)
+    return flatbuffer, row
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tfbreath.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, type=Path, help="run folder written by python -m tfbreath.fit")
+    parser.add_argument("--member", default="ensemble", choices=MEMBERS, help="which model (default: ensemble)")
+    parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS)
+    parser.add_argument("--out", type=Path, help="output .tflite (default: RUN_DIR/<member>[_<quantize>].tflite)")
+    parser.add_argument("--data", type=Path, help="the run's data folder, if it moved (for the self-check)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    suffix = "" if args.quantize == "none" else f"_{args.quantize}"
+    out = args.out or args.model / f"{args.member}{suffix}.tflite"
+    try:
+        flatbuffer, row = export(Run.load(args.model, args.data), args.member, args.quantize)
+    except (ExportError, ConfigError, data.DataError, AudioError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_check(row))
+    if not row["passed"]:
+        print(f"error: {out}: not written, the converted model failed its self-check ({row['limit']})",
+              file=sys.stderr)
+        return 1
+    artifacts.write_bytes(out, flatbuffer)
+    print(f"wrote {out} ({row['bytes'] / 1e6:.2f} MB), {args.model / (args.member + '_savedmodel')} "
+          f"and {args.model / (args.member + '_waveform.keras')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The predict CLI on a tiny untrained run (mel map only, no scalars) and synthetic WAVs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import breath_like
+from tfbreath import artifacts, export, predict
+from tfbreath.audio import load_audio
+from tfbreath.config import PipelineConfig, dump_config, with_overrides
+from tfbreath.ensemble import build_ensemble
+from tfbreath.models import build_model_for_pipeline
+
+PIPELINE = with_overrides(PipelineConfig(), "features", maps=("mel",), scalars=False)
+RATE = PIPELINE.audio.sample_rate
+CLIP = PIPELINE.audio.num_samples
+CLIP_FORMATS = {"a_16k.wav": (16000, "PCM_16"), "b_44k.wav": (44100, "PCM_24"),
+                "c_4k.wav": (4000, "PCM_16"), "d_22k.wav": (22050, "FLOAT")}
+"""One-second clips at the rates and bit depths a user may have."""
+LONG_S = 3.2
+SHORT_S = 0.6
+SAME_MODEL_ATOL = 1e-5
+"""The CLI and a direct Keras call on the same model and audio."""
+EXPORT_ATOL = export.MAX_PROBABILITY_DIFF["none"]
+"""Two formats of the same model: the export's own float32 limit."""
+
+
+def _write(path, seconds, rate=RATE, subtype="PCM_16", seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, breath_like(seed, seconds, rate), rate, subtype=subtype)
+    return path
+
+
+def _run(capsys, *argv):
+    """``predict.main`` in-process: ``(exit code, stdout, stderr lines)``; argparse errors exit."""
+    try:
+        code = predict.main([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+def _rows(text):
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A fake run folder: pipeline.toml and an untrained width-0.125 CNN8 ensemble."""
+    keras.utils.set_random_seed(0)
+    folder = tmp_path_factory.mktemp("run")
+    members = {"cnn8": build_model_for_pipeline("cnn8", PIPELINE, width=0.125)}
+    artifacts.write_text(folder / "pipeline.toml", dump_config(PIPELINE))
+    artifacts.save_model(build_ensemble(members, [1.0]), folder / "ensemble.keras")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def waveform(run_dir):
+    """The run's ensemble as a waveform-input Keras model: the reference probabilities."""
+    return export.waveform_model(keras.models.load_model(run_dir / "ensemble.keras"), PIPELINE)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """A folder of one-second clips (one in a subfolder) at several rates and bit depths."""
+    folder = tmp_path_factory.mktemp("clips")
+    for seed, (name, (rate, subtype)) in enumerate(CLIP_FORMATS.items()):
+        _write(folder / ("sub" if seed == 0 else "") / name, 1.0, rate, subtype, seed)
+    return folder
+
+
+def _reference(waveform, files):
+    """P(exhale) straight from the Keras model, on clips decoded as in training."""
+    audio = np.stack([load_audio(f, RATE, PIPELINE.audio.duration_s) for f in files])
+    return waveform.predict(audio, verbose=0).reshape(-1)
+
+
+def _split_threshold(probabilities):
+    """A threshold between the middle two probabilities, so both targets occur."""
+    ordered = np.sort(probabilities)
+    middle = len(ordered) // 2
+    return float(ordered[middle - 1] + ordered[middle]) / 2
+
+
+def test_clip_rows_match_the_model_and_the_threshold(capsys, run_dir, waveform, clips):
+    files = sorted(clips.rglob("*.wav"))
+    expected = dict(zip((f.name for f in files), _reference(waveform, files)))
+    threshold = _split_threshold(list(expected.values()))
+    code, out, err = _run(capsys, "--model", run_dir, *files, "--threshold", threshold)
+    assert code == predict.EXIT_OK, err
+    rows = _rows(out)
+    assert list(rows[0]) == list(predict.CLIP_COLUMNS)
+    assert [r["ID"] for r in rows] == [f.name for f in files]
+    for row in rows:
+        probability = float(row["Probability"])
+        assert len(row["Probability"].split(".")[1]) >= 4
+        assert probability == pytest.approx(expected[row["ID"]], abs=SAME_MODEL_ATOL)
+        assert row["Target"] == ("E" if probability >= threshold else "I")
+    assert {r["Target"] for r in rows} == {"I", "E"}
+
+
+def test_a_folder_is_searched_and_the_csv_written_to_out(capsys, tmp_path, run_dir, clips):
+    out_csv = tmp_path / "predictions.csv"
+    code, out, err = _run(capsys, "--model", run_dir, clips, "--out", out_csv)
+    assert code == predict.EXIT_OK, err
+    assert out == ""
+    rows = _rows(out_csv.read_text())
+    assert sorted(r["ID"] for r in rows) == sorted(CLIP_FORMATS)
+    assert {r["Target"] for r in rows} <= {"I", "E"}
+
+
+def test_window_starts_end_with_the_recording():
+    assert predict.window_starts(CLIP // 2, CLIP, CLIP // 2).tolist() == [0]
+    assert predict.window_starts(CLIP, CLIP, CLIP // 2).tolist() == [0]
+    assert predict.window_starts(3 * CLIP, CLIP, CLIP // 2).tolist() == [0, 8000, 16000, 24000, 32000]
+    assert predict.window_starts(51200, CLIP, 12800).tolist() == [0, 12800, 25600, 35200]
+
+
+def _recording(length, starts, probabilities):
+    return predict.Recording("x.wav", None, np.zeros(length), np.array(starts), np.array(probabilities))
+
+
+def test_sample_probability_averages_the_covering_windows():
+    probability = predict.sample_probability(_recording(30, [0, 10, 20], [0.2, 0.4, 0.9]), clip=10)
+    np.testing.assert_allclose(probability, [0.2] * 10 + [0.4] * 10 + [0.9] * 10)
+    overlapping = predict.sample_probability(_recording(15, [0, 5], [0.2, 0.6]), clip=10)
+    np.testing.assert_allclose(overlapping, [0.2] * 5 + [0.4] * 5 + [0.6] * 5)
+
+
+def test_long_recording_is_windowed_and_plotted(capsys, tmp_path, run_dir, waveform):
+    long_wav = _write(tmp_path / "wavs" / "long.wav", LONG_S, seed=1)
+    _write(tmp_path / "wavs" / "short.wav", SHORT_S, 8000, seed=2)
+    plots = tmp_path / "plots"
+    code, out, err = _run(capsys, "--model", run_dir, tmp_path / "wavs", "--plot", plots)
+    assert code == predict.EXIT_OK, err
+    rows = _rows(out)
+    assert list(rows[0]) == list(predict.WINDOW_COLUMNS)
+    spans = [(r["ID"], float(r["start_s"]), float(r["end_s"])) for r in rows]
+    assert spans == [("long.wav", 0.0, 1.0), ("long.wav", 0.5, 1.5), ("long.wav", 1.0, 2.0),
+                     ("long.wav", 1.5, 2.5), ("long.wav", 2.0, 3.0), ("long.wav", 2.2, 3.2),
+                     ("short.wav", 0.0, SHORT_S)]
+    audio = load_audio(long_wav, RATE, None)
+    windows = np.stack([audio[int(round(s * RATE)):int(round(s * RATE)) + CLIP] for _, s, _ in spans[:-1]])
+    np.testing.assert_allclose([float(r["Probability"]) for r in rows[:-1]],
+                               waveform.predict(windows, verbose=0).reshape(-1), atol=SAME_MODEL_ATOL)
+    for name in ("long", "short"):
+        assert (plots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    code, out, err = _run(capsys, "--model", run_dir, long_wav, "--hop", 0.8)
+    assert code == predict.EXIT_OK, err
+    assert [float(r["start_s"]) for r in _rows(out)] == [0.0, 0.8, 1.6, 2.2]
+
+
+def test_bad_files_are_reported_and_skipped(capsys, tmp_path, run_dir):
+    good = _write(tmp_path / "good.wav", 1.0)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(good.read_bytes()[:30])
+    not_wav = tmp_path / "notes.txt"
+    not_wav.write_text("not audio\n")
+    code, out, err = _run(capsys, "--model", run_dir, good, corrupt, not_wav)
+    assert code == predict.EXIT_SKIPPED
+    assert [r["ID"] for r in _rows(out)] == ["good.wav"]
+    skipped = [line for line in err if line.startswith("skipped ")]
+    assert len(skipped) == 2
+    assert str(corrupt) in skipped[0] and "truncated" in skipped[0]
+    assert str(not_wav) in skipped[1] and "not a WAV" in skipped[1]
+    assert any("decoded 1 of 3" in line and "skipped 2" in line for line in err)
+    assert not any("Traceback" in line for line in err)
+
+
+@pytest.fixture
+def bad_models(tmp_path, run_dir):
+    """``--model`` values that must each give one ``error:`` line and exit code 2."""
+    junk_keras = tmp_path / "junk.keras"
+    junk_keras.write_bytes(b"PK\x03\x04 not a zip")
+    junk_tflite = tmp_path / "junk.tflite"
+    junk_tflite.write_bytes(b"not a flatbuffer")
+    lonely = tmp_path / "lonely" / "ensemble.keras"  # feature-input model without its pipeline
+    lonely.parent.mkdir()
+    shutil.copy(run_dir / "ensemble.keras", lonely)
+    mismatched = tmp_path / "mismatched" / "ensemble.keras"  # its pipeline makes 9 maps + scalars
+    mismatched.parent.mkdir()
+    shutil.copy(run_dir / "ensemble.keras", mismatched)
+    artifacts.write_text(mismatched.parent / "pipeline.toml", dump_config(PipelineConfig()))
+    not_a_run = tmp_path / "not_a_run"
+    not_a_run.mkdir()
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    return {"missing": tmp_path / "missing.keras", "junk keras": junk_keras, "junk tflite": junk_tflite,
+            "no pipeline": lonely, "wrong pipeline": mismatched, "not a run": not_a_run,
+            "not a model": text}
+
+
+def _assert_one_error_line(code, out, err):
+    assert code == predict.EXIT_USAGE
+    assert out == ""
+    assert len(err) == 1 and err[0].startswith("error: "), err
+
+
+def test_bad_model_is_one_error_line_and_exit_2(capsys, bad_models, clips):
+    wav = next(clips.rglob("*.wav"))
+    for name, model in bad_models.items():
+        code, out, err = _run(capsys, "--model", model, wav)
+        _assert_one_error_line(code, out, err)
+        assert str(model) in err[0], name
+    assert "pipeline.toml" in _run(capsys, "--model", bad_models["no pipeline"], wav)[2][0]
+
+
+def test_usage_errors_are_one_line_and_exit_2(capsys, monkeypatch, tmp_path, run_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for argv in ([empty], [], [tmp_path / "absent.wav"], ["--threshold", 1.5, empty], ["--hop", 2.0, empty]):
+        _assert_one_error_line(*_run(capsys, "--model", run_dir, *argv))
+    monkeypatch.setattr(predict, "DEFAULT_MODEL_DIR", tmp_path / "no_pretrained_model")
+    code, out, err = _run(capsys, empty)
+    _assert_one_error_line(code, out, err)
+    assert "--model" in err[0]
+
+
+def test_the_default_model_prefers_its_tflite(monkeypatch, tmp_path, run_dir):
+    monkeypatch.setattr(predict, "DEFAULT_MODEL_DIR", run_dir)
+    assert predict.default_model_path() == run_dir
+    shipped = tmp_path / "breath_phase"
+    shutil.copytree(run_dir, shipped)
+    (shipped / "ensemble.tflite").write_bytes(b"")
+    monkeypatch.setattr(predict, "DEFAULT_MODEL_DIR", shipped)
+    assert predict.default_model_path() == shipped / "ensemble.tflite"
+
+
+def test_kaggle_submission_keeps_the_csv_order_and_spelling(capsys, tmp_path, run_dir, waveform):
+    root = tmp_path / "kaggle"
+    ids = ["steth_b.wav", "steth_a", "steth_c.wav"]
+    files = [_write(root / "test" / (i if i.endswith(".wav") else i + ".wav"), 1.0, seed=n)
+             for n, i in enumerate(ids)]
+    (root / "test.csv").write_text("ID\n" + "\n".join(ids) + "\n")
+    expected = _reference(waveform, files)
+    threshold = _split_threshold(expected)
+    out_csv = tmp_path / "submission.csv"
+    code, out, err = _run(capsys, "--model", run_dir, "--kaggle", root / "test.csv", "--out", out_csv,
+                          "--threshold", threshold)
+    assert code == predict.EXIT_OK, err
+    assert out_csv.read_text().splitlines()[0] == "ID,Target"
+    rows = _rows(out_csv.read_text())
+    assert [r["ID"] for r in rows] == ids
+    assert [r["Target"] for r in rows] == ["E" if p >= threshold else "I" for p in expected]
+
+
+def _probabilities(classifier, files):
+    audio = np.stack([load_audio(f, classifier.sample_rate, classifier.clip_s) for f in files])
+    return classifier(audio)
+
+
+def test_keras_files_give_the_run_folder_probabilities(tmp_path, run_dir, waveform, clips):
+    files = sorted(clips.rglob("*.wav"))
+    waveform_keras = artifacts.save_model(waveform, tmp_path / "ensemble_waveform.keras")
+    expected = _reference(waveform, files)  # what the run folder gives (first test)
+    for model in (waveform_keras, run_dir / "ensemble.keras"):
+        classifier = predict.load_classifier(model)
+        assert (classifier.sample_rate, classifier.num_samples) == (RATE, CLIP)
+        np.testing.assert_allclose(_probabilities(classifier, files), expected, atol=EXPORT_ATOL)
+
+
+def test_tflite_gives_the_run_folder_probabilities(capsys, tmp_path, waveform, clips):
+    files = sorted(clips.rglob("*.wav"))
+    saved = export.save_serving(waveform, tmp_path / "savedmodel")
+    tflite = artifacts.write_bytes(tmp_path / "alone" / "ensemble.tflite", export.convert(saved, "none"))
+    expected = _reference(waveform, files)
+    code, out, err = _run(capsys, "--model", tflite, *files)
+    assert code == predict.EXIT_OK, err
+    assert any("assuming the default pipeline's 16000 Hz" in line for line in err)
+    np.testing.assert_allclose([float(r["Probability"]) for r in _rows(out)], expected, atol=EXPORT_ATOL)
+    beside = tmp_path / "beside" / "ensemble.tflite"
+    beside.parent.mkdir()
+    shutil.copy(tflite, beside)
+    custom_rate = with_overrides(PIPELINE, "audio", sample_rate=2 * RATE, duration_s=0.5)
+    artifacts.write_text(beside.parent / "pipeline.toml", dump_config(custom_rate))
+    explicit = predict.load_classifier(tflite, pipeline_arg=beside.parent / "pipeline.toml")
+    for classifier in (predict.load_classifier(beside), explicit):
+        assert (classifier.sample_rate, classifier.num_samples) == (2 * RATE, CLIP)
+    assert "assuming" not in capsys.readouterr().err

@@ -1,0 +1,516 @@
+"""``python -m tfbreath.predict``: P(exhale) for WAV files, long recordings or a Kaggle test set.
+
+    python -m tfbreath.predict [--model PATH] INPUT... [--out FILE.csv] [--threshold T]
+                               [--hop SECONDS] [--plot DIR] [--batch-size N] [--pipeline FILE]
+    python -m tfbreath.predict [--model PATH] --kaggle TEST_CSV [--out submission.csv]
+
+``INPUT`` is WAV files or folders of them (searched recursively), at any rate and bit depth
+the decoder takes. ``PATH`` is one of
+
+- a run folder of ``python -m tfbreath.fit`` (its ``ensemble.keras`` + ``pipeline.toml``);
+- a ``.keras`` file: a waveform-input model (``python -m tfbreath.export`` writes
+  ``<member>_waveform.keras``; it carries its pipeline) or a feature-input model such as
+  ``cnn8.keras``, which needs ``pipeline.toml`` beside it (or ``--pipeline FILE``);
+- a ``.tflite`` file written by ``python -m tfbreath.export``; its input length is the clip
+  size, its sample rate comes from ``pipeline.toml`` beside it, else ``--pipeline FILE``, else
+  the default pipeline's (said on stderr).
+
+Without ``--model``, the pretrained model in ``saved_models/breath_phase/`` of the repository is
+used (its ``ensemble.tflite`` if present, else the run folder).
+
+The CSV (``--out``, else stdout) has one row per file, ``ID,Target,Probability``: the file
+name, ``E`` when P(exhale) >= ``--threshold`` (default 0.5) else ``I``, and P(exhale). If any
+recording is longer than one clip, every file is classified window by window instead: clip-long
+windows every ``--hop`` seconds (default: half a clip), the last one ending with the recording,
+rows ``ID,start_s,end_s,Target,Probability`` (a short file gives one zero-padded window).
+``--plot DIR`` then draws each recording's phase timeline to ``DIR/<file stem>.png``.
+
+``--kaggle TEST_CSV`` writes the competition's submission instead: ``ID,Target`` in the CSV's
+order and spelling, the WAVs read from ``test/`` beside it, each as one clip (trimmed or padded,
+as in training).
+
+Messages go to stderr. A file that cannot be decoded is reported on one line and skipped (it
+has no row, in a submission either).
+Exit code: 0 every file predicted, 1 some skipped, 2 bad arguments or model (``error: ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, NoReturn, Sequence
+
+import keras
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+import tfbreath  # noqa: E402
+from tfbreath import artifacts, data, export  # noqa: E402
+from tfbreath.audio import AudioError, load_audio  # noqa: E402
+from tfbreath.config import ConfigError, PipelineConfig, load_config  # noqa: E402
+from tfbreath.evaluation import THRESHOLD  # noqa: E402
+from tfbreath.features import FeatureExtractor  # noqa: E402
+
+PIPELINE_FILE = "pipeline.toml"
+ENSEMBLE = "ensemble"
+KERAS_SUFFIX = ".keras"
+TFLITE_SUFFIX = ".tflite"
+KAGGLE_CSV = "test.csv"
+
+DEFAULT_MODEL_DIR = Path(tfbreath.__file__).resolve().parents[1] / "saved_models" / "breath_phase"
+"""The shipped pretrained model: a run folder, optionally holding ``ensemble.tflite``."""
+
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_HOP_CLIPS = 0.5
+"""Default hop between windows, in clip lengths."""
+
+ONE_CLIP = np.zeros(1, np.int64)
+"""Window starts of a file classified as one clip (trimmed or zero-padded)."""
+
+PROBABILITY_DECIMALS = 6
+TIME_DECIMALS = 3
+
+CLIP_COLUMNS = ("ID", "Target", "Probability")
+WINDOW_COLUMNS = ("ID", "start_s", "end_s", "Target", "Probability")
+KAGGLE_COLUMNS = ("ID", "Target")
+
+EXIT_OK = 0
+EXIT_SKIPPED = 1
+EXIT_USAGE = 2
+
+INHALE, EXHALE = data.LABEL_NAMES
+PHASE_COLOURS = {INHALE: "tab:blue", EXHALE: "tab:orange"}
+PHASE_WORDS = {INHALE: "inhale", EXHALE: "exhale"}
+SPAN_ALPHA = 0.15
+FIGURE_SIZE = (12, 5)
+WAVEFORM_HEIGHT_RATIO = 2
+"""The waveform panel is this many times taller than the probability panel."""
+LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 8}
+
+
+class PredictError(RuntimeError):
+    """Bad arguments or an unusable model: reported as one ``error:`` line, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The classifier: any model as [N, samples] audio -> [N] P(exhale)
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+    """A model as one callable: ``[N, num_samples]`` float32 audio at ``sample_rate`` -> ``[N]`` P(exhale)."""
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    sample_rate: int
+    num_samples: int
+    description: str
+
+    def __call__(self, waveforms: np.ndarray) -> np.ndarray:
+        return np.asarray(self.predict(np.asarray(waveforms, np.float32)), np.float32).reshape(-1)
+
+    @property
+    def clip_s(self) -> float:
+        return self.num_samples / self.sample_rate
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def _load_keras(path: Path) -> keras.Model:
+    try:
+        return export.load_trained_model(path)
+    except (ValueError, TypeError, OSError) as err:
+        raise PredictError(f"{path}: cannot load the Keras model ({_one_line(err)})") from None
+
+
+def _feature_extractor(model: keras.Model) -> FeatureExtractor | None:
+    return next((layer for layer in model.layers if isinstance(layer, FeatureExtractor)), None)
+
+
+def keras_classifier(model: keras.Model, description: str) -> Classifier:
+    """A waveform-input Keras model (it holds a ``FeatureExtractor``, hence its pipeline)."""
+    audio = _feature_extractor(model).pipeline.audio
+    return Classifier(model.predict_on_batch, audio.sample_rate, int(model.input.shape[-1]), description)
+
+
+def _wrap(model: keras.Model, pipeline: PipelineConfig, description: str) -> Classifier:
+    """A feature-input model behind the pipeline's feature extraction."""
+    try:
+        return keras_classifier(export.waveform_model(model, pipeline), description)
+    except export.ExportError as err:
+        raise PredictError(f"{description}: {err}") from None
+
+
+def _pipeline_for(path: Path, pipeline_arg: Path | None) -> PipelineConfig | None:
+    """``--pipeline FILE`` if given, else ``pipeline.toml`` beside the model, else ``None``."""
+    if pipeline_arg is not None:
+        return load_config(pipeline_arg)
+    beside = path.parent / PIPELINE_FILE
+    return load_config(beside) if beside.is_file() else None
+
+
+def load_run(path: Path) -> Classifier:
+    """A run folder: its ensemble with its pipeline's feature extraction in front."""
+    run = export.Run.load(path)
+    return _wrap(_load_keras(run.model_path(ENSEMBLE)), run.pipeline, f"run {path} ({ENSEMBLE})")
+
+
+def load_keras_file(path: Path, pipeline_arg: Path | None) -> Classifier:
+    """A waveform-input ``.keras`` as is; a feature-input one with the pipeline beside it."""
+    model = _load_keras(path)
+    if _feature_extractor(model) is not None:
+        return keras_classifier(model, f"{path} (waveform input)")
+    pipeline = _pipeline_for(path, pipeline_arg)
+    if pipeline is None:
+        raise PredictError(f"{path}: a feature-input model needs its {PIPELINE_FILE} beside it "
+                           f"(or pass --pipeline FILE)")
+    return _wrap(model, pipeline, f"{path} (feature input)")
+
+
+def load_tflite(path: Path, pipeline_arg: Path | None) -> Classifier:
+    """A waveform ``.tflite``: clip size from its input, sample rate from the pipeline."""
+    try:
+        interpreter = export.TFLiteClassifier(path)
+    except ValueError as err:
+        raise PredictError(f"{path}: cannot load the TFLite model ({_one_line(err)})") from None
+    pipeline = _pipeline_for(path, pipeline_arg)
+    if pipeline is None:
+        pipeline = PipelineConfig()
+        print(f"note: no {PIPELINE_FILE} beside {path} and no --pipeline: assuming the default "
+              f"pipeline's {pipeline.audio.sample_rate} Hz", file=sys.stderr)
+    if pipeline.audio.num_samples != interpreter.num_samples:
+        print(f"warning: {path} takes {interpreter.num_samples} samples per clip, the pipeline "
+              f"{pipeline.audio.num_samples}; using {interpreter.num_samples} at "
+              f"{pipeline.audio.sample_rate} Hz", file=sys.stderr)
+    return Classifier(interpreter, pipeline.audio.sample_rate, interpreter.num_samples, f"{path} (TFLite)")
+
+
+def default_model_path() -> Path:
+    """The shipped model: ``ensemble.tflite`` in ``saved_models/breath_phase/``, else that run folder."""
+    tflite = DEFAULT_MODEL_DIR / (ENSEMBLE + TFLITE_SUFFIX)
+    if tflite.is_file():
+        return tflite
+    if (DEFAULT_MODEL_DIR / (ENSEMBLE + KERAS_SUFFIX)).is_file():
+        return DEFAULT_MODEL_DIR
+    raise PredictError(f"no pretrained model at {DEFAULT_MODEL_DIR} yet; pass --model RUN_DIR, "
+                       f"FILE{KERAS_SUFFIX} or FILE{TFLITE_SUFFIX}")
+
+
+def load_classifier(path: Path | None, pipeline_arg: Path | None = None) -> Classifier:
+    """Whatever ``--model`` names (default: the shipped model) as a ``Classifier``."""
+    path = default_model_path() if path is None else Path(path)
+    try:
+        if path.is_dir():
+            return load_run(path)
+        if not path.is_file():
+            raise PredictError(f"{path}: no such model file or run folder")
+        if path.suffix == KERAS_SUFFIX:
+            return load_keras_file(path, pipeline_arg)
+        if path.suffix == TFLITE_SUFFIX:
+            return load_tflite(path, pipeline_arg)
+    except (export.ExportError, ConfigError) as err:
+        raise PredictError(str(err)) from None
+    raise PredictError(f"{path}: not a model; expected a run folder, a {KERAS_SUFFIX} or a {TFLITE_SUFFIX} file")
+
+
+# ---------------------------------------------------------------------------------------------
+# Recordings and their windows
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Recording:
+    """One decoded file at the classifier's rate, its window starts and their P(exhale)."""
+
+    id: str
+    """The CSV's ID: the file name, or the competition's ID with ``--kaggle``."""
+    path: Path
+    audio: np.ndarray
+    starts: np.ndarray
+    probabilities: np.ndarray | None = None
+
+
+def decode(files: Sequence[Path], sample_rate: int) -> list[np.ndarray | None]:
+    """Each file at ``sample_rate``, whole; ``None`` for a file that fails (said on stderr)."""
+    audios = []
+    for path in tqdm(files, desc="decode", unit="file", leave=False, disable=None):
+        try:
+            audios.append(load_audio(path, sample_rate, None))
+        except AudioError as err:
+            audios.append(None)
+            tqdm.write(f"skipped {err}", file=sys.stderr)
+    return audios
+
+
+def window_starts(length: int, clip: int, hop: int) -> np.ndarray:
+    """Starts of clip-long windows every ``hop`` samples, the last one ending at ``length``.
+
+    ``[0]`` when the recording fits in one clip (it is then zero-padded).
+    """
+    if length <= clip:
+        return ONE_CLIP
+    return np.append(np.arange(0, length - clip, hop), length - clip)
+
+
+def _window(audio: np.ndarray, start: int, clip: int) -> np.ndarray:
+    """``audio[start:start + clip]``, zero-padded at the end. ``-> [clip]``"""
+    piece = audio[start:start + clip]
+    return np.pad(piece, (0, clip - len(piece)))
+
+
+def _batches(recordings: Sequence[Recording], clip: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Every window of every recording, in order, as ``[<= batch_size, clip]`` arrays."""
+    windows = [(r.audio, int(s)) for r in recordings for s in r.starts]
+    for first in range(0, len(windows), batch_size):
+        yield np.stack([_window(audio, start, clip) for audio, start in windows[first:first + batch_size]])
+
+
+def classify(classifier: Classifier, recordings: Sequence[Recording], batch_size: int) -> list[Recording]:
+    """The recordings with the P(exhale) of each window, from batched model calls."""
+    batches = _batches(recordings, classifier.num_samples, batch_size)
+    total = sum(len(r.starts) for r in recordings)
+    probabilities = np.concatenate([classifier(batch) for batch in tqdm(
+        batches, desc="classify", unit="batch", total=-(-total // batch_size), leave=False, disable=None)])
+    ends = np.cumsum([len(r.starts) for r in recordings])
+    return [dataclasses.replace(r, probabilities=p)
+            for r, p in zip(recordings, np.split(probabilities, ends[:-1]))]
+
+
+def target(probability: float, threshold: float) -> str:
+    return EXHALE if probability >= threshold else INHALE
+
+
+def sample_probability(recording: Recording, clip: int) -> np.ndarray:
+    """Per sample: the mean P(exhale) of the windows covering it. ``-> [len(audio)]``"""
+    length = len(recording.audio)
+    total, count = np.zeros(length + clip), np.zeros(length + clip)
+    for start, probability in zip(recording.starts, recording.probabilities):
+        total[start:start + clip] += probability
+        count[start:start + clip] += 1
+    return (total / np.maximum(count, 1))[:length]
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV rows
+# ---------------------------------------------------------------------------------------------
+def _probability(p: float) -> str:
+    return f"{p:.{PROBABILITY_DECIMALS}f}"
+
+
+def _seconds(samples: int, sample_rate: int) -> str:
+    return f"{samples / sample_rate:.{TIME_DECIMALS}f}"
+
+
+def clip_rows(recordings: Sequence[Recording], threshold: float) -> list[list[str]]:
+    return [[r.id, target(r.probabilities[0], threshold), _probability(r.probabilities[0])]
+            for r in recordings]
+
+
+def window_rows(recordings: Sequence[Recording], clip: int, sample_rate: int,
+                threshold: float) -> list[list[str]]:
+    """One row per window; a window past the end of a short recording stops at its end."""
+    return [[r.id, _seconds(start, sample_rate), _seconds(min(start + clip, len(r.audio)), sample_rate),
+             target(p, threshold), _probability(p)]
+            for r in recordings for start, p in zip(r.starts, r.probabilities)]
+
+
+def kaggle_rows(recordings: Sequence[Recording], threshold: float) -> list[list[str]]:
+    return [[r.id, target(r.probabilities[0], threshold)] for r in recordings]
+
+
+def format_csv(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Timeline plot
+# ---------------------------------------------------------------------------------------------
+def _phase_runs(phase: np.ndarray) -> list[tuple[int, int, bool]]:
+    """Maximal runs of equal values: ``(start, end, value)`` in samples."""
+    edges = np.flatnonzero(np.diff(phase)) + 1
+    starts, ends = np.append(0, edges), np.append(edges, len(phase))
+    return [(int(s), int(e), bool(phase[s])) for s, e in zip(starts, ends)]
+
+
+def plot_timeline(recording: Recording, classifier: Classifier, threshold: float, hop: int, path: Path) -> Path:
+    """Waveform coloured by phase over phase-coloured spans, and the P(exhale) curves below."""
+    rate, clip = classifier.sample_rate, classifier.num_samples
+    probability = sample_probability(recording, clip)
+    phase = probability >= threshold
+    time = np.arange(len(recording.audio)) / rate
+    figure, (wave_ax, prob_ax) = plt.subplots(2, 1, figsize=FIGURE_SIZE, sharex=True,
+                                              gridspec_kw={"height_ratios": [WAVEFORM_HEIGHT_RATIO, 1]})
+    for start, end, is_exhale in _phase_runs(phase):
+        letter = EXHALE if is_exhale else INHALE
+        for ax in (wave_ax, prob_ax):
+            ax.axvspan(start / rate, end / rate, color=PHASE_COLOURS[letter], alpha=SPAN_ALPHA, linewidth=0)
+    for letter, mask in ((INHALE, ~phase), (EXHALE, phase)):
+        wave_ax.plot(time, np.where(mask, recording.audio, np.nan), color=PHASE_COLOURS[letter], linewidth=0.5,
+                     label=f"{PHASE_WORDS[letter]} ({letter})")
+    wave_ax.set(ylabel="amplitude",
+                title=f"{recording.path.name}: breathing phase, {len(recording.starts)} window(s) of "
+                      f"{clip / rate:g} s every {hop / rate:g} s")
+    wave_ax.legend(**LEGEND_OUTSIDE)
+    centres = (recording.starts + min(clip, len(recording.audio)) / 2) / rate
+    prob_ax.plot(time, probability, color="black", linewidth=1, label="mean over windows")
+    prob_ax.plot(centres, recording.probabilities, "o", color="grey", markersize=3, label="window (at its centre)")
+    prob_ax.axhline(threshold, color="red", linestyle="--", linewidth=0.8, label=f"threshold {threshold:g}")
+    prob_ax.set(xlabel="time (s)", ylabel="P(exhale)", ylim=(0, 1), xlim=(0, time[-1]))
+    prob_ax.legend(**LEGEND_OUTSIDE)
+    artifacts.save_figure(figure, path)
+    plt.close(figure)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line ``error: ...`` (no usage block) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _Parser(prog="python -m tfbreath.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="WAV files or folders of WAV files")
+    parser.add_argument("--model", type=Path, metavar="PATH",
+                        help=f"run folder, {KERAS_SUFFIX} or {TFLITE_SUFFIX} (default: {DEFAULT_MODEL_DIR})")
+    parser.add_argument("--out", type=Path, metavar="FILE.csv", help="output CSV (default: stdout)")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD, metavar="T",
+                        help=f"P(exhale) at or above which the target is E (default {THRESHOLD:g})")
+    parser.add_argument("--kaggle", type=Path, metavar="TEST_CSV",
+                        help=f"write a submission (ID,Target) for this {KAGGLE_CSV} and the test/ folder beside it")
+    parser.add_argument("--hop", type=float, metavar="SECONDS",
+                        help="hop between windows of long recordings (default: half a clip)")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="phase timeline PNG per windowed recording")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                        help=f"clips per model call (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--pipeline", type=Path, metavar="FILE",
+                        help=f"pipeline TOML for a {TFLITE_SUFFIX} or feature-input {KERAS_SUFFIX} "
+                             f"(default: {PIPELINE_FILE} beside the model)")
+    args = parser.parse_args(argv)
+    if bool(args.inputs) == bool(args.kaggle):
+        parser.error("give WAV inputs or --kaggle TEST_CSV (one of the two)")
+    if args.kaggle and (args.plot or args.hop):
+        parser.error("--plot and --hop apply to WAV inputs, not to --kaggle (one clip per file)")
+    if not 0.0 <= args.threshold <= 1.0:
+        parser.error(f"--threshold must be in [0, 1], got {args.threshold:g}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.hop is not None and args.hop <= 0:
+        parser.error(f"--hop must be > 0 seconds, got {args.hop:g}")
+    return args
+
+
+def _hop_samples(hop_s: float | None, classifier: Classifier) -> int:
+    """``--hop`` in samples: at least one, at most one clip (windows must not leave gaps)."""
+    clip = classifier.num_samples
+    if hop_s is None:
+        return int(round(clip * DEFAULT_HOP_CLIPS))
+    hop = int(round(hop_s * classifier.sample_rate))
+    if not 1 <= hop <= clip:
+        raise PredictError(f"--hop must be at most one clip ({classifier.clip_s:g} s) and at least "
+                           f"one sample, got {hop_s:g} s")
+    return hop
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The CSV IDs (file names, or the competition's with ``--kaggle``) and WAV files, in order."""
+    if not args.kaggle:
+        return [(path.name, path) for path in data.collect_wav_files(args.inputs)]
+    if args.kaggle.name != KAGGLE_CSV:
+        raise PredictError(f"{args.kaggle}: --kaggle takes the competition's {KAGGLE_CSV} (with test/ beside it)")
+    ids, examples = data.read_kaggle_test(args.kaggle.parent)
+    return list(zip(ids, examples.files))
+
+
+def _write(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        artifacts.write_text(out, text)
+        print(f"wrote {out}", file=sys.stderr)
+
+
+def _csv_text(recordings: Sequence[Recording], kaggle: bool, windowed: bool, classifier: Classifier,
+              threshold: float) -> str:
+    """The submission, the window table or the clip table, as CSV text."""
+    if kaggle:
+        return format_csv(KAGGLE_COLUMNS, kaggle_rows(recordings, threshold))
+    if windowed:
+        rows = window_rows(recordings, classifier.num_samples, classifier.sample_rate, threshold)
+        return format_csv(WINDOW_COLUMNS, rows)
+    return format_csv(CLIP_COLUMNS, clip_rows(recordings, threshold))
+
+
+def _recordings(inputs: Sequence[tuple[str, Path]], audios: Sequence[np.ndarray | None], windowed: bool,
+                clip: int, hop: int) -> list[Recording]:
+    """Each decoded file with its windows: every ``hop`` samples if ``windowed``, else one clip."""
+    return [Recording(clip_id, path, audio, window_starts(len(audio), clip, hop) if windowed else ONE_CLIP)
+            for (clip_id, path), audio in zip(inputs, audios) if audio is not None]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, decode, classify, write; return the exit code (``PredictError`` for usage problems)."""
+    classifier = load_classifier(args.model, args.pipeline)
+    clip, hop = classifier.num_samples, _hop_samples(args.hop, classifier)
+    inputs = _inputs(args)
+    print(f"model: {classifier.description}; {clip} samples per clip "
+          f"({classifier.clip_s:g} s at {classifier.sample_rate} Hz)", file=sys.stderr)
+    audios = decode([path for _, path in inputs], classifier.sample_rate)
+    skipped = sum(audio is None for audio in audios)
+    summary = f"decoded {len(inputs) - skipped} of {len(inputs)} file(s)"
+    print(f"{summary}; skipped {skipped} (reasons above, no rows)" if skipped else summary, file=sys.stderr)
+    if skipped == len(inputs):
+        print("error: no file could be decoded; nothing written", file=sys.stderr)
+        return EXIT_SKIPPED
+    kaggle = args.kaggle is not None
+    windowed = not kaggle and any(audio is not None and len(audio) > clip for audio in audios)
+    if windowed:
+        print(f"a recording is longer than one clip: windows of {classifier.clip_s:g} s every "
+              f"{hop / classifier.sample_rate:g} s", file=sys.stderr)
+    recordings = classify(classifier, _recordings(inputs, audios, windowed, clip, hop), args.batch_size)
+    _write(_csv_text(recordings, kaggle, windowed, classifier, args.threshold), args.out)
+    _plot(args.plot, recordings if windowed else [], classifier, args.threshold, hop)
+    return EXIT_SKIPPED if skipped else EXIT_OK
+
+
+def _plot(folder: Path | None, recordings: Sequence[Recording], classifier: Classifier, threshold: float,
+          hop: int) -> None:
+    if folder is None:
+        return
+    if not recordings:
+        print(f"--plot: no recording is longer than one clip ({classifier.clip_s:g} s); no timeline drawn",
+              file=sys.stderr)
+        return
+    for recording in recordings:
+        plot_timeline(recording, classifier, threshold, hop, folder / f"{recording.path.stem}.png")
+    print(f"wrote {len(recordings)} timeline(s) to {folder}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    tf.get_logger().setLevel("ERROR")  # tfio's resampler warns about retracing on every new length
+    try:
+        return run(args)
+    except (PredictError, data.DataError, ConfigError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -44,6 +44,9 @@ def test_each_quantization_passes_its_self_check_and_runs_without_flex(tiny_run,
     assert probabilities.shape == (len(labels),)
     assert np.all((probabilities >= 0) & (probabilities <= 1))
     assert classifier(waveforms[:1]).shape == (1,)  # batch resized back to one clip
+    repeats = export.TFLITE_BATCH // len(labels) + 2  # more clips than one interpreter call takes
+    np.testing.assert_allclose(classifier(np.tile(waveforms, (repeats, 1))), np.tile(probabilities, repeats),
+                               atol=1e-6)
 
 
 def test_keras_waveform_model_and_savedmodel_agree_with_the_feature_model(tiny_run, validation_clips):

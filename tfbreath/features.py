@@ -62,10 +62,7 @@ class FeatureExtractor(keras.layers.Layer):
         return cls(dump_config(pipeline), **kwargs)
 
     def call(self, waveforms):
-        features = extract_features(waveforms, self.pipeline)  # {"spectral": [B, M, T, C], "scalars": [B, 39]}
-        # A reshape to constant sizes writes the static shapes into the saved graph (set_shape is
-        # Python-only), so a SavedModel -> TFLite conversion knows every conv's input channels.
-        return {name: tf.reshape(x, [-1, *x.shape[1:]]) for name, x in features.items()}
+        return extract_features(waveforms, self.pipeline)  # {"spectral": [B, M, T, C], "scalars": [B, 39]}
 
     def get_config(self):
         config = super().get_config()

@@ -179,9 +179,14 @@ def flatten_batch(y: tf.Tensor):
     flat.set_shape([None, y.shape[-1]] if y.shape.rank is not None else [None, None])
 
     def restore(x: tf.Tensor) -> tf.Tensor:
+        static = y.shape[:-1].concatenate(x.shape[1:]) if y.shape.rank is not None else None
+        if static is not None and static.rank >= 1 and static[1:].is_fully_defined():
+            # Constant sizes write the static shape into the graph itself (set_shape is Python-only),
+            # so a SavedModel -> TFLite conversion still knows every conv's input channels.
+            return tf.reshape(x, [-1, *static[1:]])  # [..., *x.shape[1:]]
         out = tf.reshape(x, tf.concat([leading, tf.shape(x)[1:]], 0))  # [..., *x.shape[1:]]
-        if y.shape.rank is not None:
-            out.set_shape(y.shape[:-1].concatenate(x.shape[1:]))
+        if static is not None:
+            out.set_shape(static)
         return out
 
     return flat, restore

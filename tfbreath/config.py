@@ -42,13 +42,13 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and echoes the value."""
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
 
 
-def _positive(name: str, value: Any) -> None:
-    _require(value > 0, f"{name} must be > 0, got {value!r}")
+def positive(name: str, value: Any) -> None:
+    require(value > 0, f"{name} must be > 0, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +59,11 @@ class AudioConfig:
     duration_s: float = 1.0
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE,
             f"sample_rate must be in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}], got {self.sample_rate!r}",
         )
-        _positive("duration_s", self.duration_s)
+        positive("duration_s", self.duration_s)
 
     @property
     def num_samples(self) -> int:
@@ -88,16 +88,16 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         for name in ("n_fft", "hop_length", "n_mels", "fmax", "n_mfcc", "n_gammatone",
                      "lpc_order", "lpc_frame_s"):
-            _positive(name, getattr(self, name))
-        _require(self.n_fft & (self.n_fft - 1) == 0, f"n_fft must be a power of two, got {self.n_fft!r}")
-        _require(self.hop_length <= self.n_fft,
+            positive(name, getattr(self, name))
+        require(self.n_fft & (self.n_fft - 1) == 0, f"n_fft must be a power of two, got {self.n_fft!r}")
+        require(self.hop_length <= self.n_fft,
                  f"hop_length must be <= n_fft ({self.n_fft}), got {self.hop_length!r}")
-        _require(self.n_mfcc <= self.n_mels, f"n_mfcc must be <= n_mels ({self.n_mels}), got {self.n_mfcc!r}")
+        require(self.n_mfcc <= self.n_mels, f"n_mfcc must be <= n_mels ({self.n_mels}), got {self.n_mfcc!r}")
         object.__setattr__(self, "maps", tuple(self.maps))
         unknown = [m for m in self.maps if m not in MAP_NAMES]
-        _require(not unknown, f"maps has unknown names {unknown!r}; choose from {list(MAP_NAMES)}")
-        _require(len(set(self.maps)) == len(self.maps), f"maps has duplicates, got {list(self.maps)!r}")
-        _require(bool(self.maps), "maps must name at least one spectral map, got []")
+        require(not unknown, f"maps has unknown names {unknown!r}; choose from {list(MAP_NAMES)}")
+        require(len(set(self.maps)) == len(self.maps), f"maps has duplicates, got {list(self.maps)!r}")
+        require(bool(self.maps), "maps must name at least one spectral map, got []")
 
     @property
     def n_scalars(self) -> int:
@@ -116,11 +116,11 @@ class DataConfig:
     shuffle_buffer: int = 4096
 
     def __post_init__(self) -> None:
-        _require(0.0 < self.validation_fraction < 1.0,
+        require(0.0 < self.validation_fraction < 1.0,
                  f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
-        _positive("batch_size", self.batch_size)
-        _positive("shuffle_buffer", self.shuffle_buffer)
-        _require(bool(self.cache), f"cache must be 'memory', 'none' or a file path, got {self.cache!r}")
+        positive("batch_size", self.batch_size)
+        positive("shuffle_buffer", self.shuffle_buffer)
+        require(bool(self.cache), f"cache must be 'memory', 'none' or a file path, got {self.cache!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,15 +136,15 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         for name in ("p_cutmix", "p_mixup"):
             value = getattr(self, name)
-            _require(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value!r}")
+            require(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value!r}")
         total = self.p_cutmix + self.p_mixup
-        _require(total <= 1.0 + 1e-9,
+        require(total <= 1.0 + 1e-9,
                  f"p_cutmix + p_mixup must be <= 1, "
                  f"got {self.p_cutmix!r} + {self.p_mixup!r} = {total!r}")
         for name in ("cutmix_alpha", "mixup_alpha"):
             value = getattr(self, name)
-            _require(value > 0, f"{name} must be > 0, got {value!r}")
-        _require(isinstance(self.warmup_epochs, int) and not isinstance(self.warmup_epochs, bool)
+            require(value > 0, f"{name} must be > 0, got {value!r}")
+        require(isinstance(self.warmup_epochs, int) and not isinstance(self.warmup_epochs, bool)
                  and self.warmup_epochs >= 0,
                  f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
 
@@ -181,19 +181,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
         unknown = [m for m in self.models if m not in MODEL_NAMES]
-        _require(not unknown, f"models has unknown names {unknown!r}; choose from {list(MODEL_NAMES)}")
-        _require(bool(self.models), "models must name at least one model, got []")
-        _require(len(set(self.models)) == len(self.models), f"models has duplicates, got {list(self.models)!r}")
+        require(not unknown, f"models has unknown names {unknown!r}; choose from {list(MODEL_NAMES)}")
+        require(bool(self.models), "models must name at least one model, got []")
+        require(len(set(self.models)) == len(self.models), f"models has duplicates, got {list(self.models)!r}")
         for name in ("epochs", "weight_decay", "min_learning_rate", "clipnorm", "early_stopping_patience",
                      "model_width", "warmup_start_factor"):
-            _positive(name, getattr(self, name))
-        _require(0.0 <= self.warmup_fraction < 1.0,
+            positive(name, getattr(self, name))
+        require(0.0 <= self.warmup_fraction < 1.0,
                  f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
-        _require(self.precision in PRECISIONS, f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        require(self.precision in PRECISIONS, f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         missing = [m for m in self.models if m not in self.learning_rates]
-        _require(not missing, f"learning_rates has no entry for {missing!r}, got {dict(self.learning_rates)!r}")
+        require(not missing, f"learning_rates has no entry for {missing!r}, got {dict(self.learning_rates)!r}")
         for model, rate in self.learning_rates.items():
-            _positive(f"learning_rates.{model}", rate)
+            positive(f"learning_rates.{model}", rate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +217,7 @@ _SECTIONS = {"audio": AudioConfig, "features": FeatureConfig, "data": DataConfig
              "augment": AugmentConfig}
 
 
-def _build_section(cls: type, section: str, values: Any, source: str) -> Any:
+def build_section(cls: type, section: str, values: Any, source: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: [{section}] must be a table, got {values!r}")
     known = {f.name for f in dataclasses.fields(cls)}
@@ -235,7 +235,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> PipelineCon
     unknown = sorted(set(raw) - set(_SECTIONS) - {"name"})
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {unknown}; known: {['name', *_SECTIONS]}")
-    sections = {key: _build_section(cls, key, raw.get(key, {}), source) for key, cls in _SECTIONS.items()}
+    sections = {key: build_section(cls, key, raw.get(key, {}), source) for key, cls in _SECTIONS.items()}
     return PipelineConfig(name=str(raw.get("name", PipelineConfig.name)), **sections)
 
 
@@ -268,7 +268,7 @@ def with_overrides(pipeline: PipelineConfig, section: str, **values: Any) -> Pip
     return dataclasses.replace(pipeline, **{section: updated})
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -276,16 +276,21 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def dump_sections(top: dict[str, Any], sections: dict[str, Any]) -> str:
+    """TOML of top-level keys, then one ``[section]`` table per frozen dataclass instance."""
+    lines = [f"{key} = {toml_value(value)}" for key, value in top.items()]
+    for section, values in sections.items():
+        lines += ["", f"[{section}]"]
+        lines += [f"{key} = {toml_value(value)}" for key, value in dataclasses.asdict(values).items()]
+    return "\n".join(lines) + "\n"
 
 
 def dump_config(pipeline: PipelineConfig) -> str:
     """The whole resolved pipeline as TOML that ``load_config`` reads back to an equal config."""
-    lines = [f"name = {_toml_value(pipeline.name)}"]
-    for section in _SECTIONS:
-        lines += ["", f"[{section}]"]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in dataclasses.asdict(getattr(pipeline, section)).items()]
-    return "\n".join(lines) + "\n"
+    return dump_sections({"name": pipeline.name}, {section: getattr(pipeline, section) for section in _SECTIONS})

@@ -36,9 +36,10 @@ def fft_frequencies(sample_rate: int, n_fft: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmax: float | None = None) -> np.ndarray:
-    """Slaney-normalised mel filterbank (librosa defaults). ``[n_fft // 2 + 1, n_mels]``"""
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmax=fmax).T.astype(np.float32)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmax: float | None = None,
+                   fmin: float = 0.0) -> np.ndarray:
+    """Slaney-normalised mel filterbank from ``fmin`` to ``fmax`` (librosa defaults). ``[n_fft // 2 + 1, n_mels]``"""
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).T.astype(np.float32)
 
 
 @functools.lru_cache(maxsize=None)

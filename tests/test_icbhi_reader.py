@@ -1,0 +1,199 @@
+"""ICBHI reader: the real sample folder, synthetic folders, every bad-input case, and the splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ICBHI_DIR, needs_icbhi, sine
+from tfbreath.icbhi.config import SplitConfig
+from tfbreath.icbhi.reader import (OFFICIAL_SPLIT_FILE, Cycle, IcbhiError, parse_recording_name,
+                                   read_annotations, read_database, split_recordings)
+from tfbreath.icbhi.synthetic import DEVICE_FORMATS, write_recording, write_split_list, write_synthetic_icbhi
+
+REAL_CYCLES = {
+    "101_1b1_Al_sc_Meditron": 12, "101_1b1_Pr_sc_Meditron": 11, "102_1b1_Ar_sc_Meditron": 13,
+    "103_2b2_Ar_mc_LittC2SE": 6, "104_1b1_Al_sc_Litt3200": 6, "104_1b1_Ar_sc_Litt3200": 14,
+    "104_1b1_Ll_sc_Litt3200": 7, "104_1b1_Lr_sc_Litt3200": 5, "104_1b1_Pl_sc_Litt3200": 13,
+    "104_1b1_Pr_sc_Litt3200": 10,
+}
+"""Lines of each real annotation file in ../shared/data/icbhi_sample."""
+
+RATE = 4000
+TWO_CYCLES = (Cycle(0.1, 0.9, False, False), Cycle(0.9, 1.8, True, False))
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    return write_synthetic_icbhi(tmp_path_factory.mktemp("icbhi"), n_patients=10, recordings_per_patient=2,
+                                 cycles_per_recording=3)
+
+
+def _good(root: Path, stem: str = "105_1b1_Al_sc_Meditron", cycles=TWO_CYCLES) -> Path:
+    return write_recording(root, stem, sine(300.0, 2.0, RATE), RATE, cycles)
+
+
+@needs_icbhi
+def test_reads_the_real_sample_folder_exactly():
+    recordings, report = read_database(ICBHI_DIR)
+    assert {r.stem: len(r.cycles) for r in recordings} == REAL_CYCLES
+    assert report.cycles == 97 and not report.skipped_files and not report.skipped_cycles
+    by_stem = {r.stem: r for r in recordings}
+    assert {r.device for r in recordings} == {"Meditron", "LittC2SE", "Litt3200"}
+    first = by_stem["101_1b1_Al_sc_Meditron"]
+    fields = (first.patient, first.index, first.location, first.mode, first.device)
+    assert fields == ("101", "1b1", "Al", "sc", "Meditron")
+    assert (first.sample_rate, first.duration_s, first.diagnosis) == (44100, 20.0, "URTI")
+    assert by_stem["104_1b1_Ar_sc_Litt3200"].sample_rate == 4000
+    assert by_stem["103_2b2_Ar_mc_LittC2SE"].cycles[0] == Cycle(0.364, 3.25, False, True)
+    assert by_stem["103_2b2_Ar_mc_LittC2SE"].cycles[0].label4 == 2
+
+
+def test_reads_a_synthetic_folder(synthetic_root):
+    recordings, report = read_database(synthetic_root)
+    assert len(recordings) == 20 and report.cycles == 60
+    assert {r.device for r in recordings} == set(DEVICE_FORMATS)
+    assert {r.sample_rate for r in recordings} == {rate for rate, _ in DEVICE_FORMATS.values()}
+    assert all(r.diagnosis for r in recordings)
+    assert "none skipped" in str(report)
+
+
+def test_labels():
+    assert [Cycle(0, 1, c, w).label4 for c, w in ((0, 0), (1, 0), (0, 1), (1, 1))] == [0, 1, 2, 3]
+    assert [Cycle(0, 1, c, w).label2 for c, w in ((0, 0), (1, 0), (0, 1), (1, 1))] == [0, 1, 1, 1]
+
+
+def test_annotations_accept_tabs_and_spaces(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("0.1\t0.5\t0\t1\n\n0.5 1.25  1 0\n")
+    assert read_annotations(path) == (Cycle(0.1, 0.5, False, True), Cycle(0.5, 1.25, True, False))
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("0.1 0.5 0\n", "expected 4 fields"),
+    ("0.1 0.5 0 2\n", "flag must be 0 or 1, got '2'"),
+    ("0.1 abc 0 0\n", "could not convert"),
+    ("0.5 0.1 0 0\n", "need 0 <= start < end"),
+])
+def test_malformed_annotation_line_names_file_and_line(tmp_path, text, problem):
+    path = tmp_path / "x.txt"
+    path.write_text("0.0 0.1 0 0\n" + text)
+    with pytest.raises(IcbhiError) as err:
+        read_annotations(path)
+    assert str(err.value).startswith(f"{path} line 2: malformed annotation")
+    assert problem in str(err.value) and "\n" not in str(err.value)
+
+
+def test_names():
+    assert parse_recording_name("101_1b1_Al_sc_Meditron") == ("101", "1b1", "Al", "sc", "Meditron")
+    with pytest.raises(IcbhiError, match="recording.wav: not an ICBHI recording name; expected patient_index"):
+        parse_recording_name(Path("/x/recording.wav"))
+
+
+def test_each_bad_input_is_a_counted_reported_skip(tmp_path):
+    _good(tmp_path)
+    write_recording(tmp_path, "106_1b1_Al_sc_Meditron", sine(300.0, 2.0, RATE), RATE, TWO_CYCLES)
+    (tmp_path / "106_1b1_Al_sc_Meditron.txt").unlink()  # missing .txt
+    _good(tmp_path, "107_1b1_Al_sc_Meditron")
+    (tmp_path / "107_1b1_Al_sc_Meditron.txt").write_text("0.1 0.5 0\n")  # malformed line
+    _good(tmp_path, "108_1b1_Al_sc_Meditron", TWO_CYCLES + (Cycle(1.8, 2.6, False, True),))  # past the end
+    _good(tmp_path, "breathing")  # not an ICBHI name
+    (tmp_path / "109_1b1_Al_sc_Meditron.wav").write_bytes(b"not a wav file at all")  # undecodable
+    (tmp_path / "109_1b1_Al_sc_Meditron.txt").write_text("0.1 0.5 0 0\n")
+    (tmp_path / "110_1b1_Al_sc_Meditron.txt").write_text("0.1 0.5 0 0\n")  # no .wav
+
+    recordings, report = read_database(tmp_path)
+    assert sorted(r.stem for r in recordings) == ["105_1b1_Al_sc_Meditron", "108_1b1_Al_sc_Meditron"]
+    assert report.recordings == 2 and report.cycles == 4
+    kinds = {skip.path.name: skip.kind for skip in report.skipped_files}
+    assert kinds == {"106_1b1_Al_sc_Meditron.wav": "no annotation file",
+                     "107_1b1_Al_sc_Meditron.wav": "malformed annotation",
+                     "breathing.wav": "not an ICBHI name",
+                     "109_1b1_Al_sc_Meditron.wav": "undecodable WAV",
+                     "110_1b1_Al_sc_Meditron.txt": "no WAV"}
+    assert [skip.kind for skip in report.skipped_cycles] == ["cycle past the end"]
+    assert "cycle 3 (1.8-2.6 s) is past the end of the 2.000-s recording" in report.skipped_cycles[0].message
+    messages = {skip.path.name: skip.message for skip in report.skipped_files}
+    assert "107_1b1_Al_sc_Meditron.txt line 1: malformed annotation" in messages["107_1b1_Al_sc_Meditron.wav"]
+    assert "not a WAV file" in messages["109_1b1_Al_sc_Meditron.wav"]
+    text = str(report)
+    assert "skipped 5 file(s)" in text and "skipped 1 cycle(s): 1 cycle past the end" in text
+
+
+def test_a_cycle_ending_just_past_the_end_is_cut_to_it(tmp_path):
+    _good(tmp_path, cycles=(Cycle(1.0, 2.03, False, False),))
+    (recording,), report = read_database(tmp_path)
+    assert recording.cycles[0].end_s == pytest.approx(2.0) and not report.skipped_cycles
+
+
+def test_unusable_folders_raise_one_line(tmp_path):
+    with pytest.raises(IcbhiError, match="ICBHI data folder not found"):
+        read_database(tmp_path / "absent")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(IcbhiError, match=f"^{tmp_path}: no usable ICBHI recordings"):
+        read_database(tmp_path)
+
+
+@pytest.mark.parametrize("scheme, test_share", [("60_40", 0.4), ("80_20", 0.2)])
+def test_patient_wise_split_keeps_patients_apart_and_is_seeded(synthetic_root, scheme, test_share):
+    recordings, _ = read_database(synthetic_root)
+    train, test = split_recordings(recordings, SplitConfig(scheme, seed=3), synthetic_root)
+    assert not {r.patient for r in train} & {r.patient for r in test}
+    assert len(train) + len(test) == len(recordings)
+    assert len({r.patient for r in test}) == round(test_share * 10)
+    again = split_recordings(recordings, SplitConfig(scheme, seed=3), synthetic_root)
+    assert [r.stem for r in again[1]] == [r.stem for r in test]
+    other_seeds = {tuple(r.stem for r in split_recordings(recordings, SplitConfig(scheme, seed=s),
+                                                           synthetic_root)[1]) for s in range(4)}
+    assert len(other_seeds) > 1
+
+
+def test_official_split_honours_the_list(synthetic_root, tmp_path):
+    recordings, _ = read_database(synthetic_root)
+    sides = dict(line.split("\t") for line in (synthetic_root / OFFICIAL_SPLIT_FILE).read_text().splitlines())
+    train, test = split_recordings(recordings, SplitConfig("official"), synthetic_root)
+    assert {r.stem for r in train} == {s for s, side in sides.items() if side == "train"}
+    assert {r.stem for r in test} == {s for s, side in sides.items() if side == "test"}
+
+    # A hand-written list that puts one patient's two recordings on different sides is honoured as is.
+    stems = sorted(r.stem for r in recordings)
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    for path in synthetic_root.glob("*_*_*_*_*.*"):
+        (custom / path.name).symlink_to(path)
+    (custom / OFFICIAL_SPLIT_FILE).write_text("".join(f"{s} {'test' if i == 0 else 'train'}\n"
+                                                      for i, s in enumerate(stems)))
+    train, test = split_recordings(recordings, SplitConfig("official"), custom)
+    assert [r.stem for r in test] == [stems[0]]
+
+
+def test_official_split_errors(synthetic_root, tmp_path):
+    recordings, _ = read_database(synthetic_root)
+    with pytest.raises(IcbhiError, match=f"no {OFFICIAL_SPLIT_FILE} for split scheme 'official'; add it or use"):
+        split_recordings(recordings, SplitConfig("official"), tmp_path)
+    (tmp_path / OFFICIAL_SPLIT_FILE).write_text(f"{recordings[0].stem}\ttrain\n")
+    with pytest.raises(IcbhiError, match=r"no train/test entry for 19 recording\(s\)"):
+        split_recordings(recordings, SplitConfig("official"), tmp_path)
+    (tmp_path / OFFICIAL_SPLIT_FILE).write_text(f"{recordings[0].stem}\tvalidation\n")
+    with pytest.raises(IcbhiError, match="line 1: expected '<recording> <train|test>'"):
+        split_recordings(recordings, SplitConfig("official"), tmp_path)
+
+
+def test_too_few_patients_for_a_patient_wise_split(tmp_path):
+    for patient in (105, 106, 107):
+        _good(tmp_path, f"{patient}_1b1_Al_sc_Meditron")
+    recordings, _ = read_database(tmp_path)
+    with pytest.raises(IcbhiError, match="need at least 5 patients for a patient-wise 80_20 split, got 3"):
+        split_recordings(recordings, SplitConfig("80_20"), tmp_path)
+
+
+def test_write_split_list_is_patient_wise(tmp_path):
+    stems = [f"{p}_{i}b1_Al_sc_Meditron" for p in range(101, 111) for i in (1, 2)]
+    path = write_split_list(tmp_path, stems, test_fraction=0.4, seed=1)
+    sides = dict(line.split("\t") for line in path.read_text().splitlines())
+    test_patients = {s.split("_")[0] for s, side in sides.items() if side == "test"}
+    train_patients = {s.split("_")[0] for s, side in sides.items() if side == "train"}
+    assert len(test_patients) == 4 and not test_patients & train_patients
+    assert np.isin(list(sides), stems).all()

@@ -1,0 +1,156 @@
+"""RespireNet's training augmentations, in-graph on batches of padded cycles, and its balanced sampler.
+
+Batches are ``waveforms [B, L]`` (padded cycles, see ``tfbreath.icbhi.padding``) with
+``labels [B]`` and, per cycle, where its own audio sits in its padded waveform
+(``offsets [B]``, ``lengths [B]``). ``CycleAugmenter`` applies, each with its own switch and
+per-cycle probability (``tfbreath.icbhi.config.AugmentConfig``), in this order:
+
+1. ``concat_same_class`` (paper, Fig. 2): "we generate a new sample of a class by randomly
+   sampling two samples of the same class and concatenating them". The partner of cycle i is a
+   random OTHER cycle of the same label in the batch (with the class-balanced sampler a batch of
+   64 holds ~16 per class); the result is cycle i's own audio, then the partner's, repeated to
+   length L. A cycle with no same-class partner in its batch is left as it is. This replaces
+   the cycle in the batch rather than growing the data set offline as the public code does, so
+   an epoch keeps its length and every epoch sees fresh pairs.
+2. ``change_speed``: resample by a factor U(speed_min, speed_max) (tempo and pitch move together,
+   linear interpolation; the padded waveform is read circularly).
+3. ``shift``: circular shift by a random number of samples (the public code's ``rollAudio``).
+4. ``add_noise``: white noise at a random SNR U(noise_snr_db_min, noise_snr_db_max) dB relative
+   to the cycle's RMS, clipped back to [-1, 1].
+
+Randomness is stateless (``tf.random.stateless_*``) from seed pairs that a seeded
+``tf.random.Generator`` hands out per batch, as ``tfbreath.augment.Augmenter`` does: a seeded
+run is reproducible when batches reach ``map`` in order (no ``num_parallel_calls``).
+
+``balanced_indices``: the paper's "weighted random sampler to sample mini-batches uniformly from
+each class", as ``tf.data.Dataset.sample_from_datasets`` over one shuffled, repeated index
+stream per class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfbreath.icbhi.config import AugmentConfig
+
+_DB_PER_AMPLITUDE_DECADE = 20.0
+"""SNR in dB = 20 log10(signal RMS / noise RMS)."""
+
+
+def _seed_pair(seed: int | tf.Tensor) -> tf.Tensor:
+    """A shape-[2] int64 seed for the stateless ops."""
+    if isinstance(seed, int):
+        return tf.constant([seed, 0], tf.int64)
+    return tf.cast(tf.reshape(seed, [2]), tf.int64)
+
+
+def _chosen(batch: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
+    """Which cycles of the batch get an augmentation. ``[] -> [B] bool``"""
+    return tf.random.stateless_uniform([batch], seed=seed) < probability
+
+
+def concat_same_class(waveforms: tf.Tensor, labels: tf.Tensor, offsets: tf.Tensor, lengths: tf.Tensor,
+                      probability: float, seed: int | tf.Tensor) -> tf.Tensor:
+    """Cycle i's own audio + a random same-class partner's, repeated to L. ``[B, L] -> [B, L]``"""
+    with tf.name_scope("concat_same_class"):
+        seeds = tf.random.experimental.stateless_split(_seed_pair(seed), num=2)
+        batch, length = tf.shape(waveforms)[0], tf.shape(waveforms)[1]
+        labels = tf.cast(labels, tf.int32)
+        offsets, lengths = tf.cast(offsets, tf.int32), tf.cast(lengths, tf.int32)
+        same = tf.logical_and(tf.equal(labels[:, None], labels[None, :]),
+                              tf.logical_not(tf.eye(batch, dtype=tf.bool)))  # [B, B] other, same class
+        scores = tf.where(same, tf.random.stateless_uniform([batch, batch], seed=seeds[0]), -1.0)  # [B, B]
+        partner = tf.argmax(scores, axis=1, output_type=tf.int32)  # [B]
+        apply = tf.logical_and(_chosen(batch, probability, seeds[1]), tf.reduce_any(same, axis=1))  # [B]
+
+        own_length = lengths[:, None]  # [B, 1]
+        joined = own_length + tf.gather(lengths, partner)[:, None]  # [B, 1]
+        position = tf.range(length)[None, :] % joined  # [B, L] position in the repeated pair
+        from_own = position < own_length  # [B, L]
+        rows = tf.where(from_own, tf.range(batch)[:, None], partner[:, None])  # [B, L]
+        columns = tf.where(from_own, offsets[:, None] + position,
+                           tf.gather(offsets, partner)[:, None] + position - own_length)  # [B, L]
+        pairs = tf.gather_nd(waveforms, tf.stack([rows, columns], axis=-1))  # [B, L]
+        return tf.where(apply[:, None], pairs, waveforms)
+
+
+def change_speed(waveforms: tf.Tensor, probability: float, low: float, high: float,
+                 seed: int | tf.Tensor) -> tf.Tensor:
+    """Play each chosen cycle ``U(low, high)`` times faster (circular, linear interpolation). ``[B, L] -> [B, L]``"""
+    with tf.name_scope("change_speed"):
+        seeds = tf.random.experimental.stateless_split(_seed_pair(seed), num=2)
+        batch, length = tf.shape(waveforms)[0], tf.shape(waveforms)[1]
+        factor = tf.random.stateless_uniform([batch, 1], seed=seeds[0], minval=low, maxval=high)  # [B, 1]
+        position = tf.cast(tf.range(length), tf.float32)[None, :] * factor  # [B, L]
+        below = tf.floor(position)
+        weight = position - below  # [B, L]
+        index = tf.cast(below, tf.int32) % length  # [B, L]
+        left = tf.gather(waveforms, index, batch_dims=1)  # [B, L]
+        right = tf.gather(waveforms, (index + 1) % length, batch_dims=1)  # [B, L]
+        resampled = (1.0 - weight) * left + weight * right
+        return tf.where(_chosen(batch, probability, seeds[1])[:, None], resampled, waveforms)
+
+
+def shift(waveforms: tf.Tensor, probability: float, seed: int | tf.Tensor) -> tf.Tensor:
+    """Roll each chosen cycle by a random number of samples. ``[B, L] -> [B, L]``"""
+    with tf.name_scope("shift"):
+        seeds = tf.random.experimental.stateless_split(_seed_pair(seed), num=2)
+        batch, length = tf.shape(waveforms)[0], tf.shape(waveforms)[1]
+        amount = tf.random.stateless_uniform([batch, 1], seed=seeds[0], maxval=length, dtype=tf.int32)  # [B, 1]
+        index = (tf.range(length)[None, :] - amount) % length  # [B, L]: out[t] = x[t - amount], as np.roll
+        rolled = tf.gather(waveforms, index, batch_dims=1)
+        return tf.where(_chosen(batch, probability, seeds[1])[:, None], rolled, waveforms)
+
+
+def add_noise(waveforms: tf.Tensor, probability: float, snr_db_min: float, snr_db_max: float,
+              seed: int | tf.Tensor) -> tf.Tensor:
+    """White noise at a random SNR per chosen cycle, clipped to [-1, 1]. ``[B, L] -> [B, L]``"""
+    with tf.name_scope("add_noise"):
+        seeds = tf.random.experimental.stateless_split(_seed_pair(seed), num=3)
+        batch = tf.shape(waveforms)[0]
+        snr_db = tf.random.stateless_uniform([batch, 1], seed=seeds[0], minval=snr_db_min, maxval=snr_db_max)
+        rms = tf.sqrt(tf.reduce_mean(tf.square(waveforms), axis=1, keepdims=True))  # [B, 1]
+        scale = rms / tf.pow(10.0, snr_db / _DB_PER_AMPLITUDE_DECADE)  # [B, 1]
+        noisy = waveforms + scale * tf.random.stateless_normal(tf.shape(waveforms), seed=seeds[1])
+        noisy = tf.clip_by_value(noisy, -1.0, 1.0)
+        return tf.where(_chosen(batch, probability, seeds[2])[:, None], noisy, waveforms)
+
+
+class CycleAugmenter:
+    """``ds.map(augmenter)`` on ``(waveforms, labels, offsets, lengths)`` batches -> the same, augmented."""
+
+    def __init__(self, config: AugmentConfig, seed: int | None = None) -> None:
+        self.config = config
+        self.rng = (tf.random.Generator.from_non_deterministic_state() if seed is None
+                    else tf.random.Generator.from_seed(seed))
+
+    def __call__(self, waveforms: tf.Tensor, labels: tf.Tensor, offsets: tf.Tensor,
+                 lengths: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        cfg = self.config
+        seeds = tf.random.experimental.stateless_split(self.rng.make_seeds(1)[:, 0], num=4)
+        if cfg.concat:
+            waveforms = concat_same_class(waveforms, labels, offsets, lengths, cfg.concat_probability, seeds[0])
+        waveforms = change_speed(waveforms, cfg.speed_probability, cfg.speed_min, cfg.speed_max, seeds[1])
+        waveforms = shift(waveforms, cfg.shift_probability, seeds[2])
+        waveforms = add_noise(waveforms, cfg.noise_probability, cfg.noise_snr_db_min, cfg.noise_snr_db_max, seeds[3])
+        return waveforms, labels, offsets, lengths
+
+
+def balanced_indices(labels: np.ndarray, seed: int | None = None) -> tf.data.Dataset:
+    """Endless int64 indices into ``labels``, every present class drawn equally often.
+
+    One index stream per class (shuffled, reshuffled on every pass, repeated), mixed by
+    ``tf.data.Dataset.sample_from_datasets`` with equal weights; classes absent from ``labels``
+    are left out. Take as many as an epoch needs.
+    """
+    labels = np.asarray(labels)
+    streams = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label).astype(np.int64)
+        stream = tf.data.Dataset.from_tensor_slices(members)
+        streams.append(stream.shuffle(len(members), seed=seed, reshuffle_each_iteration=True).repeat())
+    if not streams:
+        raise ValueError("balanced_indices needs at least one label, got none")
+    weights = [1.0 / len(streams)] * len(streams)
+    return tf.data.Dataset.sample_from_datasets(streams, weights, seed=seed, rerandomize_each_iteration=True)

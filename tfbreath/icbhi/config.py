@@ -1,0 +1,295 @@
+"""ICBHI pipeline configuration: frozen dataclasses parsed from a ``task = "icbhi"`` TOML file.
+
+Every default is RespireNet's value (paper, or its public code where the paper is silent), so
+``IcbhiConfig()`` is the embedded default pipeline and ``pipelines/icbhi_respirenet.toml``
+documents it. A TOML file overrides any subset, section by section; ``task = "icbhi"`` at the
+top level is what tells ``tfbreath.fit`` to run this pipeline instead of the breathing-phase one.
+
+Built with the public helpers of ``tfbreath.config`` (``require``, ``positive``,
+``build_section``, ``dump_sections``), so errors read the same: ``n_mels must be > 0, got 0``,
+and ``tfbreath.config.with_overrides(cfg, "train", epochs=3)`` works on an ``IcbhiConfig`` too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from tfbreath.config import (MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, PRECISIONS, ConfigError, build_section,
+                             dump_sections, positive, require)
+
+TASK = "icbhi"
+"""The top-level ``task`` value that marks an ICBHI pipeline file."""
+
+SPLIT_SCHEMES = ("official", "60_40", "80_20")
+"""``official``: the challenge's own list file; the others: patient-wise scikit-learn splits."""
+
+BACKBONES = ("resnet34",)
+"""CNN backbones the model side builds (RespireNet: ResNet-34)."""
+
+CLASS_COUNTS = (4, 2)
+"""4: normal / crackle / wheeze / both; 2: normal / abnormal."""
+
+
+def _integer(name: str, value: Any, minimum: int) -> None:
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+            f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _probability(name: str, value: Any) -> None:
+    require(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioConfig:
+    """Per-recording preprocessing (paper, section II): 4 kHz, 5th-order Butterworth 50-2000 Hz.
+
+    The filter runs at ``sample_rate`` (after resampling, as the paper orders it). A band top at
+    or above that rate's Nyquist frequency (2000 Hz at 4 kHz, the default) cannot be a
+    Butterworth edge; the filter is then a high-pass at ``band_low_hz`` and the resampler's
+    anti-aliasing low-pass is the band's top (see ``tfbreath.icbhi.preprocess``).
+    """
+
+    sample_rate: int = 4000
+    band_low_hz: float = 50.0
+    band_high_hz: float = 2000.0
+    filter_order: int = 5
+    cycle_s: float = 7.0
+    """Every cycle is padded (or cut) to this length; 7 s scored best in the paper's Table II."""
+
+    def __post_init__(self) -> None:
+        require(MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE,
+                f"sample_rate must be in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}], got {self.sample_rate!r}")
+        positive("band_low_hz", self.band_low_hz)
+        nyquist = self.sample_rate / 2.0
+        require(self.band_low_hz < self.band_high_hz <= nyquist,
+                f"band_high_hz must be in (band_low_hz = {self.band_low_hz!r}, Nyquist = {nyquist!r}], "
+                f"got {self.band_high_hz!r}")
+        _integer("filter_order", self.filter_order, 1)
+        positive("cycle_s", self.cycle_s)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples of one padded cycle."""
+        return int(round(self.sample_rate * self.cycle_s))
+
+    @property
+    def highpass_only(self) -> bool:
+        """Whether the band top is the Nyquist frequency, so only the low edge is filtered."""
+        return self.band_high_hz >= self.sample_rate / 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PaddingConfig:
+    """Smart padding (paper, section II-A) of the training cycles, and optionally the test ones.
+
+    ``smart = False`` pads every cycle by repeating it. Smart padding chooses neighbours by
+    their annotated labels, so on the test set it would read ground truth; ``smart_test``
+    (off by default) allows that, else test cycles are padded by repeating themselves.
+    """
+
+    smart: bool = True
+    smart_test: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrogramConfig:
+    """Mel spectrogram and blank-region clipping, RespireNet's public-code values.
+
+    ``blank_level`` and ``blank_row_fraction``: a pixel of the [0, 1]-scaled dB spectrogram is
+    blank below ``blank_level`` (10 of 255 grey levels in the code), and a row is blank when at
+    least ``blank_row_fraction`` of its pixels are; the blank rows at the top (highest bands)
+    are clipped (see ``tfbreath.icbhi.spectrogram``).
+    """
+
+    n_fft: int = 256
+    hop_length: int = 128
+    n_mels: int = 64
+    fmin: float = 50.0
+    fmax: float = 2000.0
+    top_db: float = 80.0
+    """Dynamic range kept below each spectrogram's peak (librosa.power_to_db's default)."""
+    clip_blank: bool = True
+    blank_level: float = 10.0 / 255.0
+    blank_row_fraction: float = 0.8
+
+    def __post_init__(self) -> None:
+        for name in ("n_fft", "hop_length", "n_mels"):
+            _integer(name, getattr(self, name), 1)
+        require(self.hop_length <= self.n_fft, f"hop_length must be <= n_fft ({self.n_fft}), got {self.hop_length!r}")
+        require(0.0 <= self.fmin < self.fmax, f"fmin must be in [0, fmax = {self.fmax!r}), got {self.fmin!r}")
+        positive("top_db", self.top_db)
+        require(0.0 < self.blank_level < 1.0, f"blank_level must be in (0, 1), got {self.blank_level!r}")
+        require(0.0 < self.blank_row_fraction <= 1.0,
+                f"blank_row_fraction must be in (0, 1], got {self.blank_row_fraction!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation (paper, section II-A); each technique has its own switch.
+
+    Waveform augmentations are drawn per cycle, each with its own probability: concatenation
+    with another cycle of the same class, additive white noise at a random SNR, a speed change
+    (resampling, so pitch moves with it) and a circular time shift (RespireNet's ``rollAudio``).
+    ``balanced_sampler`` draws every class equally often (the paper's weighted random sampler).
+    """
+
+    concat: bool = True
+    concat_probability: float = 0.5
+    noise_probability: float = 0.5
+    noise_snr_db_min: float = 15.0
+    noise_snr_db_max: float = 30.0
+    speed_probability: float = 0.5
+    speed_min: float = 0.9
+    speed_max: float = 1.1
+    shift_probability: float = 0.5
+    balanced_sampler: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("concat_probability", "noise_probability", "speed_probability", "shift_probability"):
+            _probability(name, getattr(self, name))
+        require(self.noise_snr_db_min <= self.noise_snr_db_max,
+                f"noise_snr_db_max must be >= noise_snr_db_min ({self.noise_snr_db_min!r}), "
+                f"got {self.noise_snr_db_max!r}")
+        positive("speed_min", self.speed_min)
+        require(self.speed_min <= self.speed_max,
+                f"speed_max must be >= speed_min ({self.speed_min!r}), got {self.speed_max!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """Train/test division: the official 60/40 list, or a seeded patient-wise 60/40 or 80/20."""
+
+    scheme: str = "official"
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        require(self.scheme in SPLIT_SCHEMES, f"scheme must be one of {list(SPLIT_SCHEMES)}, got {self.scheme!r}")
+        _integer("seed", self.seed, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """ResNet backbone + two Dense(dense_units) layers with dropout + softmax (built by ``resnet``)."""
+
+    backbone: str = "resnet34"
+    width: float = 1.0
+    """Filter multiplier of the backbone (1.0 = ResNet-34's 64..512 filters)."""
+    dense_units: int = 128
+    dropout: float = 0.5
+    initial_weights: str = ""
+    """A local ``.keras`` / ``.weights.h5`` file to start from ("" = random initialisation)."""
+
+    def __post_init__(self) -> None:
+        require(self.backbone in BACKBONES, f"backbone must be one of {list(BACKBONES)}, got {self.backbone!r}")
+        positive("width", self.width)
+        _integer("dense_units", self.dense_units, 1)
+        require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
+        require(isinstance(self.initial_weights, str),
+                f"initial_weights must be a file path string, got {self.initial_weights!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Two-stage training (paper, section III): SGD with momentum, then per-device fine-tuning."""
+
+    classes: int = 4
+    batch_size: int = 64
+    momentum: float = 0.9
+    learning_rate: float = 1e-3
+    finetune_learning_rate: float = 1e-4
+    epochs: int = 200
+    finetune_epochs: int = 50
+    device_finetune: bool = True
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        require(self.classes in CLASS_COUNTS, f"classes must be one of {list(CLASS_COUNTS)}, got {self.classes!r}")
+        _integer("batch_size", self.batch_size, 1)
+        require(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum!r}")
+        positive("learning_rate", self.learning_rate)
+        positive("finetune_learning_rate", self.finetune_learning_rate)
+        _integer("epochs", self.epochs, 1)
+        _integer("finetune_epochs", self.finetune_epochs, 0)
+        require(self.precision in PRECISIONS, f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+
+
+_SECTIONS = {"audio": AudioConfig, "padding": PaddingConfig, "spectrogram": SpectrogramConfig,
+             "augment": AugmentConfig, "split": SplitConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class IcbhiConfig:
+    """One ICBHI pipeline: audio -> padding -> spectrogram -> augmentation -> split -> model -> training."""
+
+    name: str = "icbhi_respirenet"
+    task: str = TASK
+    audio: AudioConfig = AudioConfig()
+    padding: PaddingConfig = PaddingConfig()
+    spectrogram: SpectrogramConfig = SpectrogramConfig()
+    augment: AugmentConfig = AugmentConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self) -> None:
+        require(self.task == TASK, f"task must be {TASK!r}, got {self.task!r}")
+        nyquist = self.audio.sample_rate / 2.0
+        require(self.spectrogram.fmax <= nyquist,
+                f"[spectrogram] fmax must be <= the Nyquist frequency of [audio] sample_rate ({nyquist!r}), "
+                f"got {self.spectrogram.fmax!r}")
+        require(self.spectrogram.n_fft <= self.audio.num_samples,
+                f"[spectrogram] n_fft must be <= the samples of one cycle ({self.audio.num_samples}), "
+                f"got {self.spectrogram.n_fft!r}")
+
+
+def icbhi_config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> IcbhiConfig:
+    """Build a validated ``IcbhiConfig`` from a nested dict (as parsed from TOML)."""
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"name", "task"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; known: {['name', 'task', *_SECTIONS]}")
+    sections = {key: build_section(cls, key, raw.get(key, {}), source) for key, cls in _SECTIONS.items()}
+    try:
+        return IcbhiConfig(name=str(raw.get("name", IcbhiConfig.name)), task=raw.get("task", TASK), **sections)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def parse_icbhi_config(text: str, source: str = "<string>") -> IcbhiConfig:
+    """Parse and validate ICBHI pipeline TOML text (what ``dump_icbhi_config`` writes)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: not valid TOML ({err})") from None
+    return icbhi_config_from_dict(raw, source=source)
+
+
+def load_icbhi_config(path: str | Path) -> IcbhiConfig:
+    """Parse and validate an ICBHI pipeline TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: pipeline file not found")
+    return parse_icbhi_config(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def dump_icbhi_config(config: IcbhiConfig) -> str:
+    """The whole resolved pipeline as TOML that ``parse_icbhi_config`` reads back to an equal config."""
+    return dump_sections({"name": config.name, "task": config.task},
+                         {section: getattr(config, section) for section in _SECTIONS})
+
+
+def is_icbhi_pipeline(path: str | Path) -> bool:
+    """Whether a pipeline file says ``task = "icbhi"`` at the top level.
+
+    A missing or unparsable file is not one (False), so the caller's normal loader reports it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return False
+    return raw.get("task") == TASK

@@ -1,0 +1,181 @@
+"""``python -m tfbreath.icbhi.fit``: train RespireNet on an ICBHI 2017 folder and score the test split.
+
+    python -m tfbreath.icbhi.fit --pipeline pipelines/icbhi_respirenet.toml --data DIR
+                                 [--out DIR] [--epochs N] [--finetune-epochs N] [--seed N]
+
+(``python -m tfbreath.fit`` hands a ``task = "icbhi"`` pipeline to this module with the same flags.)
+Flags override the pipeline file: ``--epochs`` stage 1, ``--finetune-epochs`` stage 2,
+``--seed`` the split, shuffling, augmentation and initialisation. ``DIR`` holds the ICBHI
+recordings (``*.wav`` + ``*.txt`` annotations, and the official split list for
+``scheme = "official"``).
+
+Stage 1 trains on every training cycle; stage 2 fine-tunes one copy per recording device
+(``[train] device_finetune``). Both are scored on the test split, the fine-tuned one with each
+cycle routed to its device's copy. The run folder (default ``saved_models/<pipeline name>``)
+receives the resolved ``pipeline.toml``, ``stage1.keras``, ``device_<DEVICE>.keras``,
+``metrics.json`` (ICBHI score, Se, Sp, per class and per device, confusion matrices),
+``confusion_matrix.png``, ``test_predictions.csv`` and ``history_<stage>.csv``. Running the
+same command again resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from tfbreath import artifacts
+from tfbreath.config import ConfigError, with_overrides
+from tfbreath.icbhi.config import IcbhiConfig, dump_icbhi_config, load_icbhi_config
+from tfbreath.icbhi.dataset import CLASS_NAMES, CycleSet, load_cycle_sets
+from tfbreath.icbhi.finetune import STAGE1, finetune_devices, predict_probabilities, train_stage1
+from tfbreath.icbhi.reader import IcbhiError
+from tfbreath.icbhi.resnet import build_respirenet
+from tfbreath.icbhi.score import icbhi_scores, plot_confusion, to_two_class
+from tfbreath.icbhi.spectrogram import spectrogram_shape
+from tfbreath.train import choose_precision
+
+RUNS_DIR = Path("saved_models")
+FINETUNED = "finetuned"
+"""Key of the device-routed (stage-2) results in ``metrics.json``; stage 1's is ``"stage1"``."""
+TWO_CLASS = 2
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tfbreath.icbhi.fit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pipeline", type=Path, help="ICBHI pipeline TOML (default: the embedded RespireNet recipe)")
+    parser.add_argument("--data", type=Path, required=True, help="ICBHI database folder (wav + txt)")
+    parser.add_argument("--out", type=Path, help="run folder (default: saved_models/<pipeline name>)")
+    parser.add_argument("--epochs", type=int, help="override [train] epochs (stage 1)")
+    parser.add_argument("--finetune-epochs", type=int, help="override [train] finetune_epochs (stage 2)")
+    parser.add_argument("--seed", type=int, help="override [split] seed (split, shuffling, initialisation)")
+    return parser.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> tuple[IcbhiConfig, Path, Path]:
+    """The pipeline with flags applied, the data folder and the run folder."""
+    config = load_icbhi_config(args.pipeline) if args.pipeline else IcbhiConfig()
+    config = with_overrides(config, "train", epochs=args.epochs, finetune_epochs=args.finetune_epochs)
+    config = with_overrides(config, "split", seed=args.seed)
+    if not args.data.is_dir():
+        raise IcbhiError(f"{args.data}: data folder not found")
+    return config, args.data, args.out or RUNS_DIR / config.name
+
+
+def _claim_run_dir(run_dir: Path, config: IcbhiConfig) -> None:
+    """Write the resolved config, or check that a resumed run used the same one."""
+    saved = run_dir / "pipeline.toml"
+    if saved.exists() and saved.read_text(encoding="utf-8") != dump_icbhi_config(config):
+        raise ConfigError(f"{run_dir}: holds a run of a different pipeline ({saved}); "
+                          f"pass another --out or delete the folder")
+    artifacts.write_text(saved, dump_icbhi_config(config))
+
+
+def evaluate(probabilities: np.ndarray, cycles: CycleSet, classes: int) -> dict[str, Any]:
+    """ICBHI scores of ``[N, classes]`` probabilities (argmax); a 4-class run also gets its 2-class reading."""
+    predicted = np.argmax(probabilities, axis=-1)
+    result = icbhi_scores(cycles.labels, predicted, classes, devices=cycles.devices)
+    if classes != TWO_CLASS:
+        result["two_class"] = icbhi_scores(to_two_class(cycles.labels), to_two_class(predicted), TWO_CLASS,
+                                           devices=cycles.devices)
+    return result
+
+
+def _write_predictions(path: Path, cycles: CycleSet, classes: int, probabilities: dict[str, np.ndarray]) -> None:
+    """One row per test cycle: recording, device, true class, predicted class per stage."""
+    names = CLASS_NAMES[classes]
+    lines = [",".join(["recording", "device", "label", *probabilities])]
+    predicted = {stage: np.argmax(p, axis=-1) for stage, p in probabilities.items()}
+    for i in range(len(cycles)):
+        lines.append(",".join([str(cycles.recordings[i]), str(cycles.devices[i]), names[int(cycles.labels[i])],
+                               *(names[int(predicted[stage][i])] for stage in probabilities)]))
+    artifacts.write_text(path, "\n".join(lines) + "\n")
+
+
+def _split_summary(train_set: CycleSet, test_set: CycleSet) -> dict[str, Any]:
+    def counts(cycles: CycleSet) -> dict[str, Any]:
+        devices, per_device = np.unique(cycles.devices, return_counts=True)
+        return {"cycles": len(cycles), "recordings": len(set(cycles.recordings.tolist())),
+                "per_device": {str(d): int(n) for d, n in zip(devices, per_device)}}
+    return {"train": counts(train_set), "test": counts(test_set)}
+
+
+def run(config: IcbhiConfig, data_dir: Path, run_dir: Path) -> dict[str, Any]:
+    """Train stage 1, fine-tune per device, score both on the test split; write the run folder."""
+    started = time.monotonic()
+    run_dir = Path(run_dir)
+    _claim_run_dir(run_dir, config)
+    seed = config.split.seed
+    keras.utils.set_random_seed(seed)
+    precision = choose_precision(config.train.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    print(f"precision policy: {precision}")
+
+    train_set, test_set, report = load_cycle_sets(config, data_dir)
+    print(report)
+    train = config.train
+    model = build_respirenet(spectrogram_shape(config), train.classes, config.model)
+    print(f"RespireNet: {model.count_params():,} parameters, input {spectrogram_shape(config)}")
+    seconds = {}
+    stage_started = time.monotonic()
+    stage1 = train_stage1(model, train_set, config, run_dir, seed, validation=test_set)
+    seconds[STAGE1] = time.monotonic() - stage_started
+    probabilities = {STAGE1: predict_probabilities(stage1, test_set, config)}
+    finetuned_devices = []
+    if train.device_finetune and train.finetune_epochs > 0:
+        stage_started = time.monotonic()
+        devices = finetune_devices(stage1, train_set, config, run_dir, seed)
+        seconds[FINETUNED] = time.monotonic() - stage_started
+        finetuned_devices = sorted(devices.devices)
+        probabilities[FINETUNED] = devices.predict(test_set, config)
+    with contextlib.suppress(OSError):  # BackupAndRestore empties it once every stage has finished
+        (run_dir / "backup").rmdir()
+
+    results = {stage: evaluate(p, test_set, train.classes) for stage, p in probabilities.items()}
+    plot_confusion({f"{stage}, test split": results[stage]["confusion_matrix"] for stage in results},
+                   train.classes, run_dir / "confusion_matrix.png")
+    _write_predictions(run_dir / "test_predictions.csv", test_set, train.classes, probabilities)
+    summary = {
+        "pipeline": config.name,
+        "data": str(data_dir),
+        "precision": precision,
+        "classes": list(CLASS_NAMES[train.classes]),
+        "split": {"scheme": config.split.scheme, "seed": seed, **_split_summary(train_set, test_set),
+                  "skipped": {"files": len(report.skipped_files), "cycles": len(report.skipped_cycles)}},
+        "parameters": int(stage1.count_params()),
+        "finetuned_devices": finetuned_devices,
+        **results,
+        "train_seconds": {stage: round(value, 1) for stage, value in seconds.items()},
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+    artifacts.write_json(run_dir / "metrics.json", summary)
+    return summary
+
+
+def _describe(result: dict[str, Any]) -> str:
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}"
+    return f"score {pct(result['score'])} (Se {pct(result['se'])}, Sp {pct(result['sp'])})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        config, data_dir, run_dir = resolve(args)
+        summary = run(config, data_dir, run_dir)
+    except (ConfigError, IcbhiError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    stages = [f"{stage}: {_describe(summary[stage])}" for stage in (STAGE1, FINETUNED) if stage in summary]
+    print(f"done: test split, {'; '.join(stages)}; run written to {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

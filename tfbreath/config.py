@@ -14,6 +14,7 @@ Validation errors echo the bad value: ``n_mels must be > 0, got 0``.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,8 @@ class TrainConfig:
     precision: str = "auto"
     model_width: float = 1.0
     """Filter multiplier of the conv stacks (1.0 = the paper's models)."""
+    dropouts: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Dropout rate per model; a model left out keeps its own (CNN8 0.3, VGG 0.2)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
@@ -194,6 +197,125 @@ class TrainConfig:
         require(not missing, f"learning_rates has no entry for {missing!r}, got {dict(self.learning_rates)!r}")
         for model, rate in self.learning_rates.items():
             positive(f"learning_rates.{model}", rate)
+        unknown = [m for m in self.dropouts if m not in MODEL_NAMES]
+        require(not unknown, f"dropouts has unknown models {unknown!r}; choose from {list(MODEL_NAMES)}")
+        for model, rate in self.dropouts.items():
+            require(0.0 <= rate < 1.0, f"dropouts.{model} must be in [0, 1), got {rate!r}")
+
+
+TUNERS = ("hyperband", "bayesian", "random")
+"""KerasTuner search algorithms offered by ``python -m tfbreath.tune``."""
+
+MIN_HYPERBAND_FACTOR = 2
+"""Hyperband keeps 1/factor of the models per round; a factor below 2 would never halve."""
+
+SET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+"""Map-set names become bare TOML keys and KerasTuner choice values."""
+
+
+def _default_map_sets() -> dict[str, tuple[str, ...]]:
+    return {"all": MAP_NAMES,
+            "spectral": ("mel", "mel_delta", "mel_delta2", "mfcc", "gammatone", "modulation"),
+            "mel": ("mel", "mel_delta", "mel_delta2")}
+
+
+def _choices(name: str, values: Any, check) -> tuple:
+    """A non-empty, duplicate-free tuple of choices, each passing ``check``."""
+    require(isinstance(values, (list, tuple)) and bool(values),
+            f"{name} must be a non-empty list of choices, got {values!r}")
+    require(len(set(values)) == len(values), f"{name} has duplicates, got {list(values)!r}")
+    for value in values:
+        check(value)
+    return tuple(values)
+
+
+def _span(name: str, values: Any, low: float, high: float | None = None, *, integer: bool = False,
+          open_high: bool = False) -> tuple:
+    """A ``[low, high]`` search range with ``low <= high``, inside the allowed bounds."""
+    kind = int if integer else (int, float)
+    require(isinstance(values, (list, tuple)) and len(values) == 2
+            and all(isinstance(v, kind) and not isinstance(v, bool) for v in values),
+            f"{name} must be a [low, high] pair of {'integers' if integer else 'numbers'}, got {values!r}")
+    bounds = f"[{low}, " + ("inf)" if high is None else f"{high})" if open_high else f"{high}]")
+    inside = all(v >= low and (high is None or (v < high if open_high else v <= high)) for v in values)
+    require(inside, f"{name} must lie in {bounds}, got {list(values)!r}")
+    require(values[0] <= values[1], f"{name} must be [low, high] with low <= high, got {list(values)!r}")
+    return tuple(values)
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """The hyperparameter search of ``python -m tfbreath.tune``: its space and its budget.
+
+    Lists are choices, ``[low, high]`` pairs are ranges (``low == high`` fixes the value);
+    ``learning_rate`` and ``weight_decay`` are sampled log-uniformly. ``map_sets`` names the
+    groups of spectral maps a trial may feed; the features of all of them are extracted once.
+    """
+
+    model: str = "cnn8"
+    tuner: str = "hyperband"
+    max_trials: int = 30
+    """Cap on the number of trials, for every tuner (Hyperband may stop before its last bracket)."""
+    max_epochs: int = 20
+    """Epochs of the longest trial (Hyperband) or of every trial (Bayesian, random)."""
+    hyperband_factor: int = 3
+    model_widths: tuple[float, ...] = (0.125, 0.25, 0.5)
+    dropout: tuple[float, float] = (0.1, 0.5)
+    map_sets: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=_default_map_sets)
+    learning_rate: tuple[float, float] = (1e-4, 3e-3)
+    weight_decay: tuple[float, float] = (1e-5, 1e-3)
+    p_cutmix: tuple[float, float] = (0.0, 0.6)
+    p_mixup: tuple[float, float] = (0.0, 0.4)
+    warmup_epochs: tuple[int, int] = (0, 4)
+    """Epochs before CutMix/MixUp start (``[augment] warmup_epochs``)."""
+    batch_sizes: tuple[int, ...] = (32, 64)
+
+    def __post_init__(self) -> None:
+        require(self.model in MODEL_NAMES, f"model must be one of {list(MODEL_NAMES)}, got {self.model!r}")
+        require(self.tuner in TUNERS, f"tuner must be one of {list(TUNERS)}, got {self.tuner!r}")
+        for name in ("max_trials", "max_epochs"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                    f"{name} must be an integer > 0, got {value!r}")
+        require(isinstance(self.hyperband_factor, int) and self.hyperband_factor >= MIN_HYPERBAND_FACTOR,
+                f"hyperband_factor must be an integer >= {MIN_HYPERBAND_FACTOR}, got {self.hyperband_factor!r}")
+        fields = {
+            "model_widths": tuple(float(w) for w in _choices("model_widths", self.model_widths,
+                                                             lambda w: positive("model_widths entries", w))),
+            "batch_sizes": _choices("batch_sizes", self.batch_sizes, lambda b: require(
+                isinstance(b, int) and not isinstance(b, bool) and b > 0,
+                f"batch_sizes entries must be integers > 0, got {b!r}")),
+            "dropout": _span("dropout", self.dropout, 0.0, 1.0, open_high=True),
+            "learning_rate": _span("learning_rate", self.learning_rate, 0.0),
+            "weight_decay": _span("weight_decay", self.weight_decay, 0.0),
+            "p_cutmix": _span("p_cutmix", self.p_cutmix, 0.0, 1.0),
+            "p_mixup": _span("p_mixup", self.p_mixup, 0.0, 1.0),
+            "warmup_epochs": _span("warmup_epochs", self.warmup_epochs, 0, integer=True),
+        }
+        for name in ("learning_rate", "weight_decay"):  # sampled log-uniformly
+            positive(f"{name} low", fields[name][0])
+        top = fields["p_cutmix"][1] + fields["p_mixup"][1]
+        require(top <= 1.0 + 1e-9, f"p_cutmix high + p_mixup high must be <= 1 (every trial a valid "
+                                   f"[augment]), got {fields['p_cutmix'][1]!r} + {fields['p_mixup'][1]!r}")
+        require(isinstance(self.map_sets, dict) and bool(self.map_sets),
+                f"map_sets must be a non-empty table of name = [maps], got {self.map_sets!r}")
+        sets = {}
+        for name, maps in self.map_sets.items():
+            require(bool(SET_NAME.match(name)), f"map_sets name must be letters, digits, _ or -, got {name!r}")
+            require(isinstance(maps, (list, tuple)), f"map_sets.{name} must be a list of maps, got {maps!r}")
+            try:
+                sets[name] = FeatureConfig(maps=maps).maps
+            except ConfigError as err:
+                raise ConfigError(f"map_sets.{name}: {err}") from None
+        fields["map_sets"] = sets
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def searched_maps(self) -> tuple[str, ...]:
+        """Every map some set feeds, in channel order: what is extracted once for all trials."""
+        wanted = {m for maps in self.map_sets.values() for m in maps}
+        return tuple(m for m in MAP_NAMES if m in wanted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +328,7 @@ class PipelineConfig:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     augment: AugmentConfig = AugmentConfig()
+    tune: TuneConfig = TuneConfig()
 
     @property
     def num_frames(self) -> int:
@@ -214,7 +337,7 @@ class PipelineConfig:
 
 
 _SECTIONS = {"audio": AudioConfig, "features": FeatureConfig, "data": DataConfig, "train": TrainConfig,
-             "augment": AugmentConfig}
+             "augment": AugmentConfig, "tune": TuneConfig}
 
 
 def build_section(cls: type, section: str, values: Any, source: str) -> Any:

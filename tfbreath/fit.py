@@ -2,14 +2,21 @@
 
     python -m tfbreath.fit [--pipeline pipelines/breath_phase.toml] [--data DIR] [--out DIR]
                            [--epochs N] [--models cnn8,vgg] [--precision P] [--seed N]
+                           [--strategy default|mirrored|multiworker] [--cpu-devices N]
 
-Flags override the pipeline file. ``--data`` is a Kaggle-layout folder (``train.csv`` +
-``train/``); without it, ``$TFBREATH_DATA`` is used, and without that a small, fast version
-trains on synthetic inhale/exhale-like audio generated into the run folder (said clearly).
-The run folder (default ``saved_models/<pipeline name>``) receives the resolved
+Flags override the pipeline file. A pipeline with ``task = "icbhi"`` (e.g.
+``pipelines/icbhi_respirenet.toml``) runs the ICBHI crackle/wheeze recipe instead, with its own
+flags (``tfbreath.icbhi.fit``). ``--data`` is a Kaggle-layout folder (``train.csv`` + ``train/``);
+without it, ``$TFBREATH_DATA`` is used, and without that a small, fast version trains on
+synthetic inhale/exhale-like audio generated into the run folder (said clearly). The run folder (default ``saved_models/<pipeline name>``) receives the resolved
 ``pipeline.toml``, every model and the ensemble (``.keras``), ``metrics.json``, training
 curves, confusion matrix and ROC plots, and the validation predictions CSV. Running the same
 command again resumes an interrupted run.
+
+``--strategy`` trains under a ``tf.distribute`` strategy (see ``tfbreath.distribute``):
+``mirrored`` over this machine's GPUs (or ``--cpu-devices`` logical CPUs), ``multiworker``
+over the machines of ``$TF_CONFIG``, each running this same command; ``[data] batch_size`` is
+per replica. Workers other than the chief write to ``<run folder>/worker_<i>``.
 """
 
 from __future__ import annotations
@@ -23,11 +30,14 @@ import time
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
-from tfbreath import artifacts, data, evaluation, synthetic, train
+from tfbreath import artifacts, data, distribute, evaluation, synthetic, train
 from tfbreath.augment import Augmenter
 from tfbreath.config import ConfigError, PipelineConfig, dump_config, load_config, with_overrides
 from tfbreath.ensemble import build_ensemble, softmax_weights
+from tfbreath.icbhi import fit as icbhi_fit
+from tfbreath.icbhi.config import is_icbhi_pipeline
 
 DATA_ENV = "TFBREATH_DATA"
 RUNS_DIR = Path("saved_models")
@@ -50,11 +60,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", help="comma-separated, e.g. cnn8,vgg (override [train] models)")
     parser.add_argument("--precision", help="auto, float32, mixed_bfloat16 or mixed_float16")
     parser.add_argument("--seed", type=int, help="override [data] seed (split, shuffling, initialisation)")
+    distribute.add_strategy_arguments(parser)
     return parser.parse_args(argv)
 
 
-def resolve(args: argparse.Namespace) -> tuple[PipelineConfig, Path, Path]:
-    """The pipeline with flags applied, the data folder (made if synthetic) and the run folder."""
+def resolve(args: argparse.Namespace,
+            strategy: tf.distribute.Strategy | None = None) -> tuple[PipelineConfig, Path, Path]:
+    """The pipeline with flags applied, the data folder (made if synthetic) and this process's run folder."""
     pipeline = load_config(args.pipeline) if args.pipeline else PipelineConfig()
     data_dir = args.data or (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
     if data_dir is None:
@@ -65,7 +77,8 @@ def resolve(args: argparse.Namespace) -> tuple[PipelineConfig, Path, Path]:
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     pipeline = with_overrides(pipeline, "train", epochs=args.epochs, models=models, precision=args.precision)
     pipeline = with_overrides(pipeline, "data", seed=args.seed)
-    run_dir = args.out or RUNS_DIR / pipeline.name
+    run_dir = distribute.worker_run_dir(args.out or RUNS_DIR / pipeline.name,
+                                        strategy or tf.distribute.get_strategy())
     if data_dir is None:
         print(f"No data folder given (--data) or set (${DATA_ENV}): training a small, fast demo on "
               f"synthetic inhale/exhale-like audio written to {run_dir / 'synthetic_data'}. "
@@ -81,20 +94,25 @@ def resolve(args: argparse.Namespace) -> tuple[PipelineConfig, Path, Path]:
 def _claim_run_dir(run_dir: Path, pipeline: PipelineConfig) -> None:
     """Write the resolved config, or check that a resumed run used the same one."""
     saved = run_dir / "pipeline.toml"
-    if saved.exists() and saved.read_text(encoding="utf-8") != dump_config(pipeline):
+    if saved.exists() and load_config(saved) != pipeline:  # compared as configs: new keys keep their defaults
         raise ConfigError(f"{run_dir}: holds a run of a different pipeline ({saved}); "
                           f"pass another --out or delete the folder")
     artifacts.write_text(saved, dump_config(pipeline))
 
 
-def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path) -> dict:
-    """Train, ensemble and evaluate; write every artifact; return the metrics."""
+def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path,
+        strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Train, ensemble and evaluate under ``strategy`` (default: the current one); write every
+    artifact; return the metrics."""
+    strategy = strategy or tf.distribute.get_strategy()
     started = time.monotonic()
     _claim_run_dir(run_dir, pipeline)
     keras.utils.set_random_seed(pipeline.data.seed)
     precision = train.choose_precision(pipeline.train.precision)
     keras.mixed_precision.set_global_policy(precision)
-    print(f"precision policy: {precision}")
+    print(f"precision policy: {precision}; strategy: {distribute.strategy_name(strategy)}, "
+          f"{strategy.num_replicas_in_sync} replica(s)")
+    batch_size = distribute.global_batch_size(pipeline.data.batch_size, strategy)
 
     examples = data.read_kaggle_train(data_dir)
     train_examples, val_examples = data.split_by_session(examples, pipeline.data.validation_fraction,
@@ -112,8 +130,8 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path) -> dict:
     for name in pipeline.train.models:
         augmenter = Augmenter(pipeline.augment, seed=pipeline.data.seed)
         model_started = time.monotonic()
-        models[name] = train.train_model(name, pipeline, train_set, val_set, run_dir, augmenter)
-        probabilities[name] = train.predict_probabilities(models[name], val_set, pipeline.data.batch_size)
+        models[name] = train.train_model(name, pipeline, train_set, val_set, run_dir, augmenter, strategy=strategy)
+        probabilities[name] = train.predict_probabilities(models[name], val_set, batch_size)
         results[name] = {**evaluation.binary_metrics(labels, probabilities[name]),
                          "parameters": int(models[name].count_params()),
                          "train_seconds": round(time.monotonic() - model_started, 1)}
@@ -122,10 +140,10 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path) -> dict:
     with contextlib.suppress(OSError):  # BackupAndRestore empties it once every model has finished
         (run_dir / "backup").rmdir()
     alphas = softmax_weights([results[name]["accuracy"] for name in models])
-    ensemble = build_ensemble(models, alphas)
+    with strategy.scope():  # the members' variables belong to the strategy
+        ensemble = build_ensemble(models, alphas)
     artifacts.save_model(ensemble, run_dir / "ensemble.keras")
-    probabilities["ensemble"] = train.predict_probabilities(ensemble, val_set, pipeline.data.batch_size,
-                                                            from_logits=False)
+    probabilities["ensemble"] = train.predict_probabilities(ensemble, val_set, batch_size, from_logits=False)
     results["ensemble"] = {**evaluation.binary_metrics(labels, probabilities["ensemble"]),
                            "weights": {name: float(a) for name, a in zip(models, alphas)}}
 
@@ -139,6 +157,8 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path) -> dict:
         "pipeline": pipeline.name,
         "data": str(data_dir),
         "precision": precision,
+        "strategy": {"name": distribute.strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
+                     "global_batch_size": batch_size},
         "split": {"train_clips": len(train_examples), "validation_clips": len(val_examples),
                   "train_sessions": len(set(train_examples.groups)),
                   "validation_sessions": len(set(val_examples.groups)),
@@ -150,12 +170,24 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path) -> dict:
     return summary
 
 
+def _is_icbhi_run(argv: list[str]) -> bool:
+    """Whether ``--pipeline`` names an ICBHI pipeline (whose flags differ from this parser's)."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--pipeline", type=Path)
+    pipeline = first.parse_known_args(argv)[0].pipeline
+    return pipeline is not None and is_icbhi_pipeline(pipeline)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if _is_icbhi_run(argv):  # the crackle/wheeze task has its own recipe and flags
+        return icbhi_fit.main(argv)
     args = _parse_args(argv)
     try:
-        pipeline, data_dir, run_dir = resolve(args)
-        summary = run(pipeline, data_dir, run_dir)
-    except (ConfigError, data.DataError) as err:
+        strategy = distribute.strategy_from_arguments(args)  # before anything fixes TensorFlow's devices
+        pipeline, data_dir, run_dir = resolve(args, strategy)
+        summary = run(pipeline, data_dir, run_dir, strategy)
+    except (ConfigError, data.DataError, distribute.StrategyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     ensemble = summary["models"]["ensemble"]

@@ -6,6 +6,11 @@ linearly from 0.1x over the first 5 % of steps then cosine-decayed to 1e-6 (Kera
 on logits, early stopping on validation accuracy with the best weights restored, CutMix/MixUp
 after the warm-up epochs. An interrupted ``fit`` resumes from its last finished epoch
 (Keras ``BackupAndRestore``); finished models are saved atomically and not trained again.
+
+Under a ``tf.distribute`` strategy (``tfbreath.distribute``) the model is built, adapted and
+compiled inside ``strategy.scope()``, so Keras distributes its datasets and gradients;
+``[data] batch_size`` is per replica and the schedule counts global steps. With several
+replicas, batch normalisation uses the statistics of the global batch.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from tfbreath import artifacts
 from tfbreath.augment import AugmentationSchedule, Augmenter
 from tfbreath.config import PipelineConfig, TrainConfig
 from tfbreath.data import FeatureSet
+from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.features import SCALARS
 from tfbreath.models import SCALAR_NORM, build_model_for_pipeline
 
@@ -95,23 +101,50 @@ def adapt_scalar_normalisation(model: keras.Model, train_set: FeatureSet) -> Non
 
 
 def new_model(name: str, pipeline: PipelineConfig) -> keras.Model:
-    """An untrained model of the pipeline's input sizes and ``[train] model_width``."""
-    return build_model_for_pipeline(name, pipeline, width=pipeline.train.model_width)
+    """An untrained model of the pipeline's input sizes, ``[train] model_width`` and, when set,
+    ``[train] dropouts``."""
+    dropout = pipeline.train.dropouts.get(name)
+    return build_model_for_pipeline(name, pipeline, width=pipeline.train.model_width,
+                                    **({} if dropout is None else {"dropout": dropout}))
+
+
+def synchronise_batch_norm(model: keras.Model) -> None:
+    """Switch the model's BatchNormalization layers to Keras' cross-replica (synchronized) statistics.
+
+    Unsynchronised, each replica normalises by, and updates the moving averages from, its own
+    slice of the global batch: the replicas of one machine end up saving the first replica's
+    averages, and the workers of a multi-worker run each save different ones. Synchronised,
+    every replica uses the global batch's statistics, as one device training on it would.
+    """
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
 
 
 def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_set: FeatureSet,
-                run_dir: Path, augmenter: Augmenter, extra_callbacks: tuple = ()) -> keras.Model:
-    """Train (or resume, or reload) one model; returns it with its best validation weights."""
+                run_dir: Path, augmenter: Augmenter, extra_callbacks: tuple = (),
+                strategy: tf.distribute.Strategy | None = None) -> keras.Model:
+    """Train (or resume, or reload) one model; returns it with its best validation weights.
+
+    ``strategy`` (default: the current one) owns the model's variables; each step takes
+    ``[data] batch_size`` examples per replica.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
     final = run_dir / f"{name}.keras"
     if final.exists():
         print(f"{name}: already trained, loading {final}")
-        return keras.models.load_model(final)
+        with strategy.scope():
+            return keras.models.load_model(final)
     data, train = pipeline.data, pipeline.train
-    steps = math.ceil(len(train_set.kept_examples) / data.batch_size)
-    model = new_model(name, pipeline)
-    adapt_scalar_normalisation(model, train_set)
-    compile_model(model, train.learning_rates[name], steps * train.epochs, train)
-    batches = train_set.batches(data.batch_size, data.shuffle_buffer, seed=data.seed)
+    batch_size = global_batch_size(data.batch_size, strategy)
+    steps = math.ceil(len(train_set.kept_examples) / batch_size)
+    with strategy.scope():
+        model = new_model(name, pipeline)
+        if strategy.num_replicas_in_sync > 1:
+            synchronise_batch_norm(model)
+        adapt_scalar_normalisation(model, train_set)
+        compile_model(model, train.learning_rates[name], steps * train.epochs, train)
+    batches = train_set.batches(batch_size, data.shuffle_buffer, seed=data.seed)
     batches = batches.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup" / name)),
@@ -122,10 +155,12 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
         keras.callbacks.TensorBoard(str(run_dir / "logs" / name)),
         *extra_callbacks,
     ]
-    print(f"{name}: {model.count_params():,} parameters, {train.epochs} epochs x {steps} steps, "
-          f"peak learning rate {train.learning_rates[name]:g}")
-    model.fit(batches, validation_data=val_set.batches(data.batch_size), epochs=train.epochs,
-              callbacks=callbacks, shuffle=False,  # the tf.data pipeline shuffles
+    replicas = strategy.num_replicas_in_sync
+    print(f"{name}: {model.count_params():,} parameters, {train.epochs} epochs x {steps} steps of {batch_size} "
+          f"clips" + (f" ({replicas} replicas x {data.batch_size})" if replicas > 1 else "")
+          + f", peak learning rate {train.learning_rates[name]:g}")
+    model.fit(shard_by_data(batches), validation_data=shard_by_data(val_set.batches(batch_size)),
+              epochs=train.epochs, callbacks=callbacks, shuffle=False,  # the tf.data pipeline shuffles
               verbose=1 if sys.stdout.isatty() else 2)
     artifacts.save_model(model, final)
     return model
@@ -133,6 +168,10 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
 
 def predict_probabilities(model: keras.Model, feature_set: FeatureSet, batch_size: int,
                           from_logits: bool = True) -> np.ndarray:
-    """P(exhale) of every kept file, in file order. ``[N]``"""
-    outputs = np.asarray(model.predict(feature_set.batches(batch_size), verbose=0), np.float32).reshape(-1)
+    """P(exhale) of every kept file, in file order. ``[N]``
+
+    ``batch_size`` is global: a model of a multi-replica strategy splits each batch among them.
+    """
+    batches = shard_by_data(feature_set.batches(batch_size))
+    outputs = np.asarray(model.predict(batches, verbose=0), np.float32).reshape(-1)
     return 1.0 / (1.0 + np.exp(-outputs)) if from_logits else outputs

@@ -1,0 +1,274 @@
+"""Hyperparameter search: the [tune] space, the HyperModels, the tune CLI, resuming, chief + workers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import pytest
+
+from tfbreath import hypermodel, tune
+from tfbreath.config import (ConfigError, MAP_NAMES, PipelineConfig, TuneConfig, config_from_dict, dump_config,
+                             load_config, parse_config)
+from tfbreath.hypermodel import BreathHyperModel, SelectMaps
+from tfbreath.models import SCALAR_NORM
+from tfbreath.synthetic import write_synthetic_breath
+
+TINY_TUNE = """\
+name = "tiny"
+
+[features]
+scalars = false
+
+[data]
+validation_fraction = 0.25
+
+[train]
+early_stopping_patience = 2
+
+[tune]
+tuner = "random"
+max_trials = 2
+max_epochs = 2
+model_widths = [0.0625]
+batch_sizes = [8]
+warmup_epochs = [0, 1]
+
+[tune.map_sets]
+mel = ["mel"]
+mel_mfcc = ["mfcc", "mel"]
+"""
+"""A search of tiny models on two cheap maps: only mel and mfcc are extracted, and no scalars
+(tracing their graph would take most of a tiny search's time)."""
+
+WORKER_IDS = ("tuner0", "tuner1")
+DISTRIBUTED_TIMEOUT_S = 600
+"""Generous: three TensorFlow processes share the test machine's cores."""
+
+
+# ----------------------------------------------------------------------------- the [tune] section
+
+def test_the_default_space_round_trips_and_old_pipelines_without_tune_still_load(tmp_path):
+    pipeline = PipelineConfig()
+    assert parse_config(dump_config(pipeline)) == pipeline
+    custom = parse_config(TINY_TUNE)
+    assert parse_config(dump_config(custom)) == custom
+    assert custom.tune.map_sets == {"mel": ("mel",), "mel_mfcc": ("mfcc", "mel")}
+    assert custom.tune.searched_maps == ("mel", "mfcc")  # channel order, whatever the sets' order
+    old = tmp_path / "old.toml"
+    old.write_text('name = "old"\n[train]\nmodels = ["cnn8"]\n')
+    assert load_config(old).tune == TuneConfig()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"dropout": [0.1, 1.0]}, "dropout must lie in [0.0, 1.0), got [0.1, 1.0]"),
+    ({"dropout": [0.4, 0.1]}, "dropout must be [low, high] with low <= high, got [0.4, 0.1]"),
+    ({"learning_rate": [0, 1e-3]}, "learning_rate low must be > 0, got 0"),
+    ({"p_cutmix": [0.0, 0.7]}, "p_cutmix high + p_mixup high must be <= 1"),
+    ({"warmup_epochs": [0, 1.5]}, "warmup_epochs must be a [low, high] pair of integers, got [0, 1.5]"),
+    ({"model_widths": [0.5, 0]}, "model_widths entries must be > 0, got 0"),
+    ({"batch_sizes": []}, "batch_sizes must be a non-empty list of choices, got []"),
+    ({"map_sets": {"x": ["mel", "stft"]}}, "map_sets.x: maps has unknown names ['stft']"),
+    ({"map_sets": {"a b": ["mel"]}}, "map_sets name must be letters, digits, _ or -, got 'a b'"),
+    ({"tuner": "grid"}, "tuner must be one of ['hyperband', 'bayesian', 'random'], got 'grid'"),
+    ({"model": "resnet"}, "model must be one of ['cnn8', 'vgg'], got 'resnet'"),
+    ({"max_trials": 0}, "max_trials must be an integer > 0, got 0"),
+    ({"hyperband_factor": 1}, "hyperband_factor must be an integer >= 2, got 1"),
+])
+def test_bad_search_spaces_are_echoed(values, message):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"tune": values}, source="p.toml")
+    assert str(err.value).startswith("p.toml: [tune] ")
+    assert message in str(err.value)
+
+
+def test_train_dropouts_are_validated():
+    assert config_from_dict({"train": {"dropouts": {"vgg": 0.25}}}).train.dropouts == {"vgg": 0.25}
+    with pytest.raises(ConfigError, match=r"dropouts.cnn8 must be in \[0, 1\), got 1.5"):
+        config_from_dict({"train": {"dropouts": {"cnn8": 1.5}}})
+    with pytest.raises(ConfigError, match=r"dropouts has unknown models \['resnet'\]"):
+        config_from_dict({"train": {"dropouts": {"resnet": 0.1}}})
+
+
+# ----------------------------------------------------------------------------- the HyperModels
+
+def _tiny_pipeline() -> PipelineConfig:
+    return parse_config(TINY_TUNE)
+
+
+@pytest.mark.parametrize("name", ["cnn8", "vgg"])
+def test_build_feeds_the_chosen_maps_out_of_all_extracted_ones(name, tmp_path):
+    pipeline = PipelineConfig()  # extracts all nine maps
+    model_hp = BreathHyperModel(name, pipeline)
+    hp = kt.HyperParameters()
+    model_hp.declare_hyperparameters(hp)
+    hp.values.update({hypermodel.MAPS: "mel", hypermodel.WIDTH: 0.125, hypermodel.DROPOUT: 0.25})
+    model = model_hp.build(hp)
+    assert model.input["spectral"].shape[-1] == len(MAP_NAMES)
+    net = model.get_layer(name)  # what fit adapts the scalar normalisation of
+    assert net.input["spectral"].shape[-1] == 3  # mel, mel_delta, mel_delta2
+    assert net.get_layer(SCALAR_NORM).input.shape[-1] == 39
+    assert model.get_layer("select_maps").channels == [0, 1, 2]
+    assert max(layer.rate for layer in net.layers if isinstance(layer, keras.layers.SpatialDropout2D)) == 0.25
+    rng = np.random.default_rng(0)
+    x = {"spectral": rng.standard_normal((2, 128, 63, 9)).astype("float32"),
+         "scalars": rng.standard_normal((2, 39)).astype("float32")}
+    path = tmp_path / "trial.keras"
+    model.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
+
+
+def test_ranges_become_floats_ints_log_or_fixed_hyperparameters():
+    pipeline = config_from_dict({"tune": {"p_cutmix": [0, 1], "p_mixup": [0, 0], "model_widths": [1, 0.5]}})
+    hp = kt.HyperParameters()
+    BreathHyperModel("cnn8", pipeline).declare_hyperparameters(hp)
+    space = {entry.name: entry for entry in hp.space}
+    assert isinstance(space["p_cutmix"], kt.engine.hyperparameters.Float)  # integers in a float knob
+    assert isinstance(space["p_mixup"], kt.engine.hyperparameters.Fixed) and hp.values["p_mixup"] == 0.0
+    assert isinstance(space["warmup_epochs"], kt.engine.hyperparameters.Int)
+    assert space["learning_rate"].sampling == "log" and space["dropout"].sampling == "linear"
+    assert space["model_width"].values == [1.0, 0.5]
+
+
+def test_select_maps_takes_channels_in_the_sets_order():
+    spectral = np.arange(2 * 3 * 4 * 5, dtype="float32").reshape(2, 3, 4, 5)
+    picked = np.asarray(SelectMaps([4, 1])(spectral))
+    np.testing.assert_array_equal(picked, spectral[..., [4, 1]])
+    assert SelectMaps.from_config(SelectMaps([4, 1]).get_config()).channels == [4, 1]
+    with pytest.raises(ValueError, match=r"channels must be a non-empty list of indices >= 0, got \[\]"):
+        SelectMaps([])
+
+
+def test_a_trials_values_become_a_pipeline_fit_accepts():
+    model_hp = BreathHyperModel("vgg", _tiny_pipeline())
+    values = {"model_width": 0.0625, "dropout": 0.3, "maps": "mel_mfcc", "learning_rate": 5e-4,
+              "weight_decay": 2e-5, "p_cutmix": 0.5, "p_mixup": 0.25, "warmup_epochs": 1, "batch_size": 8,
+              "tuner/epochs": 3}
+    pipeline = model_hp.trial_pipeline(values)
+    assert pipeline.features.maps == ("mfcc", "mel")
+    assert pipeline.train.models == ("vgg",) and pipeline.train.epochs == 3
+    assert pipeline.train.learning_rates["vgg"] == 5e-4 and pipeline.train.dropouts == {"vgg": 0.3}
+    assert (pipeline.augment.p_cutmix, pipeline.augment.p_mixup, pipeline.augment.warmup_epochs) == (0.5, 0.25, 1)
+    assert pipeline.data.batch_size == 8
+    assert parse_config(dump_config(pipeline)) == pipeline
+    with pytest.raises(ConfigError, match="model must be one of"):
+        BreathHyperModel("resnet", _tiny_pipeline())
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+@pytest.fixture(scope="module")
+def tiny_search(tmp_path_factory):
+    """A Kaggle-layout folder of synthetic clips and the tiny search pipeline."""
+    root = tmp_path_factory.mktemp("tune")
+    data_dir = write_synthetic_breath(root / "data", n_sessions=8, clips_per_session=4)
+    pipeline = root / "tiny.toml"
+    pipeline.write_text(TINY_TUNE)
+    return data_dir, pipeline
+
+
+def _trials(out):
+    with open(out / tune.TRIALS_CSV, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_search_writes_its_summary_and_best_pipeline_and_resumes(tiny_search, tmp_path, monkeypatch):
+    data_dir, pipeline = tiny_search
+    fits = []
+    original_fit = BreathHyperModel.fit
+
+    def counting_fit(self, hp, *args, **kwargs):
+        fits.append(kwargs["epochs"])
+        return original_fit(self, hp, *args, **kwargs)
+
+    monkeypatch.setattr(BreathHyperModel, "fit", counting_fit)
+    out = tmp_path / "search"
+    common = ["--pipeline", str(pipeline), "--data", str(data_dir), "--out", str(out)]
+    assert tune.main([*common, "--max-trials", "1"]) == 0  # "interrupted" after one trial
+    assert len(fits) == 1
+    assert tune.main([*common, "--max-trials", "2"]) == 0  # resumes: runs only the second
+    assert len(fits) == 2
+    assert tune.main([*common, "--max-trials", "2"]) == 0  # done: trains nothing
+    assert fits == [2, 2]  # [tune] max_epochs per trial
+
+    rows = _trials(out)
+    assert [row["trial"] for row in rows] == ["0", "1"]
+    assert all(row["status"] == "COMPLETED" and 0.0 <= float(row["val_accuracy"]) <= 1.0 for row in rows)
+    assert [row["epochs"] for row in rows] == ["2", "2"]
+    assert (out / tune.OBJECTIVE_PLOT).stat().st_size > 0
+    best = json.loads((out / tune.BEST_JSON).read_text())
+    assert best["val_accuracy"] == max(float(row["val_accuracy"]) for row in rows)
+    chosen = best["hyperparameters"]
+    tuned = load_config(out / tune.BEST_PIPELINE)
+    assert tuned.name == "tiny_tuned"
+    assert tuned.features.maps == parse_config(TINY_TUNE).tune.map_sets[chosen["maps"]]
+    assert tuned.train.models == ("cnn8",) and tuned.train.model_width == chosen["model_width"]
+    assert tuned.train.learning_rates["cnn8"] == chosen["learning_rate"]
+    assert tuned.train.weight_decay == chosen["weight_decay"]
+    assert tuned.train.dropouts == {"cnn8": chosen["dropout"]}
+    assert (tuned.augment.p_cutmix, tuned.augment.p_mixup) == (chosen["p_cutmix"], chosen["p_mixup"])
+    assert tuned.augment.warmup_epochs == chosen["warmup_epochs"] and tuned.data.batch_size == 8
+    assert tuned.train.epochs == 2
+
+
+def test_cli_errors_are_one_line(tiny_search, tmp_path, capsys, monkeypatch):
+    data_dir, pipeline = tiny_search
+    out = tmp_path / "search"
+    common = ["--pipeline", str(pipeline), "--data", str(data_dir), "--out", str(out)]
+    assert tune.main([*common, "--tuner", "grid"]) == 2
+    said = capsys.readouterr().err
+    assert "error: [tune] tuner must be one of ['hyperband', 'bayesian', 'random'], got 'grid'" in said
+    tune._claim_search_dir(out, tune.resolve(tune._parse_args(common))[0])
+    assert tune.main([*common, "--max-epochs", "5"]) == 2
+    assert "holds a search of a different pipeline" in capsys.readouterr().err
+    monkeypatch.setenv(tune.ORACLE_IP_ENV, "127.0.0.1")
+    monkeypatch.delenv(tune.ORACLE_PORT_ENV, raising=False)
+    monkeypatch.setenv(tune.TUNER_ID_ENV, "tuner0")
+    assert tune.main(common) == 2
+    assert "$KERASTUNER_ORACLE_PORT not" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- chief + workers
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_chief_and_two_workers_share_one_search(tiny_search, tmp_path):
+    data_dir, pipeline = tiny_search
+    out = tmp_path / "distributed"
+    port = _free_port()
+    command = [sys.executable, "-m", "tfbreath.tune", "--pipeline", str(pipeline), "--data", str(data_dir),
+               "--out", str(out), "--max-trials", "2", "--max-epochs", "1"]
+    processes = {}
+    try:
+        for tuner_id in ("chief", *WORKER_IDS):
+            env = {**os.environ, tune.TUNER_ID_ENV: tuner_id, tune.ORACLE_IP_ENV: "127.0.0.1",
+                   tune.ORACLE_PORT_ENV: str(port), "TF_CPP_MIN_LOG_LEVEL": "2"}
+            processes[tuner_id] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.STDOUT, text=True)
+        logs = {tuner_id: process.communicate(timeout=DISTRIBUTED_TIMEOUT_S)[0]
+                for tuner_id, process in processes.items()}
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+    for tuner_id, process in processes.items():
+        assert process.returncode == 0, f"{tuner_id} failed:\n{logs[tuner_id][-3000:]}"
+    assert "serving the oracle" in logs["chief"]
+    for worker in WORKER_IDS:
+        assert "val_accuracy:" in logs[worker], f"{worker} ran no trial:\n{logs[worker][-3000:]}"
+        assert (out / tune.PROJECT / f"{worker}.json").is_file()  # saved when it ends a trial
+    rows = _trials(out)  # written by the chief, from its oracle
+    assert [row["status"] for row in rows] == ["COMPLETED", "COMPLETED"]
+    assert load_config(out / tune.BEST_PIPELINE).train.models == ("cnn8",)

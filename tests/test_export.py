@@ -11,7 +11,7 @@ from tfbreath import export, fit
 from tfbreath.config import PipelineConfig, with_overrides
 from tfbreath.synthetic import write_synthetic_breath
 
-TINY = with_overrides(with_overrides(PipelineConfig(), "train", model_width=0.125, epochs=3, models=("cnn8",)),
+TINY = with_overrides(with_overrides(PipelineConfig(), "train", model_width=0.125, epochs=10, models=("cnn8",)),
                       "data", batch_size=16)
 TINY = with_overrides(TINY, "augment", warmup_epochs=1)
 
@@ -44,6 +44,8 @@ def test_each_quantization_passes_its_self_check_and_runs_without_flex(tiny_run,
     assert probabilities.shape == (len(labels),)
     assert np.all((probabilities >= 0) & (probabilities <= 1))
     assert classifier(waveforms[:1]).shape == (1,)  # batch resized back to one clip
+    if quantize == "int8":  # the classifier really runs in int8
+        assert any(t["dtype"] == np.int8 for t in classifier.interpreter.get_tensor_details())
     repeats = export.TFLITE_BATCH // len(labels) + 2  # more clips than one interpreter call takes
     np.testing.assert_allclose(classifier(np.tile(waveforms, (repeats, 1))), np.tile(probabilities, repeats),
                                atol=1e-6)
@@ -79,3 +81,41 @@ def test_bad_run_folder_gives_a_one_line_error(tmp_path, capsys):
     assert export.main(["--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and str(tmp_path) in err and "\n" not in err
+
+
+def _tflite(model: keras.Model, path) -> bytes:
+    return export.convert(export.save_serving(model, path), "none")
+
+
+def test_join_graphs_feeds_the_first_models_outputs_to_the_second_by_name(tmp_path):
+    x = keras.Input((4,), name="waveform")
+    front = keras.Model(x, {"spectral": keras.layers.Dense(3, name="d1")(x),
+                            "scalars": keras.layers.Dense(2, name="d2")(x)})
+    spectral, scalars = keras.Input((3,), name="spectral"), keras.Input((2,), name="scalars")
+    joined = keras.layers.Concatenate()([scalars, spectral])  # order differs from the front's outputs
+    back = keras.Model({"spectral": spectral, "scalars": scalars},
+                       keras.layers.Reshape(())(keras.layers.Dense(1, name="d3")(joined)))
+    model = export.join_graphs(_tflite(front, tmp_path / "front"), _tflite(back, tmp_path / "back"))
+
+    waveforms = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    expected = back.predict(front.predict(waveforms, verbose=0), verbose=0)
+    np.testing.assert_allclose(export.TFLiteClassifier(model)(waveforms), expected, atol=1e-5)
+
+
+def test_join_graphs_names_what_the_second_model_misses(tmp_path):
+    x = keras.Input((4,), name="waveform")
+    front = keras.Model(x, {"spectral": keras.layers.Dense(3)(x)})
+    y = keras.Input((3,), name="mel")
+    back = keras.Model({"mel": y}, keras.layers.Reshape(())(keras.layers.Dense(1)(y)))
+    with pytest.raises(export.ExportError, match=r"needs \['mel'\].*makes \['spectral'\]"):
+        export.join_graphs(_tflite(front, tmp_path / "front"), _tflite(back, tmp_path / "back"))
+
+
+def test_the_int8_input_stage_is_the_normalisation_not_the_layers_after_it(tmp_path):
+    scalars = keras.Input((3,), name="scalars")
+    normalised = keras.layers.Normalization(mean=[1.0, 2.0, 3.0], variance=[1.0, 4.0, 9.0],
+                                            name="scalar_norm")(scalars)
+    hidden = keras.layers.Dense(4, activation="relu", name="hidden")(normalised)
+    model = keras.Model({"scalars": scalars}, keras.layers.Reshape(())(keras.layers.Dense(1, name="logit")(hidden)))
+    names = export.float_input_stage(_tflite(model, tmp_path / "model"))
+    assert len(names) == 2 and all("scalar_norm" in name for name in names)  # subtract, then scale

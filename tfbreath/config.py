@@ -52,6 +52,21 @@ def positive(name: str, value: Any) -> None:
     require(value > 0, f"{name} must be > 0, got {value!r}")
 
 
+def integer(name: str, value: Any, minimum: int) -> None:
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+            f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def probability(name: str, value: Any) -> None:
+    require(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value!r}")
+
+
+def check_sample_rate(value: Any) -> None:
+    """Rates the decoder resamples to (``tfbreath.audio``)."""
+    require(MIN_SAMPLE_RATE <= value <= MAX_SAMPLE_RATE,
+            f"sample_rate must be in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}], got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class AudioConfig:
     """How every file is decoded: resampled to ``sample_rate`` and padded/trimmed to ``duration_s``."""
@@ -60,10 +75,7 @@ class AudioConfig:
     duration_s: float = 1.0
 
     def __post_init__(self) -> None:
-        require(
-            MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE,
-            f"sample_rate must be in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}], got {self.sample_rate!r}",
-        )
+        check_sample_rate(self.sample_rate)
         positive("duration_s", self.duration_s)
 
     @property
@@ -136,8 +148,7 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         for name in ("p_cutmix", "p_mixup"):
-            value = getattr(self, name)
-            require(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value!r}")
+            probability(name, getattr(self, name))
         total = self.p_cutmix + self.p_mixup
         require(total <= 1.0 + 1e-9,
                  f"p_cutmix + p_mixup must be <= 1, "
@@ -145,9 +156,7 @@ class AugmentConfig:
         for name in ("cutmix_alpha", "mixup_alpha"):
             value = getattr(self, name)
             require(value > 0, f"{name} must be > 0, got {value!r}")
-        require(isinstance(self.warmup_epochs, int) and not isinstance(self.warmup_epochs, bool)
-                 and self.warmup_epochs >= 0,
-                 f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
+        integer("warmup_epochs", self.warmup_epochs, 0)
 
 
 MODEL_NAMES = ("cnn8", "vgg")
@@ -277,8 +286,7 @@ class TuneConfig:
             value = getattr(self, name)
             require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                     f"{name} must be an integer > 0, got {value!r}")
-        require(isinstance(self.hyperband_factor, int) and self.hyperband_factor >= MIN_HYPERBAND_FACTOR,
-                f"hyperband_factor must be an integer >= {MIN_HYPERBAND_FACTOR}, got {self.hyperband_factor!r}")
+        integer("hyperband_factor", self.hyperband_factor, MIN_HYPERBAND_FACTOR)
         fields = {
             "model_widths": tuple(float(w) for w in _choices("model_widths", self.model_widths,
                                                              lambda w: positive("model_widths entries", w))),

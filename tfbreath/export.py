@@ -139,14 +139,14 @@ def feature_model(pipeline: PipelineConfig) -> keras.Model:
 
 def waveform_model(model: keras.Model, pipeline: PipelineConfig) -> keras.Model:
     """Feature extraction + ``model`` + sigmoid: ``[B, samples]`` audio -> ``[B]`` P(exhale)."""
-    waveform = keras.Input((pipeline.audio.num_samples,), name=WAVEFORM, dtype="float32")
-    features = FeatureExtractor.for_pipeline(pipeline, name="features")(waveform)
+    extractor = feature_model(pipeline)
+    features = extractor.output  # {"spectral": [B, M, T, C], "scalars": [B, 39]}
     made = {name: tuple(x.shape[1:]) for name, x in features.items()}
     wanted = {name: tuple(x.shape[1:]) for name, x in model.input.items()}
     if any(made.get(name) != shape for name, shape in wanted.items()):
         raise ExportError(f"model {model.name!r} takes {wanted}, but its pipeline makes {made}")
     probability = probability_model(model)({name: features[name] for name in model.input})  # [B]
-    return keras.Model(waveform, probability, name=f"{model.name}_waveform")
+    return keras.Model(extractor.input, probability, name=f"{model.name}_waveform")
 
 
 def save_serving(model: keras.Model, path: Path) -> Path:
@@ -412,20 +412,22 @@ def format_check(row: dict) -> str:
     return header + "\n" + line
 
 
-def calibration_features(pipeline: PipelineConfig, examples: data.Examples) -> dict[str, np.ndarray]:
-    """Features of ``CALIBRATION_CLIPS`` training clips, drawn with the pipeline's seed."""
+def calibration_features(features: keras.Model, pipeline: PipelineConfig,
+                         examples: data.Examples) -> dict[str, np.ndarray]:
+    """``features`` (a ``feature_model``) of ``CALIBRATION_CLIPS`` training clips, drawn with the pipeline's seed."""
     rng = np.random.default_rng(pipeline.data.seed)
     chosen = rng.choice(len(examples), min(CALIBRATION_CLIPS, len(examples)), replace=False)
     waveforms = load_waveforms([examples.files[i] for i in sorted(chosen)], pipeline)
-    features = feature_model(pipeline).predict(waveforms, batch_size=data.FEATURE_BATCH, verbose=0)
-    return {name: np.asarray(x, np.float32) for name, x in features.items()}
+    arrays = features.predict(waveforms, batch_size=data.FEATURE_BATCH, verbose=0)
+    return {name: np.asarray(x, np.float32) for name, x in arrays.items()}
 
 
 def int8_flatbuffer(trained: keras.Model, pipeline: PipelineConfig, train_examples: data.Examples) -> bytes:
     """``convert_int8`` of a trained member or ensemble, calibrated on its training clips."""
-    calibration = calibration_features(pipeline, train_examples)
+    extractor = feature_model(pipeline)
+    calibration = calibration_features(extractor, pipeline, train_examples)
     with tempfile.TemporaryDirectory() as tmp:
-        features = save_serving(feature_model(pipeline), Path(tmp) / "features")
+        features = save_serving(extractor, Path(tmp) / "features")
         head = save_serving(probability_model(trained), Path(tmp) / "head")
         return convert_int8(features, head, {name: calibration[name] for name in trained.input})
 

@@ -17,8 +17,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from tfbreath.config import (MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, PRECISIONS, ConfigError, build_section,
-                             dump_sections, positive, require)
+from tfbreath.config import (PRECISIONS, ConfigError, build_section, check_sample_rate, dump_sections, integer,
+                             positive, probability, require)
 
 TASK = "icbhi"
 """The top-level ``task`` value that marks an ICBHI pipeline file."""
@@ -31,15 +31,6 @@ BACKBONES = ("resnet34",)
 
 CLASS_COUNTS = (4, 2)
 """4: normal / crackle / wheeze / both; 2: normal / abnormal."""
-
-
-def _integer(name: str, value: Any, minimum: int) -> None:
-    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-            f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _probability(name: str, value: Any) -> None:
-    require(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +51,13 @@ class AudioConfig:
     """Every cycle is padded (or cut) to this length; 7 s scored best in the paper's Table II."""
 
     def __post_init__(self) -> None:
-        require(MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE,
-                f"sample_rate must be in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}], got {self.sample_rate!r}")
+        check_sample_rate(self.sample_rate)
         positive("band_low_hz", self.band_low_hz)
         nyquist = self.sample_rate / 2.0
         require(self.band_low_hz < self.band_high_hz <= nyquist,
                 f"band_high_hz must be in (band_low_hz = {self.band_low_hz!r}, Nyquist = {nyquist!r}], "
                 f"got {self.band_high_hz!r}")
-        _integer("filter_order", self.filter_order, 1)
+        integer("filter_order", self.filter_order, 1)
         positive("cycle_s", self.cycle_s)
 
     @property
@@ -117,7 +107,7 @@ class SpectrogramConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_fft", "hop_length", "n_mels"):
-            _integer(name, getattr(self, name), 1)
+            integer(name, getattr(self, name), 1)
         require(self.hop_length <= self.n_fft, f"hop_length must be <= n_fft ({self.n_fft}), got {self.hop_length!r}")
         require(0.0 <= self.fmin < self.fmax, f"fmin must be in [0, fmax = {self.fmax!r}), got {self.fmin!r}")
         positive("top_db", self.top_db)
@@ -149,7 +139,7 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         for name in ("concat_probability", "noise_probability", "speed_probability", "shift_probability"):
-            _probability(name, getattr(self, name))
+            probability(name, getattr(self, name))
         require(self.noise_snr_db_min <= self.noise_snr_db_max,
                 f"noise_snr_db_max must be >= noise_snr_db_min ({self.noise_snr_db_min!r}), "
                 f"got {self.noise_snr_db_max!r}")
@@ -167,7 +157,7 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         require(self.scheme in SPLIT_SCHEMES, f"scheme must be one of {list(SPLIT_SCHEMES)}, got {self.scheme!r}")
-        _integer("seed", self.seed, 0)
+        integer("seed", self.seed, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +175,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         require(self.backbone in BACKBONES, f"backbone must be one of {list(BACKBONES)}, got {self.backbone!r}")
         positive("width", self.width)
-        _integer("dense_units", self.dense_units, 1)
+        integer("dense_units", self.dense_units, 1)
         require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
         require(isinstance(self.initial_weights, str),
                 f"initial_weights must be a file path string, got {self.initial_weights!r}")
@@ -207,12 +197,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self.classes in CLASS_COUNTS, f"classes must be one of {list(CLASS_COUNTS)}, got {self.classes!r}")
-        _integer("batch_size", self.batch_size, 1)
+        integer("batch_size", self.batch_size, 1)
         require(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum!r}")
         positive("learning_rate", self.learning_rate)
         positive("finetune_learning_rate", self.finetune_learning_rate)
-        _integer("epochs", self.epochs, 1)
-        _integer("finetune_epochs", self.finetune_epochs, 0)
+        integer("epochs", self.epochs, 1)
+        integer("finetune_epochs", self.finetune_epochs, 0)
         require(self.precision in PRECISIONS, f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
 
 

@@ -102,6 +102,14 @@ def test_autocorrelation_and_inverse_rfft_match_numpy():
     np.testing.assert_allclose(got, np.fft.irfft(spectrum)[:33], atol=1e-6)
 
 
+def test_sliding_windows_equal_tf_signal_frame():
+    x = np.random.default_rng(3).standard_normal((2, 3, 50)).astype(np.float32)
+    got = spectral.sliding_windows(tf.constant(x), 8, 40).numpy()  # [2, 3, 40, 8]
+    np.testing.assert_array_equal(got, tf.signal.frame(x, 8, 1)[..., :40, :].numpy())
+    with pytest.raises(ValueError, match="count \\+ width - 1 = 51"):
+        spectral.sliding_windows(tf.constant(x), 12, 40)
+
+
 def test_noise_and_sine_differ_in_gammatone_spread():
     noise = maps.raw_maps(np.random.default_rng(1).uniform(-0.5, 0.5, SAMPLE_RATE).astype(np.float32),
                           SAMPLE_RATE, FEATURES)["gammatone"].numpy()

@@ -242,23 +242,25 @@ def _rolloff(magnitude: tf.Tensor, sample_rate: int) -> tf.Tensor:
     """librosa spectral_rolloff: lowest bin frequency holding ROLL_PERCENT of |S|. ``[B, T, F]`` -> ``[B, T]``
 
     The rolloff bin is the number of bins whose running sum stays below the threshold. The
-    running sum is taken in two levels (per block of ROLLOFF_BLOCK bins, then inside the one
-    block where the threshold is crossed), which is much cheaper than a full cumsum.
+    running sum is taken in two levels (per block of ROLLOFF_BLOCK bins, by one product with a
+    constant block-membership matrix, then inside the one block where the threshold is
+    crossed), which is much cheaper than a full cumsum and never copies the spectrogram.
     """
     with tf.name_scope("rolloff"):
         freq = tf.constant(filters.fft_frequencies(sample_rate, LIBROSA_N_FFT))  # [F]
         n_bins = magnitude.shape[-1]
         n_blocks = -(-n_bins // ROLLOFF_BLOCK)
-        padded = tf.pad(magnitude, [[0, 0], [0, 0], [0, n_blocks * ROLLOFF_BLOCK - n_bins]])  # [B, T, K*W]
-        blocks = tf.reshape(padded, tf.concat([tf.shape(magnitude)[:2], [n_blocks, ROLLOFF_BLOCK]], 0))  # [B, T, K, W]
-        block_ends = tf.cumsum(tf.reduce_sum(blocks, -1), axis=-1)  # [B, T, K]  running sum at block ends
+        membership = (np.arange(n_bins)[:, np.newaxis] // ROLLOFF_BLOCK == np.arange(n_blocks)).astype(np.float32)
+        block_ends = tf.cumsum(spectral.apply_filterbank(magnitude, membership), axis=-1)  # [B, T, K]
         threshold = ROLL_PERCENT * block_ends[..., -1:]  # [B, T, 1]
         full = tf.reduce_sum(tf.cast(block_ends < threshold, tf.int32), -1)  # [B, T]  blocks wholly below
         full = tf.minimum(full, n_blocks - 1)  # [B, T]
         before = tf.concat([tf.zeros_like(block_ends[..., :1]), block_ends[..., :-1]], -1)  # [B, T, K]
         offset = tf.gather(before, full, batch_dims=2)  # [B, T]
         # expand_dims, not [..., tf.newaxis]: TFLite slices take no new axis after an ellipsis.
-        within = tf.cumsum(tf.gather(blocks, full, batch_dims=2), axis=-1)  # [B, T, W]
+        bins = tf.expand_dims(full * ROLLOFF_BLOCK, -1) + tf.range(ROLLOFF_BLOCK)  # [B, T, W]  the block's bins
+        in_range = tf.cast(bins < n_bins, tf.float32)  # [B, T, W]  the last block may be short
+        within = tf.cumsum(tf.gather(magnitude, tf.minimum(bins, n_bins - 1), batch_dims=2) * in_range, axis=-1)  # [B, T, W]
         inner = tf.expand_dims(offset, -1) + within  # [B, T, W]
         below = full * ROLLOFF_BLOCK + tf.reduce_sum(tf.cast(inner < threshold, tf.int32), -1)  # [B, T]
         return tf.gather(freq, tf.minimum(below, n_bins - 1))  # [B, T]
@@ -452,16 +454,16 @@ def scalars_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, hop_l
     n_frames = 1 + n // hop_length
 
     magnitude = cache.magnitude(LIBROSA_N_FFT, hop_length)  # [B, T, 1025]
-    if ROLLOFF_HOP % hop_length == 0:
-        rolloff_magnitude = magnitude[:, :: ROLLOFF_HOP // hop_length]  # [B, T', 1025]  every hop-512 frame
-    else:
-        rolloff_magnitude = spectral.stft_magnitude(y, LIBROSA_N_FFT, ROLLOFF_HOP)  # [B, T', 1025]
 
     rms = _rms(y, n_frames, hop_length)  # [B, T]
     zcr = _zero_crossing_rate(y, n_frames, hop_length)  # [B, T]
     centroid, bandwidth = _centroid_bandwidth(magnitude, sample_rate)  # 2 x [B, T]
     power = cache.power(LIBROSA_N_FFT, hop_length)  # [B, T, 1025]
-    rolloff = _rolloff(rolloff_magnitude, sample_rate)  # [B, T']
+    if ROLLOFF_HOP % hop_length == 0:
+        # Every frame's rolloff, then every hop-512 one: cheaper than slicing the STFT first.
+        rolloff = _rolloff(magnitude, sample_rate)[:, :: ROLLOFF_HOP // hop_length]  # [B, T']
+    else:
+        rolloff = _rolloff(spectral.stft_magnitude(y, LIBROSA_N_FFT, ROLLOFF_HOP), sample_rate)  # [B, T']
     flatness = _flatness(power)  # [B, T]
     contrast = _contrast(magnitude, sample_rate)  # [B, T, 7]
     envelope = _hilbert_envelope(y)  # [B, n]

@@ -4,10 +4,10 @@
 
 In-graph: the exact tf.data graph training uses (read -> decode -> nine maps + 39 scalars,
 batched), uncached, read in batches as training reads it, timed after two warm-up batches so
-tracing is not counted. librosa: load +
-``reference_maps`` + ``reference_scalars`` per clip, timed twice: in one process (the usual
-precompute loop) and in a pool with one process per core (the whole machine, like the
-in-graph side). Prints clips/s for each and both ratios (target >= 20x).
+tracing is not counted. librosa: load + ``reference_maps`` + ``reference_scalars`` per clip,
+timed twice: in one process (the usual precompute loop; NumPy's BLAS may use both cores) and
+in a pool with one single-threaded process per core (the whole machine, like the in-graph
+side). Prints clips/s for each and both ratios (target >= 20x).
 """
 
 from __future__ import annotations
@@ -40,8 +40,15 @@ def _librosa_features(path: str) -> int:
     return 1
 
 
+def _one_blas_thread() -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # one process per core: BLAS threads would only fight each other
+
+
 def time_librosa(files: list[Path], workers: int) -> float:
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    initializer = _one_blas_thread if workers > 1 else None
+    with ProcessPoolExecutor(max_workers=workers, initializer=initializer) as pool:
         list(pool.map(_librosa_features, [str(files[0])] * workers))  # warm-up: imports, numba JIT
         start = time.perf_counter()
         done = sum(pool.map(_librosa_features, [str(f) for f in files]))

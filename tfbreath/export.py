@@ -61,8 +61,10 @@ FEATURE_SCOPE = "extract_features"
 """Name scope of the feature graph; its weights stay float32 under float16 quantization."""
 
 TFLITE_BATCH = 64
-"""Clips per interpreter call. Measured: a resize to 640 clips returned only 128 outputs (the
-cause, somewhere in the resized feature graph, is not found yet); 64 and up to 200 are exact."""
+"""Clips per interpreter call, kept below 256: TFLite 2.17's default XNNPACK delegate runs the
+models' global average pooling (MEAN over height and width) wrongly from a batch of 256 up. It
+returns batch mod 256 rows (300 clips -> 44, 640 -> 128) and can corrupt the heap; without
+the delegate, or below 256, the outputs are exact."""
 
 WAVEFORM = "waveform"
 PROBABILITY = "probability"

@@ -61,10 +61,8 @@ FEATURE_SCOPE = "extract_features"
 """Name scope of the feature graph; its weights stay float32 under float16 quantization."""
 
 TFLITE_BATCH = 64
-"""Clips per interpreter call, kept below 256: TFLite 2.17's default XNNPACK delegate runs the
-models' global average pooling (MEAN over height and width) wrongly from a batch of 256 up. It
-returns batch mod 256 rows (300 clips -> 44, 640 -> 128) and can corrupt the heap; without
-the delegate, or below 256, the outputs are exact."""
+"""Clips per interpreter call: bounds the interpreter's arena (the feature maps of a clip take
+~0.3 MB) however many clips a caller passes."""
 
 WAVEFORM = "waveform"
 PROBABILITY = "probability"
@@ -122,10 +120,37 @@ def outputs_probability(model: keras.Model) -> bool:
     return isinstance(model.layers[-1], WeightedSigmoidAverage)
 
 
+@keras.saving.register_keras_serializable(package="tfbreath")
+class MapAveragePooling2D(keras.layers.Layer):
+    """Global average pooling as one full-map average pool: ``[B, H, W, C]`` -> ``[B, C]``.
+
+    ``GlobalAveragePooling2D`` converts to a TFLite MEAN, which TFLite 2.17's default XNNPACK
+    delegate runs wrongly from a batch of 256 up (batch mod 256 rows out, heap corruption);
+    AVERAGE_POOL_2D gives the same numbers at any batch.
+    """
+
+    def call(self, x):
+        window = tuple(x.shape[1:3])  # (H, W)
+        pooled = keras.ops.average_pool(x, pool_size=window, strides=window, padding="valid")  # [B, 1, 1, C]
+        return keras.ops.reshape(pooled, (-1, x.shape[-1]))  # [B, C]
+
+
+def with_map_average_pooling(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` (nested models included) sharing its weights, with every
+    channels-last ``GlobalAveragePooling2D`` replaced by ``MapAveragePooling2D``."""
+    def swap(layer):
+        if (isinstance(layer, keras.layers.GlobalAveragePooling2D) and not layer.keepdims
+                and layer.data_format == "channels_last"):
+            return MapAveragePooling2D(name=layer.name, dtype=layer.dtype_policy.name)
+        return layer  # the same layer: its weights are shared, not re-initialised
+
+    return keras.models.clone_model(model, clone_function=swap, recursive=True)
+
+
 def probability_model(model: keras.Model) -> keras.Model:
     """``model`` + sigmoid (for a member's logit): its feature inputs -> ``[B]`` P(exhale)."""
     inputs = {name: keras.Input(x.shape[1:], name=name, dtype="float32") for name, x in model.input.items()}
-    output = model(inputs)  # [B, 1]
+    output = with_map_average_pooling(model)(inputs)  # [B, 1]
     if not outputs_probability(model):
         output = keras.layers.Activation("sigmoid", dtype="float32", name="sigmoid")(output)
     probability = keras.layers.Reshape((), name=PROBABILITY)(output)  # [B]

@@ -68,12 +68,23 @@ def sliding_windows(x: tf.Tensor, width: int, count: int) -> tf.Tensor:
         return tf.stack([x[..., t:t + width] for t in range(count)], axis=-2)  # [..., count, width]
 
 
-def stft_magnitude(y: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
-    """|STFT| with a periodic Hann window and zero-padded centring. ``[..., n]`` -> ``[..., T, n_fft//2+1]``"""
-    with tf.name_scope("stft_magnitude"):
+def stft_power(y: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
+    """|STFT|^2 with a periodic Hann window and zero-padded centring. ``[..., n]`` -> ``[..., T, n_fft//2+1]``
+
+    Summed as re^2 + im^2: TF's complex abs (an overflow-safe hypot per bin) costs as much as the
+    FFT itself on the CPU, and audio in [-1, 1] cannot overflow float32 here.
+    """
+    with tf.name_scope("stft_power"):
         frames = frame(y, n_fft, hop_length)  # [..., T, n_fft]
         windowed = frames * filters.hann_window(n_fft)  # [..., T, n_fft]
-        return tf.abs(tf.signal.rfft(windowed))  # [..., T, n_fft // 2 + 1]
+        spectrum = tf.signal.rfft(windowed)  # [..., T, n_fft // 2 + 1] complex64
+        return tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum))  # [..., T, n_fft // 2 + 1]
+
+
+def stft_magnitude(y: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
+    """|STFT|, the square root of ``stft_power``. ``[..., n]`` -> ``[..., T, n_fft//2+1]``"""
+    with tf.name_scope("stft_magnitude"):
+        return tf.sqrt(stft_power(y, n_fft, hop_length))  # [..., T, n_fft // 2 + 1]
 
 
 def inverse_rfft(real: tf.Tensor, imag: tf.Tensor, n_out: int) -> tf.Tensor:
@@ -162,13 +173,13 @@ class SpectrogramCache:
             self._built[key] = build()
         return self._built[key]
 
-    def magnitude(self, n_fft: int, hop_length: int) -> tf.Tensor:
-        """|STFT|. ``[..., T, n_fft//2+1]``"""
-        return self._once(("magnitude", n_fft, hop_length), lambda: stft_magnitude(self.y, n_fft, hop_length))
-
     def power(self, n_fft: int, hop_length: int) -> tf.Tensor:
         """|STFT|^2. ``[..., T, n_fft//2+1]``"""
-        return self._once(("power", n_fft, hop_length), lambda: tf.square(self.magnitude(n_fft, hop_length)))
+        return self._once(("power", n_fft, hop_length), lambda: stft_power(self.y, n_fft, hop_length))
+
+    def magnitude(self, n_fft: int, hop_length: int) -> tf.Tensor:
+        """|STFT|. ``[..., T, n_fft//2+1]``"""
+        return self._once(("magnitude", n_fft, hop_length), lambda: tf.sqrt(self.power(n_fft, hop_length)))
 
     def mel_power(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int,
                   fmax: float | None = None) -> tf.Tensor:

@@ -44,7 +44,7 @@ def mel_db(waveforms: tf.Tensor, config: IcbhiConfig) -> tf.Tensor:
     """``librosa.power_to_db(melspectrogram(...), ref=np.max)``, time-major. ``[..., n] -> [..., T, n_mels]``"""
     spec = config.spectrogram
     with tf.name_scope("mel_db"):
-        power = tf.square(spectral.stft_magnitude(waveforms, spec.n_fft, spec.hop_length))  # [..., T, F]
+        power = spectral.stft_power(waveforms, spec.n_fft, spec.hop_length)  # [..., T, F]
         bank = mel_filterbank(config.audio.sample_rate, spec.n_fft, spec.n_mels, spec.fmax, fmin=spec.fmin)
         mel = spectral.apply_filterbank(power, bank)  # [..., T, n_mels]
         return spectral.power_to_db(mel, ref_max=True, top_db=spec.top_db)  # [..., T, n_mels]

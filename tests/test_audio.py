@@ -96,13 +96,18 @@ def test_full_scale_values(write_wav):
 
 
 def test_chunks_in_any_order_with_odd_sizes():
-    """LIST and odd-sized chunks before fmt, data before fmt: the chunk walk still finds both."""
+    """The usual fmt-then-data layout (the fast path, fmt bodies of 16, 18 and odd 17 bytes) and
+    LIST and odd-sized chunks anywhere, data before fmt (the chunk walk): all find both chunks."""
     samples = np.array([1000, -2000, 3000, -32768, 32767], np.int16)
     data = _chunk(b"data", samples.tobytes())
     odd = _chunk(b"junk", b"abc")  # 3 bytes + 1 pad byte
     listing = _chunk(b"LIST", b"INFOISFT\x06\x00\x00\x00tests\x00")
+    fmt = _fmt_pcm16()
+    fmt18 = _chunk(b"fmt ", fmt[8:] + b"\x00\x00")  # WAVEFORMATEX with cbSize = 0
+    fmt17 = _chunk(b"fmt ", fmt[8:] + b"\x00")  # odd size: a pad byte follows
     expected = samples.astype(np.float32) / 2**15
-    for contents in (_riff(listing, odd, _fmt_pcm16(), data), _riff(data, odd, _fmt_pcm16())):
+    for contents in (_riff(fmt, data), _riff(fmt18, data), _riff(fmt17, data), _riff(fmt, listing, data),
+                     _riff(listing, odd, fmt, data), _riff(data, odd, fmt)):
         wav, status = audio.decode_wav(contents, None)
         assert int(status) == audio.OK
         np.testing.assert_array_equal(wav.numpy(), expected)

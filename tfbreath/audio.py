@@ -93,6 +93,10 @@ _FMT_EXTENSIBLE_BYTES = 40  # WAVEFORMATEXTENSIBLE: 16 + cbSize(2) + 22 extensio
 _U16 = 2  # byte widths of the little-endian header integers
 _U32 = 4
 _FMT_READ_BYTES = _FMT_EXTENSIBLE_BYTES  # bytes of the fmt chunk read (zero-padded if shorter)
+# The usual layout, RIFF header + fmt chunk + data chunk, is read in one piece this long.
+_FIRST_CHUNK = _RIFF_HEADER_BYTES
+_FIRST_BODY = _FIRST_CHUNK + _CHUNK_HEADER_BYTES
+_HEAD_BYTES = _FIRST_BODY + _FMT_READ_BYTES + _CHUNK_HEADER_BYTES
 
 # Byte offsets inside the fmt chunk body.
 _FMT_TAG = 0
@@ -177,7 +181,8 @@ def parse_wav_header(contents: tf.Tensor) -> WavHeader:
     with tf.name_scope("parse_wav_header"):
         contents = tf.convert_to_tensor(contents, tf.string)
         size = tf.cast(tf.strings.length(contents), tf.int64)  # []
-        riff = _read_bytes(contents, 0, _RIFF_HEADER_BYTES)  # [12]
+        head = _read_bytes(contents, 0, _HEAD_BYTES)  # [68]
+        riff = head[:_RIFF_HEADER_BYTES]  # [12]
         is_riff = tf.logical_and(_has_id(riff, 0, "RIFF"), _has_id(riff, 8, "WAVE"))  # []
         # A file cut inside its first 12 bytes that still starts like "RIFF" is truncated, not "not WAV".
         riff_prefix = tf.strings.substr(tf.constant(b"RIFF"), 0, tf.cast(tf.minimum(size, _U32), tf.int32))
@@ -203,9 +208,19 @@ def parse_wav_header(contents: tf.Tensor) -> WavHeader:
             next_pos = body_pos + chunk_size + chunk_size % 2  # odd chunks carry a pad byte
             return next_pos, fmt_pos, fmt_size, data_pos, data_size
 
-        start = tf.constant(_RIFF_HEADER_BYTES, tf.int64)
-        _, fmt_pos, fmt_size, data_pos, data_size = tf.while_loop(
-            cond, body, (start, none, none, none, none))  # each [] int64
+        # Fast path for the usual layout: "fmt " first, its (even) body, then "data", all in
+        # `head`. Found, the chunk walk below starts with both and runs no step.
+        first_size = _le_uint(head, _FIRST_CHUNK + _U32, _U32)  # []
+        fmt_first = tf.logical_and(_has_id(head, _FIRST_CHUNK, "fmt "),
+                                   tf.logical_and(first_size <= _FMT_READ_BYTES, first_size % 2 == 0))
+        second = tf.slice(head, [_FIRST_BODY + tf.where(fmt_first, first_size, 0)],
+                          [_CHUNK_HEADER_BYTES])  # [8]
+        usual = tf.logical_and(fmt_first, _has_id(second, 0, "data"))  # []
+        start = (tf.constant(_RIFF_HEADER_BYTES, tf.int64), none, none, none, none)
+        found = (none, tf.constant(_FIRST_BODY, tf.int64), first_size,
+                 _FIRST_BODY + first_size + _CHUNK_HEADER_BYTES, _le_uint(second, _U32, _U32))
+        start = tuple(tf.where(usual, a, b) for a, b in zip(found, start))  # each [] int64
+        _, fmt_pos, fmt_size, data_pos, data_size = tf.while_loop(cond, body, start)  # each [] int64
 
         fmt = _read_bytes(contents, fmt_pos, _FMT_READ_BYTES)  # [40], zeros past the file end
         tag = _le_uint(fmt, _FMT_TAG, _U16)

@@ -217,6 +217,12 @@ def convert_int8(features: Path, head: Path, calibration: dict[str, np.ndarray])
     The features stay float32: TFLite 2.17's quantizer crashes (segmentation fault) on the
     feature graph, and its spectral moments need float range anyway.
     """
+    return join_graphs(convert(features, "none"), quantize_head(head, calibration))
+
+
+def quantize_head(head: Path, calibration: dict[str, np.ndarray]) -> bytes:
+    """The classifier SavedModel (features -> ``probability``) with int8 weights and activations,
+    except its float32 input stage (``float_input_stage``), calibrated on ``calibration``."""
     converter = _converter(head)
     float_nodes = float_input_stage(converter.convert())
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -226,7 +232,7 @@ def convert_int8(features: Path, head: Path, calibration: dict[str, np.ndarray])
     debugger = tf.lite.experimental.QuantizationDebugger(  # TFLite's public route to selective quantization
         converter=converter, debug_dataset=converter.representative_dataset,
         debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_nodes))
-    return join_graphs(convert(features, "none"), debugger.get_nondebug_quantized_model())
+    return debugger.get_nondebug_quantized_model()
 
 
 INPUT_STAGE_OPS = {schema.BuiltinOperator.ADD, schema.BuiltinOperator.SUB, schema.BuiltinOperator.MUL}

@@ -11,9 +11,13 @@ from tfbreath import export, fit
 from tfbreath.config import PipelineConfig, with_overrides
 from tfbreath.synthetic import write_synthetic_breath
 
-TINY = with_overrides(with_overrides(PipelineConfig(), "train", model_width=0.125, epochs=10, models=("cnn8",)),
-                      "data", batch_size=16)
-TINY = with_overrides(TINY, "augment", warmup_epochs=1)
+TINY = with_overrides(with_overrides(PipelineConfig(), "train", model_width=0.125, epochs=40, models=("cnn8",),
+                                     learning_rates={"cnn8": 3e-3}), "data", batch_size=16)
+TINY = with_overrides(TINY, "augment", p_cutmix=0.0, p_mixup=0.0)
+"""A confident tiny model: the int8 self-check allows no flipped clip among the 16 validation
+clips, so every validation probability must sit well away from 0.5. Measured: 100 % accuracy,
+nearest probability 0.37 from the threshold, int8 max |dP| 0.004. (10 epochs with CutMix/MixUp
+left clips within 0.02 of it, and one int8 flip failed the check on some runs.)"""
 XNNPACK_MEAN_LIMIT = 256
 """Batch from which TFLite 2.17's XNNPACK delegate runs a MEAN wrongly (see export.MapAveragePooling2D)."""
 

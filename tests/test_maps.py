@@ -10,7 +10,7 @@ import soundfile as sf
 import tensorflow as tf
 
 from conftest import SAMPLE_RATE, breath_like, needs_breath, real_clips, sine
-from tfbreath import maps, spectral
+from tfbreath import filters, maps, spectral
 from tfbreath.config import MAP_NAMES, FeatureConfig
 from tfbreath.reference.maps import reference_maps, reference_raw_maps
 
@@ -108,6 +108,21 @@ def test_sliding_windows_equal_tf_signal_frame():
     np.testing.assert_array_equal(got, tf.signal.frame(x, 8, 1)[..., :40, :].numpy())
     with pytest.raises(ValueError, match="count \\+ width - 1 = 51"):
         spectral.sliding_windows(tf.constant(x), 12, 40)
+
+
+def test_block_filterbank_equals_the_dense_product():
+    bank = filters.mel_filterbank(SAMPLE_RATE, 2048, 128)  # [1025, 128], ~13 % inside the blocks
+    blocks = spectral.filterbank_blocks(bank)
+    assert blocks is not None and len(blocks) == 128 // spectral.BAND_GROUP
+    assert all(not bank[:first, a:b].any() and not bank[end:, a:b].any() for first, end, a, b in blocks)
+    power = np.random.default_rng(0).random((2, 5, 1025)).astype(np.float32)  # [B, T, F]
+    got = spectral.apply_filterbank(tf.constant(power), bank).numpy()  # [2, 5, 128]
+    np.testing.assert_allclose(got, power @ bank, rtol=1e-5, atol=1e-7)
+    assert spectral.filterbank_blocks(filters.chroma_filterbank(SAMPLE_RATE, 512)) is None  # dense: one product
+    silent_group = bank.copy()
+    silent_group[:, :spectral.BAND_GROUP] = 0.0  # a group of all-zero filters still gives its zero columns
+    got = spectral.apply_filterbank(tf.constant(power), silent_group).numpy()
+    np.testing.assert_allclose(got, power @ silent_group, rtol=1e-5, atol=1e-7)
 
 
 def test_noise_and_sine_differ_in_gammatone_spread():

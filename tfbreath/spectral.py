@@ -12,6 +12,7 @@ FFTs go through ``inverse_rfft``, which is one more forward real FFT.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from tfbreath import filters
@@ -24,6 +25,12 @@ TOP_DB = 80.0
 
 EPS = 1e-8
 """Guards divisions by a zero norm or zero energy."""
+
+BAND_GROUP = 16
+"""Bands per block when a filterbank is applied block by block (``apply_filterbank``)."""
+
+MAX_BLOCK_FILL = 0.5
+"""Block by block only when the blocks hold at most this share of the dense matrix."""
 
 
 def as_float32(x: tf.Tensor) -> tf.Tensor:
@@ -127,10 +134,38 @@ def autocorrelation(x: tf.Tensor, n_lags: int) -> tf.Tensor:
         return inverse_rfft(power, tf.zeros_like(power), n_lags)  # [..., n_lags]
 
 
+def filterbank_blocks(matrix) -> tuple[tuple[int, int, int, int], ...] | None:
+    """``(first_bin, end_bin, first_band, end_band)`` per group of ``BAND_GROUP`` bands: the bin
+    range outside which all of the group's filters are zero. ``None`` if the blocks would hold
+    more than ``MAX_BLOCK_FILL`` of the dense matrix (a dense bank is cheaper in one product)."""
+    matrix = np.asarray(matrix)
+    n_bins, n_bands = matrix.shape
+    blocks = []
+    for first_band in range(0, n_bands, BAND_GROUP):
+        end_band = min(first_band + BAND_GROUP, n_bands)
+        used = np.flatnonzero(np.any(matrix[:, first_band:end_band] != 0, axis=1))
+        first_bin, end_bin = (used[0], used[-1] + 1) if len(used) else (0, 1)  # all-zero: one zero bin
+        blocks.append((int(first_bin), int(end_bin), first_band, end_band))
+    filled = sum((end_bin - first_bin) * (end_band - first_band) for first_bin, end_bin, first_band, end_band in blocks)
+    return tuple(blocks) if filled <= MAX_BLOCK_FILL * n_bins * n_bands else None
+
+
 def apply_filterbank(spectrogram: tf.Tensor, matrix) -> tf.Tensor:
-    """Project the bins of a time-major spectrogram. ``[..., T, F] @ [F, M]`` -> ``[..., T, M]``"""
+    """Project the bins of a time-major spectrogram. ``[..., T, F] @ [F, M]`` -> ``[..., T, M]``
+
+    Banks of band-limited filters (mel, gammatone, the rolloff's bin blocks) are applied block
+    by block (``filterbank_blocks``): each group of bands multiplies only its own bins, a third
+    to a quarter of the dense products for a 128-band mel bank.
+    """
     with tf.name_scope("apply_filterbank"):
-        return tf.tensordot(spectrogram, tf.constant(matrix), axes=[[-1], [0]])  # [..., T, M]
+        matrix = np.asarray(matrix, np.float32)
+        blocks = filterbank_blocks(matrix)
+        if blocks is None:
+            return tf.tensordot(spectrogram, tf.constant(matrix), axes=[[-1], [0]])  # [..., T, M]
+        parts = [tf.tensordot(spectrogram[..., first_bin:end_bin],
+                              tf.constant(matrix[first_bin:end_bin, first_band:end_band]), axes=[[-1], [0]])
+                 for first_bin, end_bin, first_band, end_band in blocks]  # each [..., T, group]
+        return tf.concat(parts, axis=-1)  # [..., T, M]
 
 
 def apply_time_operator(operator, spectrogram: tf.Tensor) -> tf.Tensor:

@@ -7,7 +7,9 @@ batched), uncached, read in batches as training reads it, timed after two warm-u
 tracing is not counted. librosa: load + ``reference_maps`` + ``reference_scalars`` per clip,
 timed twice: in one process (the usual precompute loop; NumPy's BLAS may use both cores) and
 in a pool with one single-threaded process per core (the whole machine, like the in-graph
-side). Prints clips/s for each and both ratios (target >= 20x).
+side). The three timings are interleaved over ``--rounds`` rounds and each side's median is
+reported, so drift in the (shared, virtual) machine's speed hits both sides alike. Prints clips/s
+for each, both ratios of the medians (target >= 20x) and the range of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "breath"
 WARM_UP_BATCHES = 2
@@ -76,27 +80,39 @@ def main() -> None:
     parser.add_argument("--librosa-clips", type=int, default=128, help="clips for librosa (slow)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="librosa processes for the whole-machine timing (a 1-process timing is always made)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (medians reported)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
 
     files = sorted((args.data / "train").glob("*.wav"))
     if not files:
         raise SystemExit(f"error: no WAV files in {args.data / 'train'}")
-    graph_rate = time_in_graph(files[:args.clips])
     librosa_files = files[:args.librosa_clips]
-    rates = {workers: time_librosa(librosa_files, workers) for workers in sorted({1, args.workers})}
+    worker_counts = sorted({1, args.workers})
+    graph_rounds, librosa_rounds = [], {workers: [] for workers in worker_counts}
+    for _ in range(args.rounds):
+        graph_rounds.append(time_in_graph(files[:args.clips]))
+        for workers in worker_counts:
+            librosa_rounds[workers].append(time_librosa(librosa_files, workers))
+    graph_rate = float(np.median(graph_rounds))
+    rates = {workers: float(np.median(r)) for workers, r in librosa_rounds.items()}
+    round_ratios = {workers: np.array(graph_rounds) / np.array(r) for workers, r in librosa_rounds.items()}
     result = {
         "cores": os.cpu_count(),
+        "rounds": args.rounds,
         "in_graph_clips": min(args.clips, len(files)),
         "librosa_clips": len(librosa_files),
         "in_graph_clips_per_s": round(graph_rate, 1),
         "librosa_clips_per_s": {str(w): round(r, 2) for w, r in rates.items()},
         "speedup": {str(w): round(graph_rate / r, 1) for w, r in rates.items()},
+        "speedup_per_round": {str(w): [round(float(x), 1) for x in r] for w, r in round_ratios.items()},
     }
+    print(f"medians of {args.rounds} interleaved rounds")
     print(f"in-graph (tf.data, 9 maps + 39 scalars): {graph_rate:8.1f} clips/s on {result['in_graph_clips']} clips")
     for workers, rate in rates.items():
+        low, high = round_ratios[workers].min(), round_ratios[workers].max()
         print(f"librosa reference, {workers} process(es):     {rate:8.2f} clips/s on {len(librosa_files)} clips"
-              f"  -> in-graph is {graph_rate / rate:.1f}x (target >= 20x)")
+              f"  -> in-graph is {graph_rate / rate:.1f}x (rounds {low:.1f}-{high:.1f}x; target >= 20x)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -90,7 +90,6 @@ PRESELECT_MARGIN = 1.5
 """``_largest`` ranks the subsample this much deeper than k / step, so that its threshold falls
 below the true k-th largest value for all but oddly periodic signals (which fall back to exact)."""
 
-
 AUTOCORR_LAG_SHORT_S = 0.01
 AUTOCORR_LAG_LONG_S = 0.02
 AUTOCORR_SEARCH_S = 0.05

@@ -6,7 +6,7 @@ Keras dtype policy, so features are identical under mixed precision.
 
 Every op has a TFLite builtin kernel, so the feature graph converts without Flex ops: the only
 FFT is a forward real FFT of power-of-two length (TFLite's RFFT2D takes no other size), complex
-results are at once reduced to float32 (magnitude, or real and imaginary parts), and inverse
+results are at once reduced to float32 (power, or real and imaginary parts), and inverse
 FFTs go through ``inverse_rfft``, which is one more forward real FFT.
 """
 
@@ -154,8 +154,8 @@ def apply_filterbank(spectrogram: tf.Tensor, matrix) -> tf.Tensor:
     """Project the bins of a time-major spectrogram. ``[..., T, F] @ [F, M]`` -> ``[..., T, M]``
 
     Banks of band-limited filters (mel, gammatone, the rolloff's bin blocks) are applied block
-    by block (``filterbank_blocks``): each group of bands multiplies only its own bins, a third
-    to a quarter of the dense products for a 128-band mel bank.
+    by block (``filterbank_blocks``): each group of bands multiplies only its own bins, about 13 %
+    of the dense products for a 128-band mel bank.
     """
     with tf.name_scope("apply_filterbank"):
         matrix = np.asarray(matrix, np.float32)

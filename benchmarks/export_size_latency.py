@@ -5,7 +5,8 @@
 
 All four are the end-to-end waveform-in, P(exhale)-out model (features inside), measured in
 the same run on the run's validation clips: size on disk (the ``.keras`` file vs the
-``.tflite``), median per-clip latency at batch 1 on one thread after a warm-up, accuracy.
+``.tflite``), median per-clip latency at batch 1 on one thread after a warm-up (all variants
+timed clip by clip in turn, so machine drift hits them alike), accuracy.
 Issue 4's target is for the int8 CNN8 (<= 3 MB, >= 3x faster than Keras fp32). A last row times
 the float32 feature graph alone (waveform -> maps + scalars as TFLite), which every variant
 shares: the floor under any quantization of the classifier. A second table times the classifier
@@ -37,19 +38,26 @@ from tfbreath import export  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
 
 WARMUP_CALLS = 3
+PASSES = 3
+"""Each clip is timed this many times per variant."""
 
 
-def median_latency_ms(predict, inputs) -> float:
-    """Median wall time of ``predict(x)`` over ``inputs`` (the first few also run once untimed)."""
+def median_latencies_ms(predictors: dict, inputs) -> dict[str, float]:
+    """Median wall time of each ``predict(x)`` over ``inputs``, interleaved: every input goes
+    through all predictors in turn, ``PASSES`` times, so a drift in the (shared, virtual)
+    machine's speed hits every variant alike. Each predictor first runs a few untimed calls."""
     inputs = list(inputs)
-    for x in inputs[:WARMUP_CALLS]:
-        predict(x)
-    times = []
-    for x in inputs:
-        started = time.perf_counter()
-        predict(x)
-        times.append(time.perf_counter() - started)
-    return 1e3 * float(np.median(times))
+    for predict in predictors.values():
+        for x in inputs[:WARMUP_CALLS]:
+            predict(x)
+    times = {name: [] for name in predictors}
+    for _ in range(PASSES):
+        for x in inputs:
+            for name, predict in predictors.items():
+                started = time.perf_counter()
+                predict(x)
+                times[name].append(time.perf_counter() - started)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 
 def one_clip_batches(clips: np.ndarray) -> list[np.ndarray]:
@@ -66,12 +74,11 @@ def classifier_rows(trained: keras.Model, extractor: keras.Model, run: export.Ru
                                                   for name, x in features.items()}])
     saved = export.save_serving(head, tmp / "head")
     calibration = export.calibration_features(extractor, run.pipeline, train_examples)
-    flatbuffers = {"TFLite fp32": export.convert(saved, "none"),
-                   "TFLite int8": export.quantize_head(saved, {name: calibration[name] for name in features})}
-    rows = [{"model": "Keras fp32", "latency_ms": median_latency_ms(lambda x: serving(x).numpy(), one)}]
-    for name, flatbuffer in flatbuffers.items():
-        rows.append({"model": name, "latency_ms": median_latency_ms(named_input_invoker(flatbuffer), one)})
-    return rows
+    predictors = {"Keras fp32": lambda x: serving(x).numpy(),
+                  "TFLite fp32": named_input_invoker(export.convert(saved, "none")),
+                  "TFLite int8": named_input_invoker(
+                      export.quantize_head(saved, {name: calibration[name] for name in features}))}
+    return [{"model": name, "latency_ms": ms} for name, ms in median_latencies_ms(predictors, one).items()]
 
 
 def named_input_invoker(flatbuffer: bytes):
@@ -106,43 +113,45 @@ def main(argv: list[str] | None = None) -> int:
     labels = val_examples.labels
     timed = clips[:args.latency_clips]
 
-    rows = []
+    rows, predictors = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         keras_file = Path(tmp) / "model.keras"
         model.save(keras_file)
         serving = tf.function(model, input_signature=[tf.TensorSpec((1, clips.shape[1]), tf.float32)])
         keras_p = np.asarray(model.predict(clips, batch_size=64, verbose=0)).reshape(-1)
         rows.append({"model": "Keras fp32", "bytes": keras_file.stat().st_size,
-                     "latency_ms": median_latency_ms(lambda x: serving(x).numpy(), one_clip_batches(timed)),
                      "accuracy": float(np.mean((keras_p >= THRESHOLD) == labels))})
+        predictors["Keras fp32"] = lambda x: serving(x).numpy()
         saved = export.save_serving(model, Path(tmp) / "savedmodel")
         for quantize in export.QUANTIZATIONS:
             flatbuffer = (export.int8_flatbuffer(trained, run.pipeline, train_examples) if quantize == "int8"
                           else export.convert(saved, quantize))
             classifier = export.TFLiteClassifier(flatbuffer, num_threads=1)
             p = classifier(clips)
-            rows.append({"model": f"TFLite {quantize if quantize != 'none' else 'fp32'}",
-                         "bytes": len(flatbuffer),
-                         "latency_ms": median_latency_ms(classifier, one_clip_batches(timed)),
+            name = f"TFLite {quantize if quantize != 'none' else 'fp32'}"
+            rows.append({"model": name, "bytes": len(flatbuffer),
                          "accuracy": float(np.mean((p >= THRESHOLD) == labels)),
                          "max_abs_diff_vs_keras": float(np.max(np.abs(p - keras_p)))})
+            predictors[name] = classifier
         extractor = export.feature_model(run.pipeline)
         features = export.convert(export.save_serving(extractor, Path(tmp) / "features"), "none")
-        rows.append({"model": "features only", "bytes": len(features),
-                     "latency_ms": median_latency_ms(export.TFLiteClassifier(features, num_threads=1),
-                                                     one_clip_batches(timed))})
+        rows.append({"model": "features only", "bytes": len(features)})
+        predictors["features only"] = export.TFLiteClassifier(features, num_threads=1)
+        latencies = median_latencies_ms(predictors, one_clip_batches(timed))
+        for row in rows:
+            row["latency_ms"] = latencies[row["model"]]
         head_rows = classifier_rows(trained, extractor, run, train_examples, timed, Path(tmp))
 
     base = rows[0]["latency_ms"]
     print(f"{args.member} end-to-end (waveform -> P(exhale)), {len(labels)} validation clips, "
-          f"latency: median of {len(timed)} clips at batch 1, 1 thread")
+          f"latency: median of {PASSES} x {len(timed)} interleaved calls at batch 1, 1 thread")
     print(f"{'model':<14}{'size MB':>9}{'ms/clip':>9}{'speed-up':>10}{'accuracy':>10}{'max |dP|':>11}")
     for row in rows:
         row["speedup_vs_keras"] = base / row["latency_ms"]
         diff, accuracy = row.get("max_abs_diff_vs_keras"), row.get("accuracy")
         print(f"{row['model']:<14}{row['bytes'] / 1e6:>9.2f}{row['latency_ms']:>9.2f}{row['speedup_vs_keras']:>9.2f}x"
               f"{'' if accuracy is None else f'{accuracy:>10.4f}'}{'' if diff is None else f'{diff:>11.2e}'}")
-    print(f"\n{args.member} classifier alone (features precomputed), same clips, batch 1, 1 thread")
+    print(f"\n{args.member} classifier alone (features precomputed), same clips and timing, batch 1, 1 thread")
     print(f"{'model':<14}{'ms/clip':>9}{'speed-up':>10}")
     for row in head_rows:
         row["speedup_vs_keras"] = head_rows[0]["latency_ms"] / row["latency_ms"]

@@ -15,7 +15,7 @@ from conftest import SAMPLE_RATE, breath_like, needs_breath, real_clips, sine
 from tfbreath import config
 from tfbreath.reference.scalars import reference_scalars
 from tfbreath.scalars import (PRESELECT_STEP, SCALAR_NAMES, _envelope_peaks, _hilbert_envelope, _largest,
-                              contrast_bands, scalar_features)
+                              contrast_bands, padded_spectrum, scalar_features)
 
 IDX = {name: i for i, name in enumerate(SCALAR_NAMES)}
 N_PARITY_CLIPS = 64
@@ -205,7 +205,8 @@ def test_hilbert_envelope_is_scipys_length_n_transform(n):
     # Computed with power-of-two FFTs only, yet exactly scipy's length-n circular transform:
     # a plain zero-padded FFT would differ most at the edges.
     y = np.random.default_rng(n).standard_normal((2, n))
-    got = _hilbert_envelope(tf.constant(y, tf.float32)).numpy()
+    y_tf = tf.constant(y, tf.float32)
+    got = _hilbert_envelope(y_tf, padded_spectrum(y_tf)).numpy()
     want = np.abs(scipy.signal.hilbert(y, axis=-1))
     np.testing.assert_allclose(got, want, atol=1e-5 * want.max())
 

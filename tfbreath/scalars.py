@@ -333,8 +333,17 @@ def _mel_flux(mel: tf.Tensor) -> tf.Tensor:
         return tf.sqrt(tf.reduce_sum(tf.square(step), -1))  # [B, T - 1]
 
 
-def _hilbert_envelope(y: tf.Tensor) -> tf.Tensor:
-    """|scipy.signal.hilbert(y)| = sqrt(y^2 + H(y)^2). ``[B, n]`` -> ``[B, n]``
+def padded_spectrum(y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``real_fft`` of the clips zero-padded to a power of two >= 2n - 1. ``[B, n]`` -> 2 x ``[B, M/2 + 1]``
+
+    Long enough for the Hilbert transform's circular convolution and for every autocorrelation
+    lag below n, so the two share it.
+    """
+    return spectral.real_fft(y, spectral.fft_length_at_least(2 * y.shape[-1] - 1))
+
+
+def _hilbert_envelope(y: tf.Tensor, spectrum: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+    """|scipy.signal.hilbert(y)| = sqrt(y^2 + H(y)^2), from ``padded_spectrum(y)``. ``[B, n]`` -> ``[B, n]``
 
     scipy's analytic signal ifft(fft(y) h) (h: 1 at DC and Nyquist, 2 on positive, 0 on negative
     frequencies) is y plus i H(y), H(y) the length-n circular convolution of y with the kernel
@@ -344,10 +353,8 @@ def _hilbert_envelope(y: tf.Tensor) -> tf.Tensor:
     """
     with tf.name_scope("hilbert_envelope"):
         n = y.shape[-1]
-        fft_length = spectral.fft_length_at_least(2 * n - 1)
-        kernel_real, kernel_imag = filters.hilbert_kernel_spectrum(n, fft_length)  # 2 x [M/2 + 1]
-        spectrum = tf.signal.rfft(y, [fft_length])  # [B, M/2 + 1]
-        real, imag = tf.math.real(spectrum), tf.math.imag(spectrum)  # 2 x [B, M/2 + 1]
+        real, imag = spectrum  # 2 x [B, M/2 + 1]
+        kernel_real, kernel_imag = filters.hilbert_kernel_spectrum(n, 2 * (real.shape[-1] - 1))  # 2 x [M/2 + 1]
         product_real = real * kernel_real - imag * kernel_imag  # [B, M/2 + 1]
         product_imag = real * kernel_imag + imag * kernel_real  # [B, M/2 + 1]
         transform = spectral.inverse_rfft(product_real, product_imag, n)  # [B, n]  H(y)
@@ -467,10 +474,13 @@ def _abs_percentiles(y: tf.Tensor, quantiles: tuple[float, ...]) -> list[tf.Tens
         return results
 
 
-def _autocorrelation(y: tf.Tensor, n_lags: int) -> tf.Tensor:
-    """np.correlate(y, y, "full")[n-1:][:n_lags] / r[0], 0 for silence. ``[B, n]`` -> ``[B, n_lags]``"""
+def _autocorrelation(spectrum: tuple[tf.Tensor, tf.Tensor], n_lags: int) -> tf.Tensor:
+    """np.correlate(y, y, "full")[n-1:][:n_lags] / r[0], 0 for silence, from ``padded_spectrum(y)``.
+
+    2 x ``[B, M/2 + 1]`` -> ``[B, n_lags]``
+    """
     with tf.name_scope("normalised_autocorrelation"):
-        lags = spectral.autocorrelation(y, n_lags)  # [B, n_lags]
+        lags = spectral.autocorrelation_of_spectrum(spectrum, n_lags)  # [B, n_lags]
         return tf.math.divide_no_nan(lags, lags[:, :1])  # [B, n_lags]
 
 
@@ -496,13 +506,14 @@ def scalars_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, hop_l
         rolloff = _rolloff(spectral.stft_magnitude(y, LIBROSA_N_FFT, ROLLOFF_HOP), sample_rate)  # [B, T']
     flatness = _flatness(power)  # [B, T]
     contrast = _contrast(magnitude, sample_rate)  # [B, T, 7]
-    envelope = _hilbert_envelope(y)  # [B, n]
+    spectrum = padded_spectrum(y)  # 2 x [B, M/2 + 1]: shared by the envelope and the autocorrelation
+    envelope = _hilbert_envelope(y, spectrum)  # [B, n]
     flux = _mel_flux(cache.mel_power(sample_rate, LIBROSA_N_FFT, hop_length, N_MELS))  # [B, T - 1]
     wave_skew, wave_kurtosis = _skew_kurtosis(y)  # 2 x [B]
     lag_short = _samples(sample_rate, AUTOCORR_LAG_SHORT_S)
     lag_long = _samples(sample_rate, AUTOCORR_LAG_LONG_S)
     search = _samples(sample_rate, AUTOCORR_SEARCH_S)
-    autocorr = _autocorrelation(y, max(search, lag_long + 1))  # [B, lags]
+    autocorr = _autocorrelation(spectrum, max(search, lag_long + 1))  # [B, lags]
 
     with tf.name_scope("summaries"):
         env_mean = tf.reduce_mean(envelope, -1)  # [B]

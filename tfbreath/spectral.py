@@ -128,8 +128,23 @@ def autocorrelation(x: tf.Tensor, n_lags: int) -> tf.Tensor:
         if length is None or not 0 < n_lags <= length:
             raise ValueError(f"need a static length L and 0 < n_lags <= L, "
                              f"got L {length} and n_lags {n_lags}")
-        spectrum = tf.signal.rfft(x, [fft_length_at_least(length + n_lags - 1)])  # [..., M/2 + 1]
-        real, imag = tf.math.real(spectrum), tf.math.imag(spectrum)  # 2 x [..., M/2 + 1]
+        return autocorrelation_of_spectrum(real_fft(x, fft_length_at_least(length + n_lags - 1)), n_lags)
+
+
+def real_fft(x: tf.Tensor, fft_length: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Real and imaginary parts of the rFFT of ``x`` zero-padded to ``fft_length``. ``[..., L]`` -> 2 x ``[..., M/2 + 1]``"""
+    with tf.name_scope("real_fft"):
+        spectrum = tf.signal.rfft(x, [fft_length])  # [..., M/2 + 1] complex64
+        return tf.math.real(spectrum), tf.math.imag(spectrum)  # 2 x [..., M/2 + 1]
+
+
+def autocorrelation_of_spectrum(spectrum: tuple[tf.Tensor, tf.Tensor], n_lags: int) -> tf.Tensor:
+    """``autocorrelation`` from ``real_fft(x, M)``, M >= L + n_lags - 1. 2 x ``[..., M/2 + 1]`` -> ``[..., n_lags]``
+
+    Lets a caller that needs the spectrum of ``x`` anyway (the Hilbert envelope) share it.
+    """
+    with tf.name_scope("autocorrelation_of_spectrum"):
+        real, imag = spectrum  # 2 x [..., M/2 + 1]
         power = tf.square(real) + tf.square(imag)  # [..., M/2 + 1]
         return inverse_rfft(power, tf.zeros_like(power), n_lags)  # [..., n_lags]
 

@@ -1,6 +1,7 @@
 """Throughput of the in-graph feature pipeline vs the librosa reference, same clips, same run.
 
-    python benchmarks/feature_speed.py [--data ../shared/data/breath] [--clips 512] [--librosa-clips 64]
+    python benchmarks/feature_speed.py [--data ../shared/data/breath] [--rounds 5]
+        [--clips 1024] [--librosa-clips 128] [--compare-feature-batches 12 16 24 32]
 
 In-graph: the exact tf.data graph training uses (read -> decode -> nine maps + 39 scalars,
 batched), uncached, read in batches as training reads it, timed after two warm-up batches so
@@ -10,6 +11,8 @@ in a pool with one single-threaded process per core (the whole machine, like the
 side). The three timings are interleaved over ``--rounds`` rounds and each side's median is
 reported, so drift in the (shared, virtual) machine's speed hits both sides alike. Prints clips/s
 for each, both ratios of the medians (target >= 20x) and the range of the per-round ratios.
+``--compare-feature-batches`` adds in-graph timings at other clips-per-feature-call sizes to
+every round (how ``tfbreath.data.FEATURE_BATCH`` was chosen).
 """
 
 from __future__ import annotations
@@ -59,13 +62,14 @@ def time_librosa(files: list[Path], workers: int) -> float:
         return done / (time.perf_counter() - start)
 
 
-def time_in_graph(files: list[Path]) -> float:
+def time_in_graph(files: list[Path], feature_batch: int) -> float:
     from tfbreath import data
     from tfbreath.config import PipelineConfig
 
     # Consumed in batches, as training reads its cache: a Python step per clip would time the
     # iterator, not the graph.
-    batches = iter(data.feature_dataset(data.unlabelled(files), PipelineConfig()).batch(data.FEATURE_BATCH))
+    examples = data.unlabelled(files)
+    batches = iter(data.feature_dataset(examples, PipelineConfig(), feature_batch).batch(data.FEATURE_BATCH))
     for _ in range(WARM_UP_BATCHES):
         next(batches)
     start = time.perf_counter()
@@ -81,17 +85,24 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="librosa processes for the whole-machine timing (a 1-process timing is always made)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (medians reported)")
+    parser.add_argument("--compare-feature-batches", type=int, nargs="+", default=[], metavar="N",
+                        help="also time the in-graph pipeline at these clips per feature call, in the same rounds")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
+    from tfbreath.data import FEATURE_BATCH
 
     files = sorted((args.data / "train").glob("*.wav"))
     if not files:
         raise SystemExit(f"error: no WAV files in {args.data / 'train'}")
     librosa_files = files[:args.librosa_clips]
     worker_counts = sorted({1, args.workers})
+    other_batches = [size for size in dict.fromkeys(args.compare_feature_batches) if size != FEATURE_BATCH]
     graph_rounds, librosa_rounds = [], {workers: [] for workers in worker_counts}
+    batch_rounds = {size: [] for size in other_batches}
     for _ in range(args.rounds):
-        graph_rounds.append(time_in_graph(files[:args.clips]))
+        graph_rounds.append(time_in_graph(files[:args.clips], FEATURE_BATCH))
+        for size in other_batches:
+            batch_rounds[size].append(time_in_graph(files[:args.clips], size))
         for workers in worker_counts:
             librosa_rounds[workers].append(time_librosa(librosa_files, workers))
     graph_rate = float(np.median(graph_rounds))
@@ -106,9 +117,17 @@ def main() -> None:
         "librosa_clips_per_s": {str(w): round(r, 2) for w, r in rates.items()},
         "speedup": {str(w): round(graph_rate / r, 1) for w, r in rates.items()},
         "speedup_per_round": {str(w): [round(float(x), 1) for x in r] for w, r in round_ratios.items()},
+        "feature_batch": FEATURE_BATCH,
+        "in_graph_clips_per_s_by_feature_batch": {
+            str(size): [round(float(x), 1) for x in r] for size, r in {FEATURE_BATCH: graph_rounds, **batch_rounds}.items()},
     }
     print(f"medians of {args.rounds} interleaved rounds")
-    print(f"in-graph (tf.data, 9 maps + 39 scalars): {graph_rate:8.1f} clips/s on {result['in_graph_clips']} clips")
+    print(f"in-graph (tf.data, 9 maps + 39 scalars): {graph_rate:8.1f} clips/s on {result['in_graph_clips']} clips"
+          f" ({FEATURE_BATCH} clips per feature call)")
+    for size, rounds in batch_rounds.items():
+        wins = sum(other > own for other, own in zip(rounds, graph_rounds))
+        print(f"  at {size:3d} clips per call:                {np.median(rounds):8.1f} clips/s"
+              f" (faster than {FEATURE_BATCH} in {wins} of {args.rounds} rounds)")
     for workers, rate in rates.items():
         low, high = round_ratios[workers].min(), round_ratios[workers].max()
         print(f"librosa reference, {workers} process(es):     {rate:8.2f} clips/s on {len(librosa_files)} clips"

@@ -44,9 +44,11 @@ UNLABELLED = -1.0
 SESSION_PATTERN = re.compile(r"^(steth_\d{8}_\d{2}_\d{2}_\d{2})")
 LABEL_TOKEN = re.compile(r"_[IE]_(\d+)$")
 
-FEATURE_BATCH = 32
-"""Clips per in-graph feature call, vectorised over the batch. 32 measured fastest on 2 cores
-(282 clips/s vs 264 at 64): the Burg LPC recursion then stays in cache."""
+FEATURE_BATCH = 16
+"""Clips per in-graph feature call, vectorised over the batch. 16 measured fastest on 2 cores
+(``benchmarks/feature_speed.py --compare-feature-batches 12 16 24 32``: 349 clips/s at 16 vs
+314 at 32, faster in 7 of 8 interleaved rounds): most of the graph's ops are memory-bound
+(Burg LPC, spectra), and smaller batches keep their arrays in cache."""
 
 STATUS = "status"
 LABEL = "label"
@@ -224,8 +226,12 @@ def _model_inputs(element: dict[str, tf.Tensor]):
     return inputs, element[LABEL]
 
 
-def feature_dataset(examples: Examples, pipeline: PipelineConfig) -> tf.data.Dataset:
-    """decode -> features, in-graph and un-cached; one element per file, skipped ones included."""
+def feature_dataset(examples: Examples, pipeline: PipelineConfig,
+                    batch_size: int = FEATURE_BATCH) -> tf.data.Dataset:
+    """decode -> features, in-graph and un-cached; one element per file, skipped ones included.
+
+    Features are computed ``batch_size`` clips per call (vectorised), then unbatched.
+    """
     rate, n = pipeline.audio.sample_rate, pipeline.audio.num_samples
     paths = [str(p) for p in examples.files]
     ds = tf.data.Dataset.from_tensor_slices((paths, examples.labels, np.arange(len(paths))))
@@ -238,7 +244,7 @@ def feature_dataset(examples: Examples, pipeline: PipelineConfig) -> tf.data.Dat
         return {**extract_features(waveforms, pipeline), **extras}  # [B, ...] each
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(FEATURE_BATCH).map(featurize, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(featurize, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.unbatch()
 
 

@@ -10,7 +10,9 @@ timed twice: in one process (the usual precompute loop; NumPy's BLAS may use bot
 in a pool with one single-threaded process per core (the whole machine, like the in-graph
 side). The three timings are interleaved over ``--rounds`` rounds and each side's median is
 reported, so drift in the (shared, virtual) machine's speed hits both sides alike. Prints clips/s
-for each, both ratios of the medians (target >= 20x) and the range of the per-round ratios.
+for each, both ratios of the medians and the range of the per-round ratios. The issue's target
+(in-graph >= 20x librosa, on this 2-core machine) is read against the usual 1-process loop; the
+pool, librosa hand-parallelised over every core, is printed for reference.
 ``--compare-feature-batches`` adds in-graph timings at other clips-per-feature-call sizes to
 every round (how ``tfbreath.data.FEATURE_BATCH`` was chosen).
 """
@@ -131,7 +133,8 @@ def main() -> None:
     for workers, rate in rates.items():
         low, high = round_ratios[workers].min(), round_ratios[workers].max()
         print(f"librosa reference, {workers} process(es):     {rate:8.2f} clips/s on {len(librosa_files)} clips"
-              f"  -> in-graph is {graph_rate / rate:.1f}x (rounds {low:.1f}-{high:.1f}x; target >= 20x)")
+              f"  -> in-graph is {graph_rate / rate:.1f}x (rounds {low:.1f}-{high:.1f}x; "
+              f"{'target >= 20x' if workers == 1 else 'for reference'})")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

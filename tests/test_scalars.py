@@ -200,6 +200,11 @@ def _scipy_peak_stats(envelope: np.ndarray) -> list[float]:
     return [len(peaks), heights.mean() if len(heights) else 0.0, heights.std() if len(heights) > 1 else 0.0]
 
 
+def test_clips_shorter_than_the_autocorrelation_lags_are_a_clear_error():
+    with pytest.raises(ValueError, match="at least 800 samples .* got 500"):
+        scalar_features(np.zeros(500, np.float32))
+
+
 @pytest.mark.parametrize("n", [SAMPLE_RATE, 1001])
 def test_hilbert_envelope_is_scipys_length_n_transform(n):
     # Computed with power-of-two FFTs only, yet exactly scipy's length-n circular transform:

@@ -513,7 +513,11 @@ def scalars_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, hop_l
     lag_short = _samples(sample_rate, AUTOCORR_LAG_SHORT_S)
     lag_long = _samples(sample_rate, AUTOCORR_LAG_LONG_S)
     search = _samples(sample_rate, AUTOCORR_SEARCH_S)
-    autocorr = _autocorrelation(spectrum, max(search, lag_long + 1))  # [B, lags]
+    n_lags = max(search, lag_long + 1)
+    if n_lags > n:  # the shared spectrum holds lags below n only
+        raise ValueError(f"the scalars need clips of at least {n_lags} samples "
+                         f"({AUTOCORR_SEARCH_S} s of autocorrelation lags), got {n}")
+    autocorr = _autocorrelation(spectrum, n_lags)  # [B, lags]
 
     with tf.name_scope("summaries"):
         env_mean = tf.reduce_mean(envelope, -1)  # [B]

@@ -32,8 +32,6 @@ import tensorflow as tf  # noqa: E402
 tf.config.threading.set_intra_op_parallelism_threads(1)  # one thread, before TF starts any op
 tf.config.threading.set_inter_op_parallelism_threads(1)
 
-import keras  # noqa: E402
-
 from tfbreath import export  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
 
@@ -64,16 +62,16 @@ def one_clip_batches(clips: np.ndarray) -> list[np.ndarray]:
     return [clip[np.newaxis] for clip in clips]
 
 
-def classifier_rows(head: keras.Model, head_saved: Path, int8_head: bytes, extractor: keras.Model,
-                    clips: np.ndarray) -> list[dict]:
+def classifier_rows(parts: export.Int8Parts, clips: np.ndarray) -> list[dict]:
     """Latency of the classifier alone on the features of ``clips``: Keras fp32, TFLite fp32, int8."""
-    features = {name: np.asarray(x) for name, x in extractor.predict(clips, verbose=0).items() if name in head.input}
+    features = {name: np.asarray(x) for name, x in parts.extractor.predict(clips, verbose=0).items()
+                if name in parts.head.input}
     one = [{name: x[i:i + 1] for name, x in features.items()} for i in range(len(clips))]
-    serving = tf.function(head, input_signature=[{name: tf.TensorSpec((1, *x.shape[1:]), tf.float32)
-                                                  for name, x in features.items()}])
+    serving = tf.function(parts.head, input_signature=[{name: tf.TensorSpec((1, *x.shape[1:]), tf.float32)
+                                                        for name, x in features.items()}])
     predictors = {"Keras fp32": lambda x: serving(x).numpy(),
-                  "TFLite fp32": named_input_invoker(export.convert(head_saved, "none")),
-                  "TFLite int8": named_input_invoker(int8_head)}
+                  "TFLite fp32": named_input_invoker(export.convert(parts.head_saved, "none")),
+                  "TFLite int8": named_input_invoker(parts.head_int8)}
     return [{"model": name, "latency_ms": ms} for name, ms in median_latencies_ms(predictors, one).items()]
 
 
@@ -119,15 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                      "accuracy": float(np.mean((keras_p >= THRESHOLD) == labels))})
         predictors["Keras fp32"] = lambda x: serving(x).numpy()
         saved = export.save_serving(model, Path(tmp) / "savedmodel")
-        # The int8 parts as export.int8_flatbuffer builds them, made once: both tables time them.
-        extractor, head = export.feature_model(run.pipeline), export.probability_model(trained)
-        features = export.convert(export.save_serving(extractor, Path(tmp) / "features"), "none")
-        head_saved = export.save_serving(head, Path(tmp) / "head")
-        calibration = export.calibration_features(extractor, run.pipeline, train_examples)
-        int8_head = export.quantize_head(head_saved, {name: calibration[name] for name in trained.input})
+        parts = export.int8_parts(trained, run.pipeline, train_examples, Path(tmp))  # made once: both tables time them
         for quantize in export.QUANTIZATIONS:
-            flatbuffer = (export.join_graphs(features, int8_head) if quantize == "int8"
-                          else export.convert(saved, quantize))
+            flatbuffer = parts.flatbuffer if quantize == "int8" else export.convert(saved, quantize)
             classifier = export.TFLiteClassifier(flatbuffer, num_threads=1)
             p = classifier(clips)
             name = f"TFLite {quantize if quantize != 'none' else 'fp32'}"
@@ -135,12 +127,12 @@ def main(argv: list[str] | None = None) -> int:
                          "accuracy": float(np.mean((p >= THRESHOLD) == labels)),
                          "max_abs_diff_vs_keras": float(np.max(np.abs(p - keras_p)))})
             predictors[name] = classifier
-        rows.append({"model": "features only", "bytes": len(features)})
-        predictors["features only"] = export.TFLiteClassifier(features, num_threads=1)
+        rows.append({"model": "features only", "bytes": len(parts.features)})
+        predictors["features only"] = export.TFLiteClassifier(parts.features, num_threads=1)
         latencies = median_latencies_ms(predictors, one_clip_batches(timed))
         for row in rows:
             row["latency_ms"] = latencies[row["model"]]
-        head_rows = classifier_rows(head, head_saved, int8_head, extractor, timed)
+        head_rows = classifier_rows(parts, timed)
 
     base = rows[0]["latency_ms"]
     print(f"{args.member} end-to-end (waveform -> P(exhale)), {len(labels)} validation clips, "

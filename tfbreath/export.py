@@ -14,7 +14,7 @@ pipeline's rate (one clip, e.g. 16,000 samples), output ``[batch]`` P(exhale). W
 ``float16`` stores the classifier's conv and dense weights as float16; the feature constants stay
 float32 (see ``classifier_weights_to_float16``). ``int8`` quantizes the classifier fully to int8
 (weights and activations, calibrated on 200 training clips) behind the float32 feature graph
-(see ``convert_int8``). After converting, the export checks itself on the run's validation clips:
+(see ``int8_parts``). After converting, the export checks itself on the run's validation clips:
 TFLite vs Keras probabilities (max abs diff <= 1e-3 float32, <= 1e-2 float16; int8 may lose at
 most 0.5 accuracy points). It prints the table and exits 1, writing nothing, if a check fails.
 """
@@ -201,23 +201,9 @@ def _converter(saved_model: Path) -> tf.lite.TFLiteConverter:
 def convert(saved_model: Path, quantize: str) -> bytes:
     """SavedModel -> TFLite flatbuffer of builtin ops, float32 or with float16 classifier weights."""
     if quantize not in FLOAT_QUANTIZATIONS:
-        raise ExportError(f"quantize must be one of {FLOAT_QUANTIZATIONS} here (int8: convert_int8), got {quantize!r}")
+        raise ExportError(f"quantize must be one of {FLOAT_QUANTIZATIONS} here (int8: int8_parts), got {quantize!r}")
     flatbuffer = _converter(saved_model).convert()
     return classifier_weights_to_float16(flatbuffer) if quantize == "float16" else flatbuffer
-
-
-def convert_int8(features: Path, head: Path, calibration: dict[str, np.ndarray]) -> bytes:
-    """Float32 feature graph + int8-quantized classifier, joined into one flatbuffer.
-
-    ``features`` and ``head`` are SavedModels (waveform -> ``{"spectral", "scalars"}`` and those
-    -> ``probability``); ``calibration`` holds feature arrays of training clips ``{name: [N, ...]}``,
-    the representative dataset that sets the int8 range of every classifier tensor. Weights and
-    activations of the classifier are int8, except its input stage (``float_input_stage``),
-    which stays float32; the joined model takes float32 audio and returns float32 P(exhale).
-    The features stay float32: TFLite 2.17's quantizer crashes (segmentation fault) on the
-    feature graph, and its spectral moments need float range anyway.
-    """
-    return join_graphs(convert(features, "none"), quantize_head(head, calibration))
 
 
 def quantize_head(head: Path, calibration: dict[str, np.ndarray]) -> bytes:
@@ -455,14 +441,43 @@ def calibration_features(features: keras.Model, pipeline: PipelineConfig,
     return {name: np.asarray(x, np.float32) for name, x in arrays.items()}
 
 
-def int8_flatbuffer(trained: keras.Model, pipeline: PipelineConfig, train_examples: data.Examples) -> bytes:
-    """``convert_int8`` of a trained member or ensemble, calibrated on its training clips."""
-    extractor = feature_model(pipeline)
+@dataclasses.dataclass(frozen=True)
+class Int8Parts:
+    """What an int8 export is built from (``int8_parts``); the latency benchmark times them too."""
+
+    extractor: keras.Model  # waveforms -> {"spectral", "scalars"}
+    head: keras.Model  # those features -> probability
+    head_saved: Path  # ``head`` as a SavedModel
+    features: bytes  # the float32 TFLite feature graph
+    head_int8: bytes  # the int8 TFLite classifier
+
+    @property
+    def flatbuffer(self) -> bytes:
+        """The exported model: float32 audio in, float32 P(exhale) out."""
+        return join_graphs(self.features, self.head_int8)
+
+
+def int8_parts(trained: keras.Model, pipeline: PipelineConfig, train_examples: data.Examples,
+               folder: Path) -> Int8Parts:
+    """Float32 feature graph + int8-quantized classifier of a trained member or ensemble.
+
+    The classifier's weights and activations are int8, calibrated on the features of training
+    clips (``calibration_features``), except its input stage (``float_input_stage``), which stays
+    float32. The features stay float32: TFLite 2.17's quantizer crashes (segmentation fault) on
+    the feature graph, and its spectral moments need float range anyway. SavedModels go to ``folder``.
+    """
+    extractor, head = feature_model(pipeline), probability_model(trained)
     calibration = calibration_features(extractor, pipeline, train_examples)
+    head_saved = save_serving(head, folder / "head")
+    features = convert(save_serving(extractor, folder / "features"), "none")
+    head_int8 = quantize_head(head_saved, {name: calibration[name] for name in trained.input})
+    return Int8Parts(extractor, head, head_saved, features, head_int8)
+
+
+def int8_flatbuffer(trained: keras.Model, pipeline: PipelineConfig, train_examples: data.Examples) -> bytes:
+    """``int8_parts`` joined into one flatbuffer."""
     with tempfile.TemporaryDirectory() as tmp:
-        features = save_serving(extractor, Path(tmp) / "features")
-        head = save_serving(probability_model(trained), Path(tmp) / "head")
-        return convert_int8(features, head, {name: calibration[name] for name in trained.input})
+        return int8_parts(trained, pipeline, train_examples, Path(tmp)).flatbuffer
 
 
 def export(run: Run, member: str, quantize: str) -> tuple[bytes, dict]:

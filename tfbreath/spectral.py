@@ -76,16 +76,11 @@ def sliding_windows(x: tf.Tensor, width: int, count: int) -> tf.Tensor:
 
 
 def stft_power(y: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
-    """|STFT|^2 with a periodic Hann window and zero-padded centring. ``[..., n]`` -> ``[..., T, n_fft//2+1]``
-
-    Summed as re^2 + im^2: TF's complex abs (an overflow-safe hypot per bin) costs as much as the
-    FFT itself on the CPU, and audio in [-1, 1] cannot overflow float32 here.
-    """
+    """|STFT|^2 with a periodic Hann window and zero-padded centring. ``[..., n]`` -> ``[..., T, n_fft//2+1]``"""
     with tf.name_scope("stft_power"):
         frames = frame(y, n_fft, hop_length)  # [..., T, n_fft]
         windowed = frames * filters.hann_window(n_fft)  # [..., T, n_fft]
-        spectrum = tf.signal.rfft(windowed)  # [..., T, n_fft // 2 + 1] complex64
-        return tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum))  # [..., T, n_fft // 2 + 1]
+        return power_spectrum(real_fft(windowed, n_fft))  # [..., T, n_fft // 2 + 1]
 
 
 def stft_magnitude(y: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
@@ -138,14 +133,23 @@ def real_fft(x: tf.Tensor, fft_length: int) -> tuple[tf.Tensor, tf.Tensor]:
         return tf.math.real(spectrum), tf.math.imag(spectrum)  # 2 x [..., M/2 + 1]
 
 
+def power_spectrum(spectrum: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+    """|X|^2 from ``real_fft``'s parts. 2 x ``[..., F]`` -> ``[..., F]``
+
+    Summed as re^2 + im^2: TF's complex abs (an overflow-safe hypot per bin) costs as much as the
+    FFT itself on the CPU, and audio in [-1, 1] cannot overflow float32 here.
+    """
+    real, imag = spectrum  # 2 x [..., F]
+    return tf.square(real) + tf.square(imag)  # [..., F]
+
+
 def autocorrelation_of_spectrum(spectrum: tuple[tf.Tensor, tf.Tensor], n_lags: int) -> tf.Tensor:
     """``autocorrelation`` from ``real_fft(x, M)``, M >= L + n_lags - 1. 2 x ``[..., M/2 + 1]`` -> ``[..., n_lags]``
 
     Lets a caller that needs the spectrum of ``x`` anyway (the Hilbert envelope) share it.
     """
     with tf.name_scope("autocorrelation_of_spectrum"):
-        real, imag = spectrum  # 2 x [..., M/2 + 1]
-        power = tf.square(real) + tf.square(imag)  # [..., M/2 + 1]
+        power = power_spectrum(spectrum)  # [..., M/2 + 1]
         return inverse_rfft(power, tf.zeros_like(power), n_lags)  # [..., n_lags]
 
 

@@ -11,7 +11,7 @@ import scipy.signal
 import soundfile as sf
 import tensorflow as tf
 
-from conftest import SAMPLE_RATE, breath_like, needs_breath, real_clips, sine
+from conftest import SAMPLE_RATE, assert_same_scalars, breath_like, needs_breath, real_clips, sine
 from tfbreath import config
 from tfbreath.reference.scalars import reference_scalars
 from tfbreath.scalars import (PRESELECT_STEP, SCALAR_NAMES, _envelope_peaks, _hilbert_envelope, _largest,
@@ -31,24 +31,6 @@ float32 vs float64 rounding of the envelope can flip on a borderline sample; exa
 
 def _features(y) -> np.ndarray:
     return scalar_features(tf.constant(y)).numpy()
-
-
-SAME_RTOL = 1e-5
-SKEW_ATOL = 2e-5
-"""Absolute tolerance of the skewness/kurtosis columns when the same clip is computed in
-different batch shapes: the batch size changes the float32 summation order of the spectral
-matmuls, and a third moment of a near-symmetric series (value ~0.2) turns those last-bit
-differences into ~1e-5 absolute. Every other column keeps atol 1e-6."""
-SAME_ATOL = np.array([SKEW_ATOL if name.endswith(("_skew", "_kurtosis")) else 1e-6 for name in SCALAR_NAMES])
-
-
-def _assert_same_scalars(got, want):
-    """Same clips, different batching or call path: equal up to float32 summation order."""
-    got, want = np.asarray(got), np.asarray(want)
-    tolerance = SAME_ATOL + SAME_RTOL * np.abs(want)
-    bad = np.abs(got - want) > tolerance
-    assert not bad.any(), (f"{bad.sum()} values differ, worst in "
-                           f"{SCALAR_NAMES[np.argwhere(bad)[0][-1]]}: {got[bad][:3]} vs {want[bad][:3]}")
 
 
 def _white_noise(seed: int = 0) -> np.ndarray:
@@ -251,10 +233,10 @@ def test_batched_equals_unbatched():
     batched = _features(clips)
     assert batched.shape == (4, 39)
     single = np.stack([_features(clip) for clip in clips])
-    _assert_same_scalars(batched, single)
+    assert_same_scalars(batched, single)
     nested = _features(clips.reshape(2, 2, -1))
     assert nested.shape == (2, 2, 39)
-    _assert_same_scalars(nested.reshape(4, 39), batched)
+    assert_same_scalars(nested.reshape(4, 39), batched)
 
 
 def test_inside_dataset_map_equals_direct_call():
@@ -262,9 +244,9 @@ def test_inside_dataset_map_equals_direct_call():
     direct = _features(clips)
     mapped = tf.data.Dataset.from_tensor_slices(clips).map(scalar_features).batch(3)
     (from_dataset,) = [batch.numpy() for batch in mapped]
-    _assert_same_scalars(from_dataset, direct)
+    assert_same_scalars(from_dataset, direct)
     batched = tf.data.Dataset.from_tensor_slices(clips).batch(3).map(scalar_features)
-    _assert_same_scalars(next(iter(batched)).numpy(), direct)
+    assert_same_scalars(next(iter(batched)).numpy(), direct)
 
 
 def test_float32_under_mixed_precision():

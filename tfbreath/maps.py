@@ -87,17 +87,23 @@ def normalize_bands(x: tf.Tensor, order: str) -> tf.Tensor:
 
 
 def zscore(x: tf.Tensor, per_band: bool) -> tf.Tensor:
-    """Zero mean, unit std over the whole map or per band over time. ``[..., T, F]``
-
-    A map (or band) whose spread is below ``ZSCORE_RESOLUTION`` of the map's largest magnitude
-    is float32 round-off on a constant, as for silence, and becomes 0 instead of amplified noise.
-    """
+    """Zero mean, unit std over the whole map or per band over time. ``[..., T, F]``"""
     with tf.name_scope("zscore"):
         axes = [-2] if per_band else [-2, -1]
         mean = tf.reduce_mean(x, axis=axes, keepdims=True)  # [..., 1, F] or [..., 1, 1]
         std = tf.math.reduce_std(x, axis=axes, keepdims=True)  # same as mean
+        return standardise(x, mean, std)  # [..., T, F]
+
+
+def standardise(x: tf.Tensor, mean: tf.Tensor, std: tf.Tensor) -> tf.Tensor:
+    """(x - mean) / std with a given mean and std (broadcast against ``x``). ``[..., T, F]``
+
+    A map (or band) whose spread is below ``ZSCORE_RESOLUTION`` of the map's largest magnitude
+    is float32 round-off on a constant, as for silence, and becomes 0 instead of amplified noise.
+    """
+    with tf.name_scope("standardise"):
         scale = tf.reduce_max(tf.abs(x), axis=[-2, -1], keepdims=True)  # [..., 1, 1]
-        varies = std > ZSCORE_RESOLUTION * scale  # [..., 1, F] or [..., 1, 1]
+        varies = std > ZSCORE_RESOLUTION * scale  # shape of std
         return tf.where(varies, (x - mean) / (std + spectral.EPS), tf.zeros_like(x))  # [..., T, F]
 
 
@@ -262,16 +268,49 @@ def onset_envelope(s: _Intermediates) -> tf.Tensor:
         return padded[..., :n_frames]  # [..., T]
 
 
-def tempogram_map(s: _Intermediates) -> tf.Tensor:
-    with tf.name_scope("tempogram"):
+def _tempogram_power(s: _Intermediates) -> tf.Tensor:
+    """Power spectra of the tempogram's Hann-weighted onset windows, zero-padded to M >= 2 W - 1
+    (W = ``TEMPOGRAM_WINDOW``): their autocorrelations do not wrap. ``[..., T, M/2 + 1]``"""
+    with tf.name_scope("tempogram_power"):
         envelope = onset_envelope(s)  # [..., T]
         n_frames = envelope.shape[-1]
         half = TEMPOGRAM_WINDOW // 2
-        padded = linear_ramp_pad(envelope, half)  # [..., T + 384]
-        windows = spectral.sliding_windows(padded, TEMPOGRAM_WINDOW, n_frames)  # [..., T, 384]
-        windows = windows * filters.hann_window(TEMPOGRAM_WINDOW)  # [..., T, 384]
-        lags = spectral.autocorrelation(windows, TEMPOGRAM_WINDOW)  # [..., T, 384]
-        return lags / _safe_norm(lags[..., :1])  # [..., T, 384]: lag 0 is the max |r|
+        padded = linear_ramp_pad(envelope, half)  # [..., T + W]
+        windows = spectral.sliding_windows(padded, TEMPOGRAM_WINDOW, n_frames)  # [..., T, W]
+        windows = windows * filters.hann_window(TEMPOGRAM_WINDOW)  # [..., T, W]
+        fft_length = spectral.fft_length_at_least(2 * TEMPOGRAM_WINDOW - 1)
+        return spectral.power_spectrum(spectral.real_fft(windows, fft_length))  # [..., T, M/2 + 1]
+
+
+def tempogram_map(s: _Intermediates) -> tf.Tensor:
+    with tf.name_scope("tempogram"):
+        lags = spectral.inverse_rfft(_tempogram_power(s), None, TEMPOGRAM_WINDOW)  # [..., T, W]
+        return lags / _safe_norm(lags[..., :1])  # [..., T, W]: lag 0 is the max |r|
+
+
+def zscored_tempogram(s: _Intermediates, n_lags: int) -> tf.Tensor:
+    """``zscore(tempogram_map(s), per_band=False)[..., :n_lags]``, computing only those lags.
+
+    ``[..., T, min(n_lags, W)]``. The map's mean and std over all W lags come from the
+    spectra (``spectral.lag_sums``), and the first n_lags lags from a shorter inverse FFT: the
+    spectrum at every d-th bin is that of the window zero-padded to M / d, still unaliased below
+    lag n_lags while M / d >= W + n_lags - 1. |r[k]| <= r[0] = 1, so max |x| (the z-score's
+    constant-map test) is the same over the kept lags as over all W.
+    """
+    with tf.name_scope("zscored_tempogram"):
+        n_lags = min(n_lags, TEMPOGRAM_WINDOW)
+        power = _tempogram_power(s)  # [..., T, M/2 + 1]
+        fft_length = 2 * (power.shape[-1] - 1)
+        lag0, total, squares = spectral.lag_sums(power, TEMPOGRAM_WINDOW)  # 3 x [..., T]
+        norm = _safe_norm(lag0)  # [..., T]
+        step = fft_length // spectral.fft_length_at_least(TEMPOGRAM_WINDOW + n_lags - 1)
+        lags = spectral.inverse_rfft(power[..., ::step], None, n_lags)  # [..., T, n_lags]
+        normalised = lags / norm[..., tf.newaxis]  # [..., T, n_lags]
+        count = float(power.shape[-2] * TEMPOGRAM_WINDOW)
+        mean = tf.reduce_sum(total / norm, -1) / count  # [...]
+        mean_square = tf.reduce_sum(squares / tf.square(norm), -1) / count  # [...]
+        std = tf.sqrt(tf.maximum(mean_square - tf.square(mean), 0.0))  # [...]
+        return standardise(normalised, mean[..., tf.newaxis, tf.newaxis], std[..., tf.newaxis, tf.newaxis])
 
 
 def lpc_map(s: _Intermediates) -> tf.Tensor:
@@ -298,26 +337,30 @@ MAP_BUILDERS = {
 }
 
 
-def raw_maps_from_cache(cache: spectral.SpectrogramCache, sample_rate: int,
-                        features: FeatureConfig) -> dict[str, tf.Tensor]:
-    """Each requested map before normalisation, time-major. name -> ``[..., T, bands]``"""
+def raw_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig) -> dict[str, tf.Tensor]:
+    """Each requested map of waveforms ``[..., n]`` before normalisation, time-major. name -> ``[..., T, bands]``"""
     with tf.name_scope("raw_maps"):
-        shared = _Intermediates(cache, sample_rate, features)
+        shared = _Intermediates(spectral.SpectrogramCache(y), sample_rate, features)
         return {name: MAP_BUILDERS[name](shared) for name in features.maps}
 
 
-def raw_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig) -> dict[str, tf.Tensor]:
-    """``raw_maps_from_cache`` of waveforms ``[..., n]``."""
-    return raw_maps_from_cache(spectral.SpectrogramCache(y), sample_rate, features)
+ZSCORED_SHORTCUTS = {"tempogram": zscored_tempogram}
+"""Maps whose z-scored first bands come cheaper than through their whole raw map."""
+
+
+def _zscored_map(shared: _Intermediates, name: str, n_bands: int) -> tf.Tensor:
+    """One z-scored map, time-major; at least its first ``n_bands`` bands. ``[..., T, bands]``"""
+    if name in ZSCORED_SHORTCUTS:
+        return ZSCORED_SHORTCUTS[name](shared, n_bands)
+    return zscore(MAP_BUILDERS[name](shared), per_band=name in PER_BAND_ZSCORE)
 
 
 def maps_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, features: FeatureConfig) -> tf.Tensor:
     """The stacked, normalised maps of the cache's waveforms. ``[..., n_mels, T, len(maps)]``"""
     with tf.name_scope("spectral_maps"):
-        finished = []
-        for name, raw in raw_maps_from_cache(cache, sample_rate, features).items():
-            normalised = zscore(raw, per_band=name in PER_BAND_ZSCORE)  # [..., T, bands]
-            finished.append(fit_bands(normalised, features.n_mels))  # [..., T, n_mels]
+        shared = _Intermediates(cache, sample_rate, features)
+        finished = [fit_bands(_zscored_map(shared, name, features.n_mels), features.n_mels)
+                    for name in features.maps]  # C x [..., T, n_mels]
         # One stack on a new leading axis and one transpose: a third cheaper than transposing
         # each map and stacking on the (innermost) channel axis.
         stacked = tf.stack(finished, axis=0)  # [C, ..., T, n_mels]

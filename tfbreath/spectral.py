@@ -89,41 +89,29 @@ def stft_magnitude(y: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
         return tf.sqrt(stft_power(y, n_fft, hop_length))  # [..., T, n_fft // 2 + 1]
 
 
-def inverse_rfft(real: tf.Tensor, imag: tf.Tensor, n_out: int) -> tf.Tensor:
+def inverse_rfft(real: tf.Tensor, imag: tf.Tensor | None, n_out: int) -> tf.Tensor:
     """The first ``n_out`` samples of irfft(real + i imag), by one forward real FFT.
 
     ``[..., M/2 + 1]`` x 2 -> ``[..., n_out]`` with ``M = 2 (bins - 1)`` a power of two and
     ``n_out <= M/2 + 1``. The spectrum Z = A + iB of a real signal extends to all M bins with A
     even and B odd, and irfft(Z)[n] = (Re FFT(A)[n] + Im FFT(B)[n]) / M. FFT(A) is real and FFT(B)
     imaginary, so the real and imaginary parts of the one real FFT of A + B carry both. As with
-    irfft, the imaginary parts at DC and Nyquist are ignored (B is 0 there).
+    irfft, the imaginary parts at DC and Nyquist are ignored (B is 0 there). ``imag=None`` is a
+    real spectrum (B = 0, a power spectrum): then only the real part of that FFT is formed.
     """
     with tf.name_scope("inverse_rfft"):
         fft_length = 2 * (real.shape[-1] - 1)
         if fft_length_at_least(fft_length) != fft_length or not 0 < n_out <= fft_length // 2 + 1:
             raise ValueError(f"need a power-of-two FFT length and n_out <= {fft_length // 2 + 1}, "
                              f"got {real.shape[-1]} bins and n_out {n_out}")
-        rising = real[..., 1:-1] + imag[..., 1:-1]  # [..., M/2 - 1]  A + B, bins 1 .. M/2 - 1
-        falling = real[..., 1:-1] - imag[..., 1:-1]  # [..., M/2 - 1]  A + B, bins M - 1 .. M/2 + 1
+        inner = real[..., 1:-1]  # [..., M/2 - 1]  A, bins 1 .. M/2 - 1
+        rising = inner if imag is None else inner + imag[..., 1:-1]  # [..., M/2 - 1]  A + B, bins 1 .. M/2 - 1
+        falling = inner if imag is None else inner - imag[..., 1:-1]  # [..., M/2 - 1]  A + B, bins M - 1 .. M/2 + 1
         dc, nyquist = real[..., :1], real[..., -1:]  # 2 x [..., 1]  B = 0 there
         extended = tf.concat([dc, rising, nyquist, tf.reverse(falling, [-1])], -1)  # [..., M]
-        spectrum = tf.signal.rfft(extended)  # [..., M/2 + 1]
-        both = tf.math.real(spectrum) + tf.math.imag(spectrum)  # [..., M/2 + 1]
+        spectrum = tf.signal.rfft(extended)  # [..., M/2 + 1]  (TFLite slices no complex tensor)
+        both = tf.math.real(spectrum) if imag is None else tf.math.real(spectrum) + tf.math.imag(spectrum)  # [..., M/2 + 1]
         return both[..., :n_out] / fft_length  # [..., n_out]
-
-
-def autocorrelation(x: tf.Tensor, n_lags: int) -> tf.Tensor:
-    """sum_n x[n] x[n+k] for k < n_lags <= L (0 beyond the end). ``[..., L]`` -> ``[..., n_lags]``
-
-    The inverse FFT of the power spectrum of ``x`` zero-padded to a power of two >= L + n_lags - 1,
-    long enough that the circular products do not wrap around below ``n_lags``.
-    """
-    with tf.name_scope("autocorrelation"):
-        length = x.shape[-1]
-        if length is None or not 0 < n_lags <= length:
-            raise ValueError(f"need a static length L and 0 < n_lags <= L, "
-                             f"got L {length} and n_lags {n_lags}")
-        return autocorrelation_of_spectrum(real_fft(x, fft_length_at_least(length + n_lags - 1)), n_lags)
 
 
 def real_fft(x: tf.Tensor, fft_length: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -144,13 +132,41 @@ def power_spectrum(spectrum: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
 
 
 def autocorrelation_of_spectrum(spectrum: tuple[tf.Tensor, tf.Tensor], n_lags: int) -> tf.Tensor:
-    """``autocorrelation`` from ``real_fft(x, M)``, M >= L + n_lags - 1. 2 x ``[..., M/2 + 1]`` -> ``[..., n_lags]``
+    """sum_n x[n] x[n+k] for k < n_lags (0 beyond the end of x) from ``real_fft(x, M)``.
 
-    Lets a caller that needs the spectrum of ``x`` anyway (the Hilbert envelope) share it.
+    2 x ``[..., M/2 + 1]`` -> ``[..., n_lags]``. The inverse FFT of the power spectrum; with
+    M >= L + n_lags - 1 (L the length of x) its circular products do not wrap around below
+    n_lags. Taking the spectrum lets a caller that needs it anyway (the Hilbert envelope) share it.
     """
     with tf.name_scope("autocorrelation_of_spectrum"):
         power = power_spectrum(spectrum)  # [..., M/2 + 1]
-        return inverse_rfft(power, tf.zeros_like(power), n_lags)  # [..., n_lags]
+        return inverse_rfft(power, None, n_lags)  # [..., n_lags]
+
+
+def full_spectrum_sum(half: tf.Tensor) -> tf.Tensor:
+    """Sum over all M bins of an even spectrum given by its M/2 + 1 rFFT bins. ``[..., M/2 + 1]`` -> ``[...]``
+
+    Bins 1 .. M/2 - 1 appear twice in the full spectrum, DC and Nyquist once.
+    """
+    return 2.0 * tf.reduce_sum(half, -1) - half[..., 0] - half[..., -1]  # [...]
+
+
+def lag_sums(power: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """r[0], sum r[k] and sum r[k]^2 over lags k < ``length`` of a length-``length`` signal's
+    autocorrelation r, from its power spectrum zero-padded to M >= 2 length - 1, without the lags.
+
+    ``[..., M/2 + 1]`` -> 3 x ``[...]``. The autocorrelation is even, zero beyond lag length - 1
+    and unaliased at that M, so over all M lags sum r = P[0] (the DFT at 0) and, by Parseval,
+    sum r^2 = sum P^2 / M; lag 0 is counted once more in the sums over k >= 0.
+    """
+    with tf.name_scope("lag_sums"):
+        fft_length = 2 * (power.shape[-1] - 1)
+        if fft_length < 2 * length - 1:
+            raise ValueError(f"need an FFT length >= 2 length - 1 = {2 * length - 1}, got {fft_length}")
+        lag0 = full_spectrum_sum(power) / fft_length  # [...]  r[0] = sum P / M
+        total = (power[..., 0] + lag0) / 2.0  # [...]
+        squares = (full_spectrum_sum(tf.square(power)) / fft_length + tf.square(lag0)) / 2.0  # [...]
+        return lag0, total, squares
 
 
 def filterbank_blocks(matrix) -> tuple[tuple[int, int, int, int], ...] | None:

@@ -126,15 +126,16 @@ def log1p(x: tf.Tensor) -> tf.Tensor:
         return tf.where(near_zero, 2.0 * s * series, tf.math.log(1.0 + x))  # [...]
 
 
-def fit_bands(x: tf.Tensor, n_bands: int) -> tf.Tensor:
-    """Pad bands up to ``n_bands`` with the map's minimum, or keep the first ``n_bands``. ``[..., T, n_bands]``"""
+def fit_bands(x: tf.Tensor, n_bands: int) -> list[tf.Tensor]:
+    """Pieces that, joined on the last axis, pad ``x`` up to ``n_bands`` bands with the map's
+    minimum, or keep its first ``n_bands``. ``[..., T, F]`` -> pieces of ``[..., T, n_bands]``"""
     with tf.name_scope("fit_bands"):
         have = x.shape[-1]
         if have >= n_bands:
-            return x[..., :n_bands]  # [..., T, n_bands]
+            return [x[..., :n_bands]]  # [..., T, n_bands]
         floor = tf.reduce_min(x, axis=[-2, -1], keepdims=True)  # [..., 1, 1]
         filler = tf.zeros_like(x[..., :1]) + floor  # [..., T, 1]
-        return tf.concat([x, tf.repeat(filler, n_bands - have, axis=-1)], axis=-1)  # [..., T, n_bands]
+        return [x, tf.repeat(filler, n_bands - have, axis=-1)]  # [..., T, have], [..., T, n_bands - have]
 
 
 def delta(x: tf.Tensor, order: int) -> tf.Tensor:
@@ -359,13 +360,22 @@ def maps_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, features
     """The stacked, normalised maps of the cache's waveforms. ``[..., n_mels, T, len(maps)]``"""
     with tf.name_scope("spectral_maps"):
         shared = _Intermediates(cache, sample_rate, features)
-        finished = [fit_bands(_zscored_map(shared, name, features.n_mels), features.n_mels)
-                    for name in features.maps]  # C x [..., T, n_mels]
-        # One stack on a new leading axis and one transpose: a third cheaper than transposing
-        # each map and stacking on the (innermost) channel axis.
-        stacked = tf.stack(finished, axis=0)  # [C, ..., T, n_mels]
-        rank = stacked.shape.rank
-        return tf.transpose(stacked, [*range(1, rank - 2), rank - 1, rank - 2, 0])  # [..., n_mels, T, C]
+        n_bands, n_maps = features.n_mels, len(features.maps)
+        pieces = [piece for name in features.maps
+                  for piece in fit_bands(_zscored_map(shared, name, n_bands), n_bands)]
+        joined = tf.concat(pieces, -1)  # [..., T, C * n_mels], map after map
+        n_frames = joined.shape[-2]
+        # Row t C + c of [N, T C, n_mels] is map c at frame t, so turning the maps freq-major
+        # with the channel innermost is one batched 2-D transpose: about a third cheaper than
+        # stacking the maps and moving the channel axis to the end.
+        rows = tf.reshape(joined, [-1, n_frames * n_maps, n_bands])  # [N, T C, n_mels]
+        flipped = tf.transpose(rows, [0, 2, 1])  # [N, n_mels, T C]
+        leading = joined.shape[:-2]
+        tail = [n_bands, n_frames, n_maps]
+        shape = [*leading, *tail] if leading.is_fully_defined() else tf.concat([tf.shape(joined)[:-2], tail], 0)
+        out = tf.reshape(flipped, shape)  # [..., n_mels, T, C]
+        out.set_shape(leading.concatenate(tail))
+        return out
 
 
 def spectral_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig) -> tf.Tensor:

@@ -260,8 +260,7 @@ def onset_envelope(s: _Intermediates) -> tf.Tensor:
     """librosa.onset.onset_strength (mean over 128 mel bands, lag 1, centred). ``[..., T]``"""
     with tf.name_scope("onset_envelope"):
         hop = s.features.hop_length
-        mel = s.cache.mel_power(s.sample_rate, ONSET_N_FFT, hop, ONSET_N_MELS)  # [..., T, 128]
-        db = spectral.power_to_db(mel, ref_max=False)  # [..., T, 128]
+        db = s.cache.mel_db(s.sample_rate, ONSET_N_FFT, hop, ONSET_N_MELS)  # [..., T, 128]
         rise = tf.reduce_mean(tf.nn.relu(db[..., 1:, :] - db[..., :-1, :]), axis=-1)  # [..., T-1]
         lead = 1 + ONSET_N_FFT // (2 * hop)
         n_frames = db.shape[-2]

@@ -325,10 +325,14 @@ def _contrast(magnitude: tf.Tensor, sample_rate: int) -> tf.Tensor:
                 - spectral.power_to_db(valley, ref_max=False))  # [B, T, bands]
 
 
-def _mel_flux(mel: tf.Tensor) -> tf.Tensor:
-    """L2 frame-to-frame change of power_to_db(mel, ref=max). ``[B, T, M]`` -> ``[B, T - 1]``"""
+def _mel_flux(mel_db: tf.Tensor) -> tf.Tensor:
+    """L2 frame-to-frame change of power_to_db(mel, ref=max), from the dB mel re 1.0 (the
+    onset envelope's). ``[B, T, M]`` -> ``[B, T - 1]``
+
+    ref=max only subtracts each clip's peak from every value, and floors them top_db below it
+    as ref=1.0 does; the differences between frames cancel that constant.
+    """
     with tf.name_scope("mel_flux"):
-        mel_db = spectral.power_to_db(mel, ref_max=True)  # [B, T, M]
         step = mel_db[:, 1:] - mel_db[:, :-1]  # [B, T - 1, M]
         return tf.sqrt(tf.reduce_sum(tf.square(step), -1))  # [B, T - 1]
 
@@ -508,7 +512,7 @@ def scalars_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, hop_l
     contrast = _contrast(magnitude, sample_rate)  # [B, T, 7]
     spectrum = padded_spectrum(y)  # 2 x [B, M/2 + 1]: shared by the envelope and the autocorrelation
     envelope = _hilbert_envelope(y, spectrum)  # [B, n]
-    flux = _mel_flux(cache.mel_power(sample_rate, LIBROSA_N_FFT, hop_length, N_MELS))  # [B, T - 1]
+    flux = _mel_flux(cache.mel_db(sample_rate, LIBROSA_N_FFT, hop_length, N_MELS))  # [B, T - 1]
     wave_skew, wave_kurtosis = _skew_kurtosis(y)  # 2 x [B]
     lag_short = _samples(sample_rate, AUTOCORR_LAG_SHORT_S)
     lag_long = _samples(sample_rate, AUTOCORR_LAG_LONG_S)

@@ -230,8 +230,8 @@ class SpectrogramCache:
     """Spectrograms of one waveform batch ``[..., n]``, each built at most once per trace.
 
     The maps and the scalars ask it for the STFTs and mel powers they need, so a feature
-    extraction that wants both computes each one once (the n_fft-2048 STFT and its 128-band
-    mel power serve the tempogram, the spectral-shape scalars and the mel flux).
+    extraction that wants both computes each one once (the n_fft-2048 STFT serves the tempogram
+    and the spectral-shape scalars, its 128-band dB mel the onset envelope and the mel flux).
     """
 
     def __init__(self, y: tf.Tensor):
@@ -257,6 +257,11 @@ class SpectrogramCache:
         bank = filters.mel_filterbank(sample_rate, n_fft, n_mels, fmax)
         return self._once(("mel", sample_rate, n_fft, hop_length, n_mels, fmax),
                           lambda: apply_filterbank(self.power(n_fft, hop_length), bank))
+
+    def mel_db(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int) -> tf.Tensor:
+        """``power_to_db(mel_power(...), ref=1.0)``, full band. ``[..., T, n_mels]``"""
+        return self._once(("mel_db", sample_rate, n_fft, hop_length, n_mels),
+                          lambda: power_to_db(self.mel_power(sample_rate, n_fft, hop_length, n_mels), ref_max=False))
 
 
 def flatten_batch(y: tf.Tensor):

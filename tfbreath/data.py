@@ -44,11 +44,12 @@ UNLABELLED = -1.0
 SESSION_PATTERN = re.compile(r"^(steth_\d{8}_\d{2}_\d{2}_\d{2})")
 LABEL_TOKEN = re.compile(r"_[IE]_(\d+)$")
 
-FEATURE_BATCH = 16
-"""Clips per in-graph feature call, vectorised over the batch. 16 measured fastest on 2 cores
-(``benchmarks/feature_speed.py --compare-feature-batches 12 16 24 32``: 349 clips/s at 16 vs
-314 at 32, faster in 7 of 8 interleaved rounds): most of the graph's ops are memory-bound
-(Burg LPC, spectra), and smaller batches keep their arrays in cache."""
+FEATURE_BATCH = 8
+"""Clips per in-graph feature call, vectorised over the batch. 8 measured fastest on 2 cores
+(``benchmarks/feature_speed.py --compare-feature-batches 4 6 8 10 ...``, 6 interleaved
+rounds: 374 clips/s at 8 vs 362 at 16, faster in 6 of 6 rounds, and 370 vs 337 in 5 of 6 in
+a second run; 4, 6 and 24 were slower than 16, 10 level with it): most of the graph's ops are
+memory-bound (Burg LPC, spectra), and smaller batches keep their arrays in cache."""
 
 STATUS = "status"
 LABEL = "label"

@@ -292,25 +292,21 @@ def zscored_tempogram(s: _Intermediates, n_lags: int) -> tf.Tensor:
     """``zscore(tempogram_map(s), per_band=False)[..., :n_lags]``, computing only those lags.
 
     ``[..., T, min(n_lags, W)]``. The map's mean and std over all W lags come from the
-    spectra (``spectral.lag_sums``), and the first n_lags lags from a shorter inverse FFT: the
-    spectrum at every d-th bin is that of the window zero-padded to M / d, still unaliased below
-    lag n_lags while M / d >= W + n_lags - 1. |r[k]| <= r[0] = 1, so max |x| (the z-score's
-    constant-map test) is the same over the kept lags as over all W.
+    spectra (``spectral.lag_sums``), and only the first n_lags lags are normalised. |r[k]| <=
+    r[0] = 1, so max |x| (the z-score's constant-map test) is the same over them as over all W.
     """
     with tf.name_scope("zscored_tempogram"):
         n_lags = min(n_lags, TEMPOGRAM_WINDOW)
         power = _tempogram_power(s)  # [..., T, M/2 + 1]
-        fft_length = 2 * (power.shape[-1] - 1)
         lag0, total, squares = spectral.lag_sums(power, TEMPOGRAM_WINDOW)  # 3 x [..., T]
         norm = _safe_norm(lag0)  # [..., T]
-        step = fft_length // spectral.fft_length_at_least(TEMPOGRAM_WINDOW + n_lags - 1)
-        lags = spectral.inverse_rfft(power[..., ::step], None, n_lags)  # [..., T, n_lags]
-        normalised = lags / norm[..., tf.newaxis]  # [..., T, n_lags]
+        lags = spectral.inverse_rfft(power, None, n_lags)  # [..., T, n_lags]
+        normalised = lags / tf.expand_dims(norm, -1)  # [..., T, n_lags]
         count = float(power.shape[-2] * TEMPOGRAM_WINDOW)
-        mean = tf.reduce_sum(total / norm, -1) / count  # [...]
-        mean_square = tf.reduce_sum(squares / tf.square(norm), -1) / count  # [...]
-        std = tf.sqrt(tf.maximum(mean_square - tf.square(mean), 0.0))  # [...]
-        return standardise(normalised, mean[..., tf.newaxis, tf.newaxis], std[..., tf.newaxis, tf.newaxis])
+        mean = tf.reduce_sum(total / norm, -1, keepdims=True) / count  # [..., 1]
+        mean_square = tf.reduce_sum(squares / tf.square(norm), -1, keepdims=True) / count  # [..., 1]
+        std = tf.sqrt(tf.maximum(mean_square - tf.square(mean), 0.0))  # [..., 1]
+        return standardise(normalised, tf.expand_dims(mean, -1), tf.expand_dims(std, -1))  # [..., T, n_lags]
 
 
 def lpc_map(s: _Intermediates) -> tf.Tensor:

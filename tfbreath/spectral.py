@@ -96,21 +96,29 @@ def inverse_rfft(real: tf.Tensor, imag: tf.Tensor | None, n_out: int) -> tf.Tens
     ``n_out <= M/2 + 1``. The spectrum Z = A + iB of a real signal extends to all M bins with A
     even and B odd, and irfft(Z)[n] = (Re FFT(A)[n] + Im FFT(B)[n]) / M. FFT(A) is real and FFT(B)
     imaginary, so the real and imaginary parts of the one real FFT of A + B carry both. As with
-    irfft, the imaginary parts at DC and Nyquist are ignored (B is 0 there). ``imag=None`` is a
-    real spectrum (B = 0, a power spectrum): then only the real part of that FFT is formed.
+    irfft, the imaginary parts at DC and Nyquist are ignored (B is 0 there).
+
+    ``imag=None`` is a real spectrum (B = 0, a power spectrum). Then M irfft(A)[n] is
+    sum_f w_f A_f cos(2 pi f n / M) over the M/2 + 1 bins, w = 2 but 1 at DC and Nyquist: twice
+    the real part of the rFFT of A zero-padded to M, less the DC and Nyquist terms once. No
+    extension of A is built.
     """
     with tf.name_scope("inverse_rfft"):
         fft_length = 2 * (real.shape[-1] - 1)
         if fft_length_at_least(fft_length) != fft_length or not 0 < n_out <= fft_length // 2 + 1:
             raise ValueError(f"need a power-of-two FFT length and n_out <= {fft_length // 2 + 1}, "
                              f"got {real.shape[-1]} bins and n_out {n_out}")
-        inner = real[..., 1:-1]  # [..., M/2 - 1]  A, bins 1 .. M/2 - 1
-        rising = inner if imag is None else inner + imag[..., 1:-1]  # [..., M/2 - 1]  A + B, bins 1 .. M/2 - 1
-        falling = inner if imag is None else inner - imag[..., 1:-1]  # [..., M/2 - 1]  A + B, bins M - 1 .. M/2 + 1
         dc, nyquist = real[..., :1], real[..., -1:]  # 2 x [..., 1]  B = 0 there
+        if imag is None:
+            cosines = tf.math.real(tf.signal.rfft(real, [fft_length]))[..., :n_out]  # [..., n_out]
+            alternating = (-1.0) ** np.arange(n_out, dtype=np.float32)  # [n_out]  cos(pi n)
+            return (2.0 * cosines - dc - nyquist * alternating) / fft_length  # [..., n_out]
+        inner = real[..., 1:-1]  # [..., M/2 - 1]  A, bins 1 .. M/2 - 1
+        rising = inner + imag[..., 1:-1]  # [..., M/2 - 1]  A + B, bins 1 .. M/2 - 1
+        falling = inner - imag[..., 1:-1]  # [..., M/2 - 1]  A + B, bins M - 1 .. M/2 + 1
         extended = tf.concat([dc, rising, nyquist, tf.reverse(falling, [-1])], -1)  # [..., M]
-        spectrum = tf.signal.rfft(extended)  # [..., M/2 + 1]  (TFLite slices no complex tensor)
-        both = tf.math.real(spectrum) if imag is None else tf.math.real(spectrum) + tf.math.imag(spectrum)  # [..., M/2 + 1]
+        spectrum = tf.signal.rfft(extended)  # [..., M/2 + 1]  (sliced after Real: TFLite slices no complex)
+        both = tf.math.real(spectrum) + tf.math.imag(spectrum)  # [..., M/2 + 1]
         return both[..., :n_out] / fft_length  # [..., n_out]
 
 
@@ -143,7 +151,7 @@ def autocorrelation_of_spectrum(spectrum: tuple[tf.Tensor, tf.Tensor], n_lags: i
         return inverse_rfft(power, None, n_lags)  # [..., n_lags]
 
 
-def full_spectrum_sum(half: tf.Tensor) -> tf.Tensor:
+def _full_spectrum_sum(half: tf.Tensor) -> tf.Tensor:
     """Sum over all M bins of an even spectrum given by its M/2 + 1 rFFT bins. ``[..., M/2 + 1]`` -> ``[...]``
 
     Bins 1 .. M/2 - 1 appear twice in the full spectrum, DC and Nyquist once.
@@ -163,9 +171,9 @@ def lag_sums(power: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.Tensor, tf.Te
         fft_length = 2 * (power.shape[-1] - 1)
         if fft_length < 2 * length - 1:
             raise ValueError(f"need an FFT length >= 2 length - 1 = {2 * length - 1}, got {fft_length}")
-        lag0 = full_spectrum_sum(power) / fft_length  # [...]  r[0] = sum P / M
+        lag0 = _full_spectrum_sum(power) / fft_length  # [...]  r[0] = sum P / M
         total = (power[..., 0] + lag0) / 2.0  # [...]
-        squares = (full_spectrum_sum(tf.square(power)) / fft_length + tf.square(lag0)) / 2.0  # [...]
+        squares = (_full_spectrum_sum(tf.square(power)) / fft_length + tf.square(lag0)) / 2.0  # [...]
         return lag0, total, squares
 
 

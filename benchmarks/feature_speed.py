@@ -1,7 +1,7 @@
 """Throughput of the in-graph feature pipeline vs the librosa reference, same clips, same run.
 
     python benchmarks/feature_speed.py [--data ../shared/data/breath] [--rounds 5]
-        [--clips 1024] [--librosa-clips 128] [--compare-feature-batches 12 16 24 32]
+        [--clips 1024] [--librosa-clips 128] [--compare-feature-batches 4 6 10 16]
 
 In-graph: the exact tf.data graph training uses (read -> decode -> nine maps + 39 scalars,
 batched), uncached, read in batches as training reads it, timed after two warm-up batches so

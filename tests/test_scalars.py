@@ -14,7 +14,7 @@ import tensorflow as tf
 from conftest import SAMPLE_RATE, assert_same_scalars, breath_like, needs_breath, real_clips, sine
 from tfbreath import config
 from tfbreath.reference.scalars import reference_scalars
-from tfbreath.scalars import (PRESELECT_STEP, SCALAR_NAMES, _envelope_peaks, _hilbert_envelope, _largest,
+from tfbreath.scalars import (PRESELECT_STEP, SCALAR_NAMES, _envelope_peaks, _hilbert_envelope, _largest_pair,
                               contrast_bands, padded_spectrum, scalar_features)
 
 IDX = {name: i for i, name in enumerate(SCALAR_NAMES)}
@@ -150,23 +150,41 @@ def test_percentiles_match_numpy_exactly():
 
 def _periodic_spikes(n: int = SAMPLE_RATE) -> np.ndarray:
     """Zeros with a 1 at every ``PRESELECT_STEP``-th sample: the strided subsample sees only the
-    spikes, so its threshold (1.0) leaves fewer than k values for k > n / step."""
+    spikes, so fewer than k values reach its bracket's low end (1.0) for k > n / step."""
     x = np.zeros(n, np.float32)
     x[::PRESELECT_STEP] = 1.0
     return x
 
 
+def _ones_between_strides(count: int, n: int = SAMPLE_RATE) -> np.ndarray:
+    """Zeros with ``count`` ones off the subsample's stride: the subsample sees only zeros."""
+    x = np.zeros(n, np.float32)
+    x[1:1 + PRESELECT_STEP * count:PRESELECT_STEP] = 1.0
+    return x
+
+
 @pytest.mark.parametrize("rows, k", [
     (np.stack([breath_like(0), -breath_like(1), sine(700.0)]), 1601),  # the percentiles' case
-    (np.stack([breath_like(2)]), 2),
-    (np.round(np.stack([breath_like(4)]) * 20),  1601),  # many ties at the k-th value
-    (np.stack([_periodic_spikes()]), SAMPLE_RATE // PRESELECT_STEP + 1000),  # threshold rejected
+    (np.stack([breath_like(2), np.zeros(SAMPLE_RATE, np.float32)]), 2),  # silence: all ties
+    (np.round(np.stack([breath_like(4)]) * 20), 1601),  # many ties at the k-th value
+    (np.stack([_periodic_spikes()]), SAMPLE_RATE // PRESELECT_STEP + 1000),  # low end opened
+    (np.stack([1.0 - _periodic_spikes(), breath_like(5)]), 1601),  # high end opened in row 0 only
+    (np.stack([_ones_between_strides(1600)]), 1601),  # k - 1 values above the bracket: high end opened
+    (np.stack([breath_like(6)]), SAMPLE_RATE),  # k = n: the smallest two
 ])
-def test_largest_equals_top_k(rows, k):
+def test_largest_pair_is_the_kth_and_next_largest(rows, k):
     rows = tf.constant(rows, tf.float32)
-    got = np.sort(_largest(rows, k).numpy(), -1)
-    want = np.sort(tf.math.top_k(rows, k, sorted=False).values.numpy(), -1)
-    np.testing.assert_array_equal(got, want)
+    kth, next_largest = (t.numpy() for t in _largest_pair(rows, k))
+    descending = -np.sort(-rows.numpy(), -1)
+    np.testing.assert_array_equal(kth, descending[:, k - 1])
+    np.testing.assert_array_equal(next_largest, descending[:, k - 2])
+
+
+def test_largest_pair_rejects_k_outside_the_row():
+    rows = tf.zeros([1, 100])
+    for k in (1, 101):
+        with pytest.raises(ValueError, match=f"k must be in \\[2, 100\\].*got {k}"):
+            _largest_pair(rows, k)
 
 
 def test_percentiles_of_periodic_spikes():

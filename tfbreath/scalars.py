@@ -84,11 +84,11 @@ LOW_FREQ_CUTOFF_HZ = 1000.0
 N_MELS = 128
 
 PRESELECT_STEP = 8
-"""Stride of the subsample that proposes a threshold for ``_largest``."""
+"""Stride of the subsample whose order statistics bracket the wanted ones (``_largest_pair``)."""
 
-PRESELECT_MARGIN = 1.5
-"""``_largest`` ranks the subsample this much deeper than k / step, so that its threshold falls
-below the true k-th largest value for all but oddly periodic signals (which fall back to exact)."""
+PRESELECT_BRACKET = 32
+"""Subsample ranks from the wanted rank (k / step) to either end of the bracket. On the 4,200
+real clips (train and test) it misses 1 row at p90 and 12 (0.3 %) at p10; those search wider."""
 
 AUTOCORR_LAG_SHORT_S = 0.01
 AUTOCORR_LAG_LONG_S = 0.02
@@ -429,34 +429,46 @@ def _low_frequency_ratio(power: tf.Tensor, sample_rate: int) -> tf.Tensor:
         return low / (tf.reduce_sum(power, [-2, -1]) + EPS)  # [B]
 
 
-def _largest(x: tf.Tensor, k: int) -> tf.Tensor:
-    """The k largest values of each row, unordered: ``tf.math.top_k(x, k, sorted=False).values``.
+def _largest_pair(x: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The k-th and (k-1)-th largest value of each row, exactly. ``[B, n]`` -> 2 x ``[B]``
 
-    ``[B, n]`` -> ``[B, k]``. A top-k of a few thousand values costs mostly the candidates that
-    enter its heap, so everything below a threshold is first replaced by -inf: about 3x cheaper
-    for k ~ n / 10. The threshold is the (k / step * margin)-th largest value of a strided
-    subsample, kept only if at least k values of the row reach it (else -inf, no filtering),
-    so the result is exactly top_k's for every input.
+    A top-k costs mostly the heap its candidates pass through, which for k ~ n / 10 holds
+    thousands. Here order statistics of a strided subsample, a little below and above rank
+    k / step, bracket the wanted values: ``above`` values of the row exceed the bracket, so the
+    wanted ones are the (k - above)-th and (k - above - 1)-th largest inside it, found by one
+    top-k of depth ``k - min(above)`` (a few hundred) over the bracket's values only. A row whose
+    bracket misses (fewer than k values reach its low end, or more than k - 2 exceed its high end)
+    opens that end, so the result stays exact for every input; only the search gets deeper.
     """
-    with tf.name_scope("largest"):
+    with tf.name_scope("largest_pair"):
         n = x.shape[-1]
-        if k > n:
-            raise ValueError(f"k must be <= the row length {n}, got {k}")
+        if not 2 <= k <= n:
+            raise ValueError(f"k must be in [2, {n}] (the row length), got {k}")
         sample = x[:, ::PRESELECT_STEP]  # [B, ceil(n / step)]
-        depth = min(int(np.ceil(k / PRESELECT_STEP * PRESELECT_MARGIN)), sample.shape[-1])
-        threshold = tf.reduce_min(tf.math.top_k(sample, depth, sorted=False).values, -1, keepdims=True)  # [B, 1]
-        reached = tf.reduce_sum(tf.cast(x >= threshold, tf.int32), -1, keepdims=True)  # [B, 1]
-        threshold = tf.where(reached >= k, threshold, -np.inf)  # [B, 1]
-        candidates = tf.where(x >= threshold, x, -np.inf)  # [B, n]
-        return tf.math.top_k(candidates, k, sorted=False).values  # [B, k]
+        wanted = k / PRESELECT_STEP  # rank of the k-th largest in the subsample, roughly
+        high_rank = max(int(wanted) - PRESELECT_BRACKET, 1)
+        low_rank = min(int(np.ceil(wanted)) + PRESELECT_BRACKET, sample.shape[-1])
+        ranked = tf.math.top_k(sample, low_rank).values  # [B, low_rank] descending
+        low = ranked[:, low_rank - 1:]  # [B, 1]
+        high = ranked[:, high_rank - 1:high_rank]  # [B, 1]
+        reached = tf.reduce_sum(tf.cast(x >= low, tf.int32), -1, keepdims=True)  # [B, 1]
+        low = tf.where(reached >= k, low, -np.inf)  # [B, 1]
+        above = tf.reduce_sum(tf.cast(x > high, tf.int32), -1, keepdims=True)  # [B, 1]
+        fits = above <= k - 2  # [B, 1]
+        high = tf.where(fits, high, np.inf)  # [B, 1]
+        above = tf.where(fits, above, 0)  # [B, 1]
+        inside = tf.where(tf.logical_and(x >= low, x <= high), x, -np.inf)  # [B, n]
+        ranked = tf.math.top_k(inside, k - tf.reduce_min(above)).values  # [B, depth] descending
+        kth = k - 1 - above  # [B, 1]  position of the k-th largest in ranked
+        pair = tf.gather(ranked, tf.concat([kth, kth - 1], -1), batch_dims=1)  # [B, 2]
+        return pair[:, 0], pair[:, 1]
 
 
 def _abs_percentiles(y: tf.Tensor, quantiles: tuple[float, ...]) -> list[tf.Tensor]:
-    """np.percentile(|y|, 100 q) with linear interpolation. ``[B, n]`` -> len(q) x ``[B]``
+    """np.percentile(|y|, 100 q) with linear interpolation, 0 < q < 1. ``[B, n]`` -> len(q) x ``[B]``
 
-    Only the two order statistics around position ``(n - 1) q`` are needed: they are the two
-    innermost values of the tail that ``_largest`` selects from the near end, much cheaper than a
-    full sort.
+    Only the two order statistics around position ``(n - 1) q`` are needed, not a sort: they are
+    ``_largest_pair`` counted from the nearer end.
     """
     with tf.name_scope("abs_percentiles"):
         magnitude = tf.abs(y)  # [B, n]
@@ -466,14 +478,10 @@ def _abs_percentiles(y: tf.Tensor, quantiles: tuple[float, ...]) -> list[tf.Tens
             position = (n - 1) * q  # float64, as NumPy's
             below = int(np.floor(position))  # index of the lower neighbour in sorted order
             fraction = np.float32(position - below)
-            if q >= 0.5:
-                tail = _largest(magnitude, n - below)  # [B, n - below]  sorted[below:]
-                inner = -tf.math.top_k(-tail, min(2, n - below)).values  # [B, <=2]  ascending
-            else:
-                tail = -_largest(-magnitude, below + 2)  # [B, below + 2]  sorted[:below+2]
-                inner = tf.reverse(tf.math.top_k(tail, 2).values, [-1])  # [B, 2]  ascending
-            lower = inner[:, 0]  # [B]
-            upper = inner[:, -1]  # [B]
+            if q >= 0.5:  # sorted[below] and sorted[below + 1]: the (n - below)-th and next largest
+                lower, upper = _largest_pair(magnitude, n - below)  # 2 x [B]
+            else:  # the (below + 1)-th and (below + 2)-th smallest
+                upper, lower = (-v for v in _largest_pair(-magnitude, below + 2))  # 2 x [B]
             results.append(lower + (upper - lower) * fraction)  # [B]
         return results
 

@@ -101,14 +101,8 @@ def test_autocorrelation_and_inverse_rfft_match_numpy():
     real, imag = (tf.constant(part, tf.float32) for part in (spectrum.real, spectrum.imag))
     got = spectral.inverse_rfft(real, imag, 33).numpy()  # [33]: the first half of 64 samples
     np.testing.assert_allclose(got, np.fft.irfft(spectrum)[:33], atol=1e-6)
-
-
-@pytest.mark.parametrize("matrix_limit", [0, 1 << 30], ids=["by-fft", "by-matrix"])
-def test_inverse_rfft_of_a_real_spectrum_matches_numpy(monkeypatch, matrix_limit):
-    monkeypatch.setattr(spectral, "MAX_INVERSE_MATRIX", matrix_limit)
-    spectrum = np.random.default_rng(5).standard_normal((2, 3, 65))  # [2, 3, M/2 + 1], M = 128
-    got = spectral.inverse_rfft(tf.constant(spectrum, tf.float32), None, 40).numpy()  # [2, 3, 40]
-    np.testing.assert_allclose(got, np.fft.irfft(spectrum)[..., :40], atol=1e-6)
+    got = spectral.inverse_rfft(real, None, 20).numpy()  # a real spectrum: its imaginary part skipped
+    np.testing.assert_allclose(got, np.fft.irfft(spectrum.real)[:20], atol=1e-6)
 
 
 def test_lag_sums_equal_the_sums_over_the_lags():

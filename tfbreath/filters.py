@@ -78,17 +78,6 @@ def cens_smoothing_operator(n_frames: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def real_spectrum_inverse(n_bins: int, n_out: int) -> np.ndarray:
-    """irfft of a real spectrum as a matrix, first ``n_out`` samples only. ``[n_bins, n_out]``
-
-    Row f is irfft of the unit spectrum at bin f: w_f cos(2 pi f n / M) / M, with M = 2 (n_bins - 1)
-    and w = 1 at DC and Nyquist, 2 elsewhere.
-    """
-    fft_length = 2 * (n_bins - 1)
-    return np.fft.irfft(np.eye(n_bins), fft_length, axis=-1)[:, :n_out].astype(np.float32)
-
-
-@functools.lru_cache(maxsize=None)
 def hilbert_kernel_spectrum(n: int, fft_length: int) -> tuple[np.ndarray, np.ndarray]:
     """rFFT (real, imaginary parts) of scipy.signal.hilbert's length-``n`` kernel, laid out for a
     circular convolution of length ``fft_length >= 2n - 1``. 2 x ``[fft_length // 2 + 1]``

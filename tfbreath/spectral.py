@@ -32,11 +32,6 @@ BAND_GROUP = 16
 MAX_BLOCK_FILL = 0.5
 """Block by block only when the blocks hold at most this share of the dense matrix."""
 
-MAX_INVERSE_MATRIX = 1 << 17
-"""Entries of the largest constant matrix ``inverse_rfft`` multiplies a real spectrum by. Below it
-the product beats the FFT (the tempogram's 513 bins to 128 lags: 87 vs 140 us per clip); above
-it the FFT is cheaper and keeps the graph small (the scalars' 16385 bins to 800 lags)."""
-
 
 def as_float32(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.convert_to_tensor(x), tf.float32)
@@ -104,18 +99,15 @@ def inverse_rfft(real: tf.Tensor, imag: tf.Tensor | None, n_out: int) -> tf.Tens
     irfft, the imaginary parts at DC and Nyquist are ignored (B is 0 there).
 
     ``imag=None`` is a real spectrum (B = 0, a power spectrum). Then M irfft(A)[n] is
-    sum_f w_f A_f cos(2 pi f n / M) over the M/2 + 1 bins, w = 2 but 1 at DC and Nyquist: for few
-    outputs a product with those cosines (``filters.real_spectrum_inverse``, up to
-    ``MAX_INVERSE_MATRIX`` entries), else twice the real part of the rFFT of A zero-padded to M,
-    less the DC and Nyquist terms once. No extension of A is built.
+    sum_f w_f A_f cos(2 pi f n / M) over the M/2 + 1 bins, w = 2 but 1 at DC and Nyquist: twice
+    the real part of the rFFT of A zero-padded to M, less the DC and Nyquist terms once. No
+    extension of A is built.
     """
     with tf.name_scope("inverse_rfft"):
         fft_length = 2 * (real.shape[-1] - 1)
         if fft_length_at_least(fft_length) != fft_length or not 0 < n_out <= fft_length // 2 + 1:
             raise ValueError(f"need a power-of-two FFT length and n_out <= {fft_length // 2 + 1}, "
                              f"got {real.shape[-1]} bins and n_out {n_out}")
-        if imag is None and real.shape[-1] * n_out <= MAX_INVERSE_MATRIX:
-            return apply_filterbank(real, filters.real_spectrum_inverse(real.shape[-1], n_out))  # [..., n_out]
         dc, nyquist = real[..., :1], real[..., -1:]  # 2 x [..., 1]  B = 0 there
         if imag is None:
             cosines = tf.math.real(tf.signal.rfft(real, [fft_length]))[..., :n_out]  # [..., n_out]

@@ -458,9 +458,10 @@ def _largest_pair(x: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         high = tf.where(fits, high, np.inf)  # [B, 1]
         above = tf.where(fits, above, 0)  # [B, 1]
         inside = tf.where(tf.logical_and(x >= low, x <= high), x, -np.inf)  # [B, n]
-        ranked = tf.math.top_k(inside, k - tf.reduce_min(above)).values  # [B, depth] descending
-        kth = k - 1 - above  # [B, 1]  position of the k-th largest in ranked
-        pair = tf.gather(ranked, tf.concat([kth, kth - 1], -1), batch_dims=1)  # [B, 2]
+        depth = k - tf.reduce_min(above)  # []  the deepest row's rank inside its bracket
+        bracketed = tf.math.top_k(inside, depth).values  # [B, depth] descending
+        kth = k - 1 - above  # [B, 1]  position of the k-th largest in bracketed
+        pair = tf.gather(bracketed, tf.concat([kth, kth - 1], -1), batch_dims=1)  # [B, 2]
         return pair[:, 0], pair[:, 1]
 
 

@@ -105,6 +105,19 @@ def test_autocorrelation_and_inverse_rfft_match_numpy():
     np.testing.assert_allclose(got, np.fft.irfft(spectrum.real)[:20], atol=1e-6)
 
 
+def test_smooth_fft_length_is_the_next_length_of_small_prime_factors():
+    assert [spectral.smooth_fft_length(n) for n in (1, 7, 16000, 16799)] == [1, 8, 16000, 16875]
+
+
+def test_tflite_ffts_holds_inside_its_block_only():
+    assert spectral.any_length_ffts()
+    with spectral.tflite_ffts():
+        assert not spectral.any_length_ffts()
+        with spectral.tflite_ffts():
+            assert not spectral.any_length_ffts()
+        assert not spectral.any_length_ffts()
+    assert spectral.any_length_ffts()
+
 def test_lag_sums_equal_the_sums_over_the_lags():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 3, 40))  # [2, 3, L]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import keras
@@ -12,10 +13,10 @@ import soundfile as sf
 import tensorflow as tf
 
 from conftest import SAMPLE_RATE, assert_same_scalars, breath_like, needs_breath, real_clips, sine
-from tfbreath import config
+from tfbreath import config, spectral
 from tfbreath.reference.scalars import reference_scalars
-from tfbreath.scalars import (PRESELECT_STEP, SCALAR_NAMES, _envelope_peaks, _hilbert_envelope, _largest_pair,
-                              contrast_bands, padded_spectrum, scalar_features)
+from tfbreath.scalars import (PRESELECT_STEP, SCALAR_NAMES, _envelope_peaks, _hilbert_envelope_and_autocorrelation,
+                              _largest_pair, contrast_bands, scalar_features)
 
 IDX = {name: i for i, name in enumerate(SCALAR_NAMES)}
 N_PARITY_CLIPS = 64
@@ -205,15 +206,19 @@ def test_clips_shorter_than_the_autocorrelation_lags_are_a_clear_error():
         scalar_features(np.zeros(500, np.float32))
 
 
+@pytest.mark.parametrize("tflite", [False, True], ids=["any-length-ffts", "tflite-ffts"])
 @pytest.mark.parametrize("n", [SAMPLE_RATE, 1001])
-def test_hilbert_envelope_is_scipys_length_n_transform(n):
-    # Computed with power-of-two FFTs only, yet exactly scipy's length-n circular transform:
-    # a plain zero-padded FFT would differ most at the edges.
+def test_hilbert_envelope_and_autocorrelation_match_scipy_and_numpy(n, tflite):
+    # Both ways give scipy's own length-n circular transform: a plain zero-padded FFT would
+    # differ most at the edges. TFLite's way needs power-of-two FFTs only.
     y = np.random.default_rng(n).standard_normal((2, n))
-    y_tf = tf.constant(y, tf.float32)
-    got = _hilbert_envelope(y_tf, padded_spectrum(y_tf)).numpy()
+    n_lags = 800
+    with spectral.tflite_ffts() if tflite else contextlib.nullcontext():
+        envelope, lags = (t.numpy() for t in _hilbert_envelope_and_autocorrelation(tf.constant(y, tf.float32), n_lags))
     want = np.abs(scipy.signal.hilbert(y, axis=-1))
-    np.testing.assert_allclose(got, want, atol=1e-5 * want.max())
+    np.testing.assert_allclose(envelope, want, atol=1e-5 * want.max())
+    full = np.stack([np.correlate(row, row, "full")[n - 1:n - 1 + n_lags] for row in y])
+    np.testing.assert_allclose(lags, full / full[:, :1], atol=1e-5)
 
 
 def test_envelope_peaks_match_scipy_greedy_distance_rule():

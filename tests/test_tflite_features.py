@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import breath_like, sine
+from tfbreath import spectral
 from tfbreath.config import PipelineConfig, with_overrides
 from tfbreath.features import SCALARS, SPECTRAL, extract_features
 from tfbreath.scalars import SCALAR_NAMES
@@ -60,13 +61,17 @@ NAMES = list(SIGNALS)
 
 
 def _convert(pipeline: PipelineConfig):
-    """The features graph with a dynamic batch, as TF function and builtins-only TFLite bytes."""
+    """The features graph with a dynamic batch, as TF function and builtins-only TFLite bytes.
 
-    @tf.function(input_signature=[tf.TensorSpec([None, N_SAMPLES], tf.float32)])
-    def features(y):
-        return extract_features(y, pipeline)
-
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([features.get_concrete_function()], features)
+    The TFLite graph is traced inside ``spectral.tflite_ffts()``, as the export traces it; the TF
+    function outside, as training does, so the comparisons also check one way against the other.
+    """
+    signature = [tf.TensorSpec([None, N_SAMPLES], tf.float32)]
+    features = tf.function(lambda y: extract_features(y, pipeline), input_signature=signature)
+    portable = tf.function(lambda y: extract_features(y, pipeline), input_signature=signature)
+    with spectral.tflite_ffts():
+        traced = portable.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([traced], portable)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex (SELECT_TF_OPS)
     return features, converter.convert()  # raises ConverterError on any op without a builtin kernel
 

@@ -35,7 +35,7 @@ import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
-from tfbreath import artifacts, data, train
+from tfbreath import artifacts, data, spectral, train
 from tfbreath.audio import AudioError, load_audio
 from tfbreath.config import ConfigError, PipelineConfig, load_config
 from tfbreath.ensemble import WeightedSigmoidAverage
@@ -178,7 +178,8 @@ def waveform_model(model: keras.Model, pipeline: PipelineConfig) -> keras.Model:
 
 def save_serving(model: keras.Model, path: Path) -> Path:
     """SavedModel with ``serving_default``: the model's named inputs -> its named outputs
-    (``waveform [B, samples]`` -> ``probability [B]`` for a waveform model)."""
+    (``waveform [B, samples]`` -> ``probability [B]`` for a waveform model). Traced with
+    TFLite's FFTs only (``spectral.tflite_ffts``), so it converts to builtin TFLite ops."""
     archive = keras.export.ExportArchive()
     archive.track(model)
     named = model.input if isinstance(model.input, dict) else {model.input.name: model.input}
@@ -188,8 +189,9 @@ def save_serving(model: keras.Model, path: Path) -> Path:
         outputs = model(dict(zip(named, tensors)) if isinstance(model.input, dict) else tensors[0])
         return outputs if isinstance(outputs, dict) else {PROBABILITY: outputs}
 
-    archive.add_endpoint("serving_default", serve, input_signature=specs)
-    return artifacts.write_folder(path, lambda staged: archive.write_out(str(staged), verbose=False))
+    with spectral.tflite_ffts():
+        archive.add_endpoint("serving_default", serve, input_signature=specs)
+        return artifacts.write_folder(path, lambda staged: archive.write_out(str(staged), verbose=False))
 
 
 def _converter(saved_model: Path) -> tf.lite.TFLiteConverter:

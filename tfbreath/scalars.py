@@ -26,7 +26,9 @@ at the END so that indices 0-35 follow the published order.
 The n_fft-2048/hop-256 magnitude STFT is computed once and shared by centroid, bandwidth,
 flatness, contrast, rolloff (every second frame = hop 512) and the mel flux. Every constant
 (frequencies, filterbank, contrast band edges and quantile counts, the Hilbert kernel's
-spectrum) is built once in NumPy. Every op has a TFLite builtin kernel (see ``tfbreath.spectral``).
+spectrum) is built once in NumPy. Traced inside ``spectral.tflite_ffts()`` every op has a TFLite
+builtin kernel; outside, the Hilbert envelope and the autocorrelation use TF's cheaper FFTs of
+any length (see ``tfbreath.spectral``).
 
 Deviations from the reference (all measured on 512 real clips: every correlation >= 0.9999999,
 worst relative error 3.4e-4 (contrast std), peak counts identical):
@@ -341,13 +343,13 @@ def padded_spectrum(y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """``real_fft`` of the clips zero-padded to a power of two >= 2n - 1. ``[B, n]`` -> 2 x ``[B, M/2 + 1]``
 
     Long enough for the Hilbert transform's circular convolution and for every autocorrelation
-    lag below n, so the two share it.
+    lag below n, so the two share it under ``spectral.tflite_ffts()``.
     """
     return spectral.real_fft(y, spectral.fft_length_at_least(2 * y.shape[-1] - 1))
 
 
-def _hilbert_envelope(y: tf.Tensor, spectrum: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
-    """|scipy.signal.hilbert(y)| = sqrt(y^2 + H(y)^2), from ``padded_spectrum(y)``. ``[B, n]`` -> ``[B, n]``
+def _hilbert_transform_of_padded(y: tf.Tensor, spectrum: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+    """scipy.signal.hilbert(y).imag from ``padded_spectrum(y)``, power-of-two FFTs only. ``[B, n]`` -> ``[B, n]``
 
     scipy's analytic signal ifft(fft(y) h) (h: 1 at DC and Nyquist, 2 on positive, 0 on negative
     frequencies) is y plus i H(y), H(y) the length-n circular convolution of y with the kernel
@@ -355,14 +357,45 @@ def _hilbert_envelope(y: tf.Tensor, spectrum: tuple[tf.Tensor, tf.Tensor]) -> tf
     the kernel is laid out circularly (``filters.hilbert_kernel_spectrum``), so the result is
     scipy's own length-n transform, edges included.
     """
-    with tf.name_scope("hilbert_envelope"):
+    with tf.name_scope("hilbert_transform_of_padded"):
         n = y.shape[-1]
         real, imag = spectrum  # 2 x [B, M/2 + 1]
         kernel_real, kernel_imag = filters.hilbert_kernel_spectrum(n, 2 * (real.shape[-1] - 1))  # 2 x [M/2 + 1]
         product_real = real * kernel_real - imag * kernel_imag  # [B, M/2 + 1]
         product_imag = real * kernel_imag + imag * kernel_real  # [B, M/2 + 1]
-        transform = spectral.inverse_rfft(product_real, product_imag, n)  # [B, n]  H(y)
-        return tf.sqrt(tf.square(y) + tf.square(transform))  # [B, n]
+        return spectral.inverse_rfft(product_real, product_imag, n)  # [B, n]
+
+
+def _hilbert_transform(y: tf.Tensor) -> tf.Tensor:
+    """scipy.signal.hilbert(y).imag by TF's n-point FFT and its inverse. ``[B, n]`` -> ``[B, n]``
+
+    With Y = rfft(y), H(y) = irfft(-i s Y), s = 1 on the positive frequencies and 0 at DC and (n
+    even) Nyquist: scipy's h without its real part. -i Y is imaginary at those two bins, whose
+    imaginary parts irfft drops, so no mask is needed.
+    """
+    with tf.name_scope("hilbert_transform"):
+        real, imag = spectral.real_fft(y, y.shape[-1])  # 2 x [B, n/2 + 1]
+        return tf.signal.irfft(tf.complex(imag, -real), [y.shape[-1]])  # [B, n]
+
+
+def _hilbert_envelope_and_autocorrelation(y: tf.Tensor, n_lags: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """|scipy.signal.hilbert(y)| = sqrt(y^2 + H(y)^2) ``[B, n]``, and np.correlate(y, y, "full")[n-1:]
+    [:n_lags] / r[0] ``[B, n_lags]`` (0 for silence).
+
+    TF's FFT takes any length and has an inverse: the transform is scipy's n-point one and the
+    lags come from an FFT just longer than n + n_lags. TFLite's takes neither, so inside
+    ``spectral.tflite_ffts()`` both come from one shared power-of-two spectrum of about 2n points.
+    """
+    with tf.name_scope("hilbert_envelope_and_autocorrelation"):
+        if spectral.any_length_ffts():
+            transform = _hilbert_transform(y)  # [B, n]
+            lags = spectral.autocorrelation(y, n_lags)  # [B, n_lags]
+        else:
+            spectrum = padded_spectrum(y)  # 2 x [B, M/2 + 1]
+            transform = _hilbert_transform_of_padded(y, spectrum)  # [B, n]
+            lags = spectral.autocorrelation_of_spectrum(spectrum, n_lags)  # [B, n_lags]
+        envelope = tf.sqrt(tf.square(y) + tf.square(transform))  # [B, n]
+        return envelope, tf.math.divide_no_nan(lags, lags[:, :1])  # [B, n], [B, n_lags]
 
 
 def _envelope_peaks(envelope: tf.Tensor, sample_rate: int) -> list[tf.Tensor]:
@@ -487,16 +520,6 @@ def _abs_percentiles(y: tf.Tensor, quantiles: tuple[float, ...]) -> list[tf.Tens
         return results
 
 
-def _autocorrelation(spectrum: tuple[tf.Tensor, tf.Tensor], n_lags: int) -> tf.Tensor:
-    """np.correlate(y, y, "full")[n-1:][:n_lags] / r[0], 0 for silence, from ``padded_spectrum(y)``.
-
-    2 x ``[B, M/2 + 1]`` -> ``[B, n_lags]``
-    """
-    with tf.name_scope("normalised_autocorrelation"):
-        lags = spectral.autocorrelation_of_spectrum(spectrum, n_lags)  # [B, n_lags]
-        return tf.math.divide_no_nan(lags, lags[:, :1])  # [B, n_lags]
-
-
 def scalars_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, hop_length: int) -> tf.Tensor:
     """All 39 scalars of a flat batch of waveforms (``cache.y``: ``[B, n]``, n static). -> ``[B, 39]``"""
     y = cache.y  # [B, n]
@@ -519,18 +542,16 @@ def scalars_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, hop_l
         rolloff = _rolloff(spectral.stft_magnitude(y, LIBROSA_N_FFT, ROLLOFF_HOP), sample_rate)  # [B, T']
     flatness = _flatness(power)  # [B, T]
     contrast = _contrast(magnitude, sample_rate)  # [B, T, 7]
-    spectrum = padded_spectrum(y)  # 2 x [B, M/2 + 1]: shared by the envelope and the autocorrelation
-    envelope = _hilbert_envelope(y, spectrum)  # [B, n]
     flux = _mel_flux(cache.mel_db(sample_rate, LIBROSA_N_FFT, hop_length, N_MELS))  # [B, T - 1]
     wave_skew, wave_kurtosis = _skew_kurtosis(y)  # 2 x [B]
     lag_short = _samples(sample_rate, AUTOCORR_LAG_SHORT_S)
     lag_long = _samples(sample_rate, AUTOCORR_LAG_LONG_S)
     search = _samples(sample_rate, AUTOCORR_SEARCH_S)
     n_lags = max(search, lag_long + 1)
-    if n_lags > n:  # the shared spectrum holds lags below n only
+    if n_lags > n:  # a TFLite graph's shared spectrum holds lags below n only
         raise ValueError(f"the scalars need clips of at least {n_lags} samples "
                          f"({AUTOCORR_SEARCH_S} s of autocorrelation lags), got {n}")
-    autocorr = _autocorrelation(spectrum, n_lags)  # [B, lags]
+    envelope, autocorr = _hilbert_envelope_and_autocorrelation(y, n_lags)  # [B, n], [B, lags]
 
     with tf.name_scope("summaries"):
         env_mean = tf.reduce_mean(envelope, -1)  # [B]

@@ -4,13 +4,18 @@ Layout: signals are ``[..., samples]``; spectrograms are time-major ``[..., fram
 (any number of leading batch axes, including none). All math is float32, whatever the global
 Keras dtype policy, so features are identical under mixed precision.
 
-Every op has a TFLite builtin kernel, so the feature graph converts without Flex ops: the only
-FFT is a forward real FFT of power-of-two length (TFLite's RFFT2D takes no other size), complex
-results are at once reduced to float32 (power, or real and imaginary parts), and inverse
-FFTs go through ``inverse_rfft``, which is one more forward real FFT.
+Traced inside ``tflite_ffts()``, as the export traces it, every op has a TFLite builtin kernel,
+so the feature graph converts without Flex ops: FFTs are forward real FFTs of power-of-two
+length (TFLite's RFFT2D takes no other size), complex results are at once reduced to float32
+(power, or real and imaginary parts), and inverse FFTs go through ``inverse_rfft``, which is one
+more forward real FFT. Outside it (training, prediction), transforms of a whole clip, which in
+power-of-two form need about twice the clip's length, use TF's FFT of any length and its
+inverse instead (``any_length_ffts``).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import tensorflow as tf
@@ -32,9 +37,46 @@ BAND_GROUP = 16
 MAX_BLOCK_FILL = 0.5
 """Block by block only when the blocks hold at most this share of the dense matrix."""
 
+SMOOTH_FFT_FACTORS = (2, 3, 5)
+"""Prime factors of the lengths ``smooth_fft_length`` picks: the fast radices of TF's CPU FFT."""
+
+_tflite_ffts = False  # True while tflite_ffts() traces a graph for TFLite
+
+
+@contextlib.contextmanager
+def tflite_ffts():
+    """Graphs traced inside use TFLite's FFTs only (power-of-two forward real FFTs), for a
+    TFLite conversion. Outside, whole-clip transforms use TF's FFT of any length and its inverse:
+    the Hilbert envelope and the autocorrelation of a 16000-sample clip then cost two FFTs of
+    about 16000 points each instead of about 32768 (about 2x less time for those two features)."""
+    global _tflite_ffts
+    previous, _tflite_ffts = _tflite_ffts, True
+    try:
+        yield
+    finally:
+        _tflite_ffts = previous
+
+
+def any_length_ffts() -> bool:
+    """Whether the graph being traced may use FFTs of any length and inverse FFTs (see ``tflite_ffts``)."""
+    return not _tflite_ffts
+
 
 def as_float32(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.convert_to_tensor(x), tf.float32)
+
+
+def smooth_fft_length(length: int) -> int:
+    """The smallest length >= ``length`` with no prime factor beyond ``SMOOTH_FFT_FACTORS``."""
+    candidate = max(length, 1)
+    while True:
+        rest = candidate
+        for factor in SMOOTH_FFT_FACTORS:
+            while rest % factor == 0:
+                rest //= factor
+        if rest == 1:
+            return candidate
+        candidate += 1
 
 
 def fft_length_at_least(length: int) -> int:
@@ -149,6 +191,19 @@ def autocorrelation_of_spectrum(spectrum: tuple[tf.Tensor, tf.Tensor], n_lags: i
     with tf.name_scope("autocorrelation_of_spectrum"):
         power = power_spectrum(spectrum)  # [..., M/2 + 1]
         return inverse_rfft(power, None, n_lags)  # [..., n_lags]
+
+
+def autocorrelation(x: tf.Tensor, n_lags: int) -> tf.Tensor:
+    """sum_n x[n] x[n+k] for k < n_lags (0 beyond the end of x), by TF's FFT of a smooth length
+    M >= L + n_lags - 1 (L the length of x: no wrap-around below n_lags) and its inverse.
+
+    ``[..., L]`` -> ``[..., n_lags]``. Outside ``tflite_ffts()`` only (TFLite has no inverse FFT).
+    """
+    with tf.name_scope("autocorrelation"):
+        fft_length = smooth_fft_length(x.shape[-1] + n_lags - 1)
+        power = power_spectrum(real_fft(x, fft_length))  # [..., M/2 + 1]
+        lags = tf.signal.irfft(tf.complex(power, tf.zeros_like(power)), [fft_length])  # [..., M]
+        return lags[..., :n_lags]  # [..., n_lags]
 
 
 def _full_spectrum_sum(half: tf.Tensor) -> tf.Tensor:

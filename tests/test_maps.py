@@ -118,6 +118,12 @@ def test_tflite_ffts_holds_inside_its_block_only():
         assert not spectral.any_length_ffts()
     assert spectral.any_length_ffts()
 
+
+def test_autocorrelation_by_inverse_fft_refuses_a_tflite_graph():
+    with spectral.tflite_ffts(), pytest.raises(ValueError, match="inside tflite_ffts\\(\\) use autocorrelation_of_spectrum"):
+        spectral.autocorrelation(tf.zeros([1, 100]), 10)
+
+
 def test_lag_sums_equal_the_sums_over_the_lags():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 3, 40))  # [2, 3, L]

@@ -199,6 +199,9 @@ def autocorrelation(x: tf.Tensor, n_lags: int) -> tf.Tensor:
 
     ``[..., L]`` -> ``[..., n_lags]``. Outside ``tflite_ffts()`` only (TFLite has no inverse FFT).
     """
+    if not any_length_ffts():
+        raise ValueError("autocorrelation needs TF's inverse FFT, which TFLite lacks: inside tflite_ffts() "
+                         "use autocorrelation_of_spectrum on a power-of-two spectrum")
     with tf.name_scope("autocorrelation"):
         fft_length = smooth_fft_length(x.shape[-1] + n_lags - 1)
         power = power_spectrum(real_fft(x, fft_length))  # [..., M/2 + 1]

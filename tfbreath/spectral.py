@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+import scipy.fft
 import tensorflow as tf
 
 from tfbreath import filters
@@ -36,9 +37,6 @@ BAND_GROUP = 16
 
 MAX_BLOCK_FILL = 0.5
 """Block by block only when the blocks hold at most this share of the dense matrix."""
-
-SMOOTH_FFT_FACTORS = (2, 3, 5)
-"""Prime factors of the lengths ``smooth_fft_length`` picks: the fast radices of TF's CPU FFT."""
 
 _tflite_ffts = False  # True while tflite_ffts() traces a graph for TFLite
 
@@ -67,16 +65,9 @@ def as_float32(x: tf.Tensor) -> tf.Tensor:
 
 
 def smooth_fft_length(length: int) -> int:
-    """The smallest length >= ``length`` with no prime factor beyond ``SMOOTH_FFT_FACTORS``."""
-    candidate = max(length, 1)
-    while True:
-        rest = candidate
-        for factor in SMOOTH_FFT_FACTORS:
-            while rest % factor == 0:
-                rest //= factor
-        if rest == 1:
-            return candidate
-        candidate += 1
+    """The smallest length >= ``length`` with no prime factor above 5 (``scipy.fft.next_fast_len``
+    for real input): the lengths TF's CPU FFT, like SciPy's, transforms fastest."""
+    return scipy.fft.next_fast_len(length, real=True)
 
 
 def fft_length_at_least(length: int) -> int:

@@ -279,7 +279,7 @@ def _tempogram_power(s: _Intermediates) -> tf.Tensor:
         windows = spectral.sliding_windows(padded, TEMPOGRAM_WINDOW, n_frames)  # [..., T, W]
         windows = windows * filters.hann_window(TEMPOGRAM_WINDOW)  # [..., T, W]
         fft_length = spectral.fft_length_at_least(2 * TEMPOGRAM_WINDOW - 1)
-        return spectral.power_spectrum(spectral.real_fft(windows, fft_length))  # [..., T, M/2 + 1]
+        return spectral.fft_power(windows, fft_length)  # [..., T, M/2 + 1]
 
 
 def tempogram_map(s: _Intermediates) -> tf.Tensor:

@@ -152,11 +152,11 @@ def stft_magnitude(y: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
 def single_thread_rows(fft_length: int) -> int:
     """Transforms of this length per call that TF's CPU FFT keeps on the calling thread, in whole vectors.
 
-    DUCC gives a call min(pool size, v) threads for v vectors of FFT_LANES transforms, a vector
-    counting a quarter below FFT_LONG points: below 2 vectors (8 for short transforms), one thread.
+    DUCC gives a call of v vectors of FFT_LANES transforms min(pool size, v / k) threads, with
+    k = 1 from FFT_LONG points on and 4 below: under 2 k vectors, one thread.
     """
-    vectors = 2 * (1 if fft_length >= FFT_LONG else 4) - 1
-    return vectors * FFT_LANES
+    vectors_per_thread = 1 if fft_length >= FFT_LONG else 4
+    return (2 * vectors_per_thread - 1) * FFT_LANES  # whole vectors short of a second thread
 
 
 def reduced_rfft(x: tf.Tensor, fft_length: int, reduce):

@@ -64,3 +64,129 @@ def test_unknown_keys_sections_and_bad_toml(tmp_path):
 
 def test_feature_config_accepts_any_subset_of_maps():
     assert FeatureConfig(maps=["lpc"]).maps == ("lpc",)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wrong types and cross-section limits (issue 18): one ConfigError echoing the value
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("section, values, message", [
+    ("features", {"n_mels": "128"}, "n_mels must be an integer > 0, got '128'"),
+    ("features", {"n_mels": True}, "n_mels must be an integer > 0, got True"),
+    ("features", {"n_fft": 512.0}, "n_fft must be an integer > 0, got 512.0"),
+    ("train", {"epochs": 10.5}, "epochs must be an integer > 0, got 10.5"),
+    ("features", {"fmax": "4500"}, "fmax must be a number > 0, got '4500'"),
+    ("features", {"fmax": float("nan")}, "fmax must be a number > 0, got nan"),
+    ("features", {"maps": "mel"}, "maps must be a list of map names, got 'mel'"),
+    ("features", {"maps": ["mel", 3]}, "maps must be a list of map names, got ['mel', 3]"),
+    ("features", {"scalars": "yes"}, "scalars must be true or false, got 'yes'"),
+    ("features", {"scalars": 1}, "scalars must be true or false, got 1"),
+    ("audio", {"sample_rate": 16000.0}, "sample_rate must be an integer in [4000, 48000], got 16000.0"),
+    ("audio", {"duration_s": "1"}, "duration_s must be a number > 0, got '1'"),
+    ("data", {"cache": 0}, "cache must be 'memory', 'none' or a file path, got 0"),
+    ("data", {"seed": -1}, "seed must be in [0, 4294967295], got -1"),
+    ("data", {"seed": 2**40}, "seed must be in [0, 4294967295], got 1099511627776"),
+    ("data", {"seed": 1.5}, "seed must be an integer in [0, 4294967295], got 1.5"),
+    ("data", {"validation_fraction": "0.2"}, "validation_fraction must be a number in (0, 1), got '0.2'"),
+    ("augment", {"p_mixup": "0.1"}, "p_mixup must be a number in [0, 1], got '0.1'"),
+    ("train", {"models": "cnn8"}, "models must be a list of model names, got 'cnn8'"),
+    ("train", {"learning_rates": 0.001}, "learning_rates must be a table of model = number, got 0.001"),
+    ("train", {"learning_rates": {"cnn8": "fast", "vgg": 1e-3}}, "learning_rates.cnn8 must be a number > 0, got 'fast'"),
+    ("train", {"dropouts": {"cnn8": "0.3"}}, "dropouts.cnn8 must be a number in [0, 1), got '0.3'"),
+    ("train", {"precision": ["auto"]}, "precision must be one of ['auto', 'float32', 'mixed_bfloat16', "
+                                       "'mixed_float16'], got ['auto']"),
+    ("tune", {"model_widths": ["0.5"]}, "model_widths entries must be a number > 0, got '0.5'"),
+    ("tune", {"map_sets": {"a": "mel"}}, "map_sets.a must be a list of maps, got 'mel'"),
+])
+def test_wrong_types_are_echoed(section, values, message):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({section: values}, source="p.toml")
+    assert message in str(err.value)
+    assert str(err.value).startswith(f"p.toml: [{section}]")
+    assert "\n" not in str(err.value)
+
+
+def _wrong_type(default):
+    """A value of another type than a field's default: what a TOML typo gives."""
+    if isinstance(default, str):
+        return 7
+    return "x"
+
+
+SECTIONS = {f.name: type(getattr(PipelineConfig(), f.name)) for f in dataclasses.fields(PipelineConfig)
+            if f.name != "name"}
+
+
+@pytest.mark.parametrize("section, cls", SECTIONS.items())
+def test_every_field_rejects_a_wrong_type(section, cls):
+    for field in dataclasses.fields(cls):
+        default = getattr(cls(), field.name)
+        bad = _wrong_type(default)
+        with pytest.raises(ConfigError) as err:
+            config_from_dict({section: {field.name: bad}}, source="p.toml")
+        message = str(err.value)
+        assert field.name in message and repr(bad) in message, (field.name, message)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"audio": {"duration_s": 0.001}}, "[audio] duration_s must be >= 0.128 s (2048 samples at 16000 Hz"),
+    ({"audio": {"duration_s": 0.04}, "features": {"hop_length": 64}},
+     "[audio] duration_s must be >= 0.05 s (800 samples at 16000 Hz"),
+    ({"features": {"fmax": 9000.0}},
+     "[features] fmax must be <= the Nyquist frequency of [audio] sample_rate (8000.0 Hz), got 9000.0"),
+    ({"audio": {"sample_rate": 8000}, "features": {"fmax": 4000.0}},
+     "[features] scalars = true needs [audio] sample_rate > 12800 Hz"),
+])
+def test_cross_section_limits_name_the_bound(values, message):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(values, source="p.toml")
+    assert str(err.value).startswith("p.toml: ")
+    assert message in str(err.value), str(err.value)
+
+
+def test_the_shortest_clip_the_features_take_is_accepted():
+    pipeline = config_from_dict({"audio": {"duration_s": 0.128}})
+    assert pipeline.audio.num_samples == 2048 and pipeline.num_frames == 9
+    low_rate = config_from_dict({"audio": {"sample_rate": 8000}, "features": {"scalars": False, "fmax": 4000.0}})
+    assert low_rate.features.fmax == 4000.0
+
+
+def test_no_message_shows_a_bare_bool_or_a_spelled_out_string():
+    for values in ({"features": {"n_mels": True, "n_mfcc": 40}}, {"features": {"maps": "mel"}},
+                   {"train": {"models": "vgg"}}):
+        with pytest.raises(ConfigError) as err:
+            config_from_dict(values, source="p.toml")
+        assert "(True)" not in str(err.value) and "['m', 'e', 'l']" not in str(err.value)
+        assert "['v', 'g', 'g']" not in str(err.value)
+
+
+def test_unreadable_pipeline_files_are_one_line_errors(tmp_path):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.toml: not UTF-8 text \(byte 0xe9 at offset 11\)"):
+        load_config(latin)
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"folder\.toml: is a folder, not a pipeline file"):
+        load_config(folder)
+
+
+def test_pipeline_name_must_be_a_folder_name():
+    with pytest.raises(ConfigError, match=r"name must be a non-empty folder name .*got 5"):
+        config_from_dict({"name": 5}, source="p.toml")
+    with pytest.raises(ConfigError, match=r"name must be a non-empty folder name .*got 'a/b'"):
+        config_from_dict({"name": "a/b"}, source="p.toml")
+
+
+@pytest.mark.parametrize("toml", ['[features]\nn_mels = "128"\n', "[train]\nepochs = 10.5\n",
+                                  "[audio]\nduration_s = 0.001\n", '[features]\nmaps = "mel"\n',
+                                  '[features]\nscalars = "yes"\n', "[features]\nfmax = 9000.0\n"])
+def test_fit_reports_a_bad_pipeline_on_one_error_line(tmp_path, capsys, toml):
+    from tfbreath import fit
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml)
+    # --data names no folder: a pipeline wrongly accepted fails there, fast, with another message.
+    assert fit.main(["--pipeline", str(bad), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: ["), err
+    assert not (tmp_path / "run").exists()

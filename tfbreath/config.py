@@ -8,16 +8,19 @@ the embedded default pipeline. A TOML file overrides any subset, section by sect
     [features]
     maps = ["mel", "mfcc"]
 
-Validation errors echo the bad value: ``n_mels must be > 0, got 0``.
+Every field is checked for its type and its range, and errors echo the bad value on one line:
+``n_mels must be an integer > 0, got '128'``, ``n_mels must be > 0, got 0``. ``PipelineConfig``
+also checks what the in-graph features need across sections (``check_feature_geometry``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 MAP_NAMES = (
     "mel",
@@ -38,9 +41,16 @@ N_SCALARS = 39
 MIN_SAMPLE_RATE = 4000
 MAX_SAMPLE_RATE = 48000
 
+MAX_SEED = 2**32 - 1
+"""Largest seed scikit-learn's splitters take (``random_state`` is a 32-bit NumPy seed)."""
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and echoes the value."""
+
+
+KIND_WORDS = {int: "an integer", float: "a number"}
+"""How a message names the type a numeric field needs: ints are not bools, numbers are finite."""
 
 
 def require(condition: bool, message: str) -> None:
@@ -48,23 +58,82 @@ def require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def positive(name: str, value: Any) -> None:
+def is_integer(value: Any) -> bool:
+    """An int proper: TOML's ``true`` is a bool and ``10.5`` a float, neither counts."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (TOML's ``nan`` and ``inf`` are floats, and no field takes them)."""
+    return (is_integer(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def typed(name: str, value: Any, kind: type, bounds: str, inside: Callable[[Any], bool] | None = None) -> None:
+    """``value`` is of ``kind`` (``int`` or ``float``, which takes ints too) and, if given,
+    ``inside(value)``; else ``"<name> must be an integer <bounds>, got <value>"``."""
+    of_kind = is_integer(value) if kind is int else is_number(value)
+    require(of_kind and (inside is None or inside(value)),
+            f"{name} must be {KIND_WORDS[kind]} {bounds}, got {value!r}")
+
+
+def interval(low: Any, high: Any = None, *, low_open: bool = False, high_open: bool = False) -> str:
+    """``[low, high]`` with round or square brackets; ``high=None`` is ``inf)``."""
+    right = "inf)" if high is None else f"{high}{')' if high_open else ']'}"
+    return f"{'(' if low_open else '['}{low}, {right}"
+
+
+def positive(name: str, value: Any, kind: type = float) -> None:
+    typed(name, value, kind, "> 0")
     require(value > 0, f"{name} must be > 0, got {value!r}")
 
 
 def integer(name: str, value: Any, minimum: int) -> None:
-    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-            f"{name} must be an integer >= {minimum}, got {value!r}")
+    typed(name, value, int, f">= {minimum}", lambda v: v >= minimum)
+
+
+def in_range(name: str, value: Any, low: Any, high: Any, *, kind: type = float, low_open: bool = False,
+             high_open: bool = False) -> None:
+    """``low <= value <= high`` (or strictly, at an open end), and of ``kind``."""
+    bounds = interval(low, high, low_open=low_open, high_open=high_open)
+    typed(name, value, kind, f"in {bounds}")
+    inside = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    require(inside, f"{name} must be in {bounds}, got {value!r}")
 
 
 def probability(name: str, value: Any) -> None:
-    require(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value!r}")
+    in_range(name, value, 0, 1)
+
+
+def boolean(name: str, value: Any) -> None:
+    require(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
+
+
+def choice(name: str, value: Any, options: tuple[str, ...]) -> None:
+    """One of a few names (a string: a list or table never matches)."""
+    require(isinstance(value, str) and value in options, f"{name} must be one of {list(options)}, got {value!r}")
+
+
+def names(name: str, values: Any, options: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """A non-empty, duplicate-free list of ``what`` names from ``options``, as a tuple."""
+    require(isinstance(values, (list, tuple)) and all(isinstance(v, str) for v in values),
+            f"{name} must be a list of {what} names, got {values!r}")
+    unknown = [v for v in values if v not in options]
+    require(not unknown, f"{name} has unknown names {unknown!r}; choose from {list(options)}")
+    require(len(set(values)) == len(values), f"{name} has duplicates, got {list(values)!r}")
+    require(bool(values), f"{name} must name at least one {what}, got []")
+    return tuple(values)
+
+
+def model_table(name: str, values: Any, check: Callable[[str, Any], None]) -> None:
+    """A table of ``model = number``, each number passing ``check(f"{name}.{model}", number)``."""
+    require(isinstance(values, dict), f"{name} must be a table of model = number, got {values!r}")
+    for model, value in values.items():
+        check(f"{name}.{model}", value)
 
 
 def check_sample_rate(value: Any) -> None:
     """Rates the decoder resamples to (``tfbreath.audio``)."""
-    require(MIN_SAMPLE_RATE <= value <= MAX_SAMPLE_RATE,
-            f"sample_rate must be in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}], got {value!r}")
+    in_range("sample_rate", value, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE, kind=int)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,18 +168,16 @@ class FeatureConfig:
     scalars: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("n_fft", "hop_length", "n_mels", "fmax", "n_mfcc", "n_gammatone",
-                     "lpc_order", "lpc_frame_s"):
+        for name in ("n_fft", "hop_length", "n_mels", "n_mfcc", "n_gammatone", "lpc_order"):
+            positive(name, getattr(self, name), int)
+        for name in ("fmax", "lpc_frame_s"):
             positive(name, getattr(self, name))
         require(self.n_fft & (self.n_fft - 1) == 0, f"n_fft must be a power of two, got {self.n_fft!r}")
         require(self.hop_length <= self.n_fft,
                  f"hop_length must be <= n_fft ({self.n_fft}), got {self.hop_length!r}")
         require(self.n_mfcc <= self.n_mels, f"n_mfcc must be <= n_mels ({self.n_mels}), got {self.n_mfcc!r}")
-        object.__setattr__(self, "maps", tuple(self.maps))
-        unknown = [m for m in self.maps if m not in MAP_NAMES]
-        require(not unknown, f"maps has unknown names {unknown!r}; choose from {list(MAP_NAMES)}")
-        require(len(set(self.maps)) == len(self.maps), f"maps has duplicates, got {list(self.maps)!r}")
-        require(bool(self.maps), "maps must name at least one spectral map, got []")
+        object.__setattr__(self, "maps", names("maps", self.maps, MAP_NAMES, "map"))
+        boolean("scalars", self.scalars)
 
     @property
     def n_scalars(self) -> int:
@@ -129,11 +196,12 @@ class DataConfig:
     shuffle_buffer: int = 4096
 
     def __post_init__(self) -> None:
-        require(0.0 < self.validation_fraction < 1.0,
-                 f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
-        positive("batch_size", self.batch_size)
-        positive("shuffle_buffer", self.shuffle_buffer)
-        require(bool(self.cache), f"cache must be 'memory', 'none' or a file path, got {self.cache!r}")
+        in_range("validation_fraction", self.validation_fraction, 0, 1, low_open=True, high_open=True)
+        in_range("seed", self.seed, 0, MAX_SEED, kind=int)
+        positive("batch_size", self.batch_size, int)
+        positive("shuffle_buffer", self.shuffle_buffer, int)
+        require(isinstance(self.cache, str) and bool(self.cache),
+                f"cache must be 'memory', 'none' or a file path, got {self.cache!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +222,7 @@ class AugmentConfig:
                  f"p_cutmix + p_mixup must be <= 1, "
                  f"got {self.p_cutmix!r} + {self.p_mixup!r} = {total!r}")
         for name in ("cutmix_alpha", "mixup_alpha"):
-            value = getattr(self, name)
-            require(value > 0, f"{name} must be > 0, got {value!r}")
+            positive(name, getattr(self, name))
         integer("warmup_epochs", self.warmup_epochs, 0)
 
 
@@ -191,25 +258,19 @@ class TrainConfig:
     """Dropout rate per model; a model left out keeps its own (CNN8 0.3, VGG 0.2)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "models", tuple(self.models))
-        unknown = [m for m in self.models if m not in MODEL_NAMES]
-        require(not unknown, f"models has unknown names {unknown!r}; choose from {list(MODEL_NAMES)}")
-        require(bool(self.models), "models must name at least one model, got []")
-        require(len(set(self.models)) == len(self.models), f"models has duplicates, got {list(self.models)!r}")
-        for name in ("epochs", "weight_decay", "min_learning_rate", "clipnorm", "early_stopping_patience",
-                     "model_width", "warmup_start_factor"):
+        object.__setattr__(self, "models", names("models", self.models, MODEL_NAMES, "model"))
+        for name in ("epochs", "early_stopping_patience"):
+            positive(name, getattr(self, name), int)
+        for name in ("weight_decay", "min_learning_rate", "clipnorm", "model_width", "warmup_start_factor"):
             positive(name, getattr(self, name))
-        require(0.0 <= self.warmup_fraction < 1.0,
-                 f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
-        require(self.precision in PRECISIONS, f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        in_range("warmup_fraction", self.warmup_fraction, 0, 1, high_open=True)
+        choice("precision", self.precision, PRECISIONS)
+        model_table("learning_rates", self.learning_rates, positive)
         missing = [m for m in self.models if m not in self.learning_rates]
         require(not missing, f"learning_rates has no entry for {missing!r}, got {dict(self.learning_rates)!r}")
-        for model, rate in self.learning_rates.items():
-            positive(f"learning_rates.{model}", rate)
+        model_table("dropouts", self.dropouts, lambda name, rate: in_range(name, rate, 0, 1, high_open=True))
         unknown = [m for m in self.dropouts if m not in MODEL_NAMES]
         require(not unknown, f"dropouts has unknown models {unknown!r}; choose from {list(MODEL_NAMES)}")
-        for model, rate in self.dropouts.items():
-            require(0.0 <= rate < 1.0, f"dropouts.{model} must be in [0, 1), got {rate!r}")
 
 
 TUNERS = ("hyperband", "bayesian", "random")
@@ -232,20 +293,19 @@ def _choices(name: str, values: Any, check) -> tuple:
     """A non-empty, duplicate-free tuple of choices, each passing ``check``."""
     require(isinstance(values, (list, tuple)) and bool(values),
             f"{name} must be a non-empty list of choices, got {values!r}")
-    require(len(set(values)) == len(values), f"{name} has duplicates, got {list(values)!r}")
     for value in values:
         check(value)
+    require(len(set(values)) == len(values), f"{name} has duplicates, got {list(values)!r}")
     return tuple(values)
 
 
 def _span(name: str, values: Any, low: float, high: float | None = None, *, integer: bool = False,
           open_high: bool = False) -> tuple:
     """A ``[low, high]`` search range with ``low <= high``, inside the allowed bounds."""
-    kind = int if integer else (int, float)
-    require(isinstance(values, (list, tuple)) and len(values) == 2
-            and all(isinstance(v, kind) and not isinstance(v, bool) for v in values),
+    kind = is_integer if integer else is_number
+    require(isinstance(values, (list, tuple)) and len(values) == 2 and all(kind(v) for v in values),
             f"{name} must be a [low, high] pair of {'integers' if integer else 'numbers'}, got {values!r}")
-    bounds = f"[{low}, " + ("inf)" if high is None else f"{high})" if open_high else f"{high}]")
+    bounds = interval(low, high, high_open=open_high)
     inside = all(v >= low and (high is None or (v < high if open_high else v <= high)) for v in values)
     require(inside, f"{name} must lie in {bounds}, got {list(values)!r}")
     require(values[0] <= values[1], f"{name} must be [low, high] with low <= high, got {list(values)!r}")
@@ -280,19 +340,16 @@ class TuneConfig:
     batch_sizes: tuple[int, ...] = (32, 64)
 
     def __post_init__(self) -> None:
-        require(self.model in MODEL_NAMES, f"model must be one of {list(MODEL_NAMES)}, got {self.model!r}")
-        require(self.tuner in TUNERS, f"tuner must be one of {list(TUNERS)}, got {self.tuner!r}")
+        choice("model", self.model, MODEL_NAMES)
+        choice("tuner", self.tuner, TUNERS)
         for name in ("max_trials", "max_epochs"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                    f"{name} must be an integer > 0, got {value!r}")
+            typed(name, getattr(self, name), int, "> 0", lambda v: v > 0)
         integer("hyperband_factor", self.hyperband_factor, MIN_HYPERBAND_FACTOR)
         fields = {
             "model_widths": tuple(float(w) for w in _choices("model_widths", self.model_widths,
                                                              lambda w: positive("model_widths entries", w))),
-            "batch_sizes": _choices("batch_sizes", self.batch_sizes, lambda b: require(
-                isinstance(b, int) and not isinstance(b, bool) and b > 0,
-                f"batch_sizes entries must be integers > 0, got {b!r}")),
+            "batch_sizes": _choices("batch_sizes", self.batch_sizes,
+                                    lambda b: positive("batch_sizes entries", b, int)),
             "dropout": _span("dropout", self.dropout, 0.0, 1.0, open_high=True),
             "learning_rate": _span("learning_rate", self.learning_rate, 0.0),
             "weight_decay": _span("weight_decay", self.weight_decay, 0.0),
@@ -309,7 +366,8 @@ class TuneConfig:
                 f"map_sets must be a non-empty table of name = [maps], got {self.map_sets!r}")
         sets = {}
         for name, maps in self.map_sets.items():
-            require(bool(SET_NAME.match(name)), f"map_sets name must be letters, digits, _ or -, got {name!r}")
+            require(isinstance(name, str) and bool(SET_NAME.match(name)),
+                    f"map_sets name must be letters, digits, _ or -, got {name!r}")
             require(isinstance(maps, (list, tuple)), f"map_sets.{name} must be a list of maps, got {maps!r}")
             try:
                 sets[name] = FeatureConfig(maps=maps).maps
@@ -338,10 +396,45 @@ class PipelineConfig:
     augment: AugmentConfig = AugmentConfig()
     tune: TuneConfig = TuneConfig()
 
+    def __post_init__(self) -> None:
+        require(isinstance(self.name, str) and bool(self.name) and self.name not in (".", "..")
+                and not set(self.name) & set("/\\"),
+                f"name must be a non-empty folder name (no / or \\; runs go to saved_models/<name>), "
+                f"got {self.name!r}")
+        check_feature_geometry(self.audio, self.features)
+
     @property
     def num_frames(self) -> int:
         """Time frames of every spectral map (centred STFT frames of one clip)."""
         return 1 + self.audio.num_samples // self.features.hop_length
+
+
+def check_feature_geometry(audio: AudioConfig, features: FeatureConfig) -> None:
+    """What the in-graph features need of a clip: enough samples, and a rate that holds their bands.
+
+    - ``filters.DELTA_WIDTH`` STFT frames, for the Savitzky-Golay deltas (mel and MFCC maps);
+    - with scalars, ``scalars.AUTOCORR_SEARCH_S`` of autocorrelation lags (longer than both read
+      lags) and a Nyquist frequency above the spectral contrast's top band;
+    - ``fmax`` at or below the Nyquist frequency.
+    """
+    from tfbreath import filters, scalars  # the features' own constants (the feature modules import this one)
+
+    rate, hop = audio.sample_rate, features.hop_length
+    needs = [((filters.DELTA_WIDTH - 1) * hop, f"{filters.DELTA_WIDTH} STFT frames at hop_length {hop}")]
+    if features.scalars:
+        needs.append((round(rate * scalars.AUTOCORR_SEARCH_S),
+                      f"{scalars.AUTOCORR_SEARCH_S} s of autocorrelation lags for the scalars"))
+    samples, reason = max(needs)
+    require(audio.num_samples >= samples,
+            f"[audio] duration_s must be >= {samples / rate:g} s ({samples} samples at {rate} Hz: {reason}), "
+            f"got {audio.duration_s!r}")
+    nyquist = rate / 2.0
+    require(features.fmax <= nyquist, f"[features] fmax must be <= the Nyquist frequency of [audio] sample_rate "
+                                      f"({nyquist!r} Hz), got {features.fmax!r}")
+    top_band_hz = scalars.CONTRAST_FMIN * 2.0 ** (scalars.N_BANDS - 1)  # where the last contrast band starts
+    require(not features.scalars or nyquist > top_band_hz,
+            f"[features] scalars = true needs [audio] sample_rate > {2 * top_band_hz:g} Hz (the spectral contrast's "
+            f"top band starts at {top_band_hz:g} Hz), got {rate!r}; or set scalars = false")
 
 
 _SECTIONS = {"audio": AudioConfig, "features": FeatureConfig, "data": DataConfig, "train": TrainConfig,
@@ -367,15 +460,31 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> PipelineCon
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {unknown}; known: {['name', *_SECTIONS]}")
     sections = {key: build_section(cls, key, raw.get(key, {}), source) for key, cls in _SECTIONS.items()}
-    return PipelineConfig(name=str(raw.get("name", PipelineConfig.name)), **sections)
+    try:
+        return PipelineConfig(name=raw.get("name", PipelineConfig.name), **sections)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def read_pipeline_text(path: str | Path) -> str:
+    """A pipeline file's UTF-8 text; a missing, unreadable or non-UTF-8 file is a one-line ``ConfigError``."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a pipeline file")
+    if not path.is_file():
+        raise ConfigError(f"{path}: pipeline file not found")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        byte = err.object[err.start]
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{byte:02x} at offset {err.start})") from None
 
 
 def load_config(path: str | Path) -> PipelineConfig:
     """Parse and validate a pipeline TOML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: pipeline file not found")
-    return parse_config(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_config(read_pipeline_text(path), source=str(path))
 
 
 def parse_config(text: str, source: str = "<string>") -> PipelineConfig:

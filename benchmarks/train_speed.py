@@ -19,7 +19,8 @@ import keras
 import numpy as np
 
 from tfbreath.config import PipelineConfig, with_overrides
-from tfbreath.train import compile_model, cpu_supports_bf16, new_model
+from tfbreath.precision import cpu_supports_bf16
+from tfbreath.train import compile_model, new_model
 
 WARMUP_STEPS = 2
 

@@ -25,6 +25,7 @@ import argparse
 import collections
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +42,7 @@ from tfbreath.config import ConfigError, PipelineConfig, load_config
 from tfbreath.ensemble import WeightedSigmoidAverage
 from tfbreath.evaluation import THRESHOLD
 from tfbreath.features import FeatureExtractor
+from tfbreath.precision import FLOAT32, float32_copy, global_policy
 
 FLOAT_QUANTIZATIONS = ("none", "float16")
 QUANTIZATIONS = (*FLOAT_QUANTIZATIONS, "int8")
@@ -64,6 +66,7 @@ TFLITE_BATCH = 64
 """Clips per interpreter call: bounds the interpreter's arena (the feature maps of a clip take
 ~0.3 MB) however many clips a caller passes."""
 
+TFLITE_SUFFIX = ".tflite"
 WAVEFORM = "waveform"
 PROBABILITY = "probability"
 MEMBERS = ("ensemble", "cnn8", "vgg")
@@ -109,10 +112,12 @@ class Run:
 
 
 def load_trained_model(path: str | Path) -> keras.Model:
-    """A ``.keras`` model of a run, for inference (its members were saved compiled with the
-    training metric, which has to be known to load them)."""
-    return keras.models.load_model(path, compile=False,
-                                   custom_objects={"dominant_label_accuracy": train.dominant_label_accuracy})
+    """A ``.keras`` model of a run, for inference, in float32 whatever policy it was trained under
+    (``precision.float32_copy``). Its members were saved compiled with the training metric,
+    which has to be known to load them."""
+    model = keras.models.load_model(path, compile=False,
+                                    custom_objects={"dominant_label_accuracy": train.dominant_label_accuracy})
+    return float32_copy(model)
 
 
 def outputs_probability(model: keras.Model) -> bool:
@@ -148,24 +153,26 @@ def with_map_average_pooling(model: keras.Model) -> keras.Model:
 
 
 def probability_model(model: keras.Model) -> keras.Model:
-    """``model`` + sigmoid (for a member's logit): its feature inputs -> ``[B]`` P(exhale)."""
-    inputs = {name: keras.Input(x.shape[1:], name=name, dtype="float32") for name, x in model.input.items()}
-    output = with_map_average_pooling(model)(inputs)  # [B, 1]
-    if not outputs_probability(model):
-        output = keras.layers.Activation("sigmoid", dtype="float32", name="sigmoid")(output)
-    probability = keras.layers.Reshape((), name=PROBABILITY)(output)  # [B]
-    return keras.Model(inputs, probability, name=f"{model.name}_probability")
+    """``model`` + sigmoid (for a member's logit): its feature inputs -> ``[B]`` P(exhale), float32
+    throughout whatever policy ``model`` was built under."""
+    with global_policy(FLOAT32):
+        inputs = {name: keras.Input(x.shape[1:], name=name, dtype=FLOAT32) for name, x in model.input.items()}
+        output = with_map_average_pooling(float32_copy(model))(inputs)  # [B, 1]
+        if not outputs_probability(model):
+            output = keras.layers.Activation("sigmoid", name="sigmoid")(output)
+        probability = keras.layers.Reshape((), name=PROBABILITY)(output)  # [B]
+        return keras.Model(inputs, probability, name=f"{model.name}_probability")
 
 
 def feature_model(pipeline: PipelineConfig) -> keras.Model:
     """The pipeline's in-graph features as a model: ``[B, samples]`` -> ``{"spectral", "scalars"}``."""
-    waveform = keras.Input((pipeline.audio.num_samples,), name=WAVEFORM, dtype="float32")
+    waveform = keras.Input((pipeline.audio.num_samples,), name=WAVEFORM, dtype=FLOAT32)
     return keras.Model(waveform, FeatureExtractor.for_pipeline(pipeline, name="features")(waveform),
                        name="features")
 
 
 def waveform_model(model: keras.Model, pipeline: PipelineConfig) -> keras.Model:
-    """Feature extraction + ``model`` + sigmoid: ``[B, samples]`` audio -> ``[B]`` P(exhale)."""
+    """Feature extraction + ``model`` + sigmoid: ``[B, samples]`` audio -> ``[B]`` P(exhale), float32."""
     extractor = feature_model(pipeline)
     features = extractor.output  # {"spectral": [B, M, T, C], "scalars": [B, 39]}
     made = {name: tuple(x.shape[1:]) for name, x in features.items()}
@@ -178,8 +185,10 @@ def waveform_model(model: keras.Model, pipeline: PipelineConfig) -> keras.Model:
 
 def save_serving(model: keras.Model, path: Path) -> Path:
     """SavedModel with ``serving_default``: the model's named inputs -> its named outputs
-    (``waveform [B, samples]`` -> ``probability [B]`` for a waveform model). Traced with
-    TFLite's FFTs only (``spectral.tflite_ffts``), so it converts to builtin TFLite ops."""
+    (``waveform [B, samples]`` -> ``probability [B]`` for a waveform model), in float32
+    (``precision.float32_copy``). Traced with TFLite's FFTs only (``spectral.tflite_ffts``), so it
+    converts to builtin TFLite ops."""
+    model = float32_copy(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
     named = model.input if isinstance(model.input, dict) else {model.input.name: model.input}
@@ -476,25 +485,41 @@ def int8_parts(trained: keras.Model, pipeline: PipelineConfig, train_examples: d
     return Int8Parts(extractor, head, head_saved, features, head_int8)
 
 
-def int8_flatbuffer(trained: keras.Model, pipeline: PipelineConfig, train_examples: data.Examples) -> bytes:
-    """``int8_parts`` joined into one flatbuffer."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return int8_parts(trained, pipeline, train_examples, Path(tmp)).flatbuffer
+def export(run: Run, member: str, quantize: str, out: Path) -> dict:
+    """Convert one member and check it; only if it passes, write ``out`` (the ``.tflite``),
+    ``<member>_waveform.keras`` and ``<member>_savedmodel/`` into the run. Returns the check's row.
 
-
-def export(run: Run, member: str, quantize: str) -> tuple[bytes, dict]:
-    """Write one member's Keras waveform model and SavedModel; return its checked ``.tflite``."""
+    The clips the check and the int8 calibration need are read first, so a run whose data is
+    gone fails before anything is built, and a failed check leaves every output as it was.
+    """
+    train_examples, val_examples = run.split()
+    waveforms = load_waveforms(val_examples.files, run.pipeline)
     trained = load_trained_model(run.model_path(member))
     model = waveform_model(trained, run.pipeline)
-    artifacts.save_model(model, run.path / f"{member}_waveform.keras")
-    saved_model = save_serving(model, run.path / f"{member}_savedmodel")
-    train_examples, val_examples = run.split()
-    if quantize == "int8":
-        flatbuffer = int8_flatbuffer(trained, run.pipeline, train_examples)
-    else:
-        flatbuffer = convert(saved_model, quantize)
-    row = check(flatbuffer, model, quantize, load_waveforms(val_examples.files, run.pipeline), val_examples.labels)
-    return flatbuffer, row
+    with tempfile.TemporaryDirectory() as tmp:
+        saved_model = save_serving(model, Path(tmp) / "savedmodel")
+        if quantize == "int8":
+            flatbuffer = int8_parts(trained, run.pipeline, train_examples, Path(tmp)).flatbuffer
+        else:
+            flatbuffer = convert(saved_model, quantize)
+        row = check(flatbuffer, model, quantize, waveforms, val_examples.labels)
+        if row["passed"]:
+            artifacts.save_model(model, run.path / f"{member}_waveform.keras")
+            artifacts.write_folder(run.path / f"{member}_savedmodel",
+                                   lambda staged: shutil.copytree(saved_model, staged))
+            artifacts.write_bytes(out, flatbuffer)
+    return row
+
+
+def check_output_path(out: Path) -> None:
+    """Refuse an ``--out`` that cannot become a file, before any work."""
+    if out.suffix != TFLITE_SUFFIX:
+        raise ExportError(f"{out}: --out must name a {TFLITE_SUFFIX} file")
+    if out.is_dir():
+        raise ExportError(f"{out}: --out is a folder; name a {TFLITE_SUFFIX} file")
+    existing = next((p for p in out.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ExportError(f"{out}: cannot be written, {existing} is a file")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -512,16 +537,16 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "" if args.quantize == "none" else f"_{args.quantize}"
     out = args.out or args.model / f"{args.member}{suffix}.tflite"
     try:
-        flatbuffer, row = export(Run.load(args.model, args.data), args.member, args.quantize)
+        check_output_path(out)
+        row = export(Run.load(args.model, args.data), args.member, args.quantize, out)
     except (ExportError, ConfigError, data.DataError, AudioError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print(format_check(row))
     if not row["passed"]:
         print(f"error: {out}: not written, the converted model failed its self-check ({row['limit']})",
               file=sys.stderr)
         return 1
-    artifacts.write_bytes(out, flatbuffer)
     print(f"wrote {out} ({row['bytes'] / 1e6:.2f} MB), {args.model / (args.member + '_savedmodel')} "
           f"and {args.model / (args.member + '_waveform.keras')}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 
 import keras
 import numpy as np
@@ -14,6 +15,7 @@ from tfbreath import data, fit, train
 from tfbreath.augment import Augmenter
 from tfbreath.config import PipelineConfig, with_overrides
 from tfbreath.ensemble import WeightedSigmoidAverage, build_ensemble, softmax_weights
+from tfbreath.precision import choose_precision
 from tfbreath.synthetic import write_synthetic_breath
 
 TINY = with_overrides(with_overrides(PipelineConfig(), "train", model_width=0.125, epochs=3,
@@ -60,18 +62,6 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert float(schedule(50)) == pytest.approx(4e-4)
     assert float(schedule(525)) == pytest.approx((4e-4 + 1e-6) / 2, rel=0.02)
     assert float(schedule(1000)) == pytest.approx(1e-6)
-
-
-def test_precision_is_chosen_from_the_hardware(tmp_path):
-    bf16 = tmp_path / "cpuinfo_bf16"
-    bf16.write_text("flags : fpu avx2 avx512f avx512_bf16 amx_tile\n")
-    plain = tmp_path / "cpuinfo"
-    plain.write_text("flags : fpu avx avx2\n")
-    assert train.cpu_supports_bf16(bf16)
-    assert not train.cpu_supports_bf16(plain)
-    assert not train.cpu_supports_bf16(tmp_path / "missing")
-    assert train.choose_precision("mixed_float16") == "mixed_float16"
-    assert train.choose_precision("auto") in ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +114,8 @@ def test_fit_without_data_trains_on_synthetic_audio_and_writes_every_artifact(tm
     assert set(metrics["models"]) == {"cnn8", "vgg", "ensemble"}
     for name in ("cnn8", "vgg", "ensemble"):
         assert set(metrics["models"][name]) >= {"accuracy", "roc_auc", "precision", "recall", "f1"}
+    assert metrics["dtype_policy"] == choose_precision("auto")  # the run records its precision
+    assert metrics["models"]["cnn8"]["dtype_policy"] == metrics["dtype_policy"]
     weights = metrics["models"]["ensemble"]["weights"]
     expected = softmax_weights([metrics["models"]["cnn8"]["accuracy"], metrics["models"]["vgg"]["accuracy"]])
     np.testing.assert_allclose([weights["cnn8"], weights["vgg"]], expected)
@@ -165,6 +157,24 @@ def test_a_run_folder_of_another_pipeline_is_not_overwritten(tmp_path, capsys):
     (out / "pipeline.toml").write_text('name = "something_else"\n')
     assert fit.main(["--data", str(root), "--out", str(out)]) == 2
     assert "holds a run of a different pipeline" in capsys.readouterr().err
+
+
+def test_a_folder_of_undecodable_clips_trains_nothing_and_blocks_no_rerun(tmp_path, capsys):
+    root = write_synthetic_breath(tmp_path / "d", n_sessions=8, clips_per_session=2)
+    for wav in (root / "train").glob("*.wav"):
+        wav.write_bytes(b"RIFF")  # cut inside its header: undecodable
+    out = tmp_path / "run"
+    argv = ["--data", str(root), "--out", str(out), "--models", "cnn8", "--precision", "float32"]
+    assert fit.main([*argv, "--epochs", "1"]) == 2
+    err = re.split(r"[\r\n]", capsys.readouterr().err.strip())[-1]  # after the progress bars
+    assert err.startswith(f"error: {root}: 0 of the ") and "none of them I or E; nothing trained" in err, err
+    assert not out.exists() or not any(out.glob("*.keras")) and not (out / "pipeline.toml").exists()
+
+    write_synthetic_breath(tmp_path / "d", n_sessions=8, clips_per_session=2)  # the data mended
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('[train]\nmodel_width = 0.125\n[data]\nbatch_size = 8\n')
+    assert fit.main([*argv, "--epochs", "2", "--pipeline", str(tiny)]) == 0  # another recipe: not blocked
+    assert json.loads((out / "metrics.json").read_text())["models"]["cnn8"]["dtype_policy"] == "float32"
 
 
 def test_synthetic_recipe_values_are_valid():

@@ -38,10 +38,12 @@ from tfbreath.config import ConfigError, PipelineConfig, dump_config, load_confi
 from tfbreath.ensemble import build_ensemble, softmax_weights
 from tfbreath.icbhi import fit as icbhi_fit
 from tfbreath.icbhi.config import is_icbhi_pipeline
+from tfbreath.precision import choose_precision, global_policy, policy_of
 
 DATA_ENV = "TFBREATH_DATA"
 RUNS_DIR = Path("saved_models")
 SYNTHETIC_SUFFIX = "_synthetic"
+PIPELINE_FILE = "pipeline.toml"
 
 SYNTHETIC_RECIPE = {
     "train": {"epochs": 8, "model_width": 0.25, "early_stopping_patience": 8},
@@ -91,26 +93,45 @@ def resolve(args: argparse.Namespace,
     return pipeline, data_dir, run_dir
 
 
-def _claim_run_dir(run_dir: Path, pipeline: PipelineConfig) -> None:
-    """Write the resolved config, or check that a resumed run used the same one."""
-    saved = run_dir / "pipeline.toml"
+def _check_run_dir(run_dir: Path, pipeline: PipelineConfig) -> None:
+    """Refuse a run folder that holds a run of another pipeline (a resumed run must use the same)."""
+    saved = run_dir / PIPELINE_FILE
     if saved.exists() and load_config(saved) != pipeline:  # compared as configs: new keys keep their defaults
         raise ConfigError(f"{run_dir}: holds a run of a different pipeline ({saved}); "
                           f"pass another --out or delete the folder")
-    artifacts.write_text(saved, dump_config(pipeline))
+
+
+def _require_both_classes(feature_set: data.FeatureSet, split: str, data_dir: Path) -> None:
+    """Refuse to train when a split has no decodable clip of some class (the skip report says why)."""
+    kept = feature_set.kept_examples
+    present = {data.LABEL_NAMES[int(label)] for label in kept.labels}
+    missing = [name for name in data.LABEL_NAMES if name not in present]
+    if missing:
+        raise data.DataError(f"{data_dir}: {len(kept)} of the {len(feature_set.examples)} {split} clips decode, "
+                             f"none of them {' or '.join(missing)}; nothing trained (skipped files listed above)")
 
 
 def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path,
         strategy: tf.distribute.Strategy | None = None) -> dict:
     """Train, ensemble and evaluate under ``strategy`` (default: the current one); write every
-    artifact; return the metrics."""
+    artifact; return the metrics.
+
+    The models train under ``[train] precision`` (``tfbreath.precision``); Keras' global policy
+    is restored afterwards. The run folder is claimed (its ``pipeline.toml`` written) only once
+    the data has been read and both classes decoded on both sides of the split, so a run that
+    fails on its data leaves nothing that blocks a corrected rerun.
+    """
     strategy = strategy or tf.distribute.get_strategy()
-    started = time.monotonic()
-    _claim_run_dir(run_dir, pipeline)
+    _check_run_dir(run_dir, pipeline)
     keras.utils.set_random_seed(pipeline.data.seed)
-    precision = train.choose_precision(pipeline.train.precision)
-    keras.mixed_precision.set_global_policy(precision)
-    print(f"precision policy: {precision}; strategy: {distribute.strategy_name(strategy)}, "
+    with global_policy(choose_precision(pipeline.train.precision)) as policy:
+        return _train_and_report(pipeline, data_dir, run_dir, strategy, policy)
+
+
+def _train_and_report(pipeline: PipelineConfig, data_dir: Path, run_dir: Path, strategy: tf.distribute.Strategy,
+                      policy: str) -> dict:
+    started = time.monotonic()
+    print(f"precision policy: {policy}; strategy: {distribute.strategy_name(strategy)}, "
           f"{strategy.num_replicas_in_sync} replica(s)")
     batch_size = distribute.global_batch_size(pipeline.data.batch_size, strategy)
 
@@ -124,6 +145,9 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path,
                            cache=cache if cache in ("memory", "none") else f"{cache}_validation")
     print(train_set.report)
     print(val_set.report)
+    _require_both_classes(train_set, "training", data_dir)
+    _require_both_classes(val_set, "validation", data_dir)
+    artifacts.write_text(run_dir / PIPELINE_FILE, dump_config(pipeline))  # claims the folder
     labels = val_set.kept_examples.labels
 
     models, probabilities, results = {}, {}, {}
@@ -134,11 +158,13 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path,
         probabilities[name] = train.predict_probabilities(models[name], val_set, batch_size)
         results[name] = {**evaluation.binary_metrics(labels, probabilities[name]),
                          "parameters": int(models[name].count_params()),
+                         "dtype_policy": policy_of(models[name]),  # a resumed run may mix machines
                          "train_seconds": round(time.monotonic() - model_started, 1)}
         print(f"{name}: validation {results[name]}")
 
-    with contextlib.suppress(OSError):  # BackupAndRestore empties it once every model has finished
-        (run_dir / "backup").rmdir()
+    with contextlib.suppress(OSError):  # each model empties its own folder once saved
+        (run_dir / train.BACKUP_DIR).rmdir()
+
     alphas = softmax_weights([results[name]["accuracy"] for name in models])
     with strategy.scope():  # the members' variables belong to the strategy
         ensemble = build_ensemble(models, alphas)
@@ -156,7 +182,7 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path,
     summary = {
         "pipeline": pipeline.name,
         "data": str(data_dir),
-        "precision": precision,
+        "dtype_policy": policy,
         "strategy": {"name": distribute.strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
                      "global_batch_size": batch_size},
         "split": {"train_clips": len(train_examples), "validation_clips": len(val_examples),

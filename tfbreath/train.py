@@ -16,6 +16,7 @@ replicas, batch normalisation uses the statistics of the global batch.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,37 +26,22 @@ import tensorflow as tf
 
 from tfbreath import artifacts
 from tfbreath.augment import AugmentationSchedule, Augmenter
+from tfbreath.checkpoint import TrainingBackup
 from tfbreath.config import PipelineConfig, TrainConfig
 from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.features import SCALARS
 from tfbreath.models import SCALAR_NORM, build_model_for_pipeline
+from tfbreath.precision import choose_precision  # noqa: F401  (icbhi.fit imports it from here; moved next)
 
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-"""/proc/cpuinfo flags of CPUs with native bfloat16 matrix math."""
+BACKUP_DIR = "backup"
+"""Folder of a run holding each unfinished model's epoch checkpoints (``tfbreath.checkpoint``)."""
 
 LOGIT_THRESHOLD = 0.0
 """Logit at which a prediction flips to exhale (P = 0.5)."""
 
 DOMINANT_LABEL = 0.5
 """A blended (CutMix/MixUp) label at or above this counts as exhale."""
-
-
-def cpu_supports_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    try:
-        flags = set(cpuinfo.read_text().split())
-    except OSError:
-        return False
-    return any(flag in flags for flag in CPU_BF16_FLAGS)
-
-
-def choose_precision(requested: str) -> str:
-    """``auto`` -> mixed_float16 on a GPU, mixed_bfloat16 on a bf16 CPU, else float32."""
-    if requested != "auto":
-        return requested
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_float16"
-    return "mixed_bfloat16" if cpu_supports_bf16() else "float32"
 
 
 def learning_rate_schedule(peak: float, total_steps: int, train: TrainConfig):
@@ -146,13 +132,15 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
         compile_model(model, train.learning_rates[name], steps * train.epochs, train)
     batches = train_set.batches(batch_size, data.shuffle_buffer, seed=data.seed)
     batches = batches.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                            patience=train.early_stopping_patience, restore_best_weights=True)
+    backup = run_dir / BACKUP_DIR / name
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup" / name)),
         AugmentationSchedule(augmenter),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=train.early_stopping_patience,
-                                      restore_best_weights=True),
+        stopper,
         keras.callbacks.CSVLogger(str(run_dir / f"history_{name}.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "logs" / name)),
+        TrainingBackup(backup, early_stopping=stopper),  # after the stopper: saves the epoch as it left it
         *extra_callbacks,
     ]
     replicas = strategy.num_replicas_in_sync
@@ -163,6 +151,7 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
               epochs=train.epochs, callbacks=callbacks, shuffle=False,  # the tf.data pipeline shuffles
               verbose=1 if sys.stdout.isatty() else 2)
     artifacts.save_model(model, final)
+    shutil.rmtree(backup, ignore_errors=True)  # the finished model replaces its epoch checkpoints
     return model
 
 

@@ -50,11 +50,12 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfbreath import artifacts, data, distribute, fit, train  # noqa: E402
+from tfbreath import artifacts, data, distribute, fit  # noqa: E402
 from tfbreath.config import (ConfigError, MODEL_NAMES, TUNERS, PipelineConfig, TuneConfig,  # noqa: E402
                              dump_config, load_config, with_overrides)
 from tfbreath.hypermodel import (HYPERBAND_EPOCHS, HYPERPARAMETERS, OBJECTIVE, BreathHyperModel,  # noqa: E402
                                  extraction_pipeline)
+from tfbreath.precision import choose_precision, global_policy  # noqa: E402
 
 TUNE_SUFFIX = "_tune"
 """Default search folder: ``saved_models/<pipeline name>_tune``."""
@@ -247,8 +248,13 @@ def run(pipeline: PipelineConfig, data_dir: Path, out: Path,
     strategy = strategy or tf.distribute.get_strategy()
     _claim_search_dir(out, pipeline)
     keras.utils.set_random_seed(pipeline.data.seed)
-    precision = train.choose_precision(pipeline.train.precision)
-    keras.mixed_precision.set_global_policy(precision)
+    with global_policy(choose_precision(pipeline.train.precision)) as precision:
+        return _search(pipeline, data_dir, out, strategy, role, precision)
+
+
+def _search(pipeline: PipelineConfig, data_dir: Path, out: Path, strategy: tf.distribute.Strategy, role: str,
+            precision: str) -> dict[str, Any] | None:
+    """``run``'s search under the chosen precision policy."""
     space = pipeline.tune
     print(f"tuning {space.model} with {space.tuner} (at most {space.max_trials} trials, {space.max_epochs} epochs); "
           f"precision {precision}; strategy {type(strategy).__name__}, {strategy.num_replicas_in_sync} replica(s); "

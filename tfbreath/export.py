@@ -39,6 +39,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 from tfbreath import artifacts, data, spectral, train
 from tfbreath.audio import AudioError, load_audio
 from tfbreath.config import ConfigError, PipelineConfig, load_config
+from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import WeightedSigmoidAverage
 from tfbreath.evaluation import THRESHOLD
 from tfbreath.features import FeatureExtractor
@@ -529,6 +530,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS)
     parser.add_argument("--out", type=Path, help="output .tflite (default: RUN_DIR/<member>[_<quantize>].tflite)")
     parser.add_argument("--data", type=Path, help="the run's data folder, if it moved (for the self-check)")
+    add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -35,6 +35,7 @@ import tensorflow as tf
 from tfbreath import artifacts, data, distribute, evaluation, synthetic, train
 from tfbreath.augment import Augmenter
 from tfbreath.config import ConfigError, PipelineConfig, dump_config, load_config, with_overrides
+from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import build_ensemble, softmax_weights
 from tfbreath.icbhi import fit as icbhi_fit
 from tfbreath.icbhi.config import is_icbhi_pipeline
@@ -63,6 +64,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", help="auto, float32, mixed_bfloat16 or mixed_float16")
     parser.add_argument("--seed", type=int, help="override [data] seed (split, shuffling, initialisation)")
     distribute.add_strategy_arguments(parser)
+    add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -53,6 +53,7 @@ import tensorflow as tf  # noqa: E402
 from tfbreath import artifacts, data, distribute, fit  # noqa: E402
 from tfbreath.config import (ConfigError, MODEL_NAMES, TUNERS, PipelineConfig, TuneConfig,  # noqa: E402
                              dump_config, load_config, with_overrides)
+from tfbreath.console import add_verbose_argument  # noqa: E402
 from tfbreath.hypermodel import (HYPERBAND_EPOCHS, HYPERPARAMETERS, OBJECTIVE, BreathHyperModel,  # noqa: E402
                                  extraction_pipeline)
 from tfbreath.precision import choose_precision, global_policy  # noqa: E402
@@ -107,6 +108,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", help="auto, float32, mixed_bfloat16 or mixed_float16")
     parser.add_argument("--seed", type=int, help="override [data] seed (split, shuffling, the tuner's sampling)")
     distribute.add_strategy_arguments(parser, "every trial")
+    add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import keras
 import numpy as np
 import pytest
@@ -81,6 +83,26 @@ def test_a_failed_self_check_writes_nothing_and_exits_1(tiny_run, monkeypatch, c
     assert export.main(["--model", str(tiny_run), "--out", str(out)]) == 1
     assert "FAIL" in capsys.readouterr().out
     assert not out.exists()
+
+
+def test_an_export_without_its_data_fails_first_and_writes_nothing(tiny_run, tmp_path, capsys):
+    moved = tmp_path / "moved_run"  # the run without metrics.json: where its clips were is unknown
+    moved.mkdir()
+    for name in ("pipeline.toml", "ensemble.keras", "cnn8.keras"):
+        shutil.copy(tiny_run / name, moved / name)
+    assert export.main(["--model", str(moved), "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {moved}: its training data folder is not available; pass --data DIR"
+    assert sorted(p.name for p in moved.iterdir()) == ["cnn8.keras", "ensemble.keras", "pipeline.toml"]
+
+
+def test_an_out_path_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for out, problem in ((blocker / "m.tflite", f"{blocker} is a file"), (tmp_path / "m.onnx", "must name a .tflite")):
+        assert export.main(["--model", str(tmp_path / "no_run"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {out}: ") and problem in err, err
 
 
 def test_bad_run_folder_gives_a_one_line_error(tmp_path, capsys):

@@ -12,7 +12,9 @@ import soundfile as sf
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfbreath.scalars import SCALAR_NAMES  # noqa: E402  (after the TF log level)
+import keras  # noqa: E402  (after the TF log level)
+
+from tfbreath.scalars import SCALAR_NAMES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TFBREATH_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -28,6 +30,16 @@ def _skip_without(path: Path) -> pytest.MarkDecorator:
 
 needs_breath = _skip_without(BREATH_DIR)
 needs_icbhi = _skip_without(ICBHI_DIR)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_dtype_policy():
+    """A test that changes Keras' global dtype policy must restore it (``precision.global_policy``);
+    one that does not fails here, and the next test still starts from float32."""
+    yield
+    leaked = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    assert leaked == "float32", f"the test left Keras' global dtype policy at {leaked}"
 
 
 def sine(freq_hz: float = 440.0, seconds: float = 1.0, sample_rate: int = SAMPLE_RATE,

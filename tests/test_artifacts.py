@@ -1,0 +1,66 @@
+"""Atomic outputs: a ``.keras`` carrying its pipeline, and output paths refused before any work."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tfbreath import artifacts
+from tfbreath.config import PipelineConfig, dump_config, parse_config, with_overrides
+
+PIPELINE = with_overrides(PipelineConfig(), "features", fmax=3000.0)
+INPUT_SIZE = 8
+
+
+@pytest.fixture
+def tiny_model():
+    """A float32 dense model, ``[B, 8] -> [B, 1]``."""
+    keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((INPUT_SIZE,))
+    return keras.Model(inputs, keras.layers.Dense(1)(inputs))
+
+
+def test_a_saved_model_carries_its_pipeline_and_keras_still_loads_it(tmp_path, tiny_model):
+    path = artifacts.save_model(tiny_model, tmp_path / "model.keras", pipeline_toml=dump_config(PIPELINE))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]  # no partial file left
+    assert parse_config(artifacts.model_pipeline_toml(path)) == PIPELINE
+    assert artifacts.MODEL_PIPELINE_ENTRY in zipfile.ZipFile(path).namelist()
+    x = np.random.default_rng(0).standard_normal((3, INPUT_SIZE)).astype(np.float32)
+    np.testing.assert_array_equal(keras.models.load_model(path)(x), tiny_model(x))
+
+
+def test_a_model_saved_without_a_pipeline_has_none(tmp_path, tiny_model):
+    assert artifacts.model_pipeline_toml(artifacts.save_model(tiny_model, tmp_path / "model.keras")) is None
+
+
+def test_check_writable_accepts_new_and_existing_places_and_leaves_nothing(tmp_path):
+    existing = tmp_path / "old.csv"
+    existing.write_text("old\n")
+    for path, folder in ((tmp_path / "new" / "deeper" / "out.csv", False), (existing, False),
+                         (tmp_path / "plots", True), (tmp_path, True)):
+        assert artifacts.check_writable(path, folder=folder) == path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.csv"]
+
+
+def test_check_writable_refuses_what_cannot_be_written(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x\n")
+    refused = {(a_file / "out.csv", False): f"cannot be created, {a_file} is a file",
+               (tmp_path, False): "is a folder; name a file",
+               (a_file, True): "is a file, not a folder",
+               (a_file / "plots", True): f"cannot be created, {a_file} is a file"}
+    for (path, folder), problem in refused.items():
+        with pytest.raises(artifacts.OutputPathError) as err:
+            artifacts.check_writable(path, folder=folder)
+        assert str(err.value) == f"{path}: {problem}"
+
+
+def test_check_writable_tries_a_write_as_permission_bits_do_not_tell_root():
+    unwritable = Path("/sys/tfbreath_artifacts_test") / "out.csv"
+    with pytest.raises(artifacts.OutputPathError, match=r"cannot write in /sys \("):
+        artifacts.check_writable(unwritable)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,7 +69,7 @@ def test_icbhi_has_all_ten_files_and_32bit_pcm():
 # Synthetic encodings
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["WAV", "WAVEX"])
-@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32", "FLOAT"])
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
 @pytest.mark.parametrize("channels", [1, 2])
 def test_encodings_match_soundfile(write_wav, fmt, subtype, channels):
     signal = sine(440.0, seconds=0.25, sample_rate=22050, amplitude=0.6)
@@ -82,12 +83,12 @@ def test_encodings_match_soundfile(write_wav, fmt, subtype, channels):
     assert np.max(np.abs(wav - ref)) <= TOLERANCE
     header = audio.parse_wav_header(tf.io.read_file(str(path)))
     assert int(header.sample_rate) == 22050 and int(header.channels) == channels
-    assert int(header.format_tag) == (3 if subtype == "FLOAT" else 1)  # EXTENSIBLE resolved
+    assert int(header.format_tag) == (3 if subtype in ("FLOAT", "DOUBLE") else 1)  # EXTENSIBLE resolved
 
 
 def test_full_scale_values(write_wav):
     """Extreme codes map to exactly -1 and just below +1 (24- and 32-bit sign handling)."""
-    for subtype, step in [("PCM_16", 2.0**-15), ("PCM_24", 2.0**-23), ("PCM_32", 2.0**-31)]:
+    for subtype, step in [("PCM_U8", 2.0**-7), ("PCM_16", 2.0**-15), ("PCM_24", 2.0**-23), ("PCM_32", 2.0**-31)]:
         signal = np.array([-1.0, -0.5, 0.0, 0.5, 1.0 - step, 0.25], np.float64)
         path = write_wav(f"full_{subtype}.wav", signal, TARGET, subtype)
         wav, status = _decode(path)
@@ -232,9 +233,9 @@ def _bad_files(tmp_path, write_wav) -> dict[str, tuple[bytes, int, str]]:
         "silence.wav": (write_wav("s.wav", np.zeros(1600), TARGET).read_bytes(), audio.SILENT, "silent"),
         "nan.wav": (write_wav("n.wav", nan, TARGET, "FLOAT").read_bytes(), audio.NON_FINITE, "NaN"),
         "inf.wav": (write_wav("i.wav", inf, TARGET, "FLOAT").read_bytes(), audio.NON_FINITE, "Inf"),
-        "u8.wav": (write_wav("u.wav", noisy, TARGET, "PCM_U8").read_bytes(), audio.UNSUPPORTED, "8-bit"),
-        "double.wav": (write_wav("d.wav", noisy, TARGET, "DOUBLE").read_bytes(), audio.UNSUPPORTED,
-                       "supported: 16/24/32-bit"),
+        "alaw.wav": (write_wav("a.wav", noisy, TARGET, "ALAW").read_bytes(), audio.UNSUPPORTED,
+                     "format tag 6 (A-law), 8-bit"),
+        "double_nan.wav": (write_wav("dn.wav", nan, TARGET, "DOUBLE").read_bytes(), audio.NON_FINITE, "NaN"),
         "rate96k.wav": (write_wav("r.wav", sine(440.0, 0.1, 96000), 96000).read_bytes(), audio.BAD_RATE,
                         "96000 Hz"),
         "rate2k.wav": (write_wav("r2.wav", sine(440.0, 0.1, 2000), 2000).read_bytes(), audio.BAD_RATE,
@@ -266,6 +267,60 @@ def test_load_audio_raises_one_line_naming_file(tmp_path, write_wav):
         audio.load_audio(tmp_path / "missing.wav")
 
 
+def test_load_audio_names_a_folder_or_an_unreadable_file(tmp_path, write_wav, monkeypatch):
+    """Not "file not found" for a path that exists: a folder, or a file this process may not read
+    (simulated: the tests may run as root, whom chmod 000 does not stop)."""
+    folder = tmp_path / "folder.wav"
+    folder.mkdir()
+    with pytest.raises(audio.AudioError, match=r"folder\.wav: is a folder, not a WAV file$"):
+        audio.load_audio(folder)
+    locked, fine = (write_wav(name, sine(440.0, 0.1, TARGET)) for name in ("locked.wav", "fine.wav"))
+    real_open = Path.open
+
+    def refuse(self, *args, **kwargs):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    assert not audio.is_readable(locked) and audio.is_readable(fine) and not audio.is_readable(folder)
+    with pytest.raises(audio.AudioError, match=r"locked\.wav: cannot be read \(permission denied\)$"):
+        audio.load_audio(locked)
+
+
+STREAMED = 0xFFFFFFFF  # the size a streaming writer (sox, ffmpeg to a pipe) leaves in the header
+
+
+def _streamed(samples: np.ndarray, riff_size: int = STREAMED, before_data: bytes = b"",
+              tail: bytes = b"") -> bytes:
+    """A 16-bit mono WAV whose data chunk size is the streaming sentinel (and its RIFF size, by default)."""
+    data = b"data" + struct.pack("<I", STREAMED) + samples.tobytes() + tail
+    return b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + _fmt_pcm16() + before_data + data
+
+
+def test_streamed_sizes_read_the_data_to_the_end_of_the_file():
+    """0xFFFFFFFF in the data (and RIFF) size means "to the end of the file", as other decoders read
+    it; a stray last byte is not a whole frame and is dropped."""
+    samples = (np.sin(np.arange(1600) / 7.0) * 20000).astype(np.int16)
+    expected = samples.astype(np.float32) / 2**15
+    listing = _chunk(b"LIST", b"INFOISFT\x04\x00\x00\x00sox\x00")
+    for contents in (_streamed(samples), _streamed(samples, riff_size=36 + samples.nbytes),
+                     _streamed(samples, before_data=listing), _streamed(samples, tail=b"\x01")):
+        header = audio.parse_wav_header(contents)
+        assert int(header.status) == audio.OK
+        assert int(header.data_size) == len(contents) - int(header.data_offset)  # to the end of the file
+        wav, status = audio.decode_wav(contents, None)
+        assert int(status) == audio.OK
+        np.testing.assert_array_equal(wav.numpy(), expected)
+
+
+def test_a_data_size_past_the_end_of_file_is_still_truncated():
+    samples = np.full(100, 1000, np.int16)
+    for size in (samples.nbytes + 2, STREAMED - 1):
+        contents = _riff(_fmt_pcm16()) + b"data" + struct.pack("<I", size) + samples.tobytes()
+        assert int(audio.parse_wav_header(contents).status) == audio.TRUNCATED, size
+
+
 def test_load_audio_ok(write_wav):
     path = write_wav("ok.wav", sine(440.0, 0.5, 44100), 44100, "PCM_24")
     native = audio.load_audio(path, sample_rate=None)
@@ -278,7 +333,7 @@ def test_load_audio_ok(write_wav):
 
 def test_status_messages_cover_every_code():
     codes = [audio.OK, audio.EMPTY, audio.NOT_WAV, audio.TRUNCATED, audio.UNSUPPORTED, audio.BAD_RATE,
-             audio.NO_SAMPLES, audio.NON_FINITE, audio.SILENT]
+             audio.NO_SAMPLES, audio.NON_FINITE, audio.SILENT, audio.BAD_LAYOUT, audio.UNREADABLE]
     assert len(set(codes)) == len(codes)
     messages = [audio.status_message(c) for c in codes]
     assert len(set(messages)) == len(messages)

@@ -7,17 +7,21 @@ inside ``Dataset.map`` and ``tf.function`` without ``tf.py_function``:
     ds = ds.map(lambda p: read_wav(p, target_rate=16000, num_samples=16000))
     ds = ds.filter(lambda audio, status: status == OK)
 
-Supported encodings: 16-, 24- and 32-bit integer PCM and 32-bit IEEE float, with a plain
-(format tag 1 / 3) or WAVE_FORMAT_EXTENSIBLE header, any number of channels (mixed down to mono
-by the mean), at any rate in ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``. Audio is float32 in [-1, 1].
+Supported encodings: 8-bit unsigned and 16-, 24- and 32-bit signed integer PCM, and 32- and
+64-bit IEEE float, with a plain (format tag 1 / 3) or WAVE_FORMAT_EXTENSIBLE header, any number
+of channels (mixed down to mono by the mean), at any rate in ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``.
+Audio is float32 in [-1, 1]. A data chunk whose size is ``0xFFFFFFFF``, what streaming writers
+(sox, ffmpeg to a pipe) leave in the header, runs to the end of the file, in whole frames.
 
 The samples are decoded directly from the ``data`` chunk with ``tf.io.decode_raw`` (the chunk
 walk already locates it), rather than with ``tfio.audio.decode_wav``: tfio 0.37.1 misreads
 32-bit integer PCM and needs the dtype before the header is known.
 
 Every problem is reported as a status code instead of an exception, so a bad file becomes a
-zero-filled element that the pipeline can filter out. ``load_audio`` is the Python-side wrapper
-that raises ``AudioError`` with a one-line ``"<path>: <problem>"`` message.
+zero-filled element that the pipeline can filter out; ``read_wav`` takes whether the file can be
+read (``is_readable``, checked in Python) so that a folder or a file without read permission is a
+status too (UNREADABLE), not an op error. ``load_audio`` is the Python-side wrapper that raises
+``AudioError`` with a one-line ``"<path>: <problem>"`` message.
 """
 
 from __future__ import annotations
@@ -43,8 +47,11 @@ BAD_RATE = 5
 NO_SAMPLES = 6
 NON_FINITE = 7
 SILENT = 8
+BAD_LAYOUT = 9
+UNREADABLE = 10
 
-SUPPORTED_ENCODINGS = "16/24/32-bit integer PCM or 32-bit float (format tag 1, 3 or EXTENSIBLE)"
+SUPPORTED_ENCODINGS = ("8-bit unsigned or 16/24/32-bit integer PCM, or 32/64-bit float "
+                       "(format tag 1, 3 or EXTENSIBLE)")
 
 _STATUS_MESSAGES = {
     OK: "ok",
@@ -54,8 +61,10 @@ _STATUS_MESSAGES = {
     UNSUPPORTED: f"unsupported WAV encoding; supported: {SUPPORTED_ENCODINGS}",
     BAD_RATE: f"sample rate outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz",
     NO_SAMPLES: "no samples (empty data chunk)",
-    NON_FINITE: "non-finite samples (NaN or Inf)",
+    NON_FINITE: "non-finite samples (NaN or Inf, or beyond float32's range)",
     SILENT: "silent (peak below -90 dBFS)",
+    BAD_LAYOUT: "inconsistent fmt chunk (needs >= 1 channel and block_align = channels x bytes per sample)",
+    UNREADABLE: "cannot be read (permission denied or not a regular file)",
 }
 
 
@@ -74,6 +83,13 @@ class AudioError(ValueError):
 WAVE_FORMAT_PCM = 1
 WAVE_FORMAT_IEEE_FLOAT = 3
 WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+
+FORMAT_NAMES = {WAVE_FORMAT_PCM: "PCM", 2: "Microsoft ADPCM", WAVE_FORMAT_IEEE_FLOAT: "IEEE float", 6: "A-law",
+                7: "mu-law", 0x11: "IMA ADPCM", 0x31: "GSM 6.10", 0x50: "MPEG", 0x55: "MPEG Layer 3"}
+"""Names of common format tags, for the message about an unsupported one."""
+
+STREAMED_SIZE = 0xFFFFFFFF
+"""A data chunk size meaning "to the end of the file", left by writers that cannot seek back."""
 
 SILENCE_DBFS = -90.0
 """A file whose peak |x| is below this level is reported as SILENT."""
@@ -107,24 +123,30 @@ _FMT_BITS = 14
 _FMT_SUBFORMAT = 24  # EXTENSIBLE: the real format tag is the first 2 bytes of the SubFormat GUID
 
 _BITS_PER_BYTE = 8
-PCM_BITS = (16, 24, 32)
-"""Supported integer PCM bit depths."""
-FLOAT_BITS = 32
-"""Supported IEEE float bit depth."""
 _INT24_BYTES = 3
 _INT24_SIGN = 2**23
 _INT24_RANGE = 2**24
 _INT24_WEIGHTS = [256**i for i in range(_INT24_BYTES)]  # little-endian byte weights
+_UINT8_ZERO = 128  # 8-bit PCM is unsigned: 128 is silence
 
 # Decoder branches for tf.switch_case (index -1 = nothing to decode).
 _KIND_NONE = -1
-_KIND_INT16 = 0
-_KIND_INT24 = 1
-_KIND_INT32 = 2
-_KIND_FLOAT32 = 3
+_KIND_UINT8 = 0
+_KIND_INT16 = 1
+_KIND_INT24 = 2
+_KIND_INT32 = 3
+_KIND_FLOAT32 = 4
+_KIND_FLOAT64 = 5
+
+_PCM_KINDS = {8: _KIND_UINT8, 16: _KIND_INT16, 24: _KIND_INT24, 32: _KIND_INT32}
+_FLOAT_KINDS = {32: _KIND_FLOAT32, 64: _KIND_FLOAT64}
+PCM_BITS = tuple(_PCM_KINDS)
+"""Supported integer PCM bit depths."""
+FLOAT_BITS = tuple(_FLOAT_KINDS)
+"""Supported IEEE float bit depths."""
 
 # Full-scale of each integer encoding: samples are divided by it to land in [-1, 1).
-_FULL_SCALE = {_KIND_INT16: 2.0**15, _KIND_INT24: 2.0**23, _KIND_INT32: 2.0**31}
+_FULL_SCALE = {_KIND_UINT8: 2.0**7, _KIND_INT16: 2.0**15, _KIND_INT24: 2.0**23, _KIND_INT32: 2.0**31}
 
 
 class WavHeader(NamedTuple):
@@ -171,12 +193,22 @@ def _has_id(raw: tf.Tensor, offset: int, four_cc: str) -> tf.Tensor:
     return tf.reduce_all(tf.equal(raw[offset:offset + 4], expected))
 
 
+def _encoding_kind(tag: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
+    """The decoder branch of a format tag and bit depth, ``_KIND_NONE`` if unsupported. ``-> [] int32``"""
+    kind = tf.constant(_KIND_NONE)
+    for format_tag, kinds in ((WAVE_FORMAT_PCM, _PCM_KINDS), (WAVE_FORMAT_IEEE_FLOAT, _FLOAT_KINDS)):
+        for depth, depth_kind in kinds.items():
+            kind = tf.where(tf.logical_and(tf.equal(tag, format_tag), tf.equal(bits, depth)), depth_kind, kind)
+    return kind  # []
+
+
 def parse_wav_header(contents: tf.Tensor) -> WavHeader:
     """Parse the RIFF/WAVE header of a whole file's bytes, in-graph. ``[] string -> WavHeader``
 
     Walks the chunk list (any order, unknown chunks skipped, odd sizes padded to even) to find
-    ``fmt `` and ``data``. ``status`` is OK, EMPTY, NOT_WAV, TRUNCATED, UNSUPPORTED, BAD_RATE or
-    NO_SAMPLES; the sample-level checks (NON_FINITE, SILENT) happen in ``decode_wav``.
+    ``fmt `` and ``data``; a data size of ``STREAMED_SIZE`` is read as "to the end of the file".
+    ``status`` is OK, EMPTY, NOT_WAV, TRUNCATED, UNSUPPORTED, BAD_LAYOUT, BAD_RATE or NO_SAMPLES;
+    the sample-level checks (NON_FINITE, SILENT) happen in ``decode_wav``.
     """
     with tf.name_scope("parse_wav_header"):
         contents = tf.convert_to_tensor(contents, tf.string)
@@ -235,14 +267,13 @@ def parse_wav_header(contents: tf.Tensor) -> WavHeader:
                               tf.constant(_FMT_MIN_BYTES, tf.int64))
         fmt_ok = tf.logical_and(fmt_pos >= 0, fmt_size >= fmt_needed)
         fmt_ok = tf.logical_and(fmt_ok, fmt_pos + fmt_needed <= size)
+        streamed = tf.logical_and(data_pos >= 0, tf.equal(data_size, STREAMED_SIZE))
+        data_size = tf.where(streamed, size - data_pos, data_size)  # [] to the end of the file
         data_ok = tf.logical_and(data_pos >= 0, data_pos + data_size <= size)
 
-        is_pcm = tf.logical_and(tf.equal(tag, WAVE_FORMAT_PCM),
-                                tf.reduce_any(tf.equal(bits, PCM_BITS)))
-        is_float = tf.logical_and(tf.equal(tag, WAVE_FORMAT_IEEE_FLOAT), tf.equal(bits, FLOAT_BITS))
+        supported = tf.not_equal(_encoding_kind(tag, bits), _KIND_NONE)
         layout_ok = tf.logical_and(channels >= 1,
                                    tf.equal(block_align, channels * bits // _BITS_PER_BYTE))
-        supported = tf.logical_and(tf.logical_or(is_pcm, is_float), layout_ok)
         rate_ok = tf.logical_and(rate >= MIN_SAMPLE_RATE, rate <= MAX_SAMPLE_RATE)
         has_frames = data_size >= tf.maximum(block_align, 1)
 
@@ -253,6 +284,7 @@ def parse_wav_header(contents: tf.Tensor) -> WavHeader:
             (tf.logical_not(is_riff), NOT_WAV),
             (tf.logical_not(fmt_ok), TRUNCATED),
             (tf.logical_not(supported), UNSUPPORTED),
+            (tf.logical_not(layout_ok), BAD_LAYOUT),
             (tf.logical_not(rate_ok), BAD_RATE),
             (tf.logical_not(data_ok), TRUNCATED),
             (tf.logical_not(has_frames), NO_SAMPLES),
@@ -280,6 +312,10 @@ def _decode_samples(contents: tf.Tensor, header: WavHeader) -> tf.Tensor:
         def to_float(ints: tf.Tensor, kind: int) -> tf.Tensor:
             return tf.cast(ints, tf.float32) * (1.0 / _FULL_SCALE[kind])  # [n * ch]
 
+        def uint8():
+            unsigned = tf.cast(tf.io.decode_raw(payload, tf.uint8), tf.int32)  # [n * ch]
+            return to_float(unsigned - _UINT8_ZERO, _KIND_UINT8)  # [n * ch]
+
         def int16():
             return to_float(tf.io.decode_raw(payload, tf.int16, little_endian=True), _KIND_INT16)
 
@@ -295,18 +331,17 @@ def _decode_samples(contents: tf.Tensor, header: WavHeader) -> tf.Tensor:
         def float32():
             return tf.io.decode_raw(payload, tf.float32, little_endian=True)  # [n * ch]
 
+        def float64():  # beyond float32's range becomes +-inf, reported as NON_FINITE
+            return tf.cast(tf.io.decode_raw(payload, tf.float64, little_endian=True), tf.float32)  # [n * ch]
+
         def nothing():
             return tf.zeros([0], tf.float32)
 
-        bits = header.bits_per_sample
-        is_float = tf.equal(header.format_tag, WAVE_FORMAT_IEEE_FLOAT)
-        kind = tf.constant(_KIND_NONE)  # []
-        for pcm_bits, pcm_kind in zip(PCM_BITS, (_KIND_INT16, _KIND_INT24, _KIND_INT32)):
-            kind = tf.where(tf.equal(bits, pcm_bits), pcm_kind, kind)
-        kind = tf.where(is_float, _KIND_FLOAT32, kind)
+        kind = _encoding_kind(header.format_tag, header.bits_per_sample)  # []
         kind = tf.where(tf.equal(header.status, OK), kind, _KIND_NONE)  # [] branch index
-        flat = tf.switch_case(kind, {_KIND_INT16: int16, _KIND_INT24: int24, _KIND_INT32: int32,
-                                     _KIND_FLOAT32: float32}, default=nothing)  # [n * ch]
+        branches = {_KIND_UINT8: uint8, _KIND_INT16: int16, _KIND_INT24: int24, _KIND_INT32: int32,
+                    _KIND_FLOAT32: float32, _KIND_FLOAT64: float64}
+        flat = tf.switch_case(kind, branches, default=nothing)  # [n * ch]
         interleaved = tf.reshape(flat, [-1, channels])  # [n, ch]
         return tf.reduce_mean(interleaved, axis=1)  # [n]
 
@@ -383,15 +418,40 @@ def decode_wav(contents: tf.Tensor, target_rate: int | None,
         return audio, status
 
 
-def read_wav(path: tf.Tensor, target_rate: int | None,
-             num_samples: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-    """``tf.io.read_file`` + ``decode_wav``, for ``Dataset.map``. ``[] string -> ([n], [])``
+def read_wav(path: tf.Tensor, target_rate: int | None, num_samples: int | None = None,
+             readable: tf.Tensor | bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+    """``tf.io.read_file`` + ``decode_wav``, for ``Dataset.map``. ``[] string, [] bool -> ([n], [])``
 
-    A missing file is an op error (as with any ``tf.io.read_file``); every other problem is a
-    status code.
+    ``readable`` is ``is_readable(path)``, worked out in Python: when False the file is not read
+    (``tf.io.read_file`` would raise on a folder or a file without read permission) and the
+    status is UNREADABLE. A file that vanishes or turns unreadable after that check is an op
+    error, as with any ``tf.io.read_file``; every other problem is a status code.
     """
     with tf.name_scope("read_wav"):
-        return decode_wav(tf.io.read_file(path), target_rate, num_samples)
+        readable = tf.convert_to_tensor(readable, tf.bool)  # []
+        contents = tf.cond(readable, lambda: tf.io.read_file(path), lambda: tf.constant(b""))  # []
+        audio, status = decode_wav(contents, target_rate, num_samples)  # [n], []
+        return audio, tf.where(readable, status, tf.constant(UNREADABLE))
+
+
+def _read_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file, or None: missing, a folder, not a regular file, or refused."""
+    if path.is_dir():
+        return "is a folder, not a WAV file"
+    if not path.exists():
+        return "file not found"
+    if not path.is_file():  # a FIFO or device: opening it could block
+        return "not a regular file"
+    try:
+        with path.open("rb"):
+            return None
+    except OSError as err:
+        return f"cannot be read ({(err.strerror or type(err).__name__).lower()})"
+
+
+def is_readable(path: str | Path) -> bool:
+    """Whether ``path`` is a regular file this process may open for reading (``read_wav``'s ``readable``)."""
+    return _read_problem(Path(path)) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,9 +460,12 @@ def read_wav(path: tf.Tensor, target_rate: int | None,
 def _detail(code: int, header: WavHeader) -> str:
     """``status_message`` plus what the header said, for the Python error message."""
     message = status_message(code)
+    tag, bits, channels = int(header.format_tag), int(header.bits_per_sample), int(header.channels)
     if code == UNSUPPORTED:
-        tag, bits, ch = (int(header.format_tag), int(header.bits_per_sample), int(header.channels))
-        return f"{message} (got format tag {tag}, {bits}-bit, {ch} channel(s))"
+        name = f" ({FORMAT_NAMES[tag]})" if tag in FORMAT_NAMES else ""
+        return f"{message} (got format tag {tag}{name}, {bits}-bit, {channels} channel(s))"
+    if code == BAD_LAYOUT:
+        return f"{message} (got {channels} channel(s), {bits}-bit, block_align {int(header.block_align)})"
     if code == BAD_RATE:
         return f"{message} (got {int(header.sample_rate)} Hz)"
     return message
@@ -414,12 +477,16 @@ def load_audio(path: str | Path, sample_rate: int | None = 16000,
 
     ``sample_rate=None`` keeps the file's rate; ``duration_s`` trims or zero-pads to
     ``round(rate * duration_s)`` samples. Raises ``AudioError("<path>: <problem>")`` for a
-    missing file and for every status other than OK.
+    missing, unreadable or non-file path and for every status other than OK.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: file not found")
-    contents = tf.constant(path.read_bytes())
+    problem = _read_problem(path)
+    if problem is not None:
+        raise AudioError(f"{path}: {problem}")
+    try:
+        contents = tf.constant(path.read_bytes())
+    except OSError:  # gone or locked since the check
+        raise AudioError(f"{path}: {_read_problem(path) or 'cannot be read'}") from None
     header = parse_wav_header(contents)
     code = int(header.status)
     if code != OK:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -166,3 +168,121 @@ def test_real_clips_through_the_pipeline_match_load_audio():
     clips = np.stack([audio.load_audio(f, SAMPLE_RATE, 1.0) for f in files])
     direct = features.extract_features(clips, PIPELINE)["spectral"].numpy()
     np.testing.assert_allclose(arrays["spectral"], direct, rtol=1e-3, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs (issue 18): one clear line, nothing lost or half-written
+# ---------------------------------------------------------------------------------------------
+def test_features_cli_with_no_decodable_file_writes_nothing(tmp_path, capsys):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "a.wav").write_text("not audio")
+    (folder / "b.wav").write_bytes(b"")
+    out = tmp_path / "x.npz"
+    assert features.main([str(folder), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "skipped 2" in err and "a.wav: not a WAV file" in err
+    assert err.strip().splitlines()[-1] == "error: no file could be decoded (2 skipped); nothing written"
+    assert not out.exists() and list(tmp_path.iterdir()) == [folder]
+
+
+def test_features_cli_names_an_unwritable_output_before_extracting(tmp_path, write_wav, capsys):
+    write_wav("c0.wav", breath_like(0))
+    taken = tmp_path / "taken.npz"
+    taken.mkdir()
+    assert features.main([str(tmp_path / "c0.wav"), "--out", str(taken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {taken}: is a folder, not an output file"
+
+
+def test_features_cli_writes_exactly_the_named_file(tmp_path, write_wav):
+    write_wav("c0.wav", breath_like(0))
+    out = tmp_path / "features"  # np.savez would have written features.npz
+    assert features.main([str(tmp_path / "c0.wav"), "--out", str(out)]) == 0
+    assert np.load(out)["mel"].shape == (1, 128, 63)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c0.wav", "features"]
+
+
+def test_a_folder_named_like_a_wav_is_not_collected_but_searched(tmp_path, write_wav):
+    (tmp_path / "takes.wav").mkdir()
+    write_wav("takes.wav/inner.wav", breath_like(0))
+    write_wav("outer.wav", breath_like(1))
+    assert [p.name for p in data.collect_wav_files([tmp_path])] == ["outer.wav", "inner.wav"]
+
+
+def test_an_unreadable_file_is_a_counted_skip(tmp_path, write_wav, monkeypatch):
+    """chmod 000 where it bites; the open is refused by hand too, since root reads anything."""
+    good = write_wav("good.wav", breath_like(0))
+    locked = write_wav("locked.wav", breath_like(1))
+    locked.chmod(0)
+    real_open = Path.open
+
+    def refuse(self, *args, **kwargs):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    feature_set = data.extract([locked, good], None, PIPELINE, progress=False)
+    assert feature_set.report.skipped == [(locked, audio.status_message(audio.UNREADABLE))]
+    assert "cannot be read (permission denied or not a regular file)" in str(feature_set.report)
+    assert list(feature_set.kept_examples.files) == [good]
+
+
+def test_a_train_entry_that_is_a_folder_is_skipped_at_extraction(tmp_path, write_wav):
+    root = _kaggle_layout(tmp_path, write_wav, n_sessions=1, clips_per_session=2)
+    wav = root / "train" / "steth_20180101_10_00_00_001.wav"
+    wav.unlink()
+    wav.mkdir()
+    examples = data.read_kaggle_train(root)
+    assert len(examples) == 2
+    report = data.extract(examples, None, PIPELINE, progress=False).report
+    assert report.skipped == [(wav, audio.status_message(audio.UNREADABLE))]
+
+
+def test_duplicate_ids_are_refused_with_their_rows(tmp_path, write_wav):
+    root = _kaggle_layout(tmp_path, write_wav, n_sessions=2, clips_per_session=2,
+                          rows=["steth_20180101_10_00_00_E_001,I"])
+    with pytest.raises(data.DataError) as err:
+        data.read_kaggle_train(root)
+    assert str(err.value) == (f"{root / 'train.csv'} rows 3 and 6: duplicate ID "
+                              "'steth_20180101_10_00_00_E_001'")
+    # Two IDs that differ only in their label token name the same WAV: a duplicate as well.
+    root2 = tmp_path / "second"
+    root2.mkdir()
+    (root2 / "train").symlink_to(root / "train")
+    (root2 / "train.csv").write_text("ID,Target\nsteth_20180101_10_00_00_I_000,I\n"
+                                     "steth_20180101_10_00_00_E_000,E\n")
+    with pytest.raises(data.DataError, match=r"rows 2 and 3: 'steth_20180101_10_00_00_E_000' names the same WAV "
+                                             r"as 'steth_20180101_10_00_00_I_000'"):
+        data.read_kaggle_train(root2)
+    (root / "test").mkdir()
+    write_wav("test/a.wav", breath_like(0))
+    (root / "test.csv").write_text("ID\na.wav\nb.wav\na.wav\n")
+    with pytest.raises(data.DataError, match=r"test\.csv rows 2 and 4: duplicate ID 'a\.wav'"):
+        data.read_kaggle_test(root)
+
+
+def test_csv_with_a_bom_reads_and_bad_csv_text_is_one_line(tmp_path, write_wav):
+    root = _kaggle_layout(tmp_path, write_wav, n_sessions=1, clips_per_session=2)
+    csv_path = root / "train.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())  # as Excel saves "CSV UTF-8"
+    assert len(data.read_kaggle_train(root)) == 2
+    (root / "test").mkdir()
+    write_wav("test/a.wav", breath_like(0))
+    (root / "test.csv").write_bytes(b"\xef\xbb\xbfID\r\na.wav\r\n")
+    assert data.read_kaggle_test(root)[0] == ["a.wav"]
+    csv_path.write_bytes("ID,Target\ncaf\xe9_I_000,I\n".encode("latin-1"))
+    with pytest.raises(data.DataError, match=r"train\.csv: not UTF-8 text \(byte 0xe9 at offset 13\)$"):
+        data.read_kaggle_train(root)
+    csv_path.write_text("ID,Target\nsteth_20180101_10_00_00_I_000\n")
+    with pytest.raises(data.DataError, match=r"train\.csv row 2: no Target value$"):
+        data.read_kaggle_train(root)
+    csv_path.write_text('ID,Target\n"' + "a" * 200_000 + '",I\n')  # beyond the csv module's field limit
+    with pytest.raises(data.DataError, match=r"train\.csv: not a readable CSV \(field larger than field limit "
+                                             r"\(131072\), after line 1\)$"):
+        data.read_kaggle_train(root)
+    csv_path.unlink()
+    csv_path.mkdir()
+    with pytest.raises(data.DataError, match=r"train\.csv: is a folder, not a CSV file$"):
+        data.read_kaggle_train(root)

@@ -8,6 +8,11 @@ Layouts read:
 - Kaggle unlabelled: ``test.csv`` (``ID`` = file name) with ``test/*.wav``.
 - Any files or folders of ``*.wav`` (unlabelled).
 
+The CSVs are UTF-8, with or without a byte-order mark. A CSV problem (not UTF-8, a missing
+column or value, an ID on two rows, two IDs naming one WAV, a missing WAV) is a ``DataError``
+naming the file and its line(s); a WAV that exists but cannot be read or decoded is skipped at
+extraction and reported.
+
 ``split_by_session`` makes a stratified train/validation split in which no recording session
 (``steth_YYYYMMDD_HH_MM_SS``) is on both sides. ``extract`` runs decode -> features -> cache
 once, with a progress bar, counting and reporting the files it had to skip;
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import re
 from collections import Counter
 from pathlib import Path
@@ -82,59 +88,105 @@ def session_of(name: str) -> str:
     return match.group(1) if match else Path(name).stem
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+ID = "ID"
+TARGET = "Target"
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """``(line number, stripped values)`` of every row of a UTF-8 CSV (a byte-order mark allowed,
+    as Excel writes one); every row has a value in each of ``columns``, and no ``ID`` repeats."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a CSV file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        byte = err.object[err.start]
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{byte:02x} at offset {err.start})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows, first_line_of = [], {}
+    try:
+        if reader.fieldnames is None:
+            raise DataError(f"{path}: empty file, no header line (expected columns {list(columns)})")
+        missing = [c for c in columns if c not in reader.fieldnames]
         if missing:
             raise DataError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
-        return list(reader)
+        for row in reader:
+            line = reader.line_num
+            values = {c: (row[c] or "").strip() for c in columns}
+            empty = [c for c in columns if not values[c]]
+            if empty:
+                raise DataError(f"{path} row {line}: no {' or '.join(empty)} value")
+            clip_id = values[ID]
+            if clip_id in first_line_of:
+                raise DataError(f"{path} rows {first_line_of[clip_id]} and {line}: duplicate ID {clip_id!r}")
+            first_line_of[clip_id] = line
+            rows.append((line, values))
+    except csv.Error as err:
+        raise DataError(f"{path}: not a readable CSV ({err}, after line {reader.line_num})") from None
+    return rows
+
+
+def _wavs_of_rows(csv_path: Path, rows: list[tuple[int, dict[str, str]]], wav_of) -> list[Path]:
+    """Each row's WAV, ``wav_of(ID)``: it must exist, and no two rows may name the same one.
+
+    A path that exists but is not a readable file (a folder, no read permission) is kept: the
+    extraction skips it as ``audio.UNREADABLE`` and reports it with the other bad files.
+    """
+    wavs, first_row_of = [], {}
+    for line, row in rows:
+        wav = wav_of(row[ID])
+        if not wav.exists():
+            raise DataError(f"{csv_path} row {line}: WAV for {row[ID]!r} not found at {wav}")
+        if wav in first_row_of:
+            first_line, first_id = first_row_of[wav]
+            raise DataError(f"{csv_path} rows {first_line} and {line}: {row[ID]!r} names the same WAV as "
+                            f"{first_id!r} ({wav})")
+        first_row_of[wav] = (line, row[ID])
+        wavs.append(wav)
+    return wavs
 
 
 def read_kaggle_train(root: str | Path) -> Examples:
-    """``train.csv`` + ``train/*.wav``; every row must name an existing WAV and a known label."""
+    """``train.csv`` + ``train/*.wav``; every row must name its own existing WAV and a known label."""
     root = Path(root)
     csv_path = root / "train.csv"
-    files, labels, groups = [], [], []
-    for row_number, row in enumerate(_read_csv(csv_path, ("ID", "Target")), start=2):
-        clip_id, target = row["ID"].strip(), row["Target"].strip()
-        if target not in LABELS:
-            raise DataError(f"{csv_path} row {row_number}: unknown Target {target!r} for {clip_id!r} "
+    rows = _read_csv(csv_path, (ID, TARGET))
+    for line, row in rows:
+        if row[TARGET] not in LABELS:
+            raise DataError(f"{csv_path} row {line}: unknown Target {row[TARGET]!r} for {row[ID]!r} "
                             f"(expected one of {list(LABELS)})")
-        wav = root / "train" / (LABEL_TOKEN.sub(r"_\1", clip_id) + ".wav")
-        if not wav.is_file():
-            raise DataError(f"{csv_path} row {row_number}: WAV for {clip_id!r} not found at {wav}")
-        files.append(wav)
-        labels.append(float(LABELS[target]))
-        groups.append(session_of(clip_id))
-    if not files:
-        raise DataError(f"{csv_path}: no rows")
-    return Examples(tuple(files), np.array(labels, np.float32), tuple(groups))
+    if not rows:
+        raise DataError(f"{csv_path}: no data rows, only a header")
+    files = _wavs_of_rows(csv_path, rows, lambda clip_id: root / "train" / (LABEL_TOKEN.sub(r"_\1", clip_id)
+                                                                             + ".wav"))
+    labels = np.array([LABELS[row[TARGET]] for _, row in rows], np.float32)
+    return Examples(tuple(files), labels, tuple(session_of(row[ID]) for _, row in rows))
 
 
 def read_kaggle_test(root: str | Path) -> tuple[list[str], Examples]:
     """``test.csv`` + ``test/``: the competition IDs (as written) and their unlabelled files."""
     root = Path(root)
     csv_path = root / "test.csv"
-    ids, files = [], []
-    for row_number, row in enumerate(_read_csv(csv_path, ("ID",)), start=2):
-        clip_id = row["ID"].strip()
-        wav = root / "test" / (clip_id if clip_id.endswith(".wav") else clip_id + ".wav")
-        if not wav.is_file():
-            raise DataError(f"{csv_path} row {row_number}: WAV for {clip_id!r} not found at {wav}")
-        ids.append(clip_id)
-        files.append(wav)
-    return ids, unlabelled(files)
+    rows = _read_csv(csv_path, (ID,))
+    files = _wavs_of_rows(csv_path, rows, lambda clip_id: root / "test" / (
+        clip_id if clip_id.endswith(".wav") else clip_id + ".wav"))
+    return [row[ID] for _, row in rows], unlabelled(files)
 
 
 def collect_wav_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """WAV files named directly or found (sorted, recursively) in the given folders."""
+    """WAV files named directly or found (sorted, recursively) in the given folders.
+
+    A folder named ``*.wav`` is searched, not collected; any other ``*.wav`` entry is, and one
+    that cannot be read is skipped and reported at extraction (``audio.UNREADABLE``).
+    """
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.suffix.lower() == ".wav")
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() == ".wav" and not p.is_dir())
             if not found:
                 raise DataError(f"{item}: folder has no .wav files")
             files.extend(found)
@@ -229,16 +281,18 @@ def _model_inputs(element: dict[str, tf.Tensor]):
 
 def feature_dataset(examples: Examples, pipeline: PipelineConfig,
                     batch_size: int = FEATURE_BATCH) -> tf.data.Dataset:
-    """decode -> features, in-graph and un-cached; one element per file, skipped ones included.
+    """decode -> features, in-graph and un-cached; one element per file, skipped ones included
+    (a folder or a file without read permission too: status ``audio.UNREADABLE``).
 
     Features are computed ``batch_size`` clips per call (vectorised), then unbatched.
     """
     rate, n = pipeline.audio.sample_rate, pipeline.audio.num_samples
     paths = [str(p) for p in examples.files]
-    ds = tf.data.Dataset.from_tensor_slices((paths, examples.labels, np.arange(len(paths))))
+    readable = [audio.is_readable(p) for p in examples.files]  # else skipped as UNREADABLE, never read
+    ds = tf.data.Dataset.from_tensor_slices((paths, readable, examples.labels, np.arange(len(paths))))
 
-    def decode(path, label, index):
-        waveform, status = audio.read_wav(path, rate, n)  # [n], []
+    def decode(path, can_read, label, index):
+        waveform, status = audio.read_wav(path, rate, n, can_read)  # [n], []
         return waveform, {STATUS: status, LABEL: label, INDEX: tf.cast(index, tf.int32)}
 
     def featurize(waveforms, extras):

@@ -9,12 +9,17 @@ Command line (features of the default or a given pipeline, skipped files reporte
 
     python -m tfbreath.features WAV_OR_DIR... --out FILE.npz [--pipeline pipelines/x.toml]
 
-writes one array per map name ``[N, n_mels, frames]``, ``scalars [N, 39]`` and ``files [N]``.
+writes one array per map name ``[N, n_mels, frames]``, ``scalars [N, 39]`` and ``files [N]`` of the
+files that decoded, to exactly ``FILE.npz`` (atomically: an interrupted run leaves no partial file).
+Files that cannot be read or decoded are skipped, counted and reported on stderr.
+Exit code: 0 every file written; 1 some skipped (all skipped: ``error: no file could be decoded``,
+nothing written); 2 bad arguments, pipeline, inputs or output (one ``error: ...`` line).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -22,11 +27,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfbreath import maps, scalars, spectral
+from tfbreath import artifacts, maps, scalars, spectral
 from tfbreath.config import ConfigError, PipelineConfig, dump_config, load_config, parse_config
 
 SPECTRAL = "spectral"
 SCALARS = "scalars"
+
+EXIT_OK = 0
+EXIT_SKIPPED = 1
+EXIT_USAGE = 2
 
 
 def extract_features(y: tf.Tensor, pipeline: PipelineConfig) -> dict[str, tf.Tensor]:
@@ -84,23 +93,36 @@ def main(argv: list[str] | None = None) -> int:
     from tfbreath import data  # data builds on this module
 
     args = _parse_args(argv)
+    out_path = Path(args.out)
     try:
         pipeline = load_config(args.pipeline) if args.pipeline else PipelineConfig()
         files = data.collect_wav_files(args.inputs)
     except (ConfigError, data.DataError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    if out_path.is_dir():
+        print(f"error: {out_path}: is a folder, not an output file", file=sys.stderr)
+        return EXIT_USAGE
     feature_set = data.extract(files, None, pipeline, description="features")
     print(feature_set.report, file=sys.stderr)
+    report = feature_set.report
+    if len(report.skipped) == report.total:
+        print(f"error: no file could be decoded ({report.total} skipped); nothing written", file=sys.stderr)
+        return EXIT_SKIPPED
     arrays = feature_set.to_numpy()
     out = {name: arrays[SPECTRAL][..., channel] for channel, name in enumerate(pipeline.features.maps)}
     if SCALARS in arrays:
         out[SCALARS] = arrays[SCALARS]
     out["files"] = np.array([str(p) for p in arrays["files"]])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out, **out)
-    print(f"wrote {len(out['files'])} file(s) to {args.out}", file=sys.stderr)
-    return 1 if feature_set.report.skipped else 0
+    npz = io.BytesIO()
+    np.savez(npz, **out)  # to a buffer: np.savez would add ".npz" to a name without it
+    try:
+        artifacts.write_bytes(out_path, npz.getvalue())
+    except OSError as err:
+        print(f"error: {out_path}: cannot be written ({err.strerror})", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {len(out['files'])} file(s) to {out_path}", file=sys.stderr)
+    return EXIT_SKIPPED if report.skipped else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -18,8 +18,7 @@ INPUT_SIZE = 8
 
 @pytest.fixture
 def tiny_model():
-    """A float32 dense model, ``[B, 8] -> [B, 1]``."""
-    keras.mixed_precision.set_global_policy("float32")
+    """A dense model, ``[B, 8] -> [B, 1]`` (float32: conftest starts each test from that policy)."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((INPUT_SIZE,))
     return keras.Model(inputs, keras.layers.Dense(1)(inputs))

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import soundfile as sf
+from tensorflow.lite.python import schema_py_generated as tflite_schema
 
 from conftest import breath_like
 from tfbreath import artifacts, export, predict
@@ -26,6 +32,13 @@ CLIP_FORMATS = {"a_16k.wav": (16000, "PCM_16"), "b_44k.wav": (44100, "PCM_24"),
 """One-second clips at the rates and bit depths a user may have."""
 LONG_S = 3.2
 SHORT_S = 0.6
+PADDED_S = 0.1
+"""A clip that is mostly zero padding."""
+SAME_SHAPES = with_overrides(PIPELINE, "features", fmax=3000.0)
+"""Another pipeline whose features have the same shapes (so a model takes them silently)."""
+CUT_FRACTIONS = (0.1, 0.5, 0.99)
+RANDOM_FLIPS = 40
+"""Single-bit flips in a ``.tflite``'s structure (not its weights): each a valid model or an error."""
 SAME_MODEL_ATOL = 1e-5
 """The CLI and a direct Keras call on the same model and audio."""
 EXPORT_ATOL = export.MAX_PROBABILITY_DIFF["none"]
@@ -67,6 +80,13 @@ def run_dir(tmp_path_factory):
 def waveform(run_dir):
     """The run's ensemble as a waveform-input Keras model: the reference probabilities."""
     return export.waveform_model(keras.models.load_model(run_dir / "ensemble.keras"), PIPELINE)
+
+
+@pytest.fixture(scope="module")
+def tflite_bytes(waveform, tmp_path_factory):
+    """The waveform model as a float32 ``.tflite``."""
+    saved = export.save_serving(waveform, tmp_path_factory.mktemp("serving") / "savedmodel")
+    return export.convert(saved, "none")
 
 
 @pytest.fixture(scope="module")
@@ -269,10 +289,9 @@ def test_keras_files_give_the_run_folder_probabilities(tmp_path, run_dir, wavefo
         np.testing.assert_allclose(_probabilities(classifier, files), expected, atol=EXPORT_ATOL)
 
 
-def test_tflite_gives_the_run_folder_probabilities(capsys, tmp_path, waveform, clips):
+def test_tflite_gives_the_run_folder_probabilities(capsys, tmp_path, waveform, tflite_bytes, clips):
     files = sorted(clips.rglob("*.wav"))
-    saved = export.save_serving(waveform, tmp_path / "savedmodel")
-    tflite = artifacts.write_bytes(tmp_path / "alone" / "ensemble.tflite", export.convert(saved, "none"))
+    tflite = artifacts.write_bytes(tmp_path / "alone" / "ensemble.tflite", tflite_bytes)
     expected = _reference(waveform, files)
     code, out, err = _run(capsys, "--model", tflite, *files)
     assert code == predict.EXIT_OK, err
@@ -287,3 +306,196 @@ def test_tflite_gives_the_run_folder_probabilities(capsys, tmp_path, waveform, c
     for classifier in (predict.load_classifier(beside), explicit):
         assert (classifier.sample_rate, classifier.num_samples) == (2 * RATE, CLIP)
     assert "assuming" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs: one error line, the promised exit code, nothing half-written (issue 18)
+# ---------------------------------------------------------------------------------------------
+PREDICT_EACH = """
+import contextlib, io, json, sys
+from tfbreath import predict
+results = []
+for model in sys.argv[2:]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = predict.main(["--model", model, sys.argv[1]])
+    results.append([model, code, err.getvalue().strip().splitlines()])
+print(json.dumps(results))
+"""
+"""A child process running predict on one WAV with each model: a segmentation fault kills it."""
+
+
+def _predict_each(wav, models):
+    """``{model: (exit code, stderr lines)}`` from a child process (a crash fails the test)."""
+    child = subprocess.run([sys.executable, "-c", PREDICT_EACH, str(wav), *map(str, models)],
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, f"predict crashed (exit {child.returncode}): {child.stderr[-2000:]}"
+    return {model: (code, err) for model, code, err in json.loads(child.stdout.splitlines()[-1])}
+
+
+def _structure_positions(flatbuffer):
+    """Byte positions of a ``.tflite`` outside its buffers' data: the flatbuffer's structure."""
+    model = tflite_schema.Model.GetRootAsModel(flatbuffer, 0)
+    weights = np.zeros(len(flatbuffer), bool)
+    for i in range(model.BuffersLength()):
+        table = model.Buffers(i)._tab
+        field = table.Offset(4)  # Buffer.data
+        if field:
+            start = table.Vector(field)
+            weights[start:start + table.VectorLen(field)] = True
+    return np.flatnonzero(~weights)
+
+
+def _input_index_position(flatbuffer):
+    """Where the first operator's first input tensor index is stored."""
+    operator = tflite_schema.Model.GetRootAsModel(flatbuffer, 0).Subgraphs(0).Operators(0)
+    return operator._tab.Vector(operator._tab.Offset(6))  # Operator.inputs
+
+
+def test_cut_or_corrupt_tflite_is_an_error_line_not_a_crash(tmp_path, tflite_bytes, clips):
+    wav = next(clips.rglob("*.wav"))
+    rng = np.random.default_rng(0)
+    bad = {f"cut {f:.0%}": tflite_bytes[:int(len(tflite_bytes) * f)] for f in CUT_FRACTIONS}
+    bad["random bytes"] = tflite_bytes[:8] + rng.bytes(len(tflite_bytes) - 8)
+    out_of_range = bytearray(tflite_bytes)
+    out_of_range[_input_index_position(tflite_bytes) + 3] ^= 0x40  # tensor index + 2**30
+    bad["tensor index out of range"] = bytes(out_of_range)
+    flipped = {}
+    for n, position in enumerate(rng.choice(_structure_positions(tflite_bytes), RANDOM_FLIPS, replace=False)):
+        corrupt = bytearray(tflite_bytes)
+        corrupt[position] ^= 1 << int(rng.integers(8))
+        flipped[f"flip {n} at byte {position}"] = bytes(corrupt)
+    paths = {name: artifacts.write_bytes(tmp_path / f"bad_{n}.tflite", payload)
+             for n, (name, payload) in enumerate({**bad, **flipped}.items())}
+    results = _predict_each(wav, paths.values())
+    for name, path in paths.items():
+        code, err = results[str(path)]
+        if name in bad or code != predict.EXIT_OK:
+            assert code == predict.EXIT_USAGE, (name, err)
+            assert len(err) == 1 and err[0].startswith(f"error: {path}: "), (name, err)
+    for name in bad:
+        assert "not a valid TFLite model" in results[str(paths[name])][1][0], name
+
+
+def test_verify_tflite_passes_a_sound_model_unchanged(tflite_bytes, tmp_path):
+    assert predict.verify_tflite(tflite_bytes) == tflite_bytes
+    path = artifacts.write_bytes(tmp_path / "model.tflite", tflite_bytes)
+    assert predict.verify_tflite(path) == tflite_bytes
+
+
+def test_a_model_carrying_its_pipeline_needs_no_file_and_refuses_another(capsys, tmp_path, run_dir, waveform,
+                                                                         clips):
+    files = sorted(clips.rglob("*.wav"))
+    carrying = tmp_path / "alone" / "ensemble.keras"
+    artifacts.save_model(export.load_trained_model(run_dir / "ensemble.keras"), carrying, dump_config(PIPELINE))
+    code, out, err = _run(capsys, "--model", carrying, *files)
+    assert code == predict.EXIT_OK, err
+    np.testing.assert_allclose([float(r["Probability"]) for r in _rows(out)], _reference(waveform, files),
+                               atol=SAME_MODEL_ATOL)
+
+    other = artifacts.write_text(tmp_path / "other.toml", dump_config(SAME_SHAPES))
+    beside = tmp_path / "beside" / "ensemble.keras"
+    beside.parent.mkdir()
+    shutil.copy(carrying, beside)
+    artifacts.write_text(beside.parent / "pipeline.toml", dump_config(SAME_SHAPES))
+    for argv, source in (((carrying, "--pipeline", other), other), ((beside,), beside.parent / "pipeline.toml")):
+        code, out, err = _run(capsys, "--model", *argv, files[0])
+        _assert_one_error_line(code, out, err)
+        assert err[0].startswith(f"error: {argv[0]}: trained with pipeline 'breath_phase' but {source} gives"), err
+        assert "[features] fmax: 4500.0 vs 3000.0" in err[0]
+
+    other_training = with_overrides(PIPELINE, "train", epochs=PIPELINE.train.epochs + 1)
+    artifacts.write_text(beside.parent / "pipeline.toml", dump_config(other_training))
+    code, out, err = _run(capsys, "--model", beside, files[0])
+    assert code == predict.EXIT_OK, err
+
+
+@pytest.fixture
+def output_clash(tmp_path):
+    """A file where a folder must be."""
+    clash = tmp_path / "clash.txt"
+    clash.write_text("a file\n")
+    return clash
+
+
+def test_bad_output_paths_are_refused_before_any_work(capsys, tmp_path, run_dir, clips, output_clash):
+    wav = next(clips.rglob("*.wav"))
+    folder = tmp_path / "existing_folder"
+    folder.mkdir()
+    bad = [("--out", output_clash / "predictions.csv"), ("--out", folder),
+           ("--plot", output_clash), ("--plot", output_clash / "plots")]
+    unwritable = Path("/sys/tfbreath_predict_test.csv")
+    try:
+        tempfile.NamedTemporaryFile(dir=unwritable.parent).close()
+    except OSError:  # as it should be, even for root
+        bad.append(("--out", unwritable))
+    before = sorted(tmp_path.rglob("*"))
+    for option, path in bad:
+        code, out, err = _run(capsys, "--model", run_dir, wav, option, path)
+        _assert_one_error_line(code, out, err)
+        assert err[0].startswith(f"error: {path}: "), err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_failed_plot_leaves_no_csv_and_no_timeline(capsys, monkeypatch, tmp_path, run_dir):
+    wavs = [_write(tmp_path / "wavs" / f"long_{n}.wav", LONG_S, seed=n) for n in range(2)]
+    drawn = []
+
+    def disk_full_on_the_second(recording, classifier, threshold, hop, path):
+        if drawn:
+            raise OSError(28, "No space left on device")
+        drawn.append(draw(recording, classifier, threshold, hop, path))
+        return drawn[-1]
+
+    draw = predict.plot_timeline
+    monkeypatch.setattr(predict, "plot_timeline", disk_full_on_the_second)
+    out_csv, plots = tmp_path / "out" / "windows.csv", tmp_path / "plots"
+    code, out, err = _run(capsys, "--model", run_dir, *wavs, "--out", out_csv, "--plot", plots)
+    assert code == predict.EXIT_USAGE
+    assert err[-1].startswith(f"error: {plots}: ") and "No space left" in err[-1], err
+    assert len(drawn) == 1
+    assert not out_csv.exists() and not plots.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["wavs"]  # no staging folder left
+
+
+def test_a_mostly_padded_clip_is_flagged_and_warned(capsys, tmp_path, run_dir):
+    tiny = _write(tmp_path / "wavs" / "tiny.wav", PADDED_S)
+    _write(tmp_path / "wavs" / "full.wav", 1.0, seed=1)
+    code, out, err = _run(capsys, "--model", run_dir, tmp_path / "wavs")
+    assert code == predict.EXIT_OK, err
+    assert {r["ID"]: r["Padded"] for r in _rows(out)} == {"full.wav": "False", "tiny.wav": "True"}
+    warnings = [line for line in err if line.startswith("warning: ")]
+    assert len(warnings) == 1 and f"{tiny}: only {PADDED_S:.3f} s of audio" in warnings[0], err
+
+    _write(tmp_path / "wavs" / "long.wav", LONG_S, seed=2)
+    code, out, err = _run(capsys, "--model", run_dir, tmp_path / "wavs")
+    assert code == predict.EXIT_OK, err
+    assert {r["ID"] for r in _rows(out) if r["Padded"] == "True"} == {"tiny.wav"}
+
+
+def test_misleading_cases_get_a_message_that_says_what_is_wrong(capsys, tmp_path, run_dir, clips):
+    wav = next(clips.rglob("*.wav"))
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes((run_dir / "ensemble.keras").read_bytes()[:1000])
+    only_pipeline = tmp_path / "only_pipeline"
+    only_pipeline.mkdir()
+    shutil.copy(run_dir / "pipeline.toml", only_pipeline)
+    expected = {cut: "not a valid .keras file (cut short or corrupt zip archive",
+                only_pipeline: "not a run folder (no ensemble.keras)",
+                Path("/dev/null"): "not a model; --model takes a run folder"}
+    for model, message in expected.items():
+        code, out, err = _run(capsys, "--model", model, wav)
+        _assert_one_error_line(code, out, err)
+        assert err[0].startswith(f"error: {model}: {message}"), err
+    for hop in ("nan", "inf"):
+        _assert_one_error_line(*_run(capsys, "--model", run_dir, wav, "--hop", hop))
+
+
+def test_no_decodable_file_exits_1_and_writes_nothing(capsys, tmp_path, run_dir):
+    noise = tmp_path / "noise.wav"
+    noise.write_bytes(b"RIFF but not a WAV")
+    out_csv = tmp_path / "out.csv"
+    code, out, err = _run(capsys, "--model", run_dir, noise, "--out", out_csv)
+    assert code == predict.EXIT_SKIPPED
+    assert out == "" and not out_csv.exists()
+    assert not any(line.startswith("error:") for line in err) and "nothing written" in err[-1], err

@@ -9,29 +9,38 @@ the decoder takes. ``PATH`` is one of
 
 - a run folder of ``python -m tfbreath.fit`` (its ``ensemble.keras`` + ``pipeline.toml``);
 - a ``.keras`` file: a waveform-input model (``python -m tfbreath.export`` writes
-  ``<member>_waveform.keras``; it carries its pipeline) or a feature-input model such as
-  ``cnn8.keras``, which needs ``pipeline.toml`` beside it (or ``--pipeline FILE``);
+  ``<member>_waveform.keras``; it holds its feature extraction) or a feature-input model such as
+  ``cnn8.keras``. A feature-input model saved with its pipeline (``artifacts.save_model``) runs
+  under that one, and ``--pipeline FILE`` or ``pipeline.toml`` beside it must make the same
+  features (else exit 2); one saved without needs ``pipeline.toml`` beside it or ``--pipeline FILE``;
 - a ``.tflite`` file written by ``python -m tfbreath.export``; its input length is the clip
-  size, its sample rate comes from ``pipeline.toml`` beside it, else ``--pipeline FILE``, else
-  the default pipeline's (said on stderr).
+  size, its sample rate comes from ``--pipeline FILE``, else ``pipeline.toml`` beside it, else
+  the default pipeline's (said on stderr). The file is checked before TFLite reads it: a cut or
+  corrupt one is an error, not a crash.
 
 Without ``--model``, the pretrained model in ``saved_models/breath_phase/`` of the repository is
 used (its ``ensemble.tflite`` if present, else the run folder).
 
-The CSV (``--out``, else stdout) has one row per file, ``ID,Target,Probability``: the file
-name, ``E`` when P(exhale) >= ``--threshold`` (default 0.5) else ``I``, and P(exhale). If any
+The CSV (``--out``, else stdout) has one row per file, ``ID,Target,Probability,Padded``: the
+file name, ``E`` when P(exhale) >= ``--threshold`` (default 0.5) else ``I``, P(exhale), and
+``True`` when the file holds less than half a clip of audio (``MIN_AUDIO_FRACTION``), so the
+model saw mostly zero padding (also warned on stderr, with the file's duration). If any
 recording is longer than one clip, every file is classified window by window instead: clip-long
 windows every ``--hop`` seconds (default: half a clip), the last one ending with the recording,
-rows ``ID,start_s,end_s,Target,Probability`` (a short file gives one zero-padded window).
+rows ``ID,start_s,end_s,Target,Probability,Padded`` (a short file gives one zero-padded window).
 ``--plot DIR`` then draws each recording's phase timeline to ``DIR/<file stem>.png``.
 
 ``--kaggle TEST_CSV`` writes the competition's submission instead: ``ID,Target`` in the CSV's
 order and spelling, the WAVs read from ``test/`` beside it, each as one clip (trimmed or padded,
-as in training).
+as in training; a mostly padded one is warned about on stderr only).
 
-Messages go to stderr. A file that cannot be decoded is reported on one line and skipped (it
-has no row, in a submission either).
-Exit code: 0 every file predicted, 1 some skipped, 2 bad arguments or model (``error: ...``).
+``--out`` and ``--plot`` are checked before any work. The timelines appear in ``DIR`` together or
+not at all, and the CSV is written last: a run that fails leaves no CSV.
+
+Messages go to stderr, each one line. A file that cannot be decoded is reported
+(``skipped <file>: <problem>``) and skipped (it has no row, in a submission either).
+Exit code: 0 every file predicted; 1 some or all skipped (nothing written if all);
+2 bad arguments, model or output path (``error: <file or value>: <problem>``; no CSV).
 """
 
 from __future__ import annotations
@@ -40,7 +49,15 @@ import argparse
 import csv
 import dataclasses
 import io
+import math
+import os
+import shutil
+import stat
+import struct
 import sys
+import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn, Sequence
 
@@ -51,12 +68,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from tensorflow.lite.python import schema_py_generated as tflite_schema  # noqa: E402
+from tensorflow.lite.tools import flatbuffer_utils  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 import tfbreath  # noqa: E402
 from tfbreath import artifacts, data, export  # noqa: E402
 from tfbreath.audio import AudioError, load_audio  # noqa: E402
-from tfbreath.config import ConfigError, PipelineConfig, load_config  # noqa: E402
+from tfbreath.config import ConfigError, PipelineConfig, load_config, parse_config, toml_value  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
 from tfbreath.features import FeatureExtractor  # noqa: E402
 
@@ -73,15 +92,42 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_HOP_CLIPS = 0.5
 """Default hop between windows, in clip lengths."""
 
+MIN_AUDIO_FRACTION = 0.5
+"""A recording with less audio than this fraction of a clip is mostly zero padding: its
+prediction is flagged (``Padded``) and warned about."""
+
 ONE_CLIP = np.zeros(1, np.int64)
 """Window starts of a file classified as one clip (trimmed or zero-padded)."""
 
 PROBABILITY_DECIMALS = 6
 TIME_DECIMALS = 3
 
-CLIP_COLUMNS = ("ID", "Target", "Probability")
-WINDOW_COLUMNS = ("ID", "start_s", "end_s", "Target", "Probability")
+CLIP_COLUMNS = ("ID", "Target", "Probability", "Padded")
+WINDOW_COLUMNS = ("ID", "start_s", "end_s", "Target", "Probability", "Padded")
 KAGGLE_COLUMNS = ("ID", "Target")
+
+PREDICTION_SECTIONS = ("audio", "features")
+"""The pipeline sections the features depend on: a feature-input model's pipeline and another
+source must agree on these (training settings may differ)."""
+
+TFLITE_IDENTIFIER = b"TFL3"
+TFLITE_IDENTIFIER_AT = slice(4, 8)
+"""A flatbuffer starts with its root table's 4-byte offset, then the 4-byte file identifier."""
+TFLITE_SCHEMA_VERSION = 3
+MIN_EXTERNAL_OFFSET = 2
+"""A buffer offset from 2 up places the data after the flatbuffer (models over 2 GB); 0 and 1 mean inside."""
+OPTIONAL_TENSOR = -1
+"""An operator input index meaning "omitted"."""
+SUBGRAPH_FIELD = "subgraph"
+"""Operator options whose field name holds this word (``bodySubgraphIndex``, ...) index a subgraph."""
+TFLITE_PARSE_ERRORS = (struct.error, ValueError, TypeError, IndexError)
+"""What the pure-Python flatbuffer reader raises on cut or corrupt bytes (a bad offset, vector
+length or union type)."""
+_FIXED_SIZE_TYPES = ("FLOAT32", "FLOAT16", "INT32", "UINT8", "INT64", "BOOL", "INT16", "COMPLEX64", "INT8",
+                     "FLOAT64", "COMPLEX128", "UINT64", "UINT32", "UINT16")
+TENSOR_ITEM_BYTES = {getattr(tflite_schema.TensorType, name): np.dtype(name.lower()).itemsize
+                     for name in _FIXED_SIZE_TYPES}
+"""Bytes per element of the TFLite tensor types numpy shares (constant data must fill the shape)."""
 
 EXIT_OK = 0
 EXIT_SKIPPED = 1
@@ -125,10 +171,29 @@ def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise PredictError(f"{path}: cannot read the file ({err.strerror})") from None
+
+
 def _load_keras(path: Path) -> keras.Model:
+    """The model of a ``.keras`` file, whose zip archive is checked first (Keras calls a cut
+    archive "file not found")."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            corrupt = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise PredictError(f"{path}: not a valid {KERAS_SUFFIX} file (cut short or corrupt zip archive: "
+                           f"{_one_line(err)})") from None
+    except OSError as err:
+        raise PredictError(f"{path}: cannot read the file ({err.strerror})") from None
+    if corrupt is not None:
+        raise PredictError(f"{path}: not a valid {KERAS_SUFFIX} file (its {corrupt} is corrupt)")
     try:
         return export.load_trained_model(path)
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, KeyError, OSError) as err:
         raise PredictError(f"{path}: cannot load the Keras model ({_one_line(err)})") from None
 
 
@@ -150,41 +215,203 @@ def _wrap(model: keras.Model, pipeline: PipelineConfig, description: str) -> Cla
         raise PredictError(f"{description}: {err}") from None
 
 
-def _pipeline_for(path: Path, pipeline_arg: Path | None) -> PipelineConfig | None:
-    """``--pipeline FILE`` if given, else ``pipeline.toml`` beside the model, else ``None``."""
-    if pipeline_arg is not None:
-        return load_config(pipeline_arg)
-    beside = path.parent / PIPELINE_FILE
-    return load_config(beside) if beside.is_file() else None
+def _given_pipeline(path: Path, pipeline_arg: Path | None) -> tuple[Path, PipelineConfig] | None:
+    """``--pipeline FILE`` if given, else ``pipeline.toml`` beside the model, else ``None``; with its file."""
+    source = path.parent / PIPELINE_FILE if pipeline_arg is None else pipeline_arg
+    if pipeline_arg is None and not source.is_file():
+        return None
+    return source, load_config(source)
 
 
-def load_run(path: Path) -> Classifier:
+def first_difference(ours: PipelineConfig, theirs: PipelineConfig) -> str | None:
+    """The first field of ``PREDICTION_SECTIONS`` where two pipelines differ, as
+    ``[section] key: <ours> vs <theirs>``; ``None`` when the features they make are the same."""
+    for section in PREDICTION_SECTIONS:
+        mine, other = getattr(ours, section), getattr(theirs, section)
+        for field in dataclasses.fields(mine):
+            value, other_value = getattr(mine, field.name), getattr(other, field.name)
+            if value != other_value:
+                return f"[{section}] {field.name}: {toml_value(value)} vs {toml_value(other_value)}"
+    return None
+
+
+def feature_pipeline(path: Path, pipeline_arg: Path | None) -> PipelineConfig:
+    """The pipeline a feature-input ``.keras`` runs under: the one it carries
+    (``artifacts.save_model``), which ``--pipeline FILE`` or ``pipeline.toml`` beside it must match;
+    for a model carrying none, that file."""
+    given = _given_pipeline(path, pipeline_arg)
+    try:
+        carried_toml = artifacts.model_pipeline_toml(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise PredictError(f"{path}: cannot read its archive ({_one_line(err)})") from None
+    if carried_toml is None:
+        if given is None:
+            raise PredictError(f"{path}: a feature-input model needs its {PIPELINE_FILE} beside it "
+                               f"(or pass --pipeline FILE)")
+        return given[1]
+    carried = parse_config(carried_toml, source=f"{path} ({artifacts.MODEL_PIPELINE_ENTRY})")
+    difference = None if given is None else first_difference(carried, given[1])
+    if difference is not None:
+        fix = "leave out --pipeline" if pipeline_arg is not None else f"move the model away from {given[0]}"
+        raise PredictError(f"{path}: trained with pipeline {carried.name!r} but {given[0]} gives a different "
+                           f"one ({difference}, model first); the model carries its own, so {fix}")
+    return carried
+
+
+def load_run(path: Path, pipeline_arg: Path | None) -> Classifier:
     """A run folder: its ensemble with its pipeline's feature extraction in front."""
-    run = export.Run.load(path)
-    return _wrap(_load_keras(run.model_path(ENSEMBLE)), run.pipeline, f"run {path} ({ENSEMBLE})")
+    ensemble = path / (ENSEMBLE + KERAS_SUFFIX)
+    if not ensemble.is_file():
+        raise PredictError(f"{path}: not a run folder (no {ensemble.name}); --model takes a run folder of "
+                           f"python -m tfbreath.fit, a {KERAS_SUFFIX} or a {TFLITE_SUFFIX} file")
+    return load_keras_file(ensemble, pipeline_arg, f"run {path} ({ENSEMBLE})")
 
 
-def load_keras_file(path: Path, pipeline_arg: Path | None) -> Classifier:
-    """A waveform-input ``.keras`` as is; a feature-input one with the pipeline beside it."""
+def load_keras_file(path: Path, pipeline_arg: Path | None, description: str | None = None) -> Classifier:
+    """A waveform-input ``.keras`` as is; a feature-input one behind its pipeline (``feature_pipeline``)."""
     model = _load_keras(path)
     if _feature_extractor(model) is not None:
-        return keras_classifier(model, f"{path} (waveform input)")
-    pipeline = _pipeline_for(path, pipeline_arg)
-    if pipeline is None:
-        raise PredictError(f"{path}: a feature-input model needs its {PIPELINE_FILE} beside it "
-                           f"(or pass --pipeline FILE)")
-    return _wrap(model, pipeline, f"{path} (feature input)")
+        return keras_classifier(model, description or f"{path} (waveform input)")
+    return _wrap(model, feature_pipeline(path, pipeline_arg), description or f"{path} (feature input)")
+
+
+# ---------------------------------------------------------------------------------------------
+# TFLite: flatbuffers checked before the interpreter sees them
+# ---------------------------------------------------------------------------------------------
+class _InvalidTFLite(ValueError):
+    """One structural problem of a TFLite flatbuffer."""
+
+
+def _check(condition: bool, problem: str) -> None:
+    if not condition:
+        raise _InvalidTFLite(problem)
+
+
+def _vector(values) -> Sequence:
+    """A flatbuffer vector of the object API: absent ones are ``None``."""
+    return () if values is None else values
+
+
+def _check_indices(indices, count: int, what: str, optional: bool = False) -> None:
+    low = OPTIONAL_TENSOR if optional else 0
+    for index in _vector(indices):
+        _check(low <= index < count, f"{what} {index} not in [0, {count})")
+
+
+def _check_tensor(tensor, buffers: Sequence, where: str) -> None:
+    """Its buffer exists, its shape is not negative and its constant data (if any) fills the shape."""
+    _check_indices([tensor.buffer], len(buffers), f"{where} buffer")
+    shape = [int(d) for d in _vector(tensor.shape)]
+    _check(all(d >= 0 for d in shape), f"{where} has shape {shape}")
+    data_bytes = len(_vector(buffers[tensor.buffer].data))
+    item_bytes = TENSOR_ITEM_BYTES.get(tensor.type)
+    if data_bytes and item_bytes is not None and tensor.sparsity is None:
+        _check(data_bytes == item_bytes * math.prod(shape),
+               f"{where} has {data_bytes} bytes of data for shape {shape}")
+
+
+def _check_operator(op, subgraphs: int, tensors: int, opcodes: int, where: str) -> None:
+    """Its opcode, tensors and the subgraphs its options name exist; no options outside the flatbuffer."""
+    _check_indices([op.opcodeIndex], opcodes, f"{where} opcode")
+    _check_indices(op.inputs, tensors, f"{where} input tensor", optional=True)
+    _check_indices(op.outputs, tensors, f"{where} output tensor")
+    _check_indices(op.intermediates, tensors, f"{where} intermediate tensor")
+    _check(op.largeCustomOptionsOffset < MIN_EXTERNAL_OFFSET,
+           f"{where} keeps its options outside the flatbuffer")
+    for options in (op.builtinOptions, op.builtinOptions2):
+        for name, value in (vars(options) if options is not None else {}).items():
+            if SUBGRAPH_FIELD in name.lower() and isinstance(value, int):
+                _check_indices([value], subgraphs, f"{where} {name}")
+
+
+def _check_order(subgraph, buffers: Sequence, where: str) -> None:
+    """Operators run in order: each reads the subgraph's inputs, constants, variables, empty
+    tensors or earlier outputs, and never writes a constant."""
+    tensors = _vector(subgraph.tensors)
+    constants = {t for t, tensor in enumerate(tensors) if len(_vector(buffers[tensor.buffer].data))}
+    ready = {*_vector(subgraph.inputs), OPTIONAL_TENSOR, *constants}
+    ready.update(t for t, tensor in enumerate(tensors) if tensor.isVariable or 0 in _vector(tensor.shape))
+    for o, op in enumerate(_vector(subgraph.operators)):
+        for t in _vector(op.inputs):
+            _check(t in ready, f"{where} op {o} reads tensor {t} before anything sets it")
+        for t in _vector(op.outputs):
+            _check(t not in constants, f"{where} op {o} writes the constant tensor {t}")
+            ready.add(t)
+
+
+def _check_model(model) -> None:
+    """Every index in range and every constant filled: what TFLite's interpreter trusts unchecked."""
+    _check(model.version == TFLITE_SCHEMA_VERSION,
+           f"schema version {model.version}, expected {TFLITE_SCHEMA_VERSION}")
+    subgraphs, buffers = _vector(model.subgraphs), _vector(model.buffers)
+    _check(len(subgraphs) > 0, "no subgraph")
+    for n, buffer in enumerate(buffers):
+        _check(buffer.offset < MIN_EXTERNAL_OFFSET,
+               f"buffer {n} is stored outside the flatbuffer (unsupported)")
+    _check_indices([metadata.buffer for metadata in _vector(model.metadata)], len(buffers), "metadata buffer")
+    _check_indices(model.metadataBuffer, len(buffers), "metadata buffer")
+    for g, subgraph in enumerate(subgraphs):
+        tensors = _vector(subgraph.tensors)
+        for t, tensor in enumerate(tensors):
+            _check_tensor(tensor, buffers, f"subgraph {g} tensor {t}")
+        _check_indices(subgraph.inputs, len(tensors), f"subgraph {g} input tensor")
+        _check_indices(subgraph.outputs, len(tensors), f"subgraph {g} output tensor")
+        for o, op in enumerate(_vector(subgraph.operators)):
+            _check_operator(op, len(subgraphs), len(tensors), len(_vector(model.operatorCodes)),
+                            f"subgraph {g} op {o}")
+        _check_order(subgraph, buffers, f"subgraph {g}")
+    for signature in _vector(model.signatureDefs):
+        _check_indices([signature.subgraphIndex], len(subgraphs), "signature subgraph")
+        tensors = len(_vector(subgraphs[signature.subgraphIndex].tensors))
+        maps = [*_vector(signature.inputs), *_vector(signature.outputs)]
+        _check_indices([m.tensorIndex for m in maps], tensors, "signature tensor")
+
+
+def verify_tflite(model: bytes | str | Path) -> bytes:
+    """A ``.tflite`` file or its bytes, checked, as the flatbuffer to hand to ``tf.lite.Interpreter``.
+
+    TFLite's interpreter does not verify a flatbuffer: cut or corrupt bytes crash it (segmentation
+    fault). Here the bytes are parsed by TFLite's pure-Python reader (which raises instead) and
+    every index and constant size checked. The reader wraps negative offsets around as Python
+    does, which the interpreter would not, so the bytes returned are the flatbuffer rebuilt from
+    the checked parse (equal to the file for a sound one).
+
+    Raises
+    ------
+    PredictError
+        ``<path>: not a valid TFLite model (<problem>)``, or the file cannot be read.
+    """
+    source = "<bytes>" if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes):
+        model = _read_bytes(Path(model))
+    try:
+        _check(model[TFLITE_IDENTIFIER_AT] == TFLITE_IDENTIFIER,
+               f"no {TFLITE_IDENTIFIER.decode()} identifier at bytes 4-7")
+        parsed = flatbuffer_utils.convert_bytearray_to_object(model)
+        _check_model(parsed)
+    except _InvalidTFLite as err:
+        raise PredictError(f"{source}: not a valid TFLite model ({err})") from None
+    except TFLITE_PARSE_ERRORS as err:
+        raise PredictError(f"{source}: not a valid TFLite model "
+                           f"(cut short or corrupt: {_one_line(err)})") from None
+    return flatbuffer_utils.convert_object_to_bytearray(parsed)
 
 
 def load_tflite(path: Path, pipeline_arg: Path | None) -> Classifier:
-    """A waveform ``.tflite``: clip size from its input, sample rate from the pipeline."""
+    """A waveform ``.tflite``: clip size from its input, sample rate from the pipeline.
+
+    The model is checked (``verify_tflite``) and run once on a silent clip, so that a model
+    TFLite cannot prepare fails here, before any input is read.
+    """
+    flatbuffer = verify_tflite(path)
     try:
-        interpreter = export.TFLiteClassifier(path)
-    except ValueError as err:
-        raise PredictError(f"{path}: cannot load the TFLite model ({_one_line(err)})") from None
-    pipeline = _pipeline_for(path, pipeline_arg)
-    if pipeline is None:
-        pipeline = PipelineConfig()
+        interpreter = export.TFLiteClassifier(flatbuffer)
+        interpreter(np.zeros((1, interpreter.num_samples), np.float32))
+    except (ValueError, RuntimeError, IndexError) as err:
+        raise PredictError(f"{path}: cannot run the TFLite model ({_one_line(err)})") from None
+    given = _given_pipeline(path, pipeline_arg)
+    pipeline = PipelineConfig() if given is None else given[1]
+    if given is None:
         print(f"note: no {PIPELINE_FILE} beside {path} and no --pipeline: assuming the default "
               f"pipeline's {pipeline.audio.sample_rate} Hz", file=sys.stderr)
     if pipeline.audio.num_samples != interpreter.num_samples:
@@ -209,17 +436,22 @@ def load_classifier(path: Path | None, pipeline_arg: Path | None = None) -> Clas
     """Whatever ``--model`` names (default: the shipped model) as a ``Classifier``."""
     path = default_model_path() if path is None else Path(path)
     try:
-        if path.is_dir():
-            return load_run(path)
-        if not path.is_file():
-            raise PredictError(f"{path}: no such model file or run folder")
-        if path.suffix == KERAS_SUFFIX:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise PredictError(f"{path}: no such model file or run folder") from None
+    except OSError as err:
+        raise PredictError(f"{path}: cannot read it ({err.strerror})") from None
+    try:
+        if stat.S_ISDIR(mode):
+            return load_run(path, pipeline_arg)
+        if stat.S_ISREG(mode) and path.suffix == KERAS_SUFFIX:
             return load_keras_file(path, pipeline_arg)
-        if path.suffix == TFLITE_SUFFIX:
+        if stat.S_ISREG(mode) and path.suffix == TFLITE_SUFFIX:
             return load_tflite(path, pipeline_arg)
-    except (export.ExportError, ConfigError) as err:
+    except ConfigError as err:
         raise PredictError(str(err)) from None
-    raise PredictError(f"{path}: not a model; expected a run folder, a {KERAS_SUFFIX} or a {TFLITE_SUFFIX} file")
+    raise PredictError(f"{path}: not a model; --model takes a run folder, a {KERAS_SUFFIX} or a "
+                       f"{TFLITE_SUFFIX} file")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +519,12 @@ def target(probability: float, threshold: float) -> str:
     return EXHALE if probability >= threshold else INHALE
 
 
+def is_padded(recording: Recording, clip: int) -> bool:
+    """Whether the recording fills less than ``MIN_AUDIO_FRACTION`` of a clip (only a recording
+    shorter than a clip is padded: the windows of a longer one are all full)."""
+    return len(recording.audio) < MIN_AUDIO_FRACTION * clip
+
+
 def sample_probability(recording: Recording, clip: int) -> np.ndarray:
     """Per sample: the mean P(exhale) of the windows covering it. ``-> [len(audio)]``"""
     length = len(recording.audio)
@@ -308,16 +546,16 @@ def _seconds(samples: int, sample_rate: int) -> str:
     return f"{samples / sample_rate:.{TIME_DECIMALS}f}"
 
 
-def clip_rows(recordings: Sequence[Recording], threshold: float) -> list[list[str]]:
-    return [[r.id, target(r.probabilities[0], threshold), _probability(r.probabilities[0])]
-            for r in recordings]
+def clip_rows(recordings: Sequence[Recording], clip: int, threshold: float) -> list[list[str]]:
+    return [[r.id, target(r.probabilities[0], threshold), _probability(r.probabilities[0]),
+             str(is_padded(r, clip))] for r in recordings]
 
 
 def window_rows(recordings: Sequence[Recording], clip: int, sample_rate: int,
                 threshold: float) -> list[list[str]]:
     """One row per window; a window past the end of a short recording stops at its end."""
     return [[r.id, _seconds(start, sample_rate), _seconds(min(start + clip, len(r.audio)), sample_rate),
-             target(p, threshold), _probability(p)]
+             target(p, threshold), _probability(p), str(is_padded(r, clip))]
             for r in recordings for start, p in zip(r.starts, r.probabilities)]
 
 
@@ -411,8 +649,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--threshold must be in [0, 1], got {args.threshold:g}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.hop is not None and args.hop <= 0:
-        parser.error(f"--hop must be > 0 seconds, got {args.hop:g}")
+    if args.hop is not None and not (math.isfinite(args.hop) and args.hop > 0):
+        parser.error(f"--hop must be a positive number of seconds, got {args.hop:g}")
     return args
 
 
@@ -441,9 +679,12 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
 def _write(text: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(text)
-    else:
+        return
+    try:
         artifacts.write_text(out, text)
-        print(f"wrote {out}", file=sys.stderr)
+    except OSError as err:
+        raise PredictError(f"{out}: cannot write the CSV ({err.strerror})") from None
+    print(f"wrote {out}", file=sys.stderr)
 
 
 def _csv_text(recordings: Sequence[Recording], kaggle: bool, windowed: bool, classifier: Classifier,
@@ -454,7 +695,7 @@ def _csv_text(recordings: Sequence[Recording], kaggle: bool, windowed: bool, cla
     if windowed:
         rows = window_rows(recordings, classifier.num_samples, classifier.sample_rate, threshold)
         return format_csv(WINDOW_COLUMNS, rows)
-    return format_csv(CLIP_COLUMNS, clip_rows(recordings, threshold))
+    return format_csv(CLIP_COLUMNS, clip_rows(recordings, classifier.num_samples, threshold))
 
 
 def _recordings(inputs: Sequence[tuple[str, Path]], audios: Sequence[np.ndarray | None], windowed: bool,
@@ -464,8 +705,22 @@ def _recordings(inputs: Sequence[tuple[str, Path]], audios: Sequence[np.ndarray 
             for (clip_id, path), audio in zip(inputs, audios) if audio is not None]
 
 
+def _warn_padded(recordings: Sequence[Recording], classifier: Classifier) -> None:
+    """One stderr line per recording that is mostly zero padding (``Padded`` in the CSV)."""
+    for recording in recordings:
+        if is_padded(recording, classifier.num_samples):
+            print(f"warning: {recording.path}: only {len(recording.audio) / classifier.sample_rate:.3f} s "
+                  f"of audio, less than {MIN_AUDIO_FRACTION:.0%} of a {classifier.clip_s:g}-s clip; its "
+                  f"prediction rests mostly on zero padding", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Load, decode, classify, write; return the exit code (``PredictError`` for usage problems)."""
+    """Check the outputs, load, decode, classify, draw, write; return the exit code
+    (``PredictError`` for usage problems). The CSV comes last: it exists only if all else did."""
+    if args.out is not None:
+        artifacts.check_writable(args.out)
+    if args.plot is not None:
+        artifacts.check_writable(args.plot, folder=True)
     classifier = load_classifier(args.model, args.pipeline)
     clip, hop = classifier.num_samples, _hop_samples(args.hop, classifier)
     inputs = _inputs(args)
@@ -476,7 +731,7 @@ def run(args: argparse.Namespace) -> int:
     summary = f"decoded {len(inputs) - skipped} of {len(inputs)} file(s)"
     print(f"{summary}; skipped {skipped} (reasons above, no rows)" if skipped else summary, file=sys.stderr)
     if skipped == len(inputs):
-        print("error: no file could be decoded; nothing written", file=sys.stderr)
+        print("no file could be decoded; nothing written", file=sys.stderr)
         return EXIT_SKIPPED
     kaggle = args.kaggle is not None
     windowed = not kaggle and any(audio is not None and len(audio) > clip for audio in audios)
@@ -484,21 +739,34 @@ def run(args: argparse.Namespace) -> int:
         print(f"a recording is longer than one clip: windows of {classifier.clip_s:g} s every "
               f"{hop / classifier.sample_rate:g} s", file=sys.stderr)
     recordings = classify(classifier, _recordings(inputs, audios, windowed, clip, hop), args.batch_size)
-    _write(_csv_text(recordings, kaggle, windowed, classifier, args.threshold), args.out)
+    _warn_padded(recordings, classifier)
+    text = _csv_text(recordings, kaggle, windowed, classifier, args.threshold)
     _plot(args.plot, recordings if windowed else [], classifier, args.threshold, hop)
+    _write(text, args.out)
     return EXIT_SKIPPED if skipped else EXIT_OK
 
 
 def _plot(folder: Path | None, recordings: Sequence[Recording], classifier: Classifier, threshold: float,
           hop: int) -> None:
+    """Every timeline, drawn into a staging folder, then moved into ``folder``: all or none."""
     if folder is None:
         return
     if not recordings:
         print(f"--plot: no recording is longer than one clip ({classifier.clip_s:g} s); no timeline drawn",
               file=sys.stderr)
         return
-    for recording in recordings:
-        plot_timeline(recording, classifier, threshold, hop, folder / f"{recording.path.stem}.png")
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".timelines-", dir=artifacts.nearest_existing(folder)))
+        try:
+            drawn = [plot_timeline(r, classifier, threshold, hop, staging / f"{r.path.stem}.png")
+                     for r in recordings]
+            folder.mkdir(parents=True, exist_ok=True)
+            for png in dict.fromkeys(drawn):  # recordings of one stem share a file: the last drawn stays
+                os.replace(png, folder / png.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as err:
+        raise PredictError(f"{folder}: cannot write the timelines ({err.strerror}); no CSV written") from None
     print(f"wrote {len(recordings)} timeline(s) to {folder}", file=sys.stderr)
 
 
@@ -507,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     tf.get_logger().setLevel("ERROR")  # tfio's resampler warns about retracing on every new length
     try:
         return run(args)
-    except (PredictError, data.DataError, ConfigError) as err:
+    except (PredictError, data.DataError, ConfigError, artifacts.OutputPathError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
 

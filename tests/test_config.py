@@ -90,7 +90,8 @@ def test_feature_config_accepts_any_subset_of_maps():
     ("augment", {"p_mixup": "0.1"}, "p_mixup must be a number in [0, 1], got '0.1'"),
     ("train", {"models": "cnn8"}, "models must be a list of model names, got 'cnn8'"),
     ("train", {"learning_rates": 0.001}, "learning_rates must be a table of model = number, got 0.001"),
-    ("train", {"learning_rates": {"cnn8": "fast", "vgg": 1e-3}}, "learning_rates.cnn8 must be a number > 0, got 'fast'"),
+    ("train", {"learning_rates": {"cnn8": "fast", "vgg": 1e-3}},
+     "learning_rates.cnn8 must be a number > 0, got 'fast'"),
     ("train", {"dropouts": {"cnn8": "0.3"}}, "dropouts.cnn8 must be a number in [0, 1), got '0.3'"),
     ("train", {"precision": ["auto"]}, "precision must be one of ['auto', 'float32', 'mixed_bfloat16', "
                                        "'mixed_float16'], got ['auto']"),
@@ -186,7 +187,8 @@ def test_fit_reports_a_bad_pipeline_on_one_error_line(tmp_path, capsys, toml):
     bad = tmp_path / "bad.toml"
     bad.write_text(toml)
     # --data names no folder: a pipeline wrongly accepted fails there, fast, with another message.
-    assert fit.main(["--pipeline", str(bad), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 2
+    argv = ["--pipeline", str(bad), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]
+    assert fit.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {bad}: ["), err
     assert not (tmp_path / "run").exists()

@@ -191,8 +191,10 @@ def test_features_cli_names_an_unwritable_output_before_extracting(tmp_path, wri
     taken = tmp_path / "taken.npz"
     taken.mkdir()
     assert features.main([str(tmp_path / "c0.wav"), "--out", str(taken)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"error: {taken}: is a folder, not an output file"
+    assert capsys.readouterr().err.strip() == f"error: {taken}: is a folder; name a file"
+    blocked = tmp_path / "c0.wav" / "x.npz"  # a file where its folder would go
+    assert features.main([str(tmp_path / "c0.wav"), "--out", str(blocked)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {blocked}: cannot be created, {tmp_path / 'c0.wav'} is a file"
 
 
 def test_features_cli_writes_exactly_the_named_file(tmp_path, write_wav):

@@ -97,11 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pipeline = load_config(args.pipeline) if args.pipeline else PipelineConfig()
         files = data.collect_wav_files(args.inputs)
-    except (ConfigError, data.DataError) as err:
+        artifacts.check_writable(out_path)  # before the extraction, not after it
+    except (ConfigError, data.DataError, artifacts.OutputPathError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    if out_path.is_dir():
-        print(f"error: {out_path}: is a folder, not an output file", file=sys.stderr)
         return EXIT_USAGE
     feature_set = data.extract(files, None, pipeline, description="features")
     print(feature_set.report, file=sys.stderr)

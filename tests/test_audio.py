@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 from pathlib import Path
 
@@ -267,22 +269,28 @@ def test_load_audio_raises_one_line_naming_file(tmp_path, write_wav):
         audio.load_audio(tmp_path / "missing.wav")
 
 
+def lock(path: Path, monkeypatch) -> None:
+    """Take away read permission from ``path``: chmod 000 where it bites, and ``Path.open``
+    refused by hand too, since root (which the tests may run as) reads anything."""
+    path.chmod(0)
+    real_open = Path.open
+
+    def refuse(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+
+
 def test_load_audio_names_a_folder_or_an_unreadable_file(tmp_path, write_wav, monkeypatch):
-    """Not "file not found" for a path that exists: a folder, or a file this process may not read
-    (simulated: the tests may run as root, whom chmod 000 does not stop)."""
+    """Not "file not found" for a path that exists: a folder, or a file this process may not read."""
     folder = tmp_path / "folder.wav"
     folder.mkdir()
     with pytest.raises(audio.AudioError, match=r"folder\.wav: is a folder, not a WAV file$"):
         audio.load_audio(folder)
     locked, fine = (write_wav(name, sine(440.0, 0.1, TARGET)) for name in ("locked.wav", "fine.wav"))
-    real_open = Path.open
-
-    def refuse(self, *args, **kwargs):
-        if self == locked:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_open(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "open", refuse)
+    lock(locked, monkeypatch)
     assert not audio.is_readable(locked) and audio.is_readable(fine) and not audio.is_readable(folder)
     with pytest.raises(audio.AudioError, match=r"locked\.wav: cannot be read \(permission denied\)$"):
         audio.load_audio(locked)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import BREATH_DIR, SAMPLE_RATE, assert_same_scalars, breath_like, needs_breath, real_clips
+from test_audio import lock
 from tfbreath import audio, data, features
 from tfbreath.config import DataConfig, PipelineConfig
 
@@ -213,18 +212,9 @@ def test_a_folder_named_like_a_wav_is_not_collected_but_searched(tmp_path, write
 
 
 def test_an_unreadable_file_is_a_counted_skip(tmp_path, write_wav, monkeypatch):
-    """chmod 000 where it bites; the open is refused by hand too, since root reads anything."""
     good = write_wav("good.wav", breath_like(0))
     locked = write_wav("locked.wav", breath_like(1))
-    locked.chmod(0)
-    real_open = Path.open
-
-    def refuse(self, *args, **kwargs):
-        if self == locked:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_open(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "open", refuse)
+    lock(locked, monkeypatch)
     feature_set = data.extract([locked, good], None, PIPELINE, progress=False)
     assert feature_set.report.skipped == [(locked, audio.status_message(audio.UNREADABLE))]
     assert "cannot be read (permission denied or not a regular file)" in str(feature_set.report)

@@ -377,12 +377,6 @@ def test_cut_or_corrupt_tflite_is_an_error_line_not_a_crash(tmp_path, tflite_byt
         assert "not a valid TFLite model" in results[str(paths[name])][1][0], name
 
 
-def test_verify_tflite_passes_a_sound_model_unchanged(tflite_bytes, tmp_path):
-    assert predict.verify_tflite(tflite_bytes) == tflite_bytes
-    path = artifacts.write_bytes(tmp_path / "model.tflite", tflite_bytes)
-    assert predict.verify_tflite(path) == tflite_bytes
-
-
 def test_a_model_carrying_its_pipeline_needs_no_file_and_refuses_another(capsys, tmp_path, run_dir, waveform,
                                                                          clips):
     files = sorted(clips.rglob("*.wav"))

@@ -44,6 +44,7 @@ from tfbreath.ensemble import WeightedSigmoidAverage
 from tfbreath.evaluation import THRESHOLD
 from tfbreath.features import FeatureExtractor
 from tfbreath.precision import FLOAT32, float32_copy, global_policy
+from tfbreath.tflite_file import verify_tflite
 
 FLOAT_QUANTIZATIONS = ("none", "float16")
 QUANTIZATIONS = (*FLOAT_QUANTIZATIONS, "int8")
@@ -383,12 +384,16 @@ def classifier_weights_to_float16(flatbuffer: bytes) -> bytes:
 
 
 class TFLiteClassifier:
-    """Runs a waveform ``.tflite``: ``[N, samples]`` float32 -> ``[N]`` P(exhale), builtin ops only."""
+    """Runs a waveform ``.tflite``: ``[N, samples]`` float32 -> ``[N]`` P(exhale), builtin ops only.
+
+    ``model`` is a flatbuffer just made, or a file, which is checked first
+    (``tflite_file.verify_tflite`` raises ``TFLiteFileError`` where the interpreter would crash).
+    """
 
     def __init__(self, model: bytes | str | Path, num_threads: int | None = None):
-        source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+        flatbuffer = model if isinstance(model, bytes) else verify_tflite(model)
         self.interpreter = tf.lite.Interpreter(
-            **source, num_threads=num_threads,
+            model_content=flatbuffer, num_threads=num_threads,
             experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -513,14 +518,10 @@ def export(run: Run, member: str, quantize: str, out: Path) -> dict:
 
 
 def check_output_path(out: Path) -> None:
-    """Refuse an ``--out`` that cannot become a file, before any work."""
+    """Refuse an ``--out`` that is no ``.tflite`` or cannot be written, before any work."""
     if out.suffix != TFLITE_SUFFIX:
         raise ExportError(f"{out}: --out must name a {TFLITE_SUFFIX} file")
-    if out.is_dir():
-        raise ExportError(f"{out}: --out is a folder; name a {TFLITE_SUFFIX} file")
-    existing = next((p for p in out.parents if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise ExportError(f"{out}: cannot be written, {existing} is a file")
+    artifacts.check_writable(out)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -541,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output_path(out)
         row = export(Run.load(args.model, args.data), args.member, args.quantize, out)
-    except (ExportError, ConfigError, data.DataError, AudioError) as err:
+    except (ExportError, ConfigError, data.DataError, AudioError, artifacts.OutputPathError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print(format_check(row))

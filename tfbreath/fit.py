@@ -170,7 +170,7 @@ def _train_and_report(pipeline: PipelineConfig, data_dir: Path, run_dir: Path, s
     alphas = softmax_weights([results[name]["accuracy"] for name in models])
     with strategy.scope():  # the members' variables belong to the strategy
         ensemble = build_ensemble(models, alphas)
-    artifacts.save_model(ensemble, run_dir / "ensemble.keras")
+    artifacts.save_model(ensemble, run_dir / "ensemble.keras", pipeline_toml=dump_config(pipeline))
     probabilities["ensemble"] = train.predict_probabilities(ensemble, val_set, batch_size, from_logits=False)
     results["ensemble"] = {**evaluation.binary_metrics(labels, probabilities["ensemble"]),
                            "weights": {name: float(a) for name, a in zip(models, alphas)}}

@@ -27,7 +27,7 @@ import tensorflow as tf
 from tfbreath import artifacts
 from tfbreath.augment import AugmentationSchedule, Augmenter
 from tfbreath.checkpoint import TrainingBackup
-from tfbreath.config import PipelineConfig, TrainConfig
+from tfbreath.config import PipelineConfig, TrainConfig, dump_config
 from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.features import SCALARS
@@ -150,7 +150,7 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
     model.fit(shard_by_data(batches), validation_data=shard_by_data(val_set.batches(batch_size)),
               epochs=train.epochs, callbacks=callbacks, shuffle=False,  # the tf.data pipeline shuffles
               verbose=1 if sys.stdout.isatty() else 2)
-    artifacts.save_model(model, final)
+    artifacts.save_model(model, final, pipeline_toml=dump_config(pipeline))  # the model carries its features
     shutil.rmtree(backup, ignore_errors=True)  # the finished model replaces its epoch checkpoints
     return model
 

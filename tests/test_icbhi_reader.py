@@ -9,8 +9,9 @@ import pytest
 
 from conftest import ICBHI_DIR, needs_icbhi, sine
 from tfbreath.icbhi.config import SplitConfig
-from tfbreath.icbhi.reader import (OFFICIAL_SPLIT_FILE, Cycle, IcbhiError, parse_recording_name,
-                                   read_annotations, read_database, split_recordings)
+from tfbreath.icbhi.reader import (FALLBACK_SCHEME, OFFICIAL_SPLIT_FILE, PATIENT_FOLDS, TEST_FOLDS, Cycle,
+                                   IcbhiError, parse_recording_name, patient_folds, read_annotations, read_database,
+                                   split_recordings)
 from tfbreath.icbhi.synthetic import DEVICE_FORMATS, write_recording, write_split_list, write_synthetic_icbhi
 
 REAL_CYCLES = {
@@ -122,6 +123,30 @@ def test_each_bad_input_is_a_counted_reported_skip(tmp_path):
     assert "skipped 5 file(s)" in text and "skipped 1 cycle(s): 1 cycle past the end" in text
 
 
+def test_unreadable_wavs_are_reported_skips(tmp_path):
+    _good(tmp_path)
+    (tmp_path / "106_1b1_Al_sc_Meditron.wav").symlink_to(tmp_path / "absent.wav")  # a broken link
+    (tmp_path / "107_1b1_Al_sc_Meditron.wav").mkdir()  # a folder named like a recording
+    for stem in ("106_1b1_Al_sc_Meditron", "107_1b1_Al_sc_Meditron"):
+        (tmp_path / f"{stem}.txt").write_text("0.1 0.5 0 0\n")
+    recordings, report = read_database(tmp_path)
+    assert [r.stem for r in recordings] == ["105_1b1_Al_sc_Meditron"]
+    assert {skip.path.name: skip.kind for skip in report.skipped_files} == {
+        "106_1b1_Al_sc_Meditron.wav": "undecodable WAV", "107_1b1_Al_sc_Meditron.wav": "undecodable WAV"}
+    assert all("\n" not in skip.message for skip in report.skipped_files)
+
+
+@pytest.mark.parametrize("name", ["patient_diagnosis.csv", OFFICIAL_SPLIT_FILE])
+def test_unreadable_list_files_raise_one_line(tmp_path, name):
+    for patient in (105, 106):
+        _good(tmp_path, f"{patient}_1b1_Al_sc_Meditron")
+    (tmp_path / name).write_bytes(b"\xff\xfe\x00 not text")
+    with pytest.raises(IcbhiError, match=f"^{tmp_path / name}: cannot read this list file") as err:
+        recordings, _ = read_database(tmp_path)
+        split_recordings(recordings, SplitConfig("official"), tmp_path)
+    assert "\n" not in str(err.value)
+
+
 def test_a_cycle_ending_just_past_the_end_is_cut_to_it(tmp_path):
     _good(tmp_path, cycles=(Cycle(1.0, 2.03, False, False),))
     (recording,), report = read_database(tmp_path)
@@ -132,28 +157,39 @@ def test_unusable_folders_raise_one_line(tmp_path):
     with pytest.raises(IcbhiError, match="ICBHI data folder not found"):
         read_database(tmp_path / "absent")
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(IcbhiError, match=f"^{tmp_path}: no usable ICBHI recordings"):
+    with pytest.raises(IcbhiError, match=f"^{tmp_path}: no usable ICBHI recordings; expected patient_index"):
         read_database(tmp_path)
+    _good(tmp_path)
+    (tmp_path / "105_1b1_Al_sc_Meditron.txt").write_text("0.1 0.5 0\n")
+    with pytest.raises(IcbhiError) as err:  # what went wrong with the skipped files, by example
+        read_database(tmp_path)
+    assert str(err.value) == (f"{tmp_path}: no usable ICBHI recordings: 1 skipped, e.g. "
+                              f"{tmp_path / '105_1b1_Al_sc_Meditron.txt'} line 1: malformed annotation '0.1 0.5 0' "
+                              f"(expected 4 fields 'start end crackle wheeze', got 3)")
 
 
 @pytest.mark.parametrize("scheme, test_share", [("60_40", 0.4), ("80_20", 0.2)])
 def test_patient_wise_split_keeps_patients_apart_and_is_seeded(synthetic_root, scheme, test_share):
     recordings, _ = read_database(synthetic_root)
-    train, test = split_recordings(recordings, SplitConfig(scheme, seed=3), synthetic_root)
+    split = split_recordings(recordings, SplitConfig(scheme, seed=3), synthetic_root)
+    train, test = split.train, split.test
+    assert (split.scheme, split.note) == (scheme, "")
     assert not {r.patient for r in train} & {r.patient for r in test}
     assert len(train) + len(test) == len(recordings)
     assert len({r.patient for r in test}) == round(test_share * 10)
     again = split_recordings(recordings, SplitConfig(scheme, seed=3), synthetic_root)
-    assert [r.stem for r in again[1]] == [r.stem for r in test]
+    assert [r.stem for r in again.test] == [r.stem for r in test]
     other_seeds = {tuple(r.stem for r in split_recordings(recordings, SplitConfig(scheme, seed=s),
-                                                           synthetic_root)[1]) for s in range(4)}
+                                                           synthetic_root).test) for s in range(4)}
     assert len(other_seeds) > 1
 
 
 def test_official_split_honours_the_list(synthetic_root, tmp_path):
     recordings, _ = read_database(synthetic_root)
     sides = dict(line.split("\t") for line in (synthetic_root / OFFICIAL_SPLIT_FILE).read_text().splitlines())
-    train, test = split_recordings(recordings, SplitConfig("official"), synthetic_root)
+    split = split_recordings(recordings, SplitConfig("official"), synthetic_root)
+    train, test = split.train, split.test
+    assert (split.scheme, split.note) == ("official", "")
     assert {r.stem for r in train} == {s for s, side in sides.items() if side == "train"}
     assert {r.stem for r in test} == {s for s, side in sides.items() if side == "test"}
 
@@ -165,14 +201,20 @@ def test_official_split_honours_the_list(synthetic_root, tmp_path):
         (custom / path.name).symlink_to(path)
     (custom / OFFICIAL_SPLIT_FILE).write_text("".join(f"{s} {'test' if i == 0 else 'train'}\n"
                                                       for i, s in enumerate(stems)))
-    train, test = split_recordings(recordings, SplitConfig("official"), custom)
-    assert [r.stem for r in test] == [stems[0]]
+    assert [r.stem for r in split_recordings(recordings, SplitConfig("official"), custom).test] == [stems[0]]
+
+
+def test_official_split_without_its_list_falls_back_to_patient_wise(synthetic_root, tmp_path):
+    recordings, _ = read_database(synthetic_root)
+    split = split_recordings(recordings, SplitConfig("official", seed=3), tmp_path)
+    assert split.scheme == FALLBACK_SCHEME == "60_40"
+    assert split.note == f"no {OFFICIAL_SPLIT_FILE} under {tmp_path}, so a patient-wise 60_40 split instead of 'official'"
+    assert [r.stem for r in split.test] == [r.stem for r in split_recordings(recordings, SplitConfig("60_40", seed=3),
+                                                                            tmp_path).test]
 
 
 def test_official_split_errors(synthetic_root, tmp_path):
     recordings, _ = read_database(synthetic_root)
-    with pytest.raises(IcbhiError, match=f"no {OFFICIAL_SPLIT_FILE} for split scheme 'official'; add it or use"):
-        split_recordings(recordings, SplitConfig("official"), tmp_path)
     (tmp_path / OFFICIAL_SPLIT_FILE).write_text(f"{recordings[0].stem}\ttrain\n")
     with pytest.raises(IcbhiError, match=r"no train/test entry for 19 recording\(s\)"):
         split_recordings(recordings, SplitConfig("official"), tmp_path)
@@ -181,12 +223,26 @@ def test_official_split_errors(synthetic_root, tmp_path):
         split_recordings(recordings, SplitConfig("official"), tmp_path)
 
 
-def test_too_few_patients_for_a_patient_wise_split(tmp_path):
+@pytest.mark.parametrize("patients, scheme, folds, test_folds", [
+    (126, "60_40", PATIENT_FOLDS, TEST_FOLDS["60_40"]), (5, "80_20", PATIENT_FOLDS, TEST_FOLDS["80_20"]),
+    (4, "60_40", 4, 1), (4, "80_20", 4, 1), (3, "60_40", 3, 1), (2, "60_40", 2, 1), (2, "80_20", 2, 1),
+])
+def test_patient_folds(patients, scheme, folds, test_folds):
+    """Fewer patients than folds: a fold per patient, at most the scheme's share of them held out."""
+    assert patient_folds(patients, scheme) == (folds, test_folds)
+
+
+def test_few_patients_split_is_noted_and_one_patient_is_refused(tmp_path):
     for patient in (105, 106, 107):
         _good(tmp_path, f"{patient}_1b1_Al_sc_Meditron")
     recordings, _ = read_database(tmp_path)
-    with pytest.raises(IcbhiError, match="need at least 5 patients for a patient-wise 80_20 split, got 3"):
-        split_recordings(recordings, SplitConfig("80_20"), tmp_path)
+    split = split_recordings(recordings, SplitConfig("80_20"), tmp_path)
+    assert len(split.test) == 1 and len(split.train) == 2
+    assert split.note == "only 3 patients, so 1 of them on the test side"
+    with pytest.raises(IcbhiError, match="need at least 2 patients for a patient-wise 80_20 split, got 1"):
+        split_recordings(recordings[:1], SplitConfig("80_20"), tmp_path)
+    with pytest.raises(IcbhiError, match=f"^no {OFFICIAL_SPLIT_FILE} under .*; need at least 2 patients"):
+        split_recordings(recordings[:1], SplitConfig("official"), tmp_path)
 
 
 def test_write_split_list_is_patient_wise(tmp_path):

@@ -142,10 +142,14 @@ def build_cycle_set(recordings: Sequence[Recording], config: IcbhiConfig, smart:
 
 def load_cycle_sets(config: IcbhiConfig, root: str | Path,
                     progress: bool = True) -> tuple[CycleSet, CycleSet, ReadReport]:
-    """``(train, test, report)``: the database under ``root``, split and padded as ``config`` says."""
+    """``(train, test, report)``: the database under ``root``, split and padded as ``config`` says.
+
+    ``report`` says what was read and skipped, and which split scheme was actually made.
+    """
     recordings, report = read_database(root)
-    train, test = split_recordings(recordings, config.split, root)
+    split = split_recordings(recordings, config.split, root)
+    report.split_scheme, report.split_note = split.scheme, split.note
     smart = config.padding.smart
-    train_set = build_cycle_set(train, config, smart, report, "train", progress)
-    test_set = build_cycle_set(test, config, smart and config.padding.smart_test, report, "test", progress)
+    train_set = build_cycle_set(split.train, config, smart, report, "train", progress)
+    test_set = build_cycle_set(split.test, config, smart and config.padding.smart_test, report, "test", progress)
     return train_set, test_set, report

@@ -6,7 +6,8 @@ Layout read (any folder depth under the root; the files are found recursively):
   (e.g. ``101_1b1_Al_sc_Meditron``); the ``.txt`` has one line per breathing cycle,
   ``start end crackle wheeze`` (seconds, seconds, 0/1, 0/1), tab- or space-separated.
 - ``ICBHI_challenge_train_test.txt`` (optional): the official 60/40 division, lines
-  ``<stem> <train|test>``; needed by ``split.scheme = "official"``.
+  ``<stem> <train|test>``, read by ``split.scheme = "official"``; without it that scheme
+  falls back to the patient-wise ``FALLBACK_SCHEME`` and says so in the ``ReadReport``.
 - ``ICBHI_Challenge_diagnosis.txt`` or ``patient_diagnosis.csv`` (optional): lines
   ``<patient> <diagnosis>`` (tab, space or comma); attached to each ``Recording``.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -52,6 +54,13 @@ PATIENT_FOLDS = 5
 
 TEST_FOLDS = {"60_40": 2, "80_20": 1}
 """How many of the ``PATIENT_FOLDS`` folds form the test side of each patient-wise scheme."""
+
+MIN_SPLIT_PATIENTS = 2
+"""A patient-wise split needs one patient per side; with fewer than ``PATIENT_FOLDS`` patients
+each patient is a fold and the test side takes at most the scheme's share of them (at least one)."""
+
+FALLBACK_SCHEME = "60_40"
+"""The patient-wise scheme that replaces ``official`` when its list file is absent (same 60/40 share)."""
 
 TRAIN, TEST = "train", "test"
 
@@ -112,15 +121,34 @@ class Skip:
     message: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Train and test recordings, the scheme that divided them, and how it differs from the configured one.
+
+    ``note`` is one line, empty when the configured scheme was made as specified.
+    """
+
+    train: list[Recording]
+    test: list[Recording]
+    scheme: str
+    note: str = ""
+
+
 @dataclasses.dataclass
 class ReadReport:
-    """What was read and what was skipped (whole files, single cycles), with the reasons."""
+    """What was read and what was skipped (whole files, single cycles), with the reasons.
+
+    ``split_scheme`` and ``split_note`` are the ``Split.scheme`` and ``Split.note`` of the
+    split made from it, once made.
+    """
 
     root: Path
     recordings: int = 0
     cycles: int = 0
     skipped_files: list[Skip] = dataclasses.field(default_factory=list)
     skipped_cycles: list[Skip] = dataclasses.field(default_factory=list)
+    split_scheme: str = ""
+    split_note: str = ""
 
     def skip_file(self, path: Path, kind: str, message: str) -> None:
         self.skipped_files.append(Skip(Path(path), kind, message))
@@ -138,6 +166,8 @@ class ReadReport:
                 lines += [f"    {skip.message}" for skip in skipped]
         if len(lines) == 1:
             lines[0] += ", none skipped"
+        if self.split_note:
+            lines.append(f"  split: {self.split_note}")
         return "\n".join(lines)
 
 
@@ -199,7 +229,10 @@ def _wav_header(path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
 def read_wav_info(path: str | Path) -> tuple[int, float]:
     """``(sample_rate, duration_s)`` from a WAV header; ``IcbhiError`` if tfbreath cannot decode it."""
     path = Path(path)
-    status, rate, frames = (int(v) for v in _wav_header(tf.constant(str(path))))
+    try:
+        status, rate, frames = (int(v) for v in _wav_header(tf.constant(str(path))))
+    except tf.errors.OpError as err:  # unreadable: a broken link, a folder named *.wav, no permission
+        raise IcbhiError(f"{path}: cannot read the WAV file ({err.message.splitlines()[0]})") from None
     if status != audio.OK:
         raise IcbhiError(f"{path}: undecodable WAV: {audio.status_message(status)}")
     return rate, frames / rate
@@ -230,8 +263,11 @@ def _find(root: Path, names: Sequence[str]) -> Path | None:
 
 
 def _pairs(path: Path, separators: re.Pattern = _FIELD_SEPARATORS) -> list[tuple[int, list[str]]]:
-    """``(line number, fields)`` of the non-blank lines of a small list file."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    """``(line number, fields)`` of the non-blank lines of a small list file; ``IcbhiError`` if unreadable."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise IcbhiError(f"{path}: cannot read this list file ({err})") from None
     return [(n, separators.split(line.strip())) for n, line in enumerate(lines, start=1) if line.strip()]
 
 
@@ -299,8 +335,10 @@ def read_database(root: str | Path) -> tuple[list[Recording], ReadReport]:
         if NAME_PATTERN.match(txt.stem) and txt.stem not in wav_stems:
             report.skip_file(txt, "no WAV", f"{txt}: no recording {txt.stem}.wav for this annotation file")
     if not recordings:
-        detail = f" ({len(report.skipped_files)} skipped)" if report.skipped_files else ""
-        raise IcbhiError(f"{root}: no usable ICBHI recordings{detail}; expected {NAME_FORMAT}.wav + .txt pairs")
+        skipped = report.skipped_files
+        if skipped:
+            raise IcbhiError(f"{root}: no usable ICBHI recordings: {len(skipped)} skipped, e.g. {skipped[0].message}")
+        raise IcbhiError(f"{root}: no usable ICBHI recordings; expected {NAME_FORMAT}.wav + .txt pairs")
     report.recordings = len(recordings)
     report.cycles = sum(len(r.cycles) for r in recordings)
     return recordings, report
@@ -308,11 +346,7 @@ def read_database(root: str | Path) -> tuple[list[Recording], ReadReport]:
 
 # ----------------------------------------------------------------------------- splits
 
-def _official_split(recordings: Sequence[Recording], root: Path) -> tuple[list[Recording], list[Recording]]:
-    path = _find(root, (OFFICIAL_SPLIT_FILE,))
-    if path is None:
-        raise IcbhiError(f"{root}: no {OFFICIAL_SPLIT_FILE} for split scheme 'official'; "
-                         f"add it or use scheme '60_40' or '80_20' (patient-wise)")
+def _official_split(recordings: Sequence[Recording], path: Path) -> tuple[list[Recording], list[Recording]]:
     sides = read_official_split(path)
     missing = [r.stem for r in recordings if r.stem not in sides]
     if missing:
@@ -320,38 +354,64 @@ def _official_split(recordings: Sequence[Recording], root: Path) -> tuple[list[R
     return ([r for r in recordings if sides[r.stem] == TRAIN], [r for r in recordings if sides[r.stem] == TEST])
 
 
-def _patient_split(recordings: Sequence[Recording], scheme: str, seed: int) -> tuple[list[Recording], list[Recording]]:
-    """Stratified (by cycle class), patient-grouped folds: no patient on both sides."""
-    patients = sorted({r.patient for r in recordings})
-    if len(patients) < PATIENT_FOLDS:
-        raise IcbhiError(f"need at least {PATIENT_FOLDS} patients for a patient-wise {scheme} split, "
-                         f"got {len(patients)}")
+def patient_folds(patients: int, scheme: str) -> tuple[int, int]:
+    """``(folds, test folds)`` of a patient-wise ``scheme`` over ``patients`` patients.
+
+    ``PATIENT_FOLDS`` folds with ``TEST_FOLDS[scheme]`` of them on the test side; with fewer
+    patients, one fold per patient and at most the scheme's share of them, at least one, as test.
+    """
+    if patients < MIN_SPLIT_PATIENTS:
+        raise IcbhiError(f"need at least {MIN_SPLIT_PATIENTS} patients for a patient-wise {scheme} split, "
+                         f"got {patients}")
+    folds = min(PATIENT_FOLDS, patients)
+    return folds, max(TEST_FOLDS[scheme] * folds // PATIENT_FOLDS, 1)
+
+
+def _patient_split(recordings: Sequence[Recording], folds: int, test_folds: int,
+                   seed: int) -> tuple[list[Recording], list[Recording]]:
+    """Stratified (by cycle class), patient-grouped folds; the first ``test_folds`` are the test side."""
     owner = np.concatenate([np.full(len(r.cycles), i) for i, r in enumerate(recordings)])  # [cycles]
     labels = np.concatenate([[c.label4 for c in r.cycles] for r in recordings])  # [cycles]
     groups = np.array([recordings[i].patient for i in owner])  # [cycles]
-    folds = StratifiedGroupKFold(n_splits=PATIENT_FOLDS, shuffle=True, random_state=seed)
-    test_cycles = np.concatenate([test for _, test in
-                                  list(folds.split(np.zeros(len(labels)), labels, groups))[:TEST_FOLDS[scheme]]])
-    test_owners = set(owner[test_cycles].tolist())
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a class with fewer cycles than folds is normal on small folders
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        fold_cycles = [test for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
+    test_owners = set(owner[np.concatenate(fold_cycles[:test_folds])].tolist())
     return ([r for i, r in enumerate(recordings) if i not in test_owners],
             [r for i, r in enumerate(recordings) if i in test_owners])
 
 
-def split_recordings(recordings: Sequence[Recording], split_config: SplitConfig,
-                     root: str | Path) -> tuple[list[Recording], list[Recording]]:
-    """``(train, test)`` recordings by ``split_config.scheme``.
+def split_recordings(recordings: Sequence[Recording], split_config: SplitConfig, root: str | Path) -> Split:
+    """The train/test ``Split`` of ``recordings`` by ``split_config.scheme``.
 
     ``official``: the list file found under ``root``, taken as given (every recording must be
-    listed; entries for absent recordings are ignored). ``60_40`` / ``80_20``: scikit-learn
+    listed; entries for absent recordings are ignored); without that file, the patient-wise
+    ``FALLBACK_SCHEME`` instead, said in ``Split.note``. ``60_40`` / ``80_20``: scikit-learn
     ``StratifiedGroupKFold`` over the cycles, grouped by patient and stratified by 4-class
-    label, 5 folds shuffled with ``split_config.seed``; the first 2 (60/40) or 1 (80/20) folds are
-    the test side. Cycles of one patient fall in one fold, so no patient is on both sides.
+    label, ``PATIENT_FOLDS`` folds shuffled with ``split_config.seed``; the first 2 (60/40) or 1
+    (80/20) folds are the test side. Cycles of one patient fall in one fold, so no patient is on
+    both sides. With fewer patients than folds see ``patient_folds`` (also said in the note).
     """
-    if split_config.scheme == "official":
-        train, test = _official_split(recordings, Path(root))
+    root = Path(root)
+    scheme, notes = split_config.scheme, []
+    list_file = _find(root, (OFFICIAL_SPLIT_FILE,)) if scheme == "official" else None
+    if scheme == "official" and list_file is None:
+        scheme = FALLBACK_SCHEME
+        notes.append(f"no {OFFICIAL_SPLIT_FILE} under {root}, so a patient-wise {scheme} split "
+                     f"instead of 'official'")
+    if list_file is not None:
+        train, test = _official_split(recordings, list_file)
     else:
-        train, test = _patient_split(recordings, split_config.scheme, split_config.seed)
+        patients = len({r.patient for r in recordings})
+        try:
+            folds, test_folds = patient_folds(patients, scheme)
+        except IcbhiError as err:
+            raise IcbhiError("; ".join([*notes, str(err)])) from None
+        if folds < PATIENT_FOLDS:
+            notes.append(f"only {patients} patients, so {test_folds} of them on the test side")
+        train, test = _patient_split(recordings, folds, test_folds, split_config.seed)
     for side, name in ((train, TRAIN), (test, TEST)):
         if not side:
-            raise IcbhiError(f"{root}: split scheme {split_config.scheme!r} leaves the {name} side empty")
-    return train, test
+            raise IcbhiError(f"{root}: split scheme {scheme!r} leaves the {name} side empty")
+    return Split(train, test, scheme, "; ".join(notes))

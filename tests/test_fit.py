@@ -11,9 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-from tfbreath import data, fit, train
+from tfbreath import artifacts, data, fit, train
 from tfbreath.augment import Augmenter
-from tfbreath.config import PipelineConfig, with_overrides
+from tfbreath.config import PipelineConfig, load_config, parse_config, with_overrides
 from tfbreath.ensemble import WeightedSigmoidAverage, build_ensemble, softmax_weights
 from tfbreath.precision import choose_precision
 from tfbreath.synthetic import write_synthetic_breath
@@ -115,6 +115,8 @@ def test_fit_without_data_trains_on_synthetic_audio_and_writes_every_artifact(tm
     for name in ("cnn8", "vgg", "ensemble"):
         assert set(metrics["models"][name]) >= {"accuracy", "roc_auc", "precision", "recall", "f1"}
     assert metrics["dtype_policy"] == choose_precision("auto")  # the run records its precision
+    for model in ("cnn8", "vgg", "ensemble"):  # each model carries the features it was trained on
+        assert parse_config(artifacts.model_pipeline_toml(out / f"{model}.keras")) == load_config(out / "pipeline.toml")
     assert metrics["models"]["cnn8"]["dtype_policy"] == metrics["dtype_policy"]
     weights = metrics["models"]["ensemble"]["weights"]
     expected = softmax_weights([metrics["models"]["cnn8"]["accuracy"], metrics["models"]["vgg"]["accuracy"]])

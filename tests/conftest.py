@@ -42,6 +42,18 @@ def _no_leaked_dtype_policy():
     assert leaked == "float32", f"the test left Keras' global dtype policy at {leaked}"
 
 
+class InterruptAfter(keras.callbacks.Callback):
+    """A kill at the end of ``epoch``, after the epoch's checkpoint was committed."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("simulated kill")
+
+
 def sine(freq_hz: float = 440.0, seconds: float = 1.0, sample_rate: int = SAMPLE_RATE,
          amplitude: float = 0.5) -> np.ndarray:
     t = np.arange(int(round(seconds * sample_rate))) / sample_rate

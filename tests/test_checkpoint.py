@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import InterruptAfter
 from tfbreath.checkpoint import STATE_FILE, TrainingBackup
 
 MONITOR = "val_accuracy"
@@ -25,18 +26,6 @@ class _Scripted(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs[MONITOR] = SCRIPT[epoch]
-
-
-class _Crash(keras.callbacks.Callback):
-    """A kill right after the backup of ``epoch`` was committed."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt("simulated kill")
 
 
 class _Epochs(keras.callbacks.Callback):
@@ -74,7 +63,7 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_stops(tmp_path):
     assert seen[-1] == STOPS_AFTER and stopper.best_epoch == 2
 
     with pytest.raises(KeyboardInterrupt):
-        _fit(tmp_path / "killed", _Crash(3))
+        _fit(tmp_path / "killed", InterruptAfter(3))
     resumed, seen_after, resumed_stopper = _fit(tmp_path / "killed")
     assert seen_after == [4, 5]  # not run to the end of the script
     assert resumed_stopper.best_epoch == 2 and resumed_stopper.best == pytest.approx(0.7)
@@ -85,7 +74,7 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_stops(tmp_path):
 def test_a_truncated_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
     folder = tmp_path / "backup"
     with pytest.raises(KeyboardInterrupt):
-        _fit(folder, _Crash(3))
+        _fit(folder, InterruptAfter(3))
     state = json.loads((folder / STATE_FILE).read_text())
     newest, previous = state["checkpoints"]
     assert (newest["epoch"], previous["epoch"]) == (4, 3)  # epochs done, the newest first
@@ -112,7 +101,7 @@ def test_unreadable_state_starts_from_scratch_with_one_warning(tmp_path, capsys)
 def test_every_damaged_checkpoint_leaves_the_fresh_weights_alone(tmp_path, capsys):
     folder = tmp_path / "backup"
     with pytest.raises(KeyboardInterrupt):
-        _fit(folder, _Crash(1))
+        _fit(folder, InterruptAfter(1))
     for entry in json.loads((folder / STATE_FILE).read_text())["checkpoints"]:
         (folder / entry["weights"]).write_bytes(b"\0" * 96)
     fresh = _model().get_weights()

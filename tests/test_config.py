@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from conftest import REPO
-from tfbreath.config import ConfigError, FeatureConfig, PipelineConfig, config_from_dict, load_config
+from tfbreath.config import (ConfigError, FeatureConfig, PipelineConfig, config_from_dict, first_difference, load_config,
+                             with_overrides)
 
 
 def test_shipped_pipeline_equals_the_embedded_default():
@@ -192,3 +193,11 @@ def test_fit_reports_a_bad_pipeline_on_one_error_line(tmp_path, capsys, toml):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {bad}: ["), err
     assert not (tmp_path / "run").exists()
+
+
+def test_first_difference_names_the_first_feature_field_that_differs():
+    base = PipelineConfig()
+    assert first_difference(base, with_overrides(base, "train", epochs=3)) is None  # training may differ
+    assert first_difference(base, with_overrides(base, "features", fmax=3000.0)) == "[features] fmax: 4500.0 vs 3000.0"
+    assert first_difference(base, with_overrides(base, "train", epochs=3), sections=("train",)) == \
+        "[train] epochs: 140 vs 3"

@@ -508,6 +508,24 @@ def with_overrides(pipeline: PipelineConfig, section: str, **values: Any) -> Pip
     return dataclasses.replace(pipeline, **{section: updated})
 
 
+FEATURE_SECTIONS = ("audio", "features")
+"""The sections the in-graph features depend on: a model's pipeline and another source must
+agree on these to give the same inputs (training settings may differ)."""
+
+
+def first_difference(ours: PipelineConfig, theirs: PipelineConfig,
+                     sections: tuple[str, ...] = FEATURE_SECTIONS) -> str | None:
+    """The first field of ``sections`` where two pipelines differ, as
+    ``[section] key: <ours> vs <theirs>``; ``None`` when they agree there."""
+    for section in sections:
+        mine, other = getattr(ours, section), getattr(theirs, section)
+        for field in dataclasses.fields(mine):
+            value, other_value = getattr(mine, field.name), getattr(other, field.name)
+            if value != other_value:
+                return f"[{section}] {field.name}: {toml_value(value)} vs {toml_value(other_value)}"
+    return None
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -72,7 +72,7 @@ from tqdm.auto import tqdm  # noqa: E402
 import tfbreath  # noqa: E402
 from tfbreath import artifacts, data, export  # noqa: E402
 from tfbreath.audio import AudioError, load_audio  # noqa: E402
-from tfbreath.config import ConfigError, PipelineConfig, load_config, parse_config, toml_value  # noqa: E402
+from tfbreath.config import ConfigError, PipelineConfig, first_difference, load_config, parse_config  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
 from tfbreath.features import FeatureExtractor  # noqa: E402
 from tfbreath.tflite_file import TFLiteFileError  # noqa: E402
@@ -103,10 +103,6 @@ TIME_DECIMALS = 3
 CLIP_COLUMNS = ("ID", "Target", "Probability", "Padded")
 WINDOW_COLUMNS = ("ID", "start_s", "end_s", "Target", "Probability", "Padded")
 KAGGLE_COLUMNS = ("ID", "Target")
-
-PREDICTION_SECTIONS = ("audio", "features")
-"""The pipeline sections the features depend on: a feature-input model's pipeline and another
-source must agree on these (training settings may differ)."""
 
 EXIT_OK = 0
 EXIT_SKIPPED = 1
@@ -193,18 +189,6 @@ def _given_pipeline(path: Path, pipeline_arg: Path | None) -> tuple[Path, Pipeli
     if pipeline_arg is None and not source.is_file():
         return None
     return source, load_config(source)
-
-
-def first_difference(ours: PipelineConfig, theirs: PipelineConfig) -> str | None:
-    """The first field of ``PREDICTION_SECTIONS`` where two pipelines differ, as
-    ``[section] key: <ours> vs <theirs>``; ``None`` when the features they make are the same."""
-    for section in PREDICTION_SECTIONS:
-        mine, other = getattr(ours, section), getattr(theirs, section)
-        for field in dataclasses.fields(mine):
-            value, other_value = getattr(mine, field.name), getattr(other, field.name)
-            if value != other_value:
-                return f"[{section}] {field.name}: {toml_value(value)} vs {toml_value(other_value)}"
-    return None
 
 
 def feature_pipeline(path: Path, pipeline_arg: Path | None) -> PipelineConfig:

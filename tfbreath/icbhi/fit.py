@@ -32,16 +32,19 @@ import numpy as np
 
 from tfbreath import artifacts
 from tfbreath.config import ConfigError, with_overrides
-from tfbreath.icbhi.config import IcbhiConfig, dump_icbhi_config, load_icbhi_config
+from tfbreath.console import add_verbose_argument
+from tfbreath.icbhi.config import IcbhiConfig, dump_icbhi_config, load_icbhi_config, parse_icbhi_config
 from tfbreath.icbhi.dataset import CLASS_NAMES, CycleSet, load_cycle_sets
 from tfbreath.icbhi.finetune import STAGE1, finetune_devices, predict_probabilities, train_stage1
 from tfbreath.icbhi.reader import IcbhiError
 from tfbreath.icbhi.resnet import build_respirenet
 from tfbreath.icbhi.score import icbhi_scores, plot_confusion, to_two_class
 from tfbreath.icbhi.spectrogram import spectrogram_shape
-from tfbreath.train import choose_precision
+from tfbreath.precision import choose_precision, global_policy, policy_of
 
 RUNS_DIR = Path("saved_models")
+PIPELINE_FILE = "pipeline.toml"
+"""The resolved pipeline in a run folder; a resumed run must match it."""
 FINETUNED = "finetuned"
 """Key of the device-routed (stage-2) results in ``metrics.json``; stage 1's is ``"stage1"``."""
 TWO_CLASS = 2
@@ -55,6 +58,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="override [train] epochs (stage 1)")
     parser.add_argument("--finetune-epochs", type=int, help="override [train] finetune_epochs (stage 2)")
     parser.add_argument("--seed", type=int, help="override [split] seed (split, shuffling, initialisation)")
+    add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -65,16 +69,33 @@ def resolve(args: argparse.Namespace) -> tuple[IcbhiConfig, Path, Path]:
     config = with_overrides(config, "split", seed=args.seed)
     if not args.data.is_dir():
         raise IcbhiError(f"{args.data}: data folder not found")
-    return config, args.data, args.out or RUNS_DIR / config.name
+    run_dir = args.out or RUNS_DIR / config.name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: the run folder is a file; pass another --out")
+    return config, args.data, run_dir
+
+
+def _check_run_dir(run_dir: Path, config: IcbhiConfig) -> None:
+    """Refuse a run folder whose ``pipeline.toml`` parses to another config (a resumed run must match).
+
+    Configs are compared parsed, so formatting, comments and key order do not matter.
+    """
+    saved = run_dir / PIPELINE_FILE
+    if not saved.exists():
+        return
+    try:
+        same = parse_icbhi_config(saved.read_text(encoding="utf-8"), source=str(saved)) == config
+    except (ConfigError, OSError, UnicodeDecodeError):
+        same = False
+    if not same:
+        raise ConfigError(f"{run_dir}: holds a run of a different pipeline ({saved}); "
+                          f"pass another --out or delete the folder")
 
 
 def _claim_run_dir(run_dir: Path, config: IcbhiConfig) -> None:
-    """Write the resolved config, or check that a resumed run used the same one."""
-    saved = run_dir / "pipeline.toml"
-    if saved.exists() and saved.read_text(encoding="utf-8") != dump_icbhi_config(config):
-        raise ConfigError(f"{run_dir}: holds a run of a different pipeline ({saved}); "
-                          f"pass another --out or delete the folder")
-    artifacts.write_text(saved, dump_icbhi_config(config))
+    """Write the resolved config into the run folder: called once the data is read and the model built,
+    so a run that fails before training leaves no ``pipeline.toml`` to block its corrected rerun."""
+    artifacts.write_text(run_dir / PIPELINE_FILE, dump_icbhi_config(config))
 
 
 def evaluate(probabilities: np.ndarray, cycles: CycleSet, classes: int) -> dict[str, Any]:
@@ -107,14 +128,23 @@ def _split_summary(train_set: CycleSet, test_set: CycleSet) -> dict[str, Any]:
 
 
 def run(config: IcbhiConfig, data_dir: Path, run_dir: Path) -> dict[str, Any]:
-    """Train stage 1, fine-tune per device, score both on the test split; write the run folder."""
-    started = time.monotonic()
+    """Train stage 1, fine-tune per device, score both on the test split; write the run folder.
+
+    The models train under ``[train] precision`` (``tfbreath.precision``); the spectrograms are
+    float32 whatever the policy (computed in tf.data), and Keras' global policy is restored
+    afterwards. The run folder is claimed (its ``pipeline.toml`` written) only once the data has
+    been read and the model built, so a run that fails before training blocks no corrected rerun.
+    """
     run_dir = Path(run_dir)
-    _claim_run_dir(run_dir, config)
+    _check_run_dir(run_dir, config)
+    with global_policy(choose_precision(config.train.precision)) as precision:
+        return _train_and_score(config, Path(data_dir), run_dir, precision)
+
+
+def _train_and_score(config: IcbhiConfig, data_dir: Path, run_dir: Path, precision: str) -> dict[str, Any]:
+    started = time.monotonic()
     seed = config.split.seed
     keras.utils.set_random_seed(seed)
-    precision = choose_precision(config.train.precision)
-    keras.mixed_precision.set_global_policy(precision)
     print(f"precision policy: {precision}")
 
     train_set, test_set, report = load_cycle_sets(config, data_dir)
@@ -122,6 +152,7 @@ def run(config: IcbhiConfig, data_dir: Path, run_dir: Path) -> dict[str, Any]:
     train = config.train
     model = build_respirenet(spectrogram_shape(config), train.classes, config.model)
     print(f"RespireNet: {model.count_params():,} parameters, input {spectrogram_shape(config)}")
+    _claim_run_dir(run_dir, config)
     seconds = {}
     stage_started = time.monotonic()
     stage1 = train_stage1(model, train_set, config, run_dir, seed, validation=test_set)
@@ -145,8 +176,10 @@ def run(config: IcbhiConfig, data_dir: Path, run_dir: Path) -> dict[str, Any]:
         "pipeline": config.name,
         "data": str(data_dir),
         "precision": precision,
+        "stage1_dtype_policy": policy_of(stage1),  # a resumed run may have trained stage 1 elsewhere
         "classes": list(CLASS_NAMES[train.classes]),
-        "split": {"scheme": config.split.scheme, "seed": seed, **_split_summary(train_set, test_set),
+        "split": {"scheme": report.split_scheme, "configured_scheme": config.split.scheme, "note": report.split_note,
+                  "seed": seed, **_split_summary(train_set, test_set),
                   "skipped": {"files": len(report.skipped_files), "cycles": len(report.skipped_cycles)}},
         "parameters": int(stage1.count_params()),
         "finetuned_devices": finetuned_devices,
@@ -173,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     stages = [f"{stage}: {_describe(summary[stage])}" for stage in (STAGE1, FINETUNED) if stage in summary]
-    print(f"done: test split, {'; '.join(stages)}; run written to {run_dir}")
+    print(f"done: {summary['split']['scheme']} test split, {'; '.join(stages)}; run written to {run_dir}")
     return 0
 
 

@@ -7,13 +7,14 @@
 Flags override the pipeline file: ``--epochs`` stage 1, ``--finetune-epochs`` stage 2,
 ``--seed`` the split, shuffling, augmentation and initialisation. ``DIR`` holds the ICBHI
 recordings (``*.wav`` + ``*.txt`` annotations, and the official split list for
-``scheme = "official"``).
+``scheme = "official"``; without it the run falls back to a patient-wise 60/40 split and says so).
 
 Stage 1 trains on every training cycle; stage 2 fine-tunes one copy per recording device
 (``[train] device_finetune``). Both are scored on the test split, the fine-tuned one with each
 cycle routed to its device's copy. The run folder (default ``saved_models/<pipeline name>``)
 receives the resolved ``pipeline.toml``, ``stage1.keras``, ``device_<DEVICE>.keras``,
-``metrics.json`` (ICBHI score, Se, Sp, per class and per device, confusion matrices),
+``metrics.json`` (ICBHI score, Se, Sp, per class and per device, confusion matrices, the split
+scheme used and the precision),
 ``confusion_matrix.png``, ``test_predictions.csv`` and ``history_<stage>.csv``. Running the
 same command again resumes an interrupted run.
 """

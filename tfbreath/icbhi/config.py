@@ -26,6 +26,12 @@ TASK = "icbhi"
 SPLIT_SCHEMES = ("official", "60_40", "80_20")
 """``official``: the challenge's own list file; the others: patient-wise scikit-learn splits."""
 
+FOLDS_SCHEME = "80_20"
+"""The scheme a RespireNet folds file (``[split] folds_file``) makes: one of its 5 folds is the test side."""
+
+RESPIRENET_TEST_FOLD = 4
+"""The fold RespireNet's code tests on by default."""
+
 BACKBONES = ("resnet34",)
 """CNN backbones the model side builds (RespireNet: ResNet-34)."""
 
@@ -150,14 +156,26 @@ class AugmentConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
-    """Train/test division: the official 60/40 list, or a seeded patient-wise 60/40 or 80/20."""
+    """Train/test division: the official 60/40 list, or a seeded patient-wise 60/40 or 80/20.
+
+    ``folds_file`` names RespireNet's patient folds (its ``patient_list_foldwise.txt``: one
+    ``<patient> <fold>`` line per patient, folds 0-4); with ``scheme = "80_20"`` the patients of
+    fold ``test_fold`` are then the test side, as in the authors' code, instead of seeded folds.
+    """
 
     scheme: str = "official"
     seed: int = 42
+    folds_file: str = ""
+    test_fold: int = RESPIRENET_TEST_FOLD
 
     def __post_init__(self) -> None:
         require(self.scheme in SPLIT_SCHEMES, f"scheme must be one of {list(SPLIT_SCHEMES)}, got {self.scheme!r}")
         integer("seed", self.seed, 0)
+        require(isinstance(self.folds_file, str), f"folds_file must be a file path string, got {self.folds_file!r}")
+        require(not self.folds_file or self.scheme == FOLDS_SCHEME,
+                f"folds_file gives RespireNet's {FOLDS_SCHEME} split; scheme must be {FOLDS_SCHEME!r} with it, "
+                f"got {self.scheme!r}")
+        integer("test_fold", self.test_fold, 0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ import re
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -271,15 +271,27 @@ def _pairs(path: Path, separators: re.Pattern = _FIELD_SEPARATORS) -> list[tuple
     return [(n, separators.split(line.strip())) for n, line in enumerate(lines, start=1) if line.strip()]
 
 
+def _per_patient(path: Path, value_name: str, valid: Callable[[str], bool]) -> dict[str, str]:
+    """``{patient: value}`` from ``<patient> <value>`` lines (tab, space or comma)."""
+    table = {}
+    for number, fields in _pairs(path):
+        if len(fields) != 2 or not fields[0].isdigit() or not valid(fields[1]):
+            raise IcbhiError(f"{path} line {number}: expected '<patient> <{value_name}>', got {' '.join(fields)!r}")
+        table[fields[0]] = fields[1]
+    return table
+
+
 def read_diagnoses(path: str | Path) -> dict[str, str]:
     """``{patient: diagnosis}`` from ``<patient> <diagnosis>`` lines (tab, space or comma)."""
+    return _per_patient(Path(path), "diagnosis", bool)
+
+
+def read_patient_folds(path: str | Path) -> dict[str, int]:
+    """``{patient: fold}`` from RespireNet's ``patient_list_foldwise.txt`` (``<patient> <fold>`` lines)."""
     path = Path(path)
-    diagnoses = {}
-    for number, fields in _pairs(path):
-        if len(fields) != 2 or not fields[0].isdigit():
-            raise IcbhiError(f"{path} line {number}: expected '<patient> <diagnosis>', got {' '.join(fields)!r}")
-        diagnoses[fields[0]] = fields[1]
-    return diagnoses
+    if not path.is_file():
+        raise IcbhiError(f"{path}: folds file not found ([split] folds_file)")
+    return {patient: int(fold) for patient, fold in _per_patient(path, "fold", str.isdigit).items()}
 
 
 def read_official_split(path: str | Path) -> dict[str, str]:
@@ -354,6 +366,17 @@ def _official_split(recordings: Sequence[Recording], path: Path) -> tuple[list[R
     return ([r for r in recordings if sides[r.stem] == TRAIN], [r for r in recordings if sides[r.stem] == TEST])
 
 
+def _folds_file_split(recordings: Sequence[Recording], path: Path,
+                      test_fold: int) -> tuple[list[Recording], list[Recording]]:
+    """The patients of fold ``test_fold`` of a RespireNet folds file on the test side, the rest on train."""
+    folds = read_patient_folds(path)
+    missing = sorted({r.patient for r in recordings} - set(folds))
+    if missing:
+        raise IcbhiError(f"{path}: no fold for {len(missing)} patient(s), e.g. {missing[0]}")
+    return ([r for r in recordings if folds[r.patient] != test_fold],
+            [r for r in recordings if folds[r.patient] == test_fold])
+
+
 def patient_folds(patients: int, scheme: str) -> tuple[int, int]:
     """``(folds, test folds)`` of a patient-wise ``scheme`` over ``patients`` patients.
 
@@ -392,6 +415,8 @@ def split_recordings(recordings: Sequence[Recording], split_config: SplitConfig,
     label, ``PATIENT_FOLDS`` folds shuffled with ``split_config.seed``; the first 2 (60/40) or 1
     (80/20) folds are the test side. Cycles of one patient fall in one fold, so no patient is on
     both sides. With fewer patients than folds see ``patient_folds`` (also said in the note).
+    ``split_config.folds_file`` (with ``80_20``): RespireNet's own folds instead, fold
+    ``split_config.test_fold`` as the test side.
     """
     root = Path(root)
     scheme, notes = split_config.scheme, []
@@ -402,6 +427,8 @@ def split_recordings(recordings: Sequence[Recording], split_config: SplitConfig,
                      f"instead of 'official'")
     if list_file is not None:
         train, test = _official_split(recordings, list_file)
+    elif split_config.folds_file:
+        train, test = _folds_file_split(recordings, Path(split_config.folds_file), split_config.test_fold)
     else:
         patients = len({r.patient for r in recordings})
         try:

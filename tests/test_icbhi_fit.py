@@ -228,7 +228,9 @@ def test_a_resumed_run_must_use_the_same_pipeline(tmp_path, capsys):
     assert "holds a run of a different pipeline" in capsys.readouterr().err
 
 
-def test_other_breath_flags_are_rejected():
+def test_other_breath_flags_are_rejected_and_verbose_is_taken(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         fit.main(["--data", "x", "--models", "cnn8"])
     assert exit_info.value.code == 2
+    assert fit.main(["--data", str(tmp_path / "nowhere"), "--verbose"]) == 2  # every tool's flag
+    assert "data folder not found" in capsys.readouterr().err

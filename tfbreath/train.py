@@ -32,7 +32,6 @@ from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.features import SCALARS
 from tfbreath.models import SCALAR_NORM, build_model_for_pipeline
-from tfbreath.precision import choose_precision  # noqa: F401  (icbhi.fit imports it from here; moved next)
 
 BACKUP_DIR = "backup"
 """Folder of a run holding each unfinished model's epoch checkpoints (``tfbreath.checkpoint``)."""

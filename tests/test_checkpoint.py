@@ -85,17 +85,19 @@ def test_a_truncated_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
     weights.write_bytes(weights.read_bytes()[:96])  # what a kill during a plain write left behind
 
     _, seen, _ = _fit(folder)
-    assert "damaged checkpoint of epoch 4" in capsys.readouterr().out
+    assert f"{folder / newest['weights']}: damaged checkpoint of epoch 4" in capsys.readouterr().out
     assert seen[0] == 3 and seen[-1] == STOPS_AFTER  # epoch 3 again, from epoch 2's weights
 
 
-def test_unreadable_state_starts_from_scratch_with_one_warning(tmp_path, capsys):
+@pytest.mark.parametrize("state, said", [('{"checkpoints": [', "unreadable backup state"),
+                                         ('{"checkpoints": [{"epoch": 1}, 3]}', "unreadable backup state")])
+def test_unreadable_state_starts_from_scratch_with_a_warning(tmp_path, capsys, state, said):
     folder = tmp_path / "backup"
     folder.mkdir()
-    (folder / STATE_FILE).write_text('{"checkpoints": [')
+    (folder / STATE_FILE).write_text(state)
     _, seen, _ = _fit(folder)
     assert seen[0] == 0 and seen[-1] == STOPS_AFTER
-    assert "unreadable backup state" in capsys.readouterr().out
+    assert said in capsys.readouterr().out
 
 
 def test_every_damaged_checkpoint_leaves_the_fresh_weights_alone(tmp_path, capsys):

@@ -93,7 +93,10 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
         if not path.is_file():
             return []
         try:
-            return list(json.loads(path.read_text(encoding="utf-8"))["checkpoints"])
+            checkpoints = list(json.loads(path.read_text(encoding="utf-8"))["checkpoints"])
+            if not all(isinstance(e, dict) and {"epoch", "weights"} <= e.keys() for e in checkpoints):
+                raise ValueError(f"a checkpoint without its epoch or weights in {checkpoints!r}")
+            return checkpoints
         except UNREADABLE + (TypeError,) as err:
             print(f"warning: {path}: unreadable backup state ({err}); training starts from scratch")
             return []

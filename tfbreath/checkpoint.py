@@ -29,6 +29,8 @@ import numpy as np
 
 from tfbreath import artifacts
 
+BACKUP_DIR = "backup"
+"""Folder of a run holding each unfinished model's epoch checkpoints, one subfolder per model."""
 STATE_FILE = "state.json"
 GENERATIONS = 2
 """Checkpoints kept: the newest and the one before it, the fallback."""

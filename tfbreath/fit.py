@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from tfbreath import artifacts, data, distribute, evaluation, synthetic, train
 from tfbreath.augment import Augmenter
+from tfbreath.checkpoint import BACKUP_DIR
 from tfbreath.config import ConfigError, PipelineConfig, dump_config, load_config, with_overrides
 from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import build_ensemble, softmax_weights
@@ -165,7 +166,7 @@ def _train_and_report(pipeline: PipelineConfig, data_dir: Path, run_dir: Path, s
         print(f"{name}: validation {results[name]}")
 
     with contextlib.suppress(OSError):  # each model empties its own folder once saved
-        (run_dir / train.BACKUP_DIR).rmdir()
+        (run_dir / BACKUP_DIR).rmdir()
 
     alphas = softmax_weights([results[name]["accuracy"] for name in models])
     with strategy.scope():  # the members' variables belong to the strategy

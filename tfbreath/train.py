@@ -26,15 +26,12 @@ import tensorflow as tf
 
 from tfbreath import artifacts
 from tfbreath.augment import AugmentationSchedule, Augmenter
-from tfbreath.checkpoint import TrainingBackup
+from tfbreath.checkpoint import BACKUP_DIR, TrainingBackup
 from tfbreath.config import PipelineConfig, TrainConfig, dump_config
 from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.features import SCALARS
 from tfbreath.models import SCALAR_NORM, build_model_for_pipeline
-
-BACKUP_DIR = "backup"
-"""Folder of a run holding each unfinished model's epoch checkpoints (``tfbreath.checkpoint``)."""
 
 LOGIT_THRESHOLD = 0.0
 """Logit at which a prediction flips to exhale (P = 0.5)."""

@@ -15,14 +15,15 @@ a device without one falls back to the stage-1 weights.
 
 The copies share one Keras model and differ only in their weights, so the training and
 prediction functions are traced once, not once per device. Each copy is still saved as a
-complete model, ``device_<DEVICE>.keras``. Every stage resumes: Keras ``BackupAndRestore``
-continues an interrupted ``fit`` from its last finished epoch, and a stage whose ``.keras``
+complete model, ``device_<DEVICE>.keras``. Every stage resumes: ``tfbreath.checkpoint.TrainingBackup``
+(a kill-safe Keras ``BackupAndRestore``) continues an interrupted ``fit`` from its last finished epoch, and a stage whose ``.keras``
 file exists is loaded instead of trained again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ import keras
 import numpy as np
 
 from tfbreath import artifacts
+from tfbreath.checkpoint import BACKUP_DIR, TrainingBackup
 from tfbreath.icbhi.dataset import CycleSet
 
 if TYPE_CHECKING:
@@ -66,16 +68,18 @@ def fit_stage(name: str, model: keras.Model, cycles: CycleSet, config: IcbhiConf
     never used to pick weights: the model kept is the last epoch's.
     """
     run_dir = Path(run_dir)
+    backup = run_dir / BACKUP_DIR / name
     print(f"{name}: {len(cycles)} cycles, {epochs} epochs, batch {config.train.batch_size}, "
           f"learning rate {float(model.optimizer.learning_rate):g}")
     model.fit(cycles.dataset(config, config.train.batch_size, training=True, seed=seed),
               validation_data=None if validation is None else
               validation.dataset(config, config.train.batch_size, training=False),
               epochs=epochs, shuffle=False,  # the tf.data pipeline samples and shuffles
-              callbacks=[keras.callbacks.BackupAndRestore(str(run_dir / "backup" / name)),
+              callbacks=[TrainingBackup(backup),
                          keras.callbacks.CSVLogger(str(run_dir / f"history_{name}.csv"), append=True)],
               verbose=1 if sys.stdout.isatty() else 2)
     artifacts.save_model(model, model_path(run_dir, name))
+    shutil.rmtree(backup, ignore_errors=True)  # the finished stage replaces its epoch checkpoints
 
 
 def train_stage1(model: keras.Model, cycles: CycleSet, config: IcbhiConfig, run_dir: Path, seed: int,

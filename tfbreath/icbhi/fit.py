@@ -32,6 +32,7 @@ import keras
 import numpy as np
 
 from tfbreath import artifacts
+from tfbreath.checkpoint import BACKUP_DIR
 from tfbreath.config import ConfigError, with_overrides
 from tfbreath.console import add_verbose_argument
 from tfbreath.icbhi.config import IcbhiConfig, dump_icbhi_config, load_icbhi_config, parse_icbhi_config
@@ -166,8 +167,8 @@ def _train_and_score(config: IcbhiConfig, data_dir: Path, run_dir: Path, precisi
         seconds[FINETUNED] = time.monotonic() - stage_started
         finetuned_devices = sorted(devices.devices)
         probabilities[FINETUNED] = devices.predict(test_set, config)
-    with contextlib.suppress(OSError):  # BackupAndRestore empties it once every stage has finished
-        (run_dir / "backup").rmdir()
+    with contextlib.suppress(OSError):  # each stage removes its own checkpoints once saved
+        (run_dir / BACKUP_DIR).rmdir()
 
     results = {stage: evaluate(p, test_set, train.classes) for stage, p in probabilities.items()}
     plot_confusion({f"{stage}, test split": results[stage]["confusion_matrix"] for stage in results},

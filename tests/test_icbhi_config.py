@@ -102,3 +102,12 @@ def test_is_icbhi_pipeline(tmp_path):
     broken = tmp_path / "broken.toml"
     broken.write_text("task = = 1")
     assert not is_icbhi_pipeline(broken)
+
+
+def test_a_non_utf8_or_folder_pipeline_is_one_config_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b'task = "icbhi"\nname = "\xff"\n')
+    with pytest.raises(ConfigError, match=f"^{bad}: not UTF-8 text"):
+        load_icbhi_config(bad)
+    with pytest.raises(ConfigError, match=f"^{tmp_path}: is a folder"):
+        load_icbhi_config(tmp_path)

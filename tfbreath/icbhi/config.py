@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tfbreath.config import (PRECISIONS, ConfigError, build_section, check_sample_rate, dump_sections, integer,
-                             positive, probability, require)
+                             positive, probability, read_pipeline_text, require)
 
 TASK = "icbhi"
 """The top-level ``task`` value that marks an ICBHI pipeline file."""
@@ -276,10 +276,7 @@ def parse_icbhi_config(text: str, source: str = "<string>") -> IcbhiConfig:
 
 def load_icbhi_config(path: str | Path) -> IcbhiConfig:
     """Parse and validate an ICBHI pipeline TOML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: pipeline file not found")
-    return parse_icbhi_config(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_icbhi_config(read_pipeline_text(path), source=str(path))
 
 
 def dump_icbhi_config(config: IcbhiConfig) -> str:

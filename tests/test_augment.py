@@ -64,7 +64,7 @@ def test_shapes_and_dtypes_preserved(fn, with_scalars):
 def test_augmenter_preserves_structure_in_dataset(with_scalars):
     inputs, labels = indexed_batch(with_scalars)
     aug = Augmenter(AugmentConfig(warmup_epochs=0), seed=0)
-    ds = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(3).map(aug)  # last batch of 2
+    ds = aug.apply(tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(3))  # last batch of 2
     spec = ds.element_spec
     assert set(spec[0]) == set(inputs)
     assert spec[0]["spectral"].shape.as_list() == [None, H, W, C]
@@ -181,7 +181,7 @@ def run_batches(config: AugmentConfig, n: int, seed: int = 0) -> list[str]:
     inputs, labels = indexed_batch()
     aug = Augmenter(config, seed=seed)
     aug.enabled.assign(True)
-    ds = tf.data.Dataset.from_tensors((inputs, labels)).repeat(n).map(aug)
+    ds = aug.apply(tf.data.Dataset.from_tensors((inputs, labels)).repeat(n))
     return [classify(inputs, labels, *numpy_out(out)) for out in ds]
 
 
@@ -206,16 +206,63 @@ def test_degenerate_probabilities(p_cutmix, p_mixup, expected):
     assert set(kinds) == expected
 
 
-def test_seeded_augmenter_is_reproducible():
+# ----------------------------------------------------------------------------- seeding
+
+N_BATCHES, N_EPOCHS = 6, 3
+
+
+def epoch_outputs(aug: Augmenter, epochs) -> list[np.ndarray]:
+    """Per epoch in ``epochs`` (set by the schedule), the ``[N_BATCHES, B, H, W, C]`` maps of
+    ``aug.apply`` over N_BATCHES copies of one batch: they differ only through the seeds."""
     inputs, labels = indexed_batch()
+    ds = aug.apply(tf.data.Dataset.from_tensors((inputs, labels)).repeat(N_BATCHES))
+    schedule = AugmentationSchedule(aug)
+    outputs = []
+    for epoch in epochs:
+        schedule.on_epoch_begin(epoch)
+        outputs.append(np.stack([out["spectral"].numpy() for out, _ in ds]))
+    return outputs
 
-    def labels_of(seed):
-        aug = Augmenter(AugmentConfig(warmup_epochs=0), seed=seed)
-        ds = tf.data.Dataset.from_tensors((inputs, labels)).repeat(10).map(aug)
-        return np.stack([out_labels.numpy() for _, out_labels in ds])
 
-    np.testing.assert_array_equal(labels_of(7), labels_of(7))
-    assert not np.array_equal(labels_of(7), labels_of(8))
+def seeded(seed: int | None) -> Augmenter:
+    return Augmenter(AugmentConfig(warmup_epochs=0, mixup_alpha=1.0), seed=seed)
+
+
+def test_parallel_apply_is_a_function_of_seed_epoch_and_step():
+    """Through ``apply`` (parallel map): same seed, same epochs; seed, epoch and step all matter."""
+    first = epoch_outputs(seeded(7), range(N_EPOCHS))
+    again = epoch_outputs(seeded(7), range(N_EPOCHS))
+    other = epoch_outputs(seeded(8), range(N_EPOCHS))
+    np.testing.assert_array_equal(np.stack(first), np.stack(again))
+    assert not np.array_equal(np.stack(first), np.stack(other))
+    for epoch in range(1, N_EPOCHS):
+        assert not np.array_equal(first[epoch], first[0]), epoch
+    for batches in first:                                       # batch k is seeded by its step k
+        assert len({batch.tobytes() for batch in batches}) == N_BATCHES
+
+
+def test_resumed_epoch_replays_the_uninterrupted_run():
+    """Setting epoch e directly (a resumed fit) gives the batches a run has on reaching epoch e."""
+    uninterrupted = epoch_outputs(seeded(3), range(N_EPOCHS))
+    resumed = epoch_outputs(seeded(3), [N_EPOCHS - 1])
+    np.testing.assert_array_equal(resumed[0], uninterrupted[-1])
+
+
+def test_unseeded_augmenter_records_its_random_seed():
+    aug = seeded(None)
+    assert aug.seed != seeded(None).seed
+    np.testing.assert_array_equal(np.stack(epoch_outputs(aug, [0, 1])),
+                                  np.stack(epoch_outputs(seeded(aug.seed), [0, 1])))
+
+
+def test_augmenter_needs_the_batch_step():
+    """A plain ``ds.map(augmenter)`` would seed every batch alike: it is refused, not run."""
+    inputs, labels = indexed_batch()
+    aug = seeded(0)
+    with pytest.raises(TypeError, match="step"):
+        tf.data.Dataset.from_tensors((inputs, labels)).map(aug)
+    with pytest.raises(ValueError, match="apply needs \\(inputs, labels\\) batches"):
+        aug.apply(tf.data.Dataset.from_tensors(inputs))
 
 
 # ----------------------------------------------------------------------------- warm-up
@@ -224,7 +271,7 @@ def test_disabled_augmenter_is_identity():
     inputs, labels = indexed_batch()
     aug = Augmenter(AugmentConfig(), seed=0)
     assert not aug.enabled.numpy()
-    out, out_labels = numpy_out(aug(inputs, labels))
+    out, out_labels = numpy_out(aug(inputs, labels, step=0))
     for key in inputs:
         np.testing.assert_array_equal(out[key], inputs[key])
     np.testing.assert_array_equal(out_labels, labels)
@@ -234,8 +281,8 @@ def test_schedule_flips_are_seen_by_the_dataset_pipeline():
     inputs, labels = indexed_batch()
     aug = Augmenter(AugmentConfig(warmup_epochs=2, mixup_alpha=1.0), seed=0)
     schedule = AugmentationSchedule(aug)
-    ds = (tf.data.Dataset.from_tensor_slices((inputs, labels)).repeat(4).batch(B)
-          .map(aug, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
+    batches = tf.data.Dataset.from_tensor_slices((inputs, labels)).repeat(4).batch(B)
+    ds = aug.apply(batches).prefetch(2)
     seen = []
     for epoch in range(4):
         schedule.on_epoch_begin(epoch)
@@ -270,7 +317,7 @@ def test_schedule_inside_model_fit():
                         keras.layers.Dense(1, activation="sigmoid")(x))
     model.compile("sgd", "binary_crossentropy", metrics=[SoftLabels(name="soft")])
     aug = Augmenter(AugmentConfig(warmup_epochs=1, mixup_alpha=1.0), seed=0)
-    ds = tf.data.Dataset.from_tensor_slices((inputs, labels)).repeat(8).batch(B).map(aug)
+    ds = aug.apply(tf.data.Dataset.from_tensor_slices((inputs, labels)).repeat(8).batch(B))
     model.fit(ds, epochs=3, verbose=0, shuffle=False,
               callbacks=[AugmentationSchedule(aug), Record()])
     assert soft[0] == 0.0 and soft[1] > 0.2 and soft[2] > 0.2, soft

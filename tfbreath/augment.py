@@ -5,7 +5,7 @@ Batches are ``(inputs, labels)`` with ``inputs = {"spectral": [B, H, W, C], "sca
 BATCHES, after ``.batch``::
 
     augmenter = Augmenter(AugmentConfig(), seed=0)
-    train = feature_set.batches(32, shuffle_buffer=1024).map(augmenter)
+    train = augmenter.apply(feature_set.batches(32, shuffle_buffer=1024))
     model.fit(train, callbacks=[AugmentationSchedule(augmenter)], ...)
 
 Recipe (breathing-phase paper): after ``warmup_epochs`` epochs, each batch draws u ~ U(0, 1):
@@ -33,21 +33,28 @@ nor has an on/off switch for a warm-up. The ops below are a few lines of plain T
 
 Randomness: every draw is a stateless op (``tf.random.stateless_*``) driven by a seed pair.
 ``cutmix``/``mixup`` take ``seed`` = an int, a shape-[2] integer tensor, or None (a fresh seed pair
-from the stateful global RNG, not reproducible). ``Augmenter`` owns a ``tf.random.Generator``
-(``from_seed(seed)``, or non-deterministic when ``seed`` is None) and draws one seed pair per
-batch, so a seeded run is reproducible when the batches reach ``map`` in a fixed order, i.e.
-``ds.map(augmenter)`` without ``num_parallel_calls`` (parallel calls may hand the seeds to batches
-in a different order). The generator state carries over between epochs, so each epoch is
-augmented differently.
+from the stateful global RNG, not reproducible). ``Augmenter`` keeps no random state: batch
+``step`` (0-based within the epoch) of epoch ``epoch`` is augmented with the seed pair
+``fold_in(fold_in([seed, 0], epoch), step)`` (``tf.random.experimental.stateless_fold_in``), so
+its augmentation is a pure function of (run seed, epoch, step). ``Augmenter.apply`` numbers the
+batches with ``enumerate`` and maps in parallel, so the output does not depend on thread
+scheduling; ``epoch`` is an int64 ``tf.Variable`` that ``AugmentationSchedule`` sets, so a run
+resumed at epoch e (``fit(initial_epoch=e)``) gives batch k of epoch e the same draws (branch,
+lambda, partners, box) as an uninterrupted run does, and each epoch is augmented differently.
+``seed=None`` picks a random base seed (``Augmenter.seed`` records it). ``step`` restarts at 0
+with every new iterator (``fit`` makes one per epoch); one iterator spanning epochs
+(``steps_per_epoch`` on a repeated dataset) keeps counting, so its batches still get distinct
+seeds but a resume is not replayed exactly.
 
-Warm-up: ``Augmenter.enabled`` is a boolean ``tf.Variable`` read inside the ``map`` graph, so flips
-made between epochs (by ``AugmentationSchedule.on_epoch_begin``) are seen by the next iterator
-(``fit`` makes a new one each epoch). Batches already prefetched before a flip keep their state,
-which matters only when one iterator spans epochs (``steps_per_epoch`` on a repeated dataset).
+Warm-up: ``Augmenter.enabled`` is a boolean ``tf.Variable`` read inside the ``map`` graph (as is
+``epoch``), so values set between epochs (by ``AugmentationSchedule.on_epoch_begin``) are seen by
+the next iterator (``fit`` makes a new one each epoch). Batches already prefetched before a change
+keep the old values, which matters only when one iterator spans epochs.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import keras
@@ -58,6 +65,9 @@ from tfbreath.config import AugmentConfig
 SPECTRAL = "spectral"
 SCALARS = "scalars"
 _KNOWN_KEYS = (SPECTRAL, SCALARS)
+
+_RANDOM_SEED_BITS = 63
+"""Bits of the base seed drawn when ``Augmenter(seed=None)`` (fits a non-negative int64)."""
 
 CUTMIX, MIXUP, NONE = 0, 1, 2
 """Branch indices returned by ``Augmenter.choose`` (for logging and tests)."""
@@ -156,27 +166,41 @@ def cutmix(inputs: dict[str, tf.Tensor], labels: tf.Tensor, alpha: float = 1.0,
 # ----------------------------------------------------------------------------- pipeline wiring
 
 class Augmenter:
-    """``ds.map(augmenter)`` on batches: CutMix / MixUp / nothing per batch; identity when disabled.
+    """CutMix / MixUp / nothing per batch, seeded by (``seed``, ``epoch``, step); off = identity.
 
-    ``enabled`` starts True only when ``config.warmup_epochs == 0``; ``AugmentationSchedule``
-    sets it at the start of every epoch.
+    Use ``augmenter.apply(batches)``; calling it directly needs the batch's step within the epoch.
+    ``enabled`` starts True only when ``config.warmup_epochs == 0`` and ``epoch`` starts at 0;
+    ``AugmentationSchedule`` sets both at the start of every epoch.
+
+    Parameters
+    ----------
+    config : AugmentConfig
+        Branch probabilities and Beta alphas.
+    seed : int or None
+        The run's base seed; None draws a random one (kept in ``self.seed``, not reproducible).
     """
 
     def __init__(self, config: AugmentConfig = AugmentConfig(), seed: int | None = None) -> None:
         self.config = config
+        self.seed = secrets.randbits(_RANDOM_SEED_BITS) if seed is None else seed
         self.enabled = tf.Variable(config.warmup_epochs == 0, trainable=False, dtype=tf.bool,
                                    name="augment_enabled")
-        self.rng = (tf.random.Generator.from_non_deterministic_state() if seed is None
-                    else tf.random.Generator.from_seed(seed))
+        self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="augment_epoch")
 
     def choose(self, u: tf.Tensor) -> tf.Tensor:
         """Branch index (CUTMIX, MIXUP or NONE) for a uniform draw ``u`` in [0, 1)."""
         p_cut, p_mix = self.config.p_cutmix, self.config.p_mixup
         return tf.where(u < p_cut, CUTMIX, tf.where(u < p_cut + p_mix, MIXUP, NONE))
 
-    def augment(self, inputs, labels):
-        """One augmentation draw, regardless of ``enabled``."""
-        seeds = tf.random.experimental.stateless_split(self.rng.make_seeds(1)[:, 0], num=2)
+    def step_seed(self, step: int | tf.Tensor) -> tf.Tensor:
+        """Shape-[2] int64 seed pair of batch ``step`` (0-based scalar) of the current epoch."""
+        fold_in = tf.random.experimental.stateless_fold_in
+        epoch_seed = fold_in(_seed_pair(self.seed), self.epoch.read_value())
+        return fold_in(epoch_seed, tf.cast(step, tf.int64))
+
+    def augment(self, inputs, labels, seed: tf.Tensor):
+        """One augmentation draw from the shape-[2] ``seed``, regardless of ``enabled``."""
+        seeds = tf.random.experimental.stateless_split(seed, num=2)
         branch = self.choose(tf.random.stateless_uniform([], seeds[0]))
         cfg = self.config
         return tf.switch_case(branch, [
@@ -185,14 +209,39 @@ class Augmenter:
             lambda: (dict(inputs), tf.identity(labels)),
         ])
 
-    def __call__(self, inputs, labels):
+    def __call__(self, inputs, labels, step: int | tf.Tensor):
+        """Batch ``step`` (0-based within the current epoch) augmented; unchanged when disabled."""
         inputs, labels = _as_tensors(inputs, labels)
-        return tf.cond(self.enabled, lambda: self.augment(inputs, labels),
+        return tf.cond(self.enabled, lambda: self.augment(inputs, labels, self.step_seed(step)),
                        lambda: (dict(inputs), tf.identity(labels)))
+
+    def apply(self, batches: tf.data.Dataset) -> tf.data.Dataset:
+        """``batches`` of ``(inputs, labels)`` augmented in parallel, in order, each by its step.
+
+        Parameters
+        ----------
+        batches : tf.data.Dataset
+            Elements ``(inputs, labels)``: ``inputs = {"spectral": [B, H, W, C],
+            "scalars": [B, S]}`` ("scalars" optional), ``labels`` ``[B]`` or ``[B, 1]``.
+
+        Returns
+        -------
+        tf.data.Dataset
+            The same structure, shapes and dtypes; batch k of every iterator is augmented with
+            ``step_seed(k)``. Not prefetched.
+        """
+        spec = batches.element_spec
+        if not (isinstance(spec, tuple) and len(spec) == 2):
+            raise ValueError(f"apply needs (inputs, labels) batches, got element_spec {spec!r}")
+        return batches.enumerate().map(lambda step, batch: self(*batch, step),
+                                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 class AugmentationSchedule(keras.callbacks.Callback):
-    """Turns ``augmenter`` on from epoch ``warmup_epochs`` (0-based): enabled = epoch >= warmup."""
+    """Sets ``augmenter.epoch`` and turns it on from epoch ``warmup_epochs`` (0-based).
+
+    At the start of epoch e: ``epoch = e`` and ``enabled = e >= warmup_epochs``.
+    """
 
     def __init__(self, augmenter: Augmenter, warmup_epochs: int | None = None) -> None:
         super().__init__()
@@ -201,4 +250,5 @@ class AugmentationSchedule(keras.callbacks.Callback):
                               else warmup_epochs)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.augmenter.epoch.assign(epoch)
         self.augmenter.enabled.assign(epoch >= self.warmup_epochs)

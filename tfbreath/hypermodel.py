@@ -156,7 +156,7 @@ class BreathHyperModel(kt.HyperModel):
                           pipeline.train)
         augmenter = Augmenter(pipeline.augment, seed=pipeline.data.seed)
         batches = train_set.batches(batch_size, pipeline.data.shuffle_buffer, seed=pipeline.data.seed)
-        batches = batches.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        batches = augmenter.apply(batches).prefetch(tf.data.AUTOTUNE)
         callbacks = [*callbacks, AugmentationSchedule(augmenter),
                      keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="max",
                                                    patience=pipeline.train.early_stopping_patience)]

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -180,3 +181,58 @@ def test_training_accuracy_scores_mixed_labels_by_their_dominant_class():
     logits = np.array([[-2.0], [1.0], [-0.5], [0.2], [3.0]], np.float32)
     hits = keras.ops.convert_to_numpy(train.dominant_label_accuracy(labels, logits))
     np.testing.assert_array_equal(hits, [1, 1, 1, 1, 0])
+
+
+CV_TINY = with_overrides(with_overrides(TINY, "train", models=("cnn8",), epochs=2, folds=2), "data", batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def cv_data(tmp_path_factory):
+    return write_synthetic_breath(tmp_path_factory.mktemp("cv_data"), n_sessions=8, clips_per_session=4)
+
+
+@pytest.fixture(scope="module")
+def cv_run(cv_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cv_run")
+    return out, fit.run(CV_TINY, cv_data, out)
+
+
+def test_k_fold_run_predicts_every_clip_out_of_fold_and_refits(cv_run, cv_data):
+    out, metrics = cv_run
+    with open(out / fit.OOF_PREDICTIONS, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    examples = data.read_kaggle_train(cv_data)
+    assert sorted(row["file"] for row in rows) == sorted(f.name for f in examples.files)  # each clip once
+    fold_of_session = {}
+    for row in rows:
+        assert fold_of_session.setdefault(row["session"], row["fold"]) == row["fold"]  # a session in one fold
+    assert {row["fold"] for row in rows} == {"0", "1"}
+    estimate = metrics["cross_validation"]
+    assert set(estimate) == {"cnn8", "ensemble", "protocol"}
+    labels = np.array([data.LABELS[row["Target"]] for row in rows])
+    for name in ("cnn8", "ensemble"):
+        probabilities = np.array([float(row[name]) for row in rows])
+        assert estimate[name]["accuracy"]["pooled"] == pytest.approx(np.mean((probabilities >= 0.5) == labels),
+                                                                     abs=1e-4)
+        assert len(estimate[name]["accuracy"]["folds"]) == 2
+    protocol = estimate["protocol"]
+    assert protocol["folds"] == 2 and protocol["clips"] == len(rows) and len(protocol["best_epochs"]["cnn8"]) == 2
+    assert metrics["models"]["cnn8"]["epochs"] == int(np.ceil(np.median(protocol["best_epochs"]["cnn8"])))
+    for artifact in ("fold_0/cnn8.keras", "fold_1/cnn8.keras", "cnn8.keras", "ensemble.keras",
+                     "confusion_matrix.png", "roc.png", "training_curves.png"):
+        assert (out / artifact).is_file(), artifact
+    with open(out / "history_cnn8.csv", newline="") as handle:  # the refit ran the chosen epochs, unvalidated
+        assert len(list(csv.DictReader(handle))) == metrics["models"]["cnn8"]["epochs"]
+
+
+def test_k_fold_run_resumes_without_training_again(cv_run, capsys):
+    out, metrics = cv_run
+    again = fit.run(CV_TINY, Path(metrics["data"]), out)
+    assert capsys.readouterr().out.count("already trained") == 3  # two folds and the refit
+    assert again["cross_validation"]["cnn8"] == metrics["cross_validation"]["cnn8"]
+
+
+def test_the_same_seed_repeats_a_run_exactly(cv_run, cv_data, tmp_path):
+    out, _ = cv_run
+    fit.run(CV_TINY, cv_data, tmp_path)
+    assert (tmp_path / fit.OOF_PREDICTIONS).read_text() == (out / fit.OOF_PREDICTIONS).read_text()

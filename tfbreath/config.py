@@ -256,10 +256,15 @@ class TrainConfig:
     """Filter multiplier of the conv stacks (1.0 = the paper's models)."""
     dropouts: dict[str, float] = dataclasses.field(default_factory=dict)
     """Dropout rate per model; a model left out keeps its own (CNN8 0.3, VGG 0.2)."""
+    folds: int = 1
+    """1: one session-grouped validation split stops the models early, weights the ensemble and
+    scores it (an optimistic score). K >= 2: session-grouped K-fold cross-validation gives an
+    out-of-fold estimate with a session-bootstrap interval, then every model is refit on all
+    clips for the epoch count the folds chose (``tfbreath.crossval``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", names("models", self.models, MODEL_NAMES, "model"))
-        for name in ("epochs", "early_stopping_patience"):
+        for name in ("epochs", "early_stopping_patience", "folds"):
             positive(name, getattr(self, name), int)
         for name in ("weight_decay", "min_learning_rate", "clipnorm", "model_width", "warmup_start_factor"):
             positive(name, getattr(self, name))

@@ -245,12 +245,28 @@ class FeatureSet:
     report: SkipReport
     kept_examples: Examples
     """The files that decoded, in order: what ``kept`` and ``batches`` yield, one element each."""
+    kept_indices: np.ndarray
+    """Position in ``cached`` (the element's ``index``) of each of ``kept_examples``. ``[K]``"""
 
     @property
     def kept(self) -> tf.data.Dataset:
         """Elements of the files that decoded; their count is known from the extraction pass."""
         ds = self.cached.filter(lambda e: tf.equal(e[STATUS], audio.OK))
         return ds.apply(tf.data.experimental.assert_cardinality(len(self.kept_examples)))
+
+    def subset(self, positions: Sequence[int]) -> "FeatureSet":
+        """The kept files at ``positions`` (of ``kept_examples``), served from the same cache.
+
+        No feature is computed again: the subset filters the cached elements by their index.
+        """
+        positions = np.sort(np.asarray(positions, np.int64))
+        indices = self.kept_indices[positions]  # [P]
+        chosen = np.zeros(int(self.kept_indices.max(initial=-1)) + 1, bool)  # indexed by every kept element
+        chosen[indices] = True
+        mask = tf.constant(chosen)
+        kept = self.kept_examples.subset(positions)
+        return FeatureSet(kept, self.kept.filter(lambda e: tf.gather(mask, e[INDEX])),
+                          SkipReport(len(kept), []), kept, indices)
 
     def batches(self, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None) -> tf.data.Dataset:
         """``({"spectral", "scalars"}, label)`` batches: cache -> shuffle -> batch -> prefetch."""
@@ -341,5 +357,6 @@ def extract(examples: Examples | Sequence[Path], labels: np.ndarray | None, pipe
             skipped.append((examples.files[index], audio.status_message(int(status))))
         bar.update(1)
     bar.close()
-    return FeatureSet(examples, cached, SkipReport(len(examples), skipped), examples.subset(kept_indices))
+    return FeatureSet(examples, cached, SkipReport(len(examples), skipped), examples.subset(kept_indices),
+                      np.asarray(kept_indices, np.int64))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -17,6 +18,9 @@ from tfbreath.data import LABEL_NAMES  # noqa: E402
 
 THRESHOLD = 0.5
 """P(exhale) at or above which a clip is called exhale."""
+
+MISSING = "NA"
+"""What Keras' ``CSVLogger`` writes for a value an epoch did not log (validation, in a refit)."""
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
@@ -42,8 +46,9 @@ def plot_training_curves(history_csvs: dict[str, Path], path: Path) -> None:
         epochs = [int(r["epoch"]) + 1 for r in rows]
         for ax, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
             line, = ax.plot(epochs, [float(r[key]) for r in rows], label=f"{name} train")
-            ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], "--", color=line.get_color(),
-                    label=f"{name} validation")
+            if rows[0].get(f"val_{key}", MISSING) != MISSING:  # a refit on every clip has no validation
+                ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], "--", color=line.get_color(),
+                        label=f"{name} validation")
     for ax, title in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         ax.set(xlabel="epoch", title=title)
         ax.grid(alpha=0.3)
@@ -62,20 +67,25 @@ def plot_confusion_matrix(labels: np.ndarray, probabilities: np.ndarray, path: P
     plt.close(figure)
 
 
-def plot_roc(labels: np.ndarray, probabilities: dict[str, np.ndarray], path: Path) -> None:
+def plot_roc(labels: np.ndarray, probabilities: dict[str, np.ndarray], path: Path, clips: str) -> None:
+    """ROC curve of each model on ``clips`` (e.g. "validation split")."""
     figure, ax = plt.subplots(figsize=(5, 5))
     for name, probs in probabilities.items():
         metrics.RocCurveDisplay.from_predictions(np.asarray(labels).astype(int), probs, name=name, ax=ax)
     ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set_title("ROC, validation split")
+    ax.set_title(f"ROC, {clips}")
     artifacts.save_figure(figure, path)
     plt.close(figure)
 
 
-def write_predictions(path: Path, files, labels: np.ndarray, probabilities: dict[str, np.ndarray]) -> None:
-    """One row per validation clip: file, true label (I/E), P(exhale) per model and the ensemble."""
-    lines = [",".join(["file", "Target", *probabilities])]
+def write_predictions(path: Path, files, labels: np.ndarray, probabilities: dict[str, np.ndarray],
+                      columns: dict[str, Sequence] | None = None) -> None:
+    """One row per clip: file, ``columns`` (e.g. session, fold), true label (I/E), then P(exhale)
+    per model and the ensemble."""
+    columns = columns or {}
+    lines = [",".join(["file", *columns, "Target", *probabilities])]
     for i, file in enumerate(files):
         values = [f"{probabilities[name][i]:.6f}" for name in probabilities]
-        lines.append(",".join([Path(file).name, LABEL_NAMES[int(labels[i])], *values]))
+        lines.append(",".join([Path(file).name, *(str(column[i]) for column in columns.values()),
+                               LABEL_NAMES[int(labels[i])], *values]))
     artifacts.write_text(path, "\n".join(lines) + "\n")

@@ -1,17 +1,26 @@
 """``python -m tfbreath.fit``: train the pipeline's models, ensemble them, write a complete run.
 
     python -m tfbreath.fit [--pipeline pipelines/breath_phase.toml] [--data DIR] [--out DIR]
-                           [--epochs N] [--models cnn8,vgg] [--precision P] [--seed N]
+                           [--epochs N] [--models cnn8,vgg] [--precision P] [--seed N] [--folds K]
                            [--strategy default|mirrored|multiworker] [--cpu-devices N]
 
 Flags override the pipeline file. A pipeline with ``task = "icbhi"`` (e.g.
 ``pipelines/icbhi_respirenet.toml``) runs the ICBHI crackle/wheeze recipe instead, with its own
 flags (``tfbreath.icbhi.fit``). ``--data`` is a Kaggle-layout folder (``train.csv`` + ``train/``);
 without it, ``$TFBREATH_DATA`` is used, and without that a small, fast version trains on
-synthetic inhale/exhale-like audio generated into the run folder (said clearly). The run folder (default ``saved_models/<pipeline name>``) receives the resolved
+synthetic inhale/exhale-like audio generated into the run folder (said clearly).
+
+The run folder (default ``saved_models/<pipeline name>``) receives the resolved
 ``pipeline.toml``, every model and the ensemble (``.keras``), ``metrics.json``, training
-curves, confusion matrix and ROC plots, and the validation predictions CSV. Running the same
-command again resumes an interrupted run.
+curves, confusion matrix and ROC plots. With ``[train] folds = 1`` (the default) one
+session-grouped validation split stops, weights and scores the models
+(``validation_predictions.csv``). With ``--folds K`` (K >= 2) session-grouped K-fold
+cross-validation trains every model once per fold in ``fold_<k>/`` and writes each clip's
+out-of-fold P(exhale) to ``oof_predictions.csv`` and the estimate (mean, per fold, 95 %
+session-bootstrap interval) to ``metrics.json["cross_validation"]``; then each model is refit
+on every clip (``tfbreath.crossval``). Running the same command again resumes an interrupted
+run (fold by fold, model by model, epoch by epoch); ``--seed`` repeats a run exactly on one
+machine.
 
 ``--strategy`` trains under a ``tf.distribute`` strategy (see ``tfbreath.distribute``):
 ``mirrored`` over this machine's GPUs (or ``--cpu-devices`` logical CPUs), ``multiworker``
@@ -30,9 +39,10 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from tfbreath import artifacts, data, distribute, evaluation, synthetic, train
+from tfbreath import artifacts, crossval, data, distribute, evaluation, synthetic, train
 from tfbreath.augment import Augmenter
 from tfbreath.checkpoint import BACKUP_DIR
 from tfbreath.config import ConfigError, PipelineConfig, dump_config, load_config, with_overrides
@@ -46,6 +56,10 @@ DATA_ENV = "TFBREATH_DATA"
 RUNS_DIR = Path("saved_models")
 SYNTHETIC_SUFFIX = "_synthetic"
 PIPELINE_FILE = "pipeline.toml"
+METRICS_FILE = "metrics.json"
+VALIDATION_PREDICTIONS = "validation_predictions.csv"
+OOF_PREDICTIONS = "oof_predictions.csv"
+FOLD_DIR_PREFIX = "fold_"
 
 SYNTHETIC_RECIPE = {
     "train": {"epochs": 8, "model_width": 0.25, "early_stopping_patience": 8},
@@ -63,7 +77,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="override [train] epochs")
     parser.add_argument("--models", help="comma-separated, e.g. cnn8,vgg (override [train] models)")
     parser.add_argument("--precision", help="auto, float32, mixed_bfloat16 or mixed_float16")
-    parser.add_argument("--seed", type=int, help="override [data] seed (split, shuffling, initialisation)")
+    parser.add_argument("--seed", type=int, help="override [data] seed (split, folds, shuffling, augmentation, "
+                                                  "initialisation): the same seed repeats a run on one machine")
+    parser.add_argument("--folds", type=int, help="override [train] folds: K >= 2 estimates accuracy by "
+                                                  "session-grouped K-fold cross-validation, then refits on all clips")
     distribute.add_strategy_arguments(parser)
     add_verbose_argument(parser)
     return parser.parse_args(argv)
@@ -80,7 +97,8 @@ def resolve(args: argparse.Namespace,
         pipeline = with_overrides(pipeline, "data", cache="memory")
         pipeline = dataclasses.replace(pipeline, name=pipeline.name + SYNTHETIC_SUFFIX)
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
-    pipeline = with_overrides(pipeline, "train", epochs=args.epochs, models=models, precision=args.precision)
+    pipeline = with_overrides(pipeline, "train", epochs=args.epochs, models=models, precision=args.precision,
+                              folds=args.folds)
     pipeline = with_overrides(pipeline, "data", seed=args.seed)
     run_dir = distribute.worker_run_dir(args.out or RUNS_DIR / pipeline.name,
                                         strategy or tf.distribute.get_strategy())
@@ -131,21 +149,66 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path,
         return _train_and_report(pipeline, data_dir, run_dir, strategy, policy)
 
 
+def _cache_of(pipeline: PipelineConfig, part: str) -> str:
+    """``[data] cache`` for one part of the data (a file cache gets a file per part)."""
+    cache = pipeline.data.cache
+    return cache if cache in ("memory", "none") else f"{cache}_{part}"
+
+
 def _train_and_report(pipeline: PipelineConfig, data_dir: Path, run_dir: Path, strategy: tf.distribute.Strategy,
                       policy: str) -> dict:
     started = time.monotonic()
     print(f"precision policy: {policy}; strategy: {distribute.strategy_name(strategy)}, "
           f"{strategy.num_replicas_in_sync} replica(s)")
-    batch_size = distribute.global_batch_size(pipeline.data.batch_size, strategy)
-
     examples = data.read_kaggle_train(data_dir)
+    if pipeline.train.folds > 1:
+        summary = _cross_validate(pipeline, examples, data_dir, run_dir, strategy)
+    else:
+        summary = _validate_on_split(pipeline, examples, data_dir, run_dir, strategy)
+    summary = {"pipeline": pipeline.name, "data": str(data_dir), "dtype_policy": policy,
+               "strategy": {"name": distribute.strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
+                            "global_batch_size": distribute.global_batch_size(pipeline.data.batch_size, strategy)},
+               **summary, "wall_seconds": round(time.monotonic() - started, 1)}
+    artifacts.write_json(run_dir / METRICS_FILE, summary)
+    return summary
+
+
+def _train_members(pipeline: PipelineConfig, train_set: data.FeatureSet, val_set: data.FeatureSet | None,
+                   folder: Path, strategy: tf.distribute.Strategy,
+                   epochs: dict[str, int] | None = None) -> tuple[dict[str, keras.Model], dict[str, dict]]:
+    """Every ``[train] models`` member trained (or reloaded) into ``folder``, with what to record of each."""
+    models, records = {}, {}
+    for name in pipeline.train.models:
+        started = time.monotonic()
+        models[name] = train.train_model(name, pipeline, train_set, val_set, folder,
+                                         Augmenter(pipeline.augment, seed=pipeline.data.seed), strategy=strategy,
+                                         epochs=None if epochs is None else epochs[name])
+        records[name] = {"parameters": int(models[name].count_params()),
+                         "dtype_policy": policy_of(models[name]),  # a resumed run may mix machines
+                         "train_seconds": round(time.monotonic() - started, 1)}
+    with contextlib.suppress(OSError):  # each model empties its own folder once saved
+        (folder / BACKUP_DIR).rmdir()
+    return models, records
+
+
+def _save_ensemble(models: dict[str, keras.Model], alphas, pipeline: PipelineConfig, run_dir: Path,
+                   strategy: tf.distribute.Strategy) -> keras.Model:
+    with strategy.scope():  # the members' variables belong to the strategy
+        ensemble = build_ensemble(models, alphas)
+    artifacts.save_model(ensemble, run_dir / "ensemble.keras", pipeline_toml=dump_config(pipeline))
+    return ensemble
+
+
+def _validate_on_split(pipeline: PipelineConfig, examples: data.Examples, data_dir: Path, run_dir: Path,
+                       strategy: tf.distribute.Strategy) -> dict:
+    """One session-grouped split: train with early stopping, weight and score on the validation side."""
+    batch_size = distribute.global_batch_size(pipeline.data.batch_size, strategy)
     train_examples, val_examples = data.split_by_session(examples, pipeline.data.validation_fraction,
                                                          pipeline.data.seed)
-    cache = pipeline.data.cache
     train_set = data.extract(train_examples, None, pipeline, description="train features",
-                             cache=cache if cache in ("memory", "none") else f"{cache}_train")
+                             cache=_cache_of(pipeline, "train"))
     val_set = data.extract(val_examples, None, pipeline, description="validation features",
-                           cache=cache if cache in ("memory", "none") else f"{cache}_validation")
+                           cache=_cache_of(pipeline, "validation"))
     print(train_set.report)
     print(val_set.report)
     _require_both_classes(train_set, "training", data_dir)
@@ -153,25 +216,15 @@ def _train_and_report(pipeline: PipelineConfig, data_dir: Path, run_dir: Path, s
     artifacts.write_text(run_dir / PIPELINE_FILE, dump_config(pipeline))  # claims the folder
     labels = val_set.kept_examples.labels
 
-    models, probabilities, results = {}, {}, {}
-    for name in pipeline.train.models:
-        augmenter = Augmenter(pipeline.augment, seed=pipeline.data.seed)
-        model_started = time.monotonic()
-        models[name] = train.train_model(name, pipeline, train_set, val_set, run_dir, augmenter, strategy=strategy)
-        probabilities[name] = train.predict_probabilities(models[name], val_set, batch_size)
-        results[name] = {**evaluation.binary_metrics(labels, probabilities[name]),
-                         "parameters": int(models[name].count_params()),
-                         "dtype_policy": policy_of(models[name]),  # a resumed run may mix machines
-                         "train_seconds": round(time.monotonic() - model_started, 1)}
+    models, results = _train_members(pipeline, train_set, val_set, run_dir, strategy)
+    probabilities = {}
+    for name, model in models.items():
+        probabilities[name] = train.predict_probabilities(model, val_set, batch_size)
+        results[name] = {**evaluation.binary_metrics(labels, probabilities[name]), **results[name]}
         print(f"{name}: validation {results[name]}")
 
-    with contextlib.suppress(OSError):  # each model empties its own folder once saved
-        (run_dir / BACKUP_DIR).rmdir()
-
     alphas = softmax_weights([results[name]["accuracy"] for name in models])
-    with strategy.scope():  # the members' variables belong to the strategy
-        ensemble = build_ensemble(models, alphas)
-    artifacts.save_model(ensemble, run_dir / "ensemble.keras", pipeline_toml=dump_config(pipeline))
+    ensemble = _save_ensemble(models, alphas, pipeline, run_dir, strategy)
     probabilities["ensemble"] = train.predict_probabilities(ensemble, val_set, batch_size, from_logits=False)
     results["ensemble"] = {**evaluation.binary_metrics(labels, probabilities["ensemble"]),
                            "weights": {name: float(a) for name, a in zip(models, alphas)}}
@@ -179,24 +232,88 @@ def _train_and_report(pipeline: PipelineConfig, data_dir: Path, run_dir: Path, s
     evaluation.plot_training_curves({n: run_dir / f"history_{n}.csv" for n in models}, run_dir / "training_curves.png")
     evaluation.plot_confusion_matrix(labels, probabilities["ensemble"], run_dir / "confusion_matrix.png",
                                      "ensemble, validation split")
-    evaluation.plot_roc(labels, probabilities, run_dir / "roc.png")
-    evaluation.write_predictions(run_dir / "validation_predictions.csv", val_set.kept_examples.files, labels,
+    evaluation.plot_roc(labels, probabilities, run_dir / "roc.png", "validation split")
+    evaluation.write_predictions(run_dir / VALIDATION_PREDICTIONS, val_set.kept_examples.files, labels,
                                  probabilities)
-    summary = {
-        "pipeline": pipeline.name,
-        "data": str(data_dir),
-        "dtype_policy": policy,
-        "strategy": {"name": distribute.strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
-                     "global_batch_size": batch_size},
-        "split": {"train_clips": len(train_examples), "validation_clips": len(val_examples),
-                  "train_sessions": len(set(train_examples.groups)),
-                  "validation_sessions": len(set(val_examples.groups)),
-                  "skipped": len(train_set.report.skipped) + len(val_set.report.skipped)},
-        "models": results,
-        "wall_seconds": round(time.monotonic() - started, 1),
-    }
-    artifacts.write_json(run_dir / "metrics.json", summary)
-    return summary
+    return {"split": {"train_clips": len(train_examples), "validation_clips": len(val_examples),
+                      "train_sessions": len(set(train_examples.groups)),
+                      "validation_sessions": len(set(val_examples.groups)),
+                      "skipped": len(train_set.report.skipped) + len(val_set.report.skipped)},
+            "models": results}
+
+
+def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir: Path, run_dir: Path,
+                    strategy: tf.distribute.Strategy) -> dict:
+    """K-fold estimate, then the refit: see ``[train] folds`` and ``tfbreath.crossval``.
+
+    Fold k's models train on the other folds' clips, stopped early on a session-grouped
+    validation split drawn from those clips, and predict fold k: its out-of-fold predictions.
+    Each model is then refit on every clip for the median of its folds' best epoch counts; the
+    ensemble weights come from out-of-fold accuracies. Each fold trains in ``fold_<k>/``, so an
+    interrupted run resumes fold by fold (and, inside a fold, epoch by epoch).
+    """
+    n_folds, seed = pipeline.train.folds, pipeline.data.seed
+    batch_size = distribute.global_batch_size(pipeline.data.batch_size, strategy)
+    everything = data.extract(examples, None, pipeline, description="features", cache=_cache_of(pipeline, "all"))
+    print(everything.report)
+    _require_both_classes(everything, "labelled", data_dir)
+    kept = everything.kept_examples
+    try:
+        folds = crossval.session_folds(kept.labels, kept.groups, n_folds, seed)  # [N]
+    except crossval.CrossValidationError as err:
+        raise data.DataError(f"{data_dir}: {err}") from None
+    artifacts.write_text(run_dir / PIPELINE_FILE, dump_config(pipeline))  # claims the folder
+
+    out_of_fold = {name: np.zeros(len(kept), np.float64) for name in pipeline.train.models}  # [N] each
+    best_epochs = {name: [] for name in pipeline.train.models}
+    position = {file: i for i, file in enumerate(kept.files)}
+    for fold in range(n_folds):
+        fold_dir = run_dir / f"{FOLD_DIR_PREFIX}{fold}"
+        held_out = np.flatnonzero(folds == fold)
+        inner_train, inner_val = data.split_by_session(kept.subset(np.flatnonzero(folds != fold)),
+                                                       pipeline.data.validation_fraction, seed)
+        print(f"fold {fold + 1} of {n_folds}: train {len(inner_train)} clips, early-stopping validation "
+              f"{len(inner_val)}, held out {len(held_out)} ({len(set(kept.subset(held_out).groups))} sessions)")
+        models, _ = _train_members(pipeline, everything.subset([position[f] for f in inner_train.files]),
+                                   everything.subset([position[f] for f in inner_val.files]), fold_dir, strategy)
+        for name, model in models.items():
+            out_of_fold[name][held_out] = train.predict_probabilities(model, everything.subset(held_out), batch_size)
+            best_epochs[name].append(train.best_epoch_count(fold_dir / f"history_{name}.csv"))
+
+    labels = kept.labels
+    ensemble_oof, fold_weights = crossval.cross_fitted_ensemble(out_of_fold, labels, folds)
+    probabilities = {**out_of_fold, crossval.ENSEMBLE: ensemble_oof}
+    estimate = crossval.cross_validation_summary(labels, probabilities, folds, kept.groups, seed=seed)
+    names = list(pipeline.train.models)
+    estimate["protocol"] = {
+        "folds": n_folds, "seed": seed, "clips": len(kept), "sessions": len(set(kept.groups)),
+        "grouping": "recording session", "interval": f"{crossval.CONFIDENCE:.0%} percentile, "
+        f"{crossval.BOOTSTRAP_RESAMPLES} bootstrap resamples of sessions",
+        "early_stopping": f"session-grouped {pipeline.data.validation_fraction:.0%} of each fold's training clips",
+        "best_epochs": best_epochs,
+        "ensemble_weights_per_fold": [{n: round(float(w), 4) for n, w in zip(names, ws)} for ws in fold_weights]}
+    for name in probabilities:
+        accuracy = estimate[name]["accuracy"]
+        print(f"{name}: out-of-fold accuracy {accuracy['pooled']:.3f} (95 % interval {accuracy['ci95'][0]:.3f}-"
+              f"{accuracy['ci95'][1]:.3f}; folds {accuracy['folds']})")
+    evaluation.write_predictions(run_dir / OOF_PREDICTIONS, kept.files, labels, probabilities,
+                                 {"session": kept.groups, "fold": folds})
+    evaluation.plot_confusion_matrix(labels, ensemble_oof, run_dir / "confusion_matrix.png",
+                                     f"ensemble, out of fold ({n_folds} folds)")
+    evaluation.plot_roc(labels, probabilities, run_dir / "roc.png", f"out of fold ({n_folds} folds)")
+
+    refit_epochs = {name: int(np.ceil(np.median(counts))) for name, counts in best_epochs.items()}
+    print(f"refit on all {len(kept)} clips for the epochs the folds chose: {refit_epochs}")
+    models, results = _train_members(pipeline, everything, None, run_dir, strategy, refit_epochs)
+    for name in models:
+        results[name]["epochs"] = refit_epochs[name]
+    alphas = softmax_weights([estimate[name]["accuracy"]["pooled"] for name in models])
+    _save_ensemble(models, alphas, pipeline, run_dir, strategy)
+    results["ensemble"] = {"weights": {name: float(a) for name, a in zip(models, alphas)}}
+    evaluation.plot_training_curves({n: run_dir / f"history_{n}.csv" for n in models}, run_dir / "training_curves.png")
+    return {"split": {"clips": len(examples), "sessions": len(set(examples.groups)),
+                      "skipped": len(everything.report.skipped)},
+            "cross_validation": estimate, "models": results}
 
 
 def _is_icbhi_run(argv: list[str]) -> bool:
@@ -219,9 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, data.DataError, distribute.StrategyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    ensemble = summary["models"]["ensemble"]
-    print(f"done: ensemble validation accuracy {ensemble['accuracy']:.3f}, ROC AUC {ensemble['roc_auc']:.3f}; "
-          f"run written to {run_dir}")
+    if "cross_validation" in summary:
+        ensemble, kind = summary["cross_validation"][crossval.ENSEMBLE], "out-of-fold"
+        accuracy, auc = ensemble["accuracy"]["pooled"], ensemble["roc_auc"]["pooled"]
+    else:
+        ensemble, kind = summary["models"][crossval.ENSEMBLE], "validation"
+        accuracy, auc = ensemble["accuracy"], ensemble["roc_auc"]
+    print(f"done: ensemble {kind} accuracy {accuracy:.3f}, ROC AUC {auc:.3f}; run written to {run_dir}")
     return 0
 
 

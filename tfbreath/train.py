@@ -15,6 +15,7 @@ replicas, batch normalisation uses the statistics of the global batch.
 
 from __future__ import annotations
 
+import csv
 import math
 import shutil
 import sys
@@ -103,11 +104,15 @@ def synchronise_batch_norm(model: keras.Model) -> None:
             layer.synchronized = True
 
 
-def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_set: FeatureSet,
+def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_set: FeatureSet | None,
                 run_dir: Path, augmenter: Augmenter, extra_callbacks: tuple = (),
-                strategy: tf.distribute.Strategy | None = None) -> keras.Model:
-    """Train (or resume, or reload) one model; returns it with its best validation weights.
+                strategy: tf.distribute.Strategy | None = None, epochs: int | None = None) -> keras.Model:
+    """Train (or resume, or reload) one model and save it as ``run_dir/<name>.keras``.
 
+    With ``val_set``, early stopping on its accuracy ends training and the best epoch's weights
+    are kept. Without one (a refit on every clip) the model trains ``epochs`` epochs, chosen
+    elsewhere (cross-validation). The learning-rate schedule always spans ``[train] epochs``, so
+    stopping after ``epochs`` follows the path the validated runs took up to that epoch.
     ``strategy`` (default: the current one) owns the model's variables; each step takes
     ``[data] batch_size`` examples per replica.
     """
@@ -127,28 +132,40 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
         adapt_scalar_normalisation(model, train_set)
         compile_model(model, train.learning_rates[name], steps * train.epochs, train)
     batches = train_set.batches(batch_size, data.shuffle_buffer, seed=data.seed)
-    batches = batches.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    stopper = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
-                                            patience=train.early_stopping_patience, restore_best_weights=True)
+    batches = augmenter.apply(batches).prefetch(tf.data.AUTOTUNE)  # seeded: the same every run
+    stopper = None if val_set is None else keras.callbacks.EarlyStopping(
+        monitor="val_accuracy", mode="max", patience=train.early_stopping_patience, restore_best_weights=True)
     backup = run_dir / BACKUP_DIR / name
     callbacks = [
         AugmentationSchedule(augmenter),
-        stopper,
+        *([stopper] if stopper else []),
         keras.callbacks.CSVLogger(str(run_dir / f"history_{name}.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "logs" / name)),
         TrainingBackup(backup, early_stopping=stopper),  # after the stopper: saves the epoch as it left it
         *extra_callbacks,
     ]
     replicas = strategy.num_replicas_in_sync
-    print(f"{name}: {model.count_params():,} parameters, {train.epochs} epochs x {steps} steps of {batch_size} "
+    epochs = train.epochs if epochs is None else epochs
+    print(f"{name}: {model.count_params():,} parameters, {epochs} epochs x {steps} steps of {batch_size} "
           f"clips" + (f" ({replicas} replicas x {data.batch_size})" if replicas > 1 else "")
-          + f", peak learning rate {train.learning_rates[name]:g}")
-    model.fit(shard_by_data(batches), validation_data=shard_by_data(val_set.batches(batch_size)),
-              epochs=train.epochs, callbacks=callbacks, shuffle=False,  # the tf.data pipeline shuffles
+          + f", peak learning rate {train.learning_rates[name]:g}"
+          + ("" if val_set else ", no validation (a refit on every clip)"))
+    validation = None if val_set is None else shard_by_data(val_set.batches(batch_size))
+    model.fit(shard_by_data(batches), validation_data=validation,
+              epochs=epochs, callbacks=callbacks, shuffle=False,  # the tf.data pipeline shuffles
               verbose=1 if sys.stdout.isatty() else 2)
     artifacts.save_model(model, final, pipeline_toml=dump_config(pipeline))  # the model carries its features
     shutil.rmtree(backup, ignore_errors=True)  # the finished model replaces its epoch checkpoints
     return model
+
+
+def best_epoch_count(history_csv: Path) -> int:
+    """Epochs up to and including the best validation accuracy in a ``history_<model>.csv``, as
+    early stopping chose it (the first of equal maxima); a resumed epoch counts once (its last row)."""
+    with open(history_csv, newline="") as handle:
+        rows = {int(row["epoch"]): float(row["val_accuracy"]) for row in csv.DictReader(handle)}
+    epochs = sorted(rows)
+    return epochs[int(np.argmax([rows[e] for e in epochs]))] + 1
 
 
 def predict_probabilities(model: keras.Model, feature_set: FeatureSet, batch_size: int,

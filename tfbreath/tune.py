@@ -117,7 +117,7 @@ def resolve(args: argparse.Namespace,
     """The search's pipeline with flags applied, its data folder and its search folder."""
     named = load_config(args.pipeline) if args.pipeline else PipelineConfig()
     out = args.out or fit.RUNS_DIR / f"{named.name}{TUNE_SUFFIX}"
-    as_fit = argparse.Namespace(pipeline=args.pipeline, data=args.data, out=out, epochs=None, models=None,
+    as_fit = argparse.Namespace(pipeline=args.pipeline, data=args.data, out=out, epochs=None, models=None, folds=None,
                                 precision=args.precision, seed=args.seed)
     pipeline, data_dir, out = fit.resolve(as_fit, strategy)
     pipeline = with_overrides(pipeline, "tune", model=args.model, tuner=args.tuner, max_trials=args.max_trials,

@@ -19,8 +19,9 @@ per-cycle probability (``tfbreath.icbhi.config.AugmentConfig``), in this order:
    to the cycle's RMS, clipped back to [-1, 1].
 
 Randomness is stateless (``tf.random.stateless_*``) from seed pairs that a seeded
-``tf.random.Generator`` hands out per batch, as ``tfbreath.augment.Augmenter`` does: a seeded
-run is reproducible when batches reach ``map`` in order (no ``num_parallel_calls``).
+``tf.random.Generator`` hands out per batch: a seeded run is reproducible when batches reach
+``map`` in order (no ``num_parallel_calls``), but a resumed run restarts the generator
+(``tfbreath.augment.Augmenter`` derives its seeds from the epoch and batch index instead).
 
 ``balanced_indices``: the paper's "weighted random sampler to sample mini-batches uniformly from
 each class", as ``tf.data.Dataset.sample_from_datasets`` over one shuffled, repeated index

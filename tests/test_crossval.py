@@ -1,0 +1,114 @@
+"""Session-grouped folds, cross-fitted ensemble weights and the session bootstrap, on known cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfbreath import crossval
+from tfbreath.ensemble import softmax_weights
+
+
+def _sessions(n_sessions: int, clips: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Labels and session names: ``clips`` clips per session, labels mixed within sessions."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n_sessions * clips).astype(np.float32)
+    return labels, [f"steth_{i // clips:04d}" for i in range(n_sessions * clips)]
+
+
+def test_every_clip_is_held_out_once_and_no_session_is_on_two_sides():
+    labels, groups = _sessions(60, 3)
+    folds = crossval.session_folds(labels, groups, 5, seed=1)
+    assert folds.shape == labels.shape and set(folds) == set(range(5))  # every clip in exactly one fold
+    for session in set(groups):
+        assert len({folds[i] for i, g in enumerate(groups) if g == session}) == 1, session
+    for fold in range(5):
+        assert set(labels[folds == fold]) == {0.0, 1.0}
+        assert 0.15 < np.mean(folds == fold) < 0.25
+    np.testing.assert_array_equal(folds, crossval.session_folds(labels, groups, 5, seed=1))
+    assert not np.array_equal(folds, crossval.session_folds(labels, groups, 5, seed=2))
+
+
+@pytest.mark.parametrize("n_folds, sessions, message", [
+    (1, 10, "folds must be >= 2 for cross-validation, got 1"),
+    (5, 4, "5-fold cross-validation needs at least 5 recording sessions, got 4"),
+])
+def test_impossible_folds_are_refused(n_folds, sessions, message):
+    labels, groups = _sessions(sessions, 2)
+    with pytest.raises(crossval.CrossValidationError, match=message):
+        crossval.session_folds(labels, groups, n_folds, seed=0)
+
+
+def test_a_class_too_rare_for_the_folds_is_refused():
+    labels = np.zeros(20, np.float32)
+    labels[0] = 1.0  # one exhale: at most one fold can hold it
+    with pytest.raises(crossval.CrossValidationError, match=r"has no clip of class\(es\) \[1\]"):
+        crossval.session_folds(labels, [f"s{i}" for i in range(20)], 4, seed=0)
+
+
+def test_a_folds_ensemble_weights_never_see_its_own_clips():
+    labels, groups = _sessions(40, 2)
+    folds = crossval.session_folds(labels, groups, 4, seed=0)
+    rng = np.random.default_rng(1)
+    probabilities = {"a": rng.random(len(labels)), "b": rng.random(len(labels))}
+    ensemble, weights = crossval.cross_fitted_ensemble(probabilities, labels, folds)
+    others = folds != 0
+    expected = softmax_weights([crossval.accuracy(labels[others], p[others]) for p in probabilities.values()])
+    np.testing.assert_allclose(weights[0], expected)
+    np.testing.assert_allclose(ensemble[folds == 0],
+                               expected[0] * probabilities["a"][folds == 0] + expected[1] * probabilities["b"][folds == 0])
+    # Making model "a" perfect on fold 0 only changes the weights of the OTHER folds.
+    perfect = dict(probabilities, a=np.where(folds == 0, labels, probabilities["a"]))
+    _, changed = crossval.cross_fitted_ensemble(perfect, labels, folds)
+    np.testing.assert_allclose(changed[0], weights[0])
+    assert all(changed[k][0] > weights[k][0] for k in (1, 2, 3))
+
+
+def _hits(labels: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """Probabilities that are right where ``hit`` and wrong elsewhere."""
+    return np.where(hit, labels, 1 - labels).astype(np.float64)
+
+
+def test_bootstrap_of_independent_clips_matches_the_binomial_interval():
+    labels, groups = _sessions(1000, 1)
+    hit = np.arange(1000) < 750  # accuracy 0.75 exactly
+    low, high = crossval.session_bootstrap(labels, _hits(labels, hit), groups, crossval.accuracy)
+    half = 1.96 * np.sqrt(0.75 * 0.25 / 1000)  # normal approximation, +-2.7 points
+    assert low == pytest.approx(0.75 - half, abs=0.005) and high == pytest.approx(0.75 + half, abs=0.005)
+
+
+def test_bootstrap_resamples_sessions_not_clips():
+    """40 sessions of 10 clips that are all right or all wrong carry the information of 40
+    clips, not 400: the interval must be as wide as for 40 single-clip sessions."""
+    labels, groups = _sessions(40, 10)
+    session_hit = np.arange(40) < 30
+    clustered = crossval.session_bootstrap(labels, _hits(labels, np.repeat(session_hit, 10)), groups,
+                                           crossval.accuracy)
+    single_labels, single_groups = _sessions(40, 1)
+    single = crossval.session_bootstrap(single_labels, _hits(single_labels, session_hit), single_groups,
+                                        crossval.accuracy)
+    np.testing.assert_allclose(clustered, single, atol=0.02)
+    assert clustered[1] - clustered[0] > 0.2  # a clip-level bootstrap would give about 0.085
+
+
+def test_bootstrap_of_a_perfect_model_is_a_point_and_auc_is_weighted():
+    labels, groups = _sessions(50, 2)
+    assert crossval.session_bootstrap(labels, labels.astype(float), groups, crossval.accuracy) == (1.0, 1.0)
+    assert crossval.session_bootstrap(labels, labels.astype(float), groups, crossval.roc_auc) == (1.0, 1.0)
+    weights = np.zeros(len(labels))
+    weights[labels == 1] = 1.0
+    assert np.isnan(crossval.roc_auc(labels, labels.astype(float), weights))  # one class left: undefined
+
+
+def test_summary_reports_mean_folds_pooled_and_interval():
+    labels, groups = _sessions(60, 2)
+    folds = crossval.session_folds(labels, groups, 3, seed=0)
+    hit = np.random.default_rng(0).random(len(labels)) < 0.8
+    summary = crossval.cross_validation_summary(labels, {"m": _hits(labels, hit)}, folds, groups)
+    accuracy = summary["m"]["accuracy"]
+    per_fold = [np.mean(hit[folds == k]) for k in range(3)]
+    np.testing.assert_allclose(accuracy["folds"], per_fold, atol=1e-4)
+    assert accuracy["mean"] == pytest.approx(np.mean(per_fold), abs=1e-4)
+    assert accuracy["pooled"] == pytest.approx(np.mean(hit), abs=1e-4)
+    assert accuracy["ci95"][0] < accuracy["pooled"] < accuracy["ci95"][1]
+    assert set(summary["m"]) == set(crossval.SCORES)

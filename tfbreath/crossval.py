@@ -1,0 +1,150 @@
+"""Session-grouped K-fold cross-validation: fold assignment, out-of-fold scores, bootstrap intervals.
+
+A model chosen, stopped or weighted on some clips scores optimistically on them, so the
+honest estimate of accuracy on unseen recording sessions is an out-of-fold one: every labelled
+clip is predicted by models that never saw its session, neither to train nor to choose.
+
+- ``session_folds`` deals the clips into K stratified folds that keep each recording session
+  on one side (scikit-learn's ``StratifiedGroupKFold``).
+- ``cross_fitted_ensemble`` weights the ensemble members (the paper's softmax of accuracies)
+  for each fold using the out-of-fold predictions of the *other* folds only, so the ensemble's
+  reported score never uses weights chosen on the clips it is scored on.
+- ``session_bootstrap`` gives a percentile interval of a score by resampling whole sessions
+  with replacement (clips of one session are correlated: resampling clips would be too narrow).
+- ``cross_validation_summary`` is what ``metrics.json`` records under ``"cross_validation"``:
+  per model and for the ensemble, each score's mean over folds, the per-fold values, the
+  pooled out-of-fold value and its 95 % interval.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from sklearn import metrics
+from sklearn.model_selection import StratifiedGroupKFold
+
+from tfbreath.ensemble import softmax_weights
+from tfbreath.evaluation import THRESHOLD
+
+BOOTSTRAP_RESAMPLES = 2000
+"""Session resamples per interval: the percentile's Monte-Carlo error is then ~0.1 point."""
+
+CONFIDENCE = 0.95
+
+DIGITS = 4
+"""Decimals kept in the summary: finer than any interval it reports."""
+
+ENSEMBLE = "ensemble"
+
+
+class CrossValidationError(ValueError):
+    """The data cannot be split into the requested folds; the message says why."""
+
+
+def accuracy(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """(Weighted) share of clips whose ``P >= THRESHOLD`` matches the label. ``[N], [N], [N] -> []``"""
+    hits = (np.asarray(probabilities) >= THRESHOLD) == (np.asarray(labels) >= THRESHOLD)
+    return float(np.average(hits, weights=weights))
+
+
+def roc_auc(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """(Weighted) area under the ROC curve; NaN unless both classes have weight. ``[N], [N], [N] -> []``"""
+    labels = np.asarray(labels).astype(int)
+    present = labels if weights is None else labels[np.asarray(weights) > 0]
+    if len(np.unique(present)) < 2:
+        return float("nan")
+    return float(metrics.roc_auc_score(labels, probabilities, sample_weight=weights))
+
+
+SCORES: dict[str, Callable[..., float]] = {"accuracy": accuracy, "roc_auc": roc_auc}
+"""The scores cross-validation reports, by their ``metrics.json`` name."""
+
+
+def session_folds(labels: np.ndarray, groups: Sequence[str], n_folds: int, seed: int) -> np.ndarray:
+    """The held-out fold (0 .. K-1) of every clip: stratified by label, one session per fold. ``[N] -> [N]``
+
+    Every fold holds clips of both classes; the same seed gives the same folds.
+    """
+    sessions = len(set(groups))
+    if n_folds < 2:
+        raise CrossValidationError(f"folds must be >= 2 for cross-validation, got {n_folds}")
+    if sessions < n_folds:
+        raise CrossValidationError(f"{n_folds}-fold cross-validation needs at least {n_folds} recording "
+                                   f"sessions, got {sessions}")
+    labels = np.asarray(labels).astype(int)
+    folds = np.full(len(labels), -1, np.int64)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels, list(groups))):
+        folds[held_out] = fold
+    for fold in range(n_folds):
+        missing = set(np.unique(labels)) - set(labels[folds == fold])
+        if missing:
+            raise CrossValidationError(f"fold {fold} of {n_folds} has no clip of class(es) {sorted(missing)}: "
+                                       f"too few sessions of that class for {n_folds} folds")
+    return folds
+
+
+def cross_fitted_ensemble(probabilities: dict[str, np.ndarray], labels: np.ndarray,
+                          folds: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Out-of-fold ensemble P(exhale) and, per fold, the member weights it used. ``{M: [N]} -> [N], K x [M]``
+
+    Fold k's clips are combined with ``softmax_weights`` of the members' accuracies on the
+    out-of-fold predictions of all other folds.
+    """
+    names = list(probabilities)
+    stacked = np.stack([np.asarray(probabilities[name], np.float64) for name in names])  # [M, N]
+    ensemble = np.zeros(len(labels), np.float64)
+    weights = []
+    for fold in range(int(folds.max()) + 1):
+        others, own = folds != fold, folds == fold
+        alphas = softmax_weights([accuracy(labels[others], row[others]) for row in stacked])  # [M]
+        ensemble[own] = alphas @ stacked[:, own]
+        weights.append(alphas)
+    return ensemble, weights
+
+
+def session_bootstrap(labels: np.ndarray, probabilities: np.ndarray, groups: Sequence[str],
+                      score: Callable[..., float], resamples: int = BOOTSTRAP_RESAMPLES,
+                      confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of ``score`` over resamples of whole sessions with replacement. ``[N] x 3 -> (lo, hi)``
+
+    Each resample draws as many sessions as there are, with replacement; a session drawn c
+    times weighs its clips c times (``score(labels, probabilities, weights)``). Resamples whose
+    score is undefined (NaN, e.g. one class only) are dropped.
+    """
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    _, session_index = np.unique(np.asarray(groups), return_inverse=True)  # [N] in 0 .. S-1
+    n_sessions = int(session_index.max()) + 1
+    rng = np.random.default_rng(seed)
+    values = np.array([score(labels, probabilities,
+                             np.bincount(rng.integers(0, n_sessions, n_sessions), minlength=n_sessions)[session_index])
+                       for _ in range(resamples)])  # [resamples]
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return float("nan"), float("nan")
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def cross_validation_summary(labels: np.ndarray, probabilities: dict[str, np.ndarray], folds: np.ndarray,
+                             groups: Sequence[str], seed: int = 0) -> dict[str, dict[str, dict]]:
+    """Per model (and ``"ensemble"`` if present): ``{score: {mean, folds, pooled, ci95}}``.
+
+    ``mean`` and ``folds`` are the score on each fold's held-out clips; ``pooled`` the score on
+    all out-of-fold predictions together and ``ci95`` its session-bootstrap interval.
+    """
+    summary = {}
+    n_folds = int(folds.max()) + 1
+    for name, probs in probabilities.items():
+        entry = {}
+        for score_name, score in SCORES.items():
+            per_fold = [score(labels[folds == k], probs[folds == k]) for k in range(n_folds)]
+            interval = session_bootstrap(labels, probs, groups, score, seed=seed)
+            entry[score_name] = {"mean": round(float(np.mean(per_fold)), DIGITS),
+                                 "folds": [round(v, DIGITS) for v in per_fold],
+                                 "pooled": round(score(labels, probs), DIGITS),
+                                 "ci95": [round(v, DIGITS) for v in interval]}
+        summary[name] = entry
+    return summary

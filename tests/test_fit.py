@@ -183,12 +183,13 @@ def test_training_accuracy_scores_mixed_labels_by_their_dominant_class():
     np.testing.assert_array_equal(hits, [1, 1, 1, 1, 0])
 
 
-CV_TINY = with_overrides(with_overrides(TINY, "train", models=("cnn8",), epochs=2, folds=2), "data", batch_size=8)
+CV_TINY = with_overrides(with_overrides(TINY, "train", models=("cnn8",), epochs=2, folds=2),
+                         "data", batch_size=8, validation_fraction=0.25)
 
 
 @pytest.fixture(scope="module")
 def cv_data(tmp_path_factory):
-    return write_synthetic_breath(tmp_path_factory.mktemp("cv_data"), n_sessions=8, clips_per_session=4)
+    return write_synthetic_breath(tmp_path_factory.mktemp("cv_data"), n_sessions=10, clips_per_session=4)
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +237,12 @@ def test_the_same_seed_repeats_a_run_exactly(cv_run, cv_data, tmp_path):
     out, _ = cv_run
     fit.run(CV_TINY, cv_data, tmp_path)
     assert (tmp_path / fit.OOF_PREDICTIONS).read_text() == (out / fit.OOF_PREDICTIONS).read_text()
+
+
+def test_too_few_sessions_for_the_folds_is_one_line_and_claims_nothing(tmp_path, capsys):
+    root = write_synthetic_breath(tmp_path / "d", n_sessions=4, clips_per_session=2)
+    out = tmp_path / "run"
+    assert fit.main(["--data", str(root), "--out", str(out), "--folds", "5", "--models", "cnn8"]) == 2
+    err = re.split(r"[\r\n]", capsys.readouterr().err.strip())[-1]
+    assert err == f"error: {root}: 5-fold cross-validation needs at least 5 recording sessions, got 4", err
+    assert not (out / "pipeline.toml").exists()

@@ -262,20 +262,22 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
         folds = crossval.session_folds(kept.labels, kept.groups, n_folds, seed)  # [N]
     except crossval.CrossValidationError as err:
         raise data.DataError(f"{data_dir}: {err}") from None
+    position = {file: i for i, file in enumerate(kept.files)}
+    early_stopping_splits = [  # (training, validation) positions in kept, per fold: checked before claiming
+        tuple([position[f] for f in side.files] for side in data.split_by_session(
+            kept.subset(np.flatnonzero(folds != fold)), pipeline.data.validation_fraction, seed))
+        for fold in range(n_folds)]
     artifacts.write_text(run_dir / PIPELINE_FILE, dump_config(pipeline))  # claims the folder
 
     out_of_fold = {name: np.zeros(len(kept), np.float64) for name in pipeline.train.models}  # [N] each
     best_epochs = {name: [] for name in pipeline.train.models}
-    position = {file: i for i, file in enumerate(kept.files)}
-    for fold in range(n_folds):
+    for fold, (inner_train, inner_val) in enumerate(early_stopping_splits):
         fold_dir = run_dir / f"{FOLD_DIR_PREFIX}{fold}"
         held_out = np.flatnonzero(folds == fold)
-        inner_train, inner_val = data.split_by_session(kept.subset(np.flatnonzero(folds != fold)),
-                                                       pipeline.data.validation_fraction, seed)
         print(f"fold {fold + 1} of {n_folds}: train {len(inner_train)} clips, early-stopping validation "
               f"{len(inner_val)}, held out {len(held_out)} ({len(set(kept.subset(held_out).groups))} sessions)")
-        models, _ = _train_members(pipeline, everything.subset([position[f] for f in inner_train.files]),
-                                   everything.subset([position[f] for f in inner_val.files]), fold_dir, strategy)
+        models, _ = _train_members(pipeline, everything.subset(inner_train), everything.subset(inner_val),
+                                   fold_dir, strategy)
         for name, model in models.items():
             out_of_fold[name][held_out] = train.predict_probabilities(model, everything.subset(held_out), batch_size)
             best_epochs[name].append(train.best_epoch_count(fold_dir / f"history_{name}.csv"))

@@ -21,11 +21,10 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
-from sklearn import metrics
 from sklearn.model_selection import StratifiedGroupKFold
 
 from tfbreath.ensemble import softmax_weights
-from tfbreath.evaluation import THRESHOLD
+from tfbreath.evaluation import accuracy, roc_auc
 
 BOOTSTRAP_RESAMPLES = 2000
 """Session resamples per interval: the percentile's Monte-Carlo error is then ~0.1 point."""
@@ -40,21 +39,6 @@ ENSEMBLE = "ensemble"
 
 class CrossValidationError(ValueError):
     """The data cannot be split into the requested folds; the message says why."""
-
-
-def accuracy(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """(Weighted) share of clips whose ``P >= THRESHOLD`` matches the label. ``[N], [N], [N] -> []``"""
-    hits = (np.asarray(probabilities) >= THRESHOLD) == (np.asarray(labels) >= THRESHOLD)
-    return float(np.average(hits, weights=weights))
-
-
-def roc_auc(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """(Weighted) area under the ROC curve; NaN unless both classes have weight. ``[N], [N], [N] -> []``"""
-    labels = np.asarray(labels).astype(int)
-    present = labels if weights is None else labels[np.asarray(weights) > 0]
-    if len(np.unique(present)) < 2:
-        return float("nan")
-    return float(metrics.roc_auc_score(labels, probabilities, sample_weight=weights))
 
 
 SCORES: dict[str, Callable[..., float]] = {"accuracy": accuracy, "roc_auc": roc_auc}

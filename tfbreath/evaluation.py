@@ -23,14 +23,28 @@ MISSING = "NA"
 """What Keras' ``CSVLogger`` writes for a value an epoch did not log (validation, in a refit)."""
 
 
+def accuracy(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """(Weighted) share of clips whose ``P >= THRESHOLD`` matches the label. ``[N], [N], [N] -> []``"""
+    hits = (np.asarray(probabilities) >= THRESHOLD) == (np.asarray(labels) >= THRESHOLD)
+    return float(np.average(hits, weights=weights))
+
+
+def roc_auc(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """(Weighted) area under the ROC curve; NaN unless both classes have weight. ``[N], [N], [N] -> []``"""
+    labels = np.asarray(labels).astype(int)
+    present = labels if weights is None else labels[np.asarray(weights) > 0]
+    if len(np.unique(present)) < 2:
+        return float("nan")
+    return float(metrics.roc_auc_score(labels, probabilities, sample_weight=weights))
+
+
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """Accuracy, ROC AUC, precision, recall and F1 (exhale = positive class)."""
     labels = np.asarray(labels).astype(int)
     predicted = (np.asarray(probabilities) >= THRESHOLD).astype(int)
-    both_classes = len(np.unique(labels)) == 2
     return {
-        "accuracy": float(metrics.accuracy_score(labels, predicted)),
-        "roc_auc": float(metrics.roc_auc_score(labels, probabilities)) if both_classes else float("nan"),
+        "accuracy": accuracy(labels, probabilities),
+        "roc_auc": roc_auc(labels, probabilities),
         "precision": float(metrics.precision_score(labels, predicted, zero_division=0)),
         "recall": float(metrics.recall_score(labels, predicted, zero_division=0)),
         "f1": float(metrics.f1_score(labels, predicted, zero_division=0)),

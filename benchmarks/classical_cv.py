@@ -1,0 +1,523 @@
+"""Pooled-feature learners scored by the CNN's session-grouped K-fold protocol (issue 19).
+
+    python benchmarks/classical_cv.py [--data ../shared/data/breath] [--folds 5] [--seed 42]
+        [--pipeline pipelines/breath_phase_cpu.toml] [--json OUT.json] [--cnn-oof PATH]
+        [--cache-dir /tmp]
+
+Measured (2026-12-04; 2-core CPU shared with a ``tfbreath.fit --folds 5`` training job; the
+real 3,200 clips, 1,998 sessions, 5 folds of 640/642/639/640/639 clips, seed 42)::
+
+    python benchmarks/classical_cv.py --data ../shared/data/breath \
+        --cnn-oof /work/runs/cv5_baseline/oof_predictions.csv --cache-dir /tmp/classical_cv_fresh
+
+Wall time 1,997 s from an empty cache (feature extraction 92 s for both front ends; the rest
+is 98 learner cross-validations at one thread); a rerun with the caches takes ~2 min (the
+bootstraps). Out-of-fold accuracy (pooled, [95 % session-bootstrap interval]), per-fold
+mean ± std, pooled ROC AUC, and the paired change in accuracy vs the reference row:
+
+=====================================  ======  ====================  =============  =====  =========================
+variant                                learner OOF acc. [95 % CI]     folds          AUC    Δ vs reference [95 % CI]
+=====================================  ======  ====================  =============  =====  =========================
+fmax 4500: 9 maps + scalars (941)      hgb     0.741 [0.725, 0.756]  0.741 ± 0.026  0.822  reference
+fmax 4500: 9 maps + scalars            logreg  0.747 [0.730, 0.762]  0.747 ± 0.018  0.816  reference
+fmax 2000: 9 maps + scalars            hgb     0.752 [0.737, 0.768]  0.752 ± 0.023  0.830  +0.012 [-0.000, +0.023]
+fmax 2000: 9 maps + scalars            logreg  0.741 [0.725, 0.757]  0.741 ± 0.017  0.818  -0.005 [-0.013, +0.002]
+hgb random_state 43 / 44, fmax 4500    hgb     0.735 / 0.747                        0.825  -0.006 / +0.006
+hgb random_state 43 / 44, fmax 2000    hgb     0.748 / 0.754                        0.83   -0.005 / +0.002
+fmax 2000, drop mel                    hgb     0.740 [0.724, 0.756]  0.740 ± 0.025  0.823  -0.013 [-0.024, +0.000]
+fmax 2000, drop mel                    logreg  0.737 [0.720, 0.752]  0.737 ± 0.017  0.811  -0.005 [-0.011, +0.002]
+fmax 2000, drop lpc                    hgb     0.743 [0.728, 0.758]  0.743 ± 0.019  0.825  -0.010 [-0.020, +0.002]
+fmax 2000, drop lpc                    logreg  0.744 [0.727, 0.760]  0.744 ± 0.016  0.812  +0.003 [-0.005, +0.011]
+fmax 2000, drop any other one map      both    0.739 - 0.754                               -0.008 .. +0.006, all CIs span 0
+fmax 2000, maps only (no scalars)      hgb     0.747 [0.732, 0.763]  0.747 ± 0.016  0.826  -0.006 [-0.016, +0.006]
+fmax 2000, maps only (no scalars)      logreg  0.731 [0.714, 0.747]  0.731 ± 0.020  0.811  -0.010 [-0.019, -0.002]
+fmax 2000, scalars only (39)           hgb     0.675 [0.658, 0.692]  0.675 ± 0.016  0.739  -0.078 [-0.096, -0.059]
+fmax 2000, scalars only                logreg  0.676 [0.659, 0.693]  0.676 ± 0.026  0.735  -0.065 [-0.083, -0.046]
+=====================================  ======  ====================  =============  =====  =========================
+
+One map alone (fmax 2000, no scalars; hgb / logreg pooled OOF accuracy): modulation
+0.729 / 0.708, mel 0.718 / 0.702, gammatone 0.716 / 0.688, mfcc 0.688 / 0.678, mel_delta
+0.680 / 0.673, lpc 0.643 / 0.643, tempogram 0.604 / 0.607, mel_delta2 0.562 / 0.620,
+chroma 0.540 / 0.527 (chance is 0.50).
+
+Reading: (a) fmax 2000 vs 4500 is within noise for pooled features: +1.2 points for hgb
+(interval touching 0; +1.0 averaged over three random_states) but -0.5 for logreg; the hgb
+random_state alone moves the score by +-0.6. (b) No single map earns its place on its own
+account once the others are there: dropping any one changes accuracy by less than its
+interval (mel and lpc -1.0 to -1.3 for hgb only, not confirmed by logreg). The signal sits in
+the spectral-envelope maps (modulation, mel, gammatone, then mfcc and mel_delta), which are
+largely redundant with each other; chroma, mel_delta2 and tempogram are near chance alone.
+The 39 scalars alone reach 0.675 and add 0.6-1.0 point on top of the maps. (c) Pooled
+learners score 0.74-0.75 out of fold on these sessions. The CNN comparison (``--cnn-oof``)
+is printed when its file exists; it did not yet exist at this run.
+
+What it does
+------------
+1. Features: the pipeline's own in-graph features (``data.extract`` on
+   ``data.read_kaggle_train``, ``FeatureSet.to_numpy()``), computed once per front end (the
+   shipped one, fmax 4500, and ``with_overrides(pipeline, "features", fmax=2000.0)``). Only the
+   mel map, its two deltas and the modulation map depend on fmax; the other five maps and the
+   39 scalars are the same in both. Each map is pooled over time and the pooled arrays are
+   cached in ``<cache-dir>/classical_cv_<key>.npz`` (key: data folder, file list, audio and
+   feature config, pooling version), so a second run skips extraction; each learner's
+   out-of-fold predictions are cached there too (``classical_cv_oof_<key>.json``, keyed by
+   features, columns, learner settings, folds and seed), so a rerun with ``--cnn-oof`` once the
+   CNN's file exists takes seconds.
+2. Pooling, per map (padding rows that ``maps.fit_bands`` adds are dropped first): contiguous
+   rows are averaged into at most 32 band groups (mel and deltas 128 -> 32 groups of 4,
+   MFCC+deltas 120 -> 30 of 4 (no group straddles static/delta), gammatone 64 -> 32, tempogram
+   128 lags -> 32, chroma+CENS 24 and LPC 12 kept as rows); each group's series over the 63
+   frames gives its mean, std, and its linear (slope) and quadratic (curvature) Legendre
+   coefficients over t in [-1, 1]. The modulation map is a 2-D DCT with no time axis: its
+   low-order 8 x 8 block (quefrency x modulation frequency) is taken as is. The maps are
+   z-scored per clip in the pipeline (MFCC and chroma per band), so pooled means carry only
+   spectral *shape*, never level; columns constant over all clips (e.g. chroma row means and
+   stds, which per-band z-scoring fixes at 0 and 1) are dropped, which uses no label. The 39
+   scalars are appended as they are.
+3. Folds: exactly ``crossval.session_folds(labels, groups, K, seed)`` on the clips that
+   decoded, in ``train.csv`` order -- the folds of ``python -m tfbreath.fit --folds K`` with the
+   same seed. Each learner is fitted on K-1 folds and predicts the held-out one; scores come
+   from ``crossval.cross_validation_summary`` (mean and per-fold, pooled out-of-fold, 95 %
+   session-bootstrap interval).
+4. Learners (hyper-parameters fixed before any run; the only tuning is inside each training
+   fold, on a session-grouped 20 % split of the training clips (fold 0 of
+   ``session_folds(train, 5, seed)``), never on the held-out fold):
+
+   - ``hgb``: ``HistGradientBoostingClassifier(learning_rate=0.1, max_leaf_nodes=15,
+     min_samples_leaf=20, l2_regularization=1.0, max_features=0.5)``; the number of trees
+     (<= 250) is the one with the lowest log-loss on the inner split, then the model is refit on
+     the whole training fold with that many trees.
+   - ``logreg``: ``StandardScaler`` + L2 ``LogisticRegression``; C from the declared grid
+     {1e-3, 1e-2, 1e-1, 1} by the lowest log-loss on the inner split, then refit on the whole
+     training fold.
+
+5. Variants (rows): all nine maps + scalars at each front end (the fmax 2000 row's Δ column is
+   its paired change vs fmax 4500, same learner); the hgb rows on all features again with two
+   other ``random_state``s (same folds and inner split: the spread a change must beat); then,
+   at the front end whose hgb pooled OOF accuracy is higher (a choice made on these folds, so
+   that row is slightly optimistic; the ablation rows are the comparison that matters), each
+   map dropped in turn, maps only, scalars only and each map alone, each with its paired change
+   vs all maps + scalars at that front end (session bootstrap of the accuracy difference).
+6. ``--cnn-oof``: the CNN run's ``oof_predictions.csv`` (file, session, fold, Target, cnn8, vgg,
+   ensemble), aligned by file name and checked to have the same labels and folds. The CNN
+   ensemble is re-cross-fitted from cnn8 and vgg (and checked against the file's column), then
+   each "all maps + scalars" learner's OOF P is added as a third member with
+   ``crossval.cross_fitted_ensemble``; the table gives its OOF accuracy and interval and the
+   paired session-bootstrap interval of the accuracy gain over the CNN ensemble. A cross-fitted
+   stack (logistic regression on the members' logits, fitted on the other folds) is also given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "breath"
+DEFAULT_PIPELINE = REPO / "pipelines" / "breath_phase_cpu.toml"
+
+POOLING_VERSION = 1
+"""Bump when the pooling changes: it is part of the cache key."""
+
+MAX_GROUPS = 32
+"""Band groups per map at most: contiguous rows averaged together."""
+
+MODULATION_BLOCK = 8
+"""Low-order quefrency x modulation-frequency block kept from the modulation map."""
+
+INNER_FOLDS = 5
+"""The inner tuning split is fold 0 of this many session-grouped folds of the training clips (20 %)."""
+
+HGB_PARAMS = dict(learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=20, l2_regularization=1.0,
+                  max_features=0.5)
+HGB_MAX_TREES = 250
+LOGREG_C = (1e-3, 1e-2, 1e-1, 1.0)
+
+SCALARS = "scalars"
+ALL = "9 maps + scalars"
+SEED_OFFSETS = (1, 2)
+"""Extra ``random_state``s of the hgb rows on all features (same folds, same inner split)."""
+FMAX_ALTERNATIVE = 2000.0
+
+
+# ----------------------------------------------------------------------------- features
+
+def map_rows(features) -> dict[str, int]:
+    """Rows of each map before ``fit_bands`` pads it to n_mels (see ``tfbreath.maps``)."""
+    from tfbreath import maps
+
+    rows = {"mel": features.n_mels, "mel_delta": features.n_mels, "mel_delta2": features.n_mels,
+            "mfcc": 3 * features.n_mfcc, "chroma": 24, "gammatone": features.n_gammatone,
+            "modulation": maps.N_MODULATION, "tempogram": min(maps.TEMPOGRAM_WINDOW, features.n_mels),
+            "lpc": features.lpc_order}
+    return {name: min(rows[name], features.n_mels) for name in features.maps}
+
+
+def legendre_basis(n_frames: int) -> np.ndarray:
+    """Unit-norm P1 and P2 over t in [-1, 1] sampled at the frames. ``[2, T]``"""
+    t = np.linspace(-1.0, 1.0, n_frames)
+    p1, p2 = t, 1.5 * t ** 2 - 0.5
+    p2 = p2 - p2.mean()
+    return np.stack([p1 / np.linalg.norm(p1), p2 / np.linalg.norm(p2)])
+
+
+def pool_map(name: str, x: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """One map's pooled statistics and their names. ``[N, R, T] -> [N, D]``"""
+    n, rows, frames = x.shape
+    if name == "modulation":
+        block = x[:, :MODULATION_BLOCK, :MODULATION_BLOCK].reshape(n, -1)
+        names = [f"modulation_q{q}_m{m}" for q in range(MODULATION_BLOCK) for m in range(MODULATION_BLOCK)]
+        return block, names
+    size = math.ceil(rows / MAX_GROUPS)
+    starts = list(range(0, rows, size))
+    grouped = np.stack([x[:, s:s + size].mean(axis=1) for s in starts], axis=1)  # [N, G, T]
+    basis = legendre_basis(frames)  # [2, T]
+    trend = np.einsum("ngt,kt->ngk", grouped, basis)  # [N, G, 2]
+    stats = np.concatenate([grouped.mean(-1, keepdims=True), grouped.std(-1, keepdims=True), trend], -1)
+    names = [f"{name}_r{s}_{stat}" for s in starts for stat in ("mean", "std", "slope", "curve")]
+    return stats.reshape(n, -1).astype(np.float32), names
+
+
+def cache_key(data_dir: Path, files, pipeline) -> str:
+    text = json.dumps([str(data_dir.resolve()), [str(f) for f in files], repr(pipeline.audio),
+                       repr(pipeline.features), POOLING_VERSION, MAX_GROUPS, MODULATION_BLOCK])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def pooled_features(examples, pipeline, data_dir: Path, cache_dir: Path) -> dict:
+    """``{"blocks": {map or "scalars": [N, D]}, "names": {...}, "files", "labels", "seconds"}``,
+    from the cache when it has them."""
+    from tfbreath import data
+
+    key = cache_key(data_dir, examples.files, pipeline)
+    path = cache_dir / f"classical_cv_{key}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=True) as stored:
+            loaded = dict(stored.items())
+        blocks = {k[len("block_"):]: v for k, v in loaded.items() if k.startswith("block_")}
+        names = {k[len("names_"):]: list(v) for k, v in loaded.items() if k.startswith("names_")}
+        print(f"  features from cache {path}")
+        return {"blocks": blocks, "names": names, "files": loaded["files"], "labels": loaded["labels"],
+                "seconds": 0.0, "key": key}
+    start = time.perf_counter()
+    feature_set = data.extract(examples, None, pipeline, cache="memory", progress=False)
+    print(f"  {feature_set.report}".splitlines()[0])
+    arrays = feature_set.to_numpy()
+    seconds = time.perf_counter() - start
+    spectral = arrays.pop("spectral")  # [N, n_mels, T, C]
+    blocks, names = {}, {}
+    for channel, (name, rows) in enumerate(map_rows(pipeline.features).items()):
+        blocks[name], names[name] = pool_map(name, spectral[:, :rows, :, channel])
+    del spectral
+    if pipeline.features.scalars:
+        from tfbreath.scalars import SCALAR_NAMES
+
+        blocks[SCALARS], names[SCALARS] = arrays["scalars"].astype(np.float32), list(SCALAR_NAMES)
+    files = np.array([Path(f).name for f in arrays["files"]])
+    labels = arrays["labels"].astype(np.int64)
+    groups = np.array(feature_set.kept_examples.groups)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez(partial, files=files, labels=labels, groups=groups,
+             **{f"block_{k}": v for k, v in blocks.items()},
+             **{f"names_{k}": np.array(v) for k, v in names.items()})
+    os.replace(partial, path)
+    print(f"  extracted and pooled {len(files)} clips in {seconds:.0f} s -> {path}")
+    return {"blocks": blocks, "names": names, "files": files, "labels": labels, "seconds": seconds, "key": key}
+
+
+def design_matrix(blocks: dict[str, np.ndarray], keep: list[str]) -> np.ndarray:
+    """The chosen blocks side by side, columns constant over all clips dropped. ``[N, D]``"""
+    x = np.concatenate([blocks[k] for k in keep], axis=1).astype(np.float64)
+    varying = x.std(axis=0) > 1e-6 * (1.0 + np.abs(x).mean(axis=0))
+    return x[:, varying]
+
+
+# ----------------------------------------------------------------------------- learners
+
+def log_loss(labels: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def fit_hgb(x_train, y_train, x_inner, y_inner, seed: int) -> tuple[object, dict]:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    def model(trees):
+        return HistGradientBoostingClassifier(max_iter=trees, early_stopping=False, random_state=seed,
+                                              **HGB_PARAMS)
+
+    probe = model(HGB_MAX_TREES).fit(x_inner[0], y_inner[0])
+    losses = [log_loss(y_inner[1], p[:, 1]) for p in probe.staged_predict_proba(x_inner[1])]
+    trees = int(np.argmin(losses)) + 1
+    return model(trees).fit(x_train, y_train), {"trees": trees}
+
+
+def fit_logreg(x_train, y_train, x_inner, y_inner, seed: int) -> tuple[object, dict]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def model(c):
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+
+    losses = [log_loss(y_inner[1], model(c).fit(x_inner[0], y_inner[0]).predict_proba(x_inner[1])[:, 1])
+              for c in LOGREG_C]
+    c = LOGREG_C[int(np.argmin(losses))]
+    return model(c).fit(x_train, y_train), {"C": c}
+
+
+LEARNERS = {"hgb": fit_hgb, "logreg": fit_logreg}
+
+
+def out_of_fold(fit, x: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: np.ndarray,
+                seed: int, model_seed: int) -> tuple[np.ndarray, list[dict]]:
+    """P(exhale) of every clip from the model that did not see its fold, and each fold's choice.
+
+    ``seed`` draws the inner tuning split, ``model_seed`` the learner's own randomness."""
+    from tfbreath import crossval
+
+    p = np.zeros(len(labels), np.float64)
+    chosen = []
+    for fold in range(int(folds.max()) + 1):
+        train, held_out = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+        inner = crossval.session_folds(labels[train], groups[train], INNER_FOLDS, seed)  # [len(train)]
+        fit_idx, stop_idx = train[inner != 0], train[inner == 0]
+        model, choice = fit(x[train], labels[train], (x[fit_idx], x[stop_idx]),
+                            (labels[fit_idx], labels[stop_idx]), model_seed)
+        p[held_out] = model.predict_proba(x[held_out])[:, 1]
+        chosen.append(choice)
+    return p, chosen
+
+
+# ----------------------------------------------------------------------------- CNN OOF
+
+def read_cnn_oof(path: Path, files: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict[str, np.ndarray]:
+    """The CNN members' OOF P aligned to ``files``; labels and folds must agree with ours."""
+    with open(path, newline="") as handle:
+        rows = {row["file"]: row for row in csv.DictReader(handle)}
+    missing = [f for f in files if f not in rows]
+    if missing:
+        raise SystemExit(f"error: {path}: {len(missing)} clip(s) missing, e.g. {missing[0]}")
+    aligned = [rows[f] for f in files]
+    theirs_labels = np.array([{"I": 0, "E": 1}[r["Target"]] for r in aligned])
+    theirs_folds = np.array([int(r["fold"]) for r in aligned])
+    if not np.array_equal(theirs_labels, labels):
+        raise SystemExit(f"error: {path}: labels differ from train.csv")
+    if not np.array_equal(theirs_folds, folds):
+        raise SystemExit(f"error: {path}: folds differ from session_folds(seed) here "
+                         f"({int((theirs_folds != folds).sum())} clips)")
+    members = [c for c in aligned[0] if c not in ("file", "session", "fold", "Target")]
+    return {c: np.array([float(r[c]) for r in aligned]) for c in members}
+
+
+def stacked(members: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Cross-fitted stack: logistic regression on the members' logits, fitted on the other folds."""
+    from sklearn.linear_model import LogisticRegression
+
+    z = np.stack([np.log(np.clip(p, 1e-6, 1 - 1e-6) / np.clip(1 - p, 1e-6, 1)) for p in members.values()], 1)
+    out = np.zeros(len(labels))
+    for fold in range(int(folds.max()) + 1):
+        own = folds == fold
+        out[own] = LogisticRegression().fit(z[~own], labels[~own]).predict_proba(z[own])[:, 1]
+    return out
+
+
+def accuracy_gain(labels, both: np.ndarray, weights=None) -> float:
+    """Accuracy of column 0 minus that of column 1 (paired, same clips). ``[N], [N, 2] -> []``"""
+    from tfbreath import crossval
+
+    return crossval.accuracy(labels, both[:, 0], weights) - crossval.accuracy(labels, both[:, 1], weights)
+
+
+def paired_gain(labels, p: np.ndarray, reference: np.ndarray, groups, seed: int) -> dict:
+    """``p``'s accuracy minus ``reference``'s, with its paired session-bootstrap 95 % interval."""
+    from tfbreath import crossval
+
+    both = np.stack([p, reference], 1)
+    low, high = crossval.session_bootstrap(labels, both, groups, accuracy_gain, seed=seed)
+    return {"pooled": round(accuracy_gain(labels, both), 4), "ci95": [round(low, 4), round(high, 4)]}
+
+
+def compare_with_cnn(cnn: dict[str, np.ndarray], trees: dict[str, np.ndarray], labels, folds, groups,
+                     seed: int) -> list[dict]:
+    from tfbreath import crossval
+
+    cnn_members = {k: v for k, v in cnn.items() if k != crossval.ENSEMBLE}
+    base, _ = crossval.cross_fitted_ensemble(cnn_members, labels, folds)
+    if crossval.ENSEMBLE in cnn:
+        gap = float(np.abs(base - cnn[crossval.ENSEMBLE]).max())
+        print(f"  CNN ensemble re-cross-fitted from {list(cnn_members)}: max |diff| vs file {gap:.2e}")
+
+    candidates = {"CNN ensemble (cnn8+vgg)": base}
+    for name, p in cnn_members.items():
+        candidates[f"CNN {name} alone"] = p
+    for name, p in trees.items():
+        candidates[f"CNN ens. + {name}"], weights = crossval.cross_fitted_ensemble(
+            {**cnn_members, name: p}, labels, folds)
+        print(f"  + {name}: per-fold weights {[np.round(w, 3).tolist() for w in weights]}")
+        candidates[f"stack(cnn8, vgg, {name})"] = stacked({**cnn_members, name: p}, labels, folds)
+    candidates["stack(cnn8, vgg)"] = stacked(cnn_members, labels, folds)
+    summary = crossval.cross_validation_summary(labels, candidates, folds, groups, seed=seed)
+    rows = []
+    for name, p in candidates.items():
+        rows.append({"combination": name, **summary[name],
+                     "gain_vs_cnn_ensemble": paired_gain(labels, p, base, groups, seed)})
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+def fmt_row(variant: str, learner: str, entry: dict, features: int, delta: dict | None = None) -> str:
+    acc, auc = entry["accuracy"], entry["roc_auc"]
+    lo, hi = acc["ci95"]
+    change = "" if delta is None else f" {delta['pooled']:+.3f} [{delta['ci95'][0]:+.3f}, {delta['ci95'][1]:+.3f}] |"
+    return (f"| {variant} | {learner} | {features} | {acc['pooled']:.3f} [{lo:.3f}, {hi:.3f}] | "
+            f"{acc['mean']:.3f} ± {np.std(acc['folds']):.3f} | {auc['pooled']:.3f} |{change}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--pipeline", type=Path, default=DEFAULT_PIPELINE)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--json", type=Path, help="write every score here")
+    parser.add_argument("--cnn-oof", type=Path, help="the CNN run's oof_predictions.csv (used if it exists)")
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OpenMP/BLAS threads for the learners (default 1: on a 2-core machine shared with "
+                             "a training job, 2 threads made HistGradientBoosting 5x slower)")
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+
+    from tfbreath import crossval, data
+    from tfbreath.config import load_config, with_overrides
+
+    pipeline = load_config(args.pipeline)
+    examples = data.read_kaggle_train(args.data)
+    front_ends = {f"fmax {pipeline.features.fmax:g}": pipeline,
+                  f"fmax {FMAX_ALTERNATIVE:g}": with_overrides(pipeline, "features", fmax=FMAX_ALTERNATIVE)}
+    features = {}
+    for label, variant in front_ends.items():
+        print(f"features, {label}:")
+        features[label] = pooled_features(examples, variant, args.data, args.cache_dir)
+    extraction = sum(f["seconds"] for f in features.values())
+    first = next(iter(features.values()))
+    files, labels = first["files"], first["labels"]
+    for other in features.values():
+        assert np.array_equal(other["files"], files) and np.array_equal(other["labels"], labels)
+    kept = {Path(f).name: g for f, g in zip(examples.files, examples.groups)}
+    groups = np.array([kept[f] for f in files])
+    folds = crossval.session_folds(labels, groups, args.folds, args.seed)  # [N]
+    print(f"{len(files)} clips, {len(set(groups))} sessions, {args.folds} folds (seed {args.seed}): "
+          f"{np.bincount(folds).tolist()} clips per fold")
+
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
+    maps = list(pipeline.features.maps)
+    every = maps + [SCALARS]
+    results, oof = [], {}
+
+    def run(front: str, variant: str, keep: list[str], reference: tuple[str, str] | None = None,
+            learners: tuple[str, ...] = tuple(LEARNERS), model_seed_offset: int = 0) -> None:
+        """One variant, each learner: OOF scores and, against ``reference`` (front end, variant)
+        of the same learner, the paired accuracy change."""
+        x = design_matrix(features[front]["blocks"], keep)
+        for learner in learners:
+            start = time.perf_counter()
+            settings = [features[front]["key"], keep, learner, HGB_PARAMS, HGB_MAX_TREES, LOGREG_C, INNER_FOLDS,
+                        args.folds, args.seed] + ([model_seed_offset] if model_seed_offset else [])
+            key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
+            stored = args.cache_dir / f"classical_cv_oof_{key}.json"
+            if stored.is_file():  # out-of-fold predictions of an earlier run: same features, learner, folds
+                saved = json.loads(stored.read_text())
+                p, chosen = np.array(saved["p"]), saved["chosen"]
+            else:
+                p, chosen = out_of_fold(LEARNERS[learner], x, labels, groups, folds, args.seed,
+                                        args.seed + model_seed_offset)
+                stored.write_text(json.dumps({"p": p.tolist(), "chosen": chosen}))
+            entry = crossval.cross_validation_summary(labels, {learner: p}, folds, groups, seed=args.seed)[learner]
+            delta = None if reference is None else paired_gain(labels, p, oof[(*reference, learner)], groups,
+                                                               args.seed)
+            row = {"front_end": front, "variant": variant, "learner": learner, "features": x.shape[1],
+                   "chosen_per_fold": chosen, "seconds": round(time.perf_counter() - start, 1), **entry,
+                   "reference": None if reference is None else ": ".join(reference),
+                   "accuracy_change_vs_reference": delta}
+            results.append(row)
+            oof[(front, variant, learner)] = p
+            print(fmt_row(f"{front}: {variant}", learner, entry, x.shape[1], delta)
+                  + f" ({row['seconds']:.0f} s, {chosen})", flush=True)
+
+    shipped, alternative = front_ends
+    run(shipped, ALL, every)
+    run(alternative, ALL, every, reference=(shipped, ALL))
+    better = max(front_ends, key=lambda f: next(r["accuracy"]["pooled"] for r in results
+                                                if r["front_end"] == f and r["learner"] == "hgb"))
+    print(f"ablation at the front end with the higher hgb OOF accuracy: {better}")
+    for front in front_ends:  # the learner's own randomness (max_features): the noise floor of a change
+        for offset in SEED_OFFSETS:
+            run(front, f"{ALL}, hgb seed {args.seed + offset}", every, (front, ALL), ("hgb",), offset)
+    for dropped in maps:
+        run(better, f"- {dropped}", [k for k in every if k != dropped], (better, ALL))
+    run(better, "maps only (no scalars)", maps, (better, ALL))
+    run(better, "scalars only", [SCALARS], (better, ALL))
+    for alone in maps:
+        run(better, f"{alone} only", [alone], (better, ALL))
+
+    cnn_rows = []
+    if args.cnn_oof is not None:
+        if args.cnn_oof.is_file():
+            print(f"CNN out-of-fold predictions: {args.cnn_oof}")
+            cnn = read_cnn_oof(args.cnn_oof, files, labels, folds)
+            trees = {f"{learner} ({front})": oof[(front, ALL, learner)]
+                     for front in front_ends for learner in LEARNERS}
+            cnn_rows = compare_with_cnn(cnn, trees, labels, folds, groups, args.seed)
+        else:
+            print(f"CNN out-of-fold predictions: {args.cnn_oof} does not exist (yet): no combination scored")
+
+    wall = time.perf_counter() - began
+    print()
+    print("| variant | learner | features | OOF accuracy pooled [95 % CI] | per-fold mean ± std | AUC | "
+          "Δ accuracy vs reference [95 % CI] |")
+    print("|---|---|---|---|---|---|---|")
+    for row in results:
+        line = fmt_row(f"{row['front_end']}: {row['variant']}", row["learner"], row, row["features"],
+                       row["accuracy_change_vs_reference"])
+        print(line if row["accuracy_change_vs_reference"] else line + " (reference) |")
+    print("reference: the fmax 2000 row vs fmax 4500 (same learner); every other row vs "
+          f"'{ALL}' at its front end (same learner); Δ's interval is a paired session bootstrap.")
+    if cnn_rows:
+        print()
+        print("| combination | OOF accuracy pooled [95 % CI] | per-fold mean ± std | AUC | gain vs CNN ensemble [95 % CI] |")
+        print("|---|---|---|---|---|")
+        for row in cnn_rows:
+            acc, g = row["accuracy"], row["gain_vs_cnn_ensemble"]
+            print(f"| {row['combination']} | {acc['pooled']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] | "
+                  f"{acc['mean']:.3f} ± {np.std(acc['folds']):.3f} | {row['roc_auc']['pooled']:.3f} | "
+                  f"{g['pooled']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}] |")
+    print(f"\nwall time {wall:.0f} s (feature extraction {extraction:.0f} s); clips {len(files)}, "
+          f"sessions {len(set(groups))}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "protocol": {"folds": args.folds, "seed": args.seed, "clips": len(files), "sessions": len(set(groups)),
+                         "pipeline": str(args.pipeline), "hgb": {**HGB_PARAMS, "max_trees": HGB_MAX_TREES},
+                         "logreg_C_grid": list(LOGREG_C), "ablation_front_end": better},
+            "results": results, "cnn_combinations": cnn_rows, "wall_seconds": round(wall, 1)}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -55,8 +55,10 @@ def test_each_quantization_passes_its_self_check_and_runs_without_flex(tiny_run,
     if quantize == "int8":  # the classifier really runs in int8
         assert any(t["dtype"] == np.int8 for t in classifier.interpreter.get_tensor_details())
     repeats = export.TFLITE_BATCH // len(labels) + 2  # more clips than one interpreter call takes
+    # Same clips, other batch sizes: XNNPACK tiles its float32 GEMMs by batch size, so sums round
+    # differently (1.3e-6 seen near P = 0.55); a clip mixed up between calls would differ by ~0.1.
     np.testing.assert_allclose(classifier(np.tile(waveforms, (repeats, 1))), np.tile(probabilities, repeats),
-                               atol=1e-6)
+                               atol=1e-5)
 
 
 def test_keras_waveform_model_and_savedmodel_agree_with_the_feature_model(tiny_run, validation_clips):

@@ -40,6 +40,7 @@ def test_partial_toml_overrides_only_what_it_names(tmp_path):
     ("features", {"n_mels": 0}, "n_mels must be > 0, got 0"),
     ("features", {"maps": ["mel", "stft"]}, "maps has unknown names ['stft']"),
     ("features", {"n_fft": 500}, "n_fft must be a power of two, got 500"),
+    ("features", {"band_limit_hz": -1.0}, "band_limit_hz must be a number 0.0 (off) or > 0, got -1.0"),
     ("audio", {"sample_rate": 96000}, "sample_rate must be in [4000, 48000], got 96000"),
     ("data", {"validation_fraction": 1.5}, "validation_fraction must be in (0, 1), got 1.5"),
 ])
@@ -137,6 +138,9 @@ def test_every_field_rejects_a_wrong_type(section, cls):
      "[features] fmax must be <= the Nyquist frequency of [audio] sample_rate (8000.0 Hz), got 9000.0"),
     ({"audio": {"sample_rate": 8000}, "features": {"fmax": 4000.0}},
      "[features] scalars = true needs [audio] sample_rate > 12800 Hz"),
+    ({"features": {"band_limit_hz": 9000.0}},
+     "[features] band_limit_hz must be 0.0 (off) or in (200.0, 8000.0] Hz"),
+    ({"features": {"band_limit_hz": 150.0}}, "got 150.0"),
 ])
 def test_cross_section_limits_name_the_bound(values, message):
     with pytest.raises(ConfigError) as err:

@@ -151,3 +151,11 @@ def test_mel_only_pipeline_without_scalars_converts():
     assert got[SPECTRAL].shape == (2, pipeline.features.n_mels, pipeline.num_frames, 1)
     want = {SPECTRAL: features(clips)[SPECTRAL].numpy()}
     _assert_close(got, want, ["breath", "sine"])
+
+
+def test_band_limited_pipeline_converts_and_matches_tf():
+    pipeline = with_overrides(PIPELINE, "features", band_limit_hz=2000.0)
+    features, model = _convert(pipeline)
+    clips = np.stack([SIGNALS["breath"], SIGNALS["quiet"], SIGNALS["silence"]])
+    want = {key: value.numpy() for key, value in features(clips).items()}
+    _assert_close(_run(model, clips), want, ["breath", "quiet", "silence"])

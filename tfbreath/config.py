@@ -38,6 +38,9 @@ MAP_NAMES = (
 N_SCALARS = 39
 """Length of the scalar feature vector (see ``tfbreath.scalars``)."""
 
+NO_BAND_LIMIT = 0.0
+"""``[features] band_limit_hz`` that keeps the waveform's full band."""
+
 MIN_SAMPLE_RATE = 4000
 MAX_SAMPLE_RATE = 48000
 
@@ -160,6 +163,11 @@ class FeatureConfig:
     hop_length: int = 256
     n_mels: int = 128
     fmax: float = 4500.0
+    band_limit_hz: float = NO_BAND_LIMIT
+    """Low-pass every waveform so nothing at or above this frequency reaches the maps and scalars
+    (``filters.lowpass_taps``); ``NO_BAND_LIMIT`` (0) keeps the full band. Set it to the
+    recordings' real bandwidth: then a copy resampled to any rate that holds that band gives the
+    same features."""
     n_mfcc: int = 40
     n_gammatone: int = 64
     lpc_order: int = 12
@@ -172,6 +180,8 @@ class FeatureConfig:
             positive(name, getattr(self, name), int)
         for name in ("fmax", "lpc_frame_s"):
             positive(name, getattr(self, name))
+        typed("band_limit_hz", self.band_limit_hz, float, f"{NO_BAND_LIMIT!r} (off) or > 0",
+              lambda v: v >= NO_BAND_LIMIT)
         require(self.n_fft & (self.n_fft - 1) == 0, f"n_fft must be a power of two, got {self.n_fft!r}")
         require(self.hop_length <= self.n_fft,
                  f"hop_length must be <= n_fft ({self.n_fft}), got {self.hop_length!r}")
@@ -420,7 +430,8 @@ def check_feature_geometry(audio: AudioConfig, features: FeatureConfig) -> None:
     - ``filters.DELTA_WIDTH`` STFT frames, for the Savitzky-Golay deltas (mel and MFCC maps);
     - with scalars, ``scalars.AUTOCORR_SEARCH_S`` of autocorrelation lags (longer than both read
       lags) and a Nyquist frequency above the spectral contrast's top band;
-    - ``fmax`` at or below the Nyquist frequency.
+    - ``fmax`` at or below the Nyquist frequency;
+    - ``band_limit_hz`` off, or above the low-pass filter's transition band and at most Nyquist.
     """
     from tfbreath import filters, scalars  # the features' own constants (the feature modules import this one)
 
@@ -436,6 +447,12 @@ def check_feature_geometry(audio: AudioConfig, features: FeatureConfig) -> None:
     nyquist = rate / 2.0
     require(features.fmax <= nyquist, f"[features] fmax must be <= the Nyquist frequency of [audio] sample_rate "
                                       f"({nyquist!r} Hz), got {features.fmax!r}")
+    if features.band_limit_hz != NO_BAND_LIMIT:
+        low, high = filters.LOWPASS_TRANSITION_HZ, nyquist
+        require(low < features.band_limit_hz <= high,
+                f"[features] band_limit_hz must be {NO_BAND_LIMIT!r} (off) or in ({low!r}, {high!r}] Hz (above the "
+                f"filter's transition band, at most the Nyquist frequency of [audio] sample_rate), "
+                f"got {features.band_limit_hz!r}")
     top_band_hz = scalars.CONTRAST_FMIN * 2.0 ** (scalars.N_BANDS - 1)  # where the last contrast band starts
     require(not features.scalars or nyquist > top_band_hz,
             f"[features] scalars = true needs [audio] sample_rate > {2 * top_band_hz:g} Hz (the spectral contrast's "

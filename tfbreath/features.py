@@ -27,8 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfbreath import artifacts, maps, scalars, spectral
-from tfbreath.config import ConfigError, PipelineConfig, dump_config, load_config, parse_config
+from tfbreath import artifacts, filters, maps, scalars, spectral
+from tfbreath.config import NO_BAND_LIMIT, ConfigError, PipelineConfig, dump_config, load_config, parse_config
 
 SPECTRAL = "spectral"
 SCALARS = "scalars"
@@ -44,7 +44,11 @@ def extract_features(y: tf.Tensor, pipeline: PipelineConfig) -> dict[str, tf.Ten
         rate = pipeline.audio.sample_rate
         features = pipeline.features
         flat, restore = spectral.flatten_batch(y)  # [B, n]
-        cache = spectral.SpectrogramCache(flat)  # STFTs shared by the maps and the scalars
+        if features.band_limit_hz == NO_BAND_LIMIT:
+            cache = spectral.SpectrogramCache(flat)  # STFTs shared by the maps and the scalars
+        else:
+            flat = spectral.fir_filter(flat, filters.lowpass_taps(rate, features.band_limit_hz))  # [B, n]
+            cache = spectral.SpectrogramCache(flat, rate, features.band_limit_hz)
         out = {SPECTRAL: restore(maps.maps_from_cache(cache, rate, features))}  # [..., n_mels, T, C]
         if features.scalars:
             out[SCALARS] = restore(scalars.scalars_from_cache(cache, rate, features.hop_length))  # [..., 39]

@@ -22,6 +22,12 @@ DELTA_WIDTH = 9
 CENS_SMOOTHING_FRAMES = 41
 """librosa.feature.chroma_cens's default Hann smoothing length (frames)."""
 
+LOWPASS_TRANSITION_HZ = 200.0
+"""Width of the band-limit filter's transition band, ending at the band limit."""
+
+LOWPASS_STOPBAND_DB = 100.0
+"""The band-limit filter's stopband attenuation: beyond the dB maps' 80-dB range below their peak."""
+
 
 @functools.lru_cache(maxsize=None)
 def hann_window(length: int) -> np.ndarray:
@@ -75,6 +81,27 @@ def cens_smoothing_operator(n_frames: int) -> np.ndarray:
     impulses = np.eye(n_frames)
     responses = scipy.ndimage.convolve(impulses, window[np.newaxis, :], mode="constant")
     return responses.T.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def lowpass_taps(sample_rate: int, band_limit_hz: float) -> np.ndarray:
+    """Linear-phase Kaiser-window FIR low-pass whose stopband starts at ``band_limit_hz``. ``[taps]``
+
+    Passband up to ``band_limit_hz - LOWPASS_TRANSITION_HZ``, at least ``LOWPASS_STOPBAND_DB`` of
+    attenuation from ``band_limit_hz`` up (``scipy.signal.kaiserord`` sizes it); an odd, symmetric
+    tap count, so a centred convolution delays nothing.
+    """
+    nyquist = sample_rate / 2.0
+    numtaps, beta = scipy.signal.kaiserord(LOWPASS_STOPBAND_DB, LOWPASS_TRANSITION_HZ / nyquist)
+    numtaps |= 1  # odd: a whole-sample delay, removed by centring
+    cutoff = band_limit_hz - LOWPASS_TRANSITION_HZ / 2.0  # firwin's cutoff is the transition's middle
+    return scipy.signal.firwin(numtaps, cutoff, window=("kaiser", beta), fs=sample_rate).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def band_mask(sample_rate: int, n_fft: int, band_limit_hz: float) -> np.ndarray:
+    """1 for rFFT bins below ``band_limit_hz``, 0 from it up. ``[n_fft // 2 + 1]``"""
+    return (fft_frequencies(sample_rate, n_fft) < band_limit_hz).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,7 +15,8 @@ Recipe (16 kHz, n_fft 512, hop 256, centred frames; librosa defaults otherwise):
 - ``gammatone``: gammatone-style 64-band (mel-spaced) filterbank on |STFT|, log1p.
 - ``modulation``: orthonormal 2-D DCT of the dB mel (first 40 quefrency rows).
 - ``tempogram``: autocorrelation tempogram (384 lags) of the onset envelope, cut to n_mels lags.
-- ``lpc``: 12 Burg LPC coefficients per 25 ms Hamming frame of the pre-emphasised signal.
+- ``lpc``: 12 Burg LPC coefficients per 25 ms Hamming frame of the pre-emphasised signal (with
+  ``band_limit_hz`` set, of the signal decimated to the band's rate: ``lpc_decimation``).
 
 Two documented choices where librosa's own path cannot run in-graph or is data-dependent:
 chroma uses A440 tuning instead of a per-clip tuning estimate, and CENS is computed from the
@@ -32,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfbreath import filters, spectral
-from tfbreath.config import FeatureConfig
+from tfbreath.config import NO_BAND_LIMIT, FeatureConfig
 
 PER_BAND_ZSCORE = frozenset({"mfcc", "chroma"})
 """Maps z-scored per band over time; the others are z-scored as a whole."""
@@ -309,13 +310,29 @@ def zscored_tempogram(s: _Intermediates, n_lags: int) -> tf.Tensor:
         return standardise(normalised, tf.expand_dims(mean, -1), tf.expand_dims(std, -1))  # [..., T, n_lags]
 
 
+def lpc_decimation(sample_rate: int, features: FeatureConfig) -> int:
+    """Keep every D-th sample of a band-limited waveform before its LPC (1 without a band limit).
+
+    A signal band-limited far below Nyquist has an empty upper band that an all-pole fit would
+    spend its poles on: Burg's recursion then turns float32 round-off into O(1) coefficient
+    changes (batched vs one clip: 1.4 on the z-scored map at 2 kHz of 16 kHz). The LPC runs at
+    ``sample_rate / D`` instead, the largest rate that still holds the band, with D dividing
+    ``hop_length`` so its frames stay those of the other maps.
+    """
+    if features.band_limit_hz == NO_BAND_LIMIT:
+        return 1
+    most = max(1, int(sample_rate // (2.0 * features.band_limit_hz)))
+    return max(d for d in range(1, most + 1) if features.hop_length % d == 0)
+
+
 def lpc_map(s: _Intermediates) -> tf.Tensor:
     with tf.name_scope("lpc"):
         f = s.features
-        y = s.y
-        emphasised = tf.concat([y[..., :1], y[..., 1:] - PRE_EMPHASIS * y[..., :-1]], axis=-1)  # [..., n]
-        frame_length = int(round(f.lpc_frame_s * s.sample_rate))
-        frames = spectral.frame(emphasised, frame_length, f.hop_length)  # [..., T, L]
+        step = lpc_decimation(s.sample_rate, f)
+        y = s.y[..., ::step]  # [..., n / step]: the band limit already removed what would alias
+        emphasised = tf.concat([y[..., :1], y[..., 1:] - PRE_EMPHASIS * y[..., :-1]], axis=-1)  # [..., n / step]
+        frame_length = int(round(f.lpc_frame_s * s.sample_rate / step))
+        frames = spectral.frame(emphasised, frame_length, f.hop_length // step)  # [..., T, L]
         frames = frames * np.hamming(frame_length).astype(np.float32)  # [..., T, L]
         return burg_lpc(frames, f.lpc_order)  # [..., T, order]
 

@@ -135,6 +135,15 @@ def sliding_windows(x: tf.Tensor, width: int, count: int) -> tf.Tensor:
         return tf.stack([x[..., t:t + width] for t in range(count)], axis=-2)  # [..., count, width]
 
 
+def fir_filter(y: tf.Tensor, taps) -> tf.Tensor:
+    """Centred convolution with an odd, symmetric FIR, zeros beyond the edges, as
+    ``np.convolve(y, taps, mode="same")``. ``[B, n]`` -> ``[B, n]``"""
+    with tf.name_scope("fir_filter"):
+        kernel = tf.constant(np.asarray(taps, np.float32)[::-1, np.newaxis, np.newaxis])  # [taps, 1, 1]
+        out = tf.nn.conv1d(as_float32(y)[..., tf.newaxis], kernel, stride=1, padding="SAME")  # [B, n, 1]
+        return out[..., 0]  # [B, n]
+
+
 def stft_power(y: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
     """|STFT|^2 with a periodic Hann window and zero-padded centring. ``[..., n]`` -> ``[..., T, n_fft//2+1]``"""
     with tf.name_scope("stft_power"):
@@ -357,10 +366,18 @@ class SpectrogramCache:
     The maps and the scalars ask it for the STFTs and mel powers they need, so a feature
     extraction that wants both computes each one once (the n_fft-2048 STFT serves the tempogram
     and the spectral-shape scalars, its 128-band dB mel the onset envelope and the mel flux).
+
+    With ``band_limit_hz`` (and the ``sample_rate``), every STFT power is exactly zero from that
+    frequency up: after the waveform's low-pass, what is left there is round-off, which log-ratio
+    features (spectral contrast, dB maps) would otherwise magnify.
     """
 
-    def __init__(self, y: tf.Tensor):
+    def __init__(self, y: tf.Tensor, sample_rate: int | None = None, band_limit_hz: float | None = None):
+        if (sample_rate is None) != (band_limit_hz is None):
+            raise ValueError("give both sample_rate and band_limit_hz, or neither")
         self.y = as_float32(y)  # [..., n]
+        self.sample_rate = sample_rate
+        self.band_limit_hz = band_limit_hz
         self._built: dict[tuple, tf.Tensor] = {}
 
     def _once(self, key: tuple, build) -> tf.Tensor:
@@ -370,7 +387,13 @@ class SpectrogramCache:
 
     def power(self, n_fft: int, hop_length: int) -> tf.Tensor:
         """|STFT|^2. ``[..., T, n_fft//2+1]``"""
-        return self._once(("power", n_fft, hop_length), lambda: stft_power(self.y, n_fft, hop_length))
+        return self._once(("power", n_fft, hop_length), lambda: self._band_limited(stft_power(self.y, n_fft, hop_length)))
+
+    def _band_limited(self, power: tf.Tensor) -> tf.Tensor:
+        if self.band_limit_hz is None:
+            return power  # [..., T, F]
+        n_fft = 2 * (power.shape[-1] - 1)
+        return power * filters.band_mask(self.sample_rate, n_fft, self.band_limit_hz)  # [..., T, F]
 
     def magnitude(self, n_fft: int, hop_length: int) -> tf.Tensor:
         """|STFT|. ``[..., T, n_fft//2+1]``"""

@@ -2,7 +2,7 @@
 
     python benchmarks/classical_cv.py [--data ../shared/data/breath] [--folds 5] [--seed 42]
         [--pipeline pipelines/breath_phase_cpu.toml] [--json OUT.json] [--cnn-oof PATH]
-        [--cache-dir /tmp]
+        [--cache-dir /tmp] [--no-ablation]
 
 Measured (2026-12-04; 2-core CPU shared with a ``tfbreath.fit --folds 5`` training job; the
 real 3,200 clips, 1,998 sessions, 5 folds of 640/642/639/640/639 clips, seed 42)::
@@ -63,7 +63,8 @@ What it does
    out-of-fold predictions are cached there too (``classical_cv_oof_<key>.json``, keyed by
    features, columns, learner settings, folds and seed), so a rerun with ``--cnn-oof`` once the
    CNN's file exists takes seconds.
-2. Pooling, per map (padding rows that ``maps.fit_bands`` adds are dropped first): contiguous
+2. Pooling, per map, by the pooled ensemble member's own layer (``tfbreath.models.pooled``;
+   padding rows that ``maps.fit_bands`` adds are never read): contiguous
    rows are averaged into at most 32 band groups (mel and deltas 128 -> 32 groups of 4,
    MFCC+deltas 120 -> 30 of 4 (no group straddles static/delta), gammatone 64 -> 32, tempogram
    128 lags -> 32, chroma+CENS 24 and LPC 12 kept as rows); each group's series over the 63
@@ -113,7 +114,6 @@ import argparse
 import csv
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -127,14 +127,11 @@ sys.path.insert(0, str(REPO))
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "breath"
 DEFAULT_PIPELINE = REPO / "pipelines" / "breath_phase_cpu.toml"
 
-POOLING_VERSION = 1
-"""Bump when the pooling changes: it is part of the cache key."""
+POOLING_VERSION = 2
+"""Bump when the pooling changes: it is part of the cache key (2: ``tfbreath.models.pooled``'s layer)."""
 
-MAX_GROUPS = 32
-"""Band groups per map at most: contiguous rows averaged together."""
-
-MODULATION_BLOCK = 8
-"""Low-order quefrency x modulation-frequency block kept from the modulation map."""
+POOL_BATCH = 256
+"""Clips per call of the pooling layer."""
 
 INNER_FOLDS = 5
 """The inner tuning split is fold 0 of this many session-grouped folds of the training clips (20 %)."""
@@ -153,52 +150,27 @@ FMAX_ALTERNATIVE = 2000.0
 
 # ----------------------------------------------------------------------------- features
 
-def map_rows(features) -> dict[str, int]:
-    """Rows of each map before ``fit_bands`` pads it to n_mels (see ``tfbreath.maps``)."""
-    from tfbreath import maps
+def pool_map(name: str, rows: int, x: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """One map's pooled statistics, as the pooled ensemble member computes them, and their names.
+    ``[N, n_mels, T]`` -> ``[N, D]``"""
+    from tfbreath.models.pooled import PooledStatistics, statistic_names
 
-    rows = {"mel": features.n_mels, "mel_delta": features.n_mels, "mel_delta2": features.n_mels,
-            "mfcc": 3 * features.n_mfcc, "chroma": 24, "gammatone": features.n_gammatone,
-            "modulation": maps.N_MODULATION, "tempogram": min(maps.TEMPOGRAM_WINDOW, features.n_mels),
-            "lpc": features.lpc_order}
-    return {name: min(rows[name], features.n_mels) for name in features.maps}
-
-
-def legendre_basis(n_frames: int) -> np.ndarray:
-    """Unit-norm P1 and P2 over t in [-1, 1] sampled at the frames. ``[2, T]``"""
-    t = np.linspace(-1.0, 1.0, n_frames)
-    p1, p2 = t, 1.5 * t ** 2 - 0.5
-    p2 = p2 - p2.mean()
-    return np.stack([p1 / np.linalg.norm(p1), p2 / np.linalg.norm(p2)])
-
-
-def pool_map(name: str, x: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """One map's pooled statistics and their names. ``[N, R, T] -> [N, D]``"""
-    n, rows, frames = x.shape
-    if name == "modulation":
-        block = x[:, :MODULATION_BLOCK, :MODULATION_BLOCK].reshape(n, -1)
-        names = [f"modulation_q{q}_m{m}" for q in range(MODULATION_BLOCK) for m in range(MODULATION_BLOCK)]
-        return block, names
-    size = math.ceil(rows / MAX_GROUPS)
-    starts = list(range(0, rows, size))
-    grouped = np.stack([x[:, s:s + size].mean(axis=1) for s in starts], axis=1)  # [N, G, T]
-    basis = legendre_basis(frames)  # [2, T]
-    trend = np.einsum("ngt,kt->ngk", grouped, basis)  # [N, G, 2]
-    stats = np.concatenate([grouped.mean(-1, keepdims=True), grouped.std(-1, keepdims=True), trend], -1)
-    names = [f"{name}_r{s}_{stat}" for s in starts for stat in ("mean", "std", "slope", "curve")]
-    return stats.reshape(n, -1).astype(np.float32), names
+    layer = PooledStatistics([name], [rows])
+    pooled = np.concatenate([layer({"spectral": x[i:i + POOL_BATCH, ..., np.newaxis]}).numpy()
+                             for i in range(0, len(x), POOL_BATCH)])
+    return pooled, statistic_names([name], [rows], [])
 
 
 def cache_key(data_dir: Path, files, pipeline) -> str:
     text = json.dumps([str(data_dir.resolve()), [str(f) for f in files], repr(pipeline.audio),
-                       repr(pipeline.features), POOLING_VERSION, MAX_GROUPS, MODULATION_BLOCK])
+                       repr(pipeline.features), POOLING_VERSION])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def pooled_features(examples, pipeline, data_dir: Path, cache_dir: Path) -> dict:
     """``{"blocks": {map or "scalars": [N, D]}, "names": {...}, "files", "labels", "seconds"}``,
     from the cache when it has them."""
-    from tfbreath import data
+    from tfbreath import data, maps
 
     key = cache_key(data_dir, examples.files, pipeline)
     path = cache_dir / f"classical_cv_{key}.npz"
@@ -217,8 +189,8 @@ def pooled_features(examples, pipeline, data_dir: Path, cache_dir: Path) -> dict
     seconds = time.perf_counter() - start
     spectral = arrays.pop("spectral")  # [N, n_mels, T, C]
     blocks, names = {}, {}
-    for channel, (name, rows) in enumerate(map_rows(pipeline.features).items()):
-        blocks[name], names[name] = pool_map(name, spectral[:, :rows, :, channel])
+    for channel, (name, rows) in enumerate(maps.map_rows(pipeline.features).items()):
+        blocks[name], names[name] = pool_map(name, rows, spectral[..., channel])
     del spectral
     if pipeline.features.scalars:
         from tfbreath.scalars import SCALAR_NAMES
@@ -396,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every score here")
     parser.add_argument("--cnn-oof", type=Path, help="the CNN run's oof_predictions.csv (used if it exists)")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp"))
+    parser.add_argument("--no-ablation", action="store_true",
+                        help="only the two 'all maps + scalars' rows (and --cnn-oof's combinations): minutes, not half "
+                             "an hour")
     parser.add_argument("--threads", type=int, default=1,
                         help="OpenMP/BLAS threads for the learners (default 1: on a 2-core machine shared with "
                              "a training job, 2 threads made HistGradientBoosting 5x slower)")
@@ -466,16 +441,17 @@ def main(argv: list[str] | None = None) -> int:
     run(alternative, ALL, every, reference=(shipped, ALL))
     better = max(front_ends, key=lambda f: next(r["accuracy"]["pooled"] for r in results
                                                 if r["front_end"] == f and r["learner"] == "hgb"))
-    print(f"ablation at the front end with the higher hgb OOF accuracy: {better}")
-    for front in front_ends:  # the learner's own randomness (max_features): the noise floor of a change
-        for offset in SEED_OFFSETS:
-            run(front, f"{ALL}, hgb seed {args.seed + offset}", every, (front, ALL), ("hgb",), offset)
-    for dropped in maps:
-        run(better, f"- {dropped}", [k for k in every if k != dropped], (better, ALL))
-    run(better, "maps only (no scalars)", maps, (better, ALL))
-    run(better, "scalars only", [SCALARS], (better, ALL))
-    for alone in maps:
-        run(better, f"{alone} only", [alone], (better, ALL))
+    if not args.no_ablation:
+        print(f"ablation at the front end with the higher hgb OOF accuracy: {better}")
+        for front in front_ends:  # the learner's own randomness (max_features): the noise floor of a change
+            for offset in SEED_OFFSETS:
+                run(front, f"{ALL}, hgb seed {args.seed + offset}", every, (front, ALL), ("hgb",), offset)
+        for dropped in maps:
+            run(better, f"- {dropped}", [k for k in every if k != dropped], (better, ALL))
+        run(better, "maps only (no scalars)", maps, (better, ALL))
+        run(better, "scalars only", [SCALARS], (better, ALL))
+        for alone in maps:
+            run(better, f"{alone} only", [alone], (better, ALL))
 
     cnn_rows = []
     if args.cnn_oof is not None:

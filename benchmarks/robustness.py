@@ -153,10 +153,6 @@ FREQUENCY_MAPS = ("mel", "mel_delta", "mel_delta2", "gammatone")
 """Maps whose rows are frequency bands (mel-spaced, Slaney scale, from 0 Hz)."""
 MEL_MAPS = ("mel", "mel_delta", "mel_delta2")
 ALL_ROWS = "all"
-MFCC_ROWS_PER_COEFF = 3
-"""The MFCC map is the coefficients and their first and second deltas (``tfbreath.maps.mfcc_map``)."""
-CHROMA_ROWS = 24
-"""The chroma map is the 12-bin chroma and its CENS (``tfbreath.maps.chroma_map``)."""
 KEY_WIDTH, COLUMN_WIDTH = 20, 10
 SHORT_NAMES = {"TPDF": "dither", "white": "noise", "24-bit": "pcm24", "32-bit": "float32"}
 """Column headings of the ``--features`` tables, by a perturbation name's first word."""
@@ -447,11 +443,7 @@ def map_bands(pipeline) -> dict[str, int]:
     """Rows of each map that are its own bands (the rest of its ``n_mels`` rows are constant padding)."""
     from tfbreath import maps
 
-    f = pipeline.features
-    own = {"mel": f.n_mels, "mel_delta": f.n_mels, "mel_delta2": f.n_mels, "mfcc": MFCC_ROWS_PER_COEFF * f.n_mfcc,
-           "chroma": CHROMA_ROWS, "gammatone": f.n_gammatone, "modulation": maps.N_MODULATION,
-           "tempogram": maps.TEMPOGRAM_WINDOW, "lpc": f.lpc_order}
-    return {name: min(own[name], f.n_mels) for name in f.maps}
+    return maps.map_rows(pipeline.features)
 
 
 def band_centres(name: str, pipeline) -> np.ndarray:

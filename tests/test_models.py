@@ -13,8 +13,8 @@ import pytest
 import keras
 
 from tfbreath import features
-from tfbreath.config import FeatureConfig, PipelineConfig
-from tfbreath.models import (LOGIT, MODEL_BUILDERS, SCALAR_NORM, SCALARS_INPUT, SPECTRAL_INPUT,
+from tfbreath.config import CNN_MODELS, FeatureConfig, PipelineConfig
+from tfbreath.models import (LOGIT, SCALAR_NORM, SCALARS_INPUT, SPECTRAL_INPUT,
                              build_model, build_model_for_pipeline)
 
 PAPER_SHAPE = (128, 63, 9)
@@ -26,7 +26,7 @@ CNN8_LITERAL_PARAMS = 1_298_849  # "2 convs per stage" reading, for the record
 TINY_SHAPE = (16, 12, 3)
 TINY_SCALARS = 5
 TINY_WIDTH = {"cnn8": 0.125, "vgg": 0.0625}
-MODELS = sorted(MODEL_BUILDERS)
+MODELS = sorted(CNN_MODELS)
 
 
 def trainable_params(model: keras.Model) -> int:
@@ -137,7 +137,7 @@ def test_pipeline_sizes_set_the_inputs():
 
 
 def test_unknown_model_name_is_rejected():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet'; choose from \['cnn8', 'vgg'\]"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet'; choose from \['cnn8', 'pooled', 'vgg'\]"):
         build_model("resnet", TINY_SHAPE, TINY_SCALARS)
 
 

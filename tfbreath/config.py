@@ -236,7 +236,11 @@ class AugmentConfig:
         integer("warmup_epochs", self.warmup_epochs, 0)
 
 
-MODEL_NAMES = ("cnn8", "vgg")
+CNN_MODELS = ("cnn8", "vgg")
+"""Members trained by gradient steps (a learning rate each; ``tune`` searches them)."""
+POOLED_MODEL = "pooled"
+"""The member fitted in closed form: logistic regression on pooled map statistics (``tfbreath.models.pooled``)."""
+MODEL_NAMES = (*CNN_MODELS, POOLED_MODEL)
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -248,7 +252,7 @@ def _default_learning_rates() -> dict[str, float]:
 class TrainConfig:
     """The training recipe: which models, optimiser, schedule, stopping and precision."""
 
-    models: tuple[str, ...] = MODEL_NAMES
+    models: tuple[str, ...] = CNN_MODELS
     epochs: int = 140
     learning_rates: dict[str, float] = dataclasses.field(default_factory=_default_learning_rates)
     """Peak learning rate per model (after warm-up)."""
@@ -266,6 +270,9 @@ class TrainConfig:
     """Filter multiplier of the conv stacks (1.0 = the paper's models)."""
     dropouts: dict[str, float] = dataclasses.field(default_factory=dict)
     """Dropout rate per model; a model left out keeps its own (CNN8 0.3, VGG 0.2)."""
+    pooled_c: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+    """Inverse L2 strengths the ``pooled`` member tries; the lowest log-loss on the early-stopping
+    split wins (a refit uses the folds' median choice)."""
     folds: int = 1
     """1: one session-grouped validation split stops the models early, weights the ensemble and
     scores it (an optimistic score). K >= 2: session-grouped K-fold cross-validation gives an
@@ -281,11 +288,16 @@ class TrainConfig:
         in_range("warmup_fraction", self.warmup_fraction, 0, 1, high_open=True)
         choice("precision", self.precision, PRECISIONS)
         model_table("learning_rates", self.learning_rates, positive)
-        missing = [m for m in self.models if m not in self.learning_rates]
+        require(isinstance(self.pooled_c, (list, tuple)) and len(self.pooled_c) > 0,
+                f"pooled_c must be a non-empty list of numbers > 0, got {self.pooled_c!r}")
+        for value in self.pooled_c:
+            positive("pooled_c", value)
+        object.__setattr__(self, "pooled_c", tuple(float(v) for v in self.pooled_c))
+        missing = [m for m in self.models if m in CNN_MODELS and m not in self.learning_rates]
         require(not missing, f"learning_rates has no entry for {missing!r}, got {dict(self.learning_rates)!r}")
         model_table("dropouts", self.dropouts, lambda name, rate: in_range(name, rate, 0, 1, high_open=True))
-        unknown = [m for m in self.dropouts if m not in MODEL_NAMES]
-        require(not unknown, f"dropouts has unknown models {unknown!r}; choose from {list(MODEL_NAMES)}")
+        unknown = [m for m in self.dropouts if m not in CNN_MODELS]
+        require(not unknown, f"dropouts has unknown models {unknown!r}; choose from {list(CNN_MODELS)}")
 
 
 TUNERS = ("hyperband", "bayesian", "random")
@@ -355,7 +367,7 @@ class TuneConfig:
     batch_sizes: tuple[int, ...] = (32, 64)
 
     def __post_init__(self) -> None:
-        choice("model", self.model, MODEL_NAMES)
+        choice("model", self.model, CNN_MODELS)
         choice("tuner", self.tuner, TUNERS)
         for name in ("max_trials", "max_epochs"):
             typed(name, getattr(self, name), int, "> 0", lambda v: v > 0)

@@ -38,6 +38,11 @@ def roc_auc(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray |
     return float(metrics.roc_auc_score(labels, probabilities, sample_weight=weights))
 
 
+def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean binary cross-entropy of P(exhale) (clipped away from 0 and 1 as scikit-learn does). ``[N], [N] -> []``"""
+    return float(metrics.log_loss(np.asarray(labels).astype(int), np.asarray(probabilities), labels=[0, 1]))
+
+
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """Accuracy, ROC AUC, precision, recall and F1 (exhale = positive class)."""
     labels = np.asarray(labels).astype(int)

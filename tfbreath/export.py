@@ -1,6 +1,6 @@
 """``python -m tfbreath.export``: a trained run as a waveform-in, P(exhale)-out model for phones.
 
-    python -m tfbreath.export --model RUN_DIR [--member ensemble|cnn8|vgg]
+    python -m tfbreath.export --model RUN_DIR [--member ensemble|cnn8|vgg|pooled]
                               [--quantize none|float16|int8] [--out FILE.tflite] [--data DIR]
 
 The exported graph holds the feature extraction: input ``[batch, samples]`` float32 audio at the
@@ -38,7 +38,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from tfbreath import artifacts, data, spectral, train
 from tfbreath.audio import AudioError, load_audio
-from tfbreath.config import ConfigError, PipelineConfig, load_config
+from tfbreath.config import MODEL_NAMES, ConfigError, PipelineConfig, load_config
 from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import WeightedSigmoidAverage
 from tfbreath.evaluation import THRESHOLD
@@ -71,7 +71,7 @@ TFLITE_BATCH = 64
 TFLITE_SUFFIX = ".tflite"
 WAVEFORM = "waveform"
 PROBABILITY = "probability"
-MEMBERS = ("ensemble", "cnn8", "vgg")
+MEMBERS = ("ensemble", *MODEL_NAMES)
 
 
 class ExportError(RuntimeError):

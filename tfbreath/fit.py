@@ -43,9 +43,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfbreath import artifacts, crossval, data, distribute, evaluation, synthetic, train
-from tfbreath.augment import Augmenter
 from tfbreath.checkpoint import BACKUP_DIR
-from tfbreath.config import ConfigError, PipelineConfig, dump_config, load_config, with_overrides
+from tfbreath.config import POOLED_MODEL, ConfigError, PipelineConfig, dump_config, load_config, with_overrides
 from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import build_ensemble, softmax_weights
 from tfbreath.icbhi import fit as icbhi_fit
@@ -175,20 +174,27 @@ def _train_and_report(pipeline: PipelineConfig, data_dir: Path, run_dir: Path, s
 
 def _train_members(pipeline: PipelineConfig, train_set: data.FeatureSet, val_set: data.FeatureSet | None,
                    folder: Path, strategy: tf.distribute.Strategy,
-                   epochs: dict[str, int] | None = None) -> tuple[dict[str, keras.Model], dict[str, dict]]:
-    """Every ``[train] models`` member trained (or reloaded) into ``folder``, with what to record of each."""
+                   settings: dict[str, float] | None = None) -> tuple[dict[str, keras.Model], dict[str, dict]]:
+    """Every ``[train] models`` member trained (or reloaded) into ``folder``, with what to record of
+    each; ``settings`` are a refit's (``train.refit_setting``)."""
     models, records = {}, {}
     for name in pipeline.train.models:
         started = time.monotonic()
-        models[name] = train.train_model(name, pipeline, train_set, val_set, folder,
-                                         Augmenter(pipeline.augment, seed=pipeline.data.seed), strategy=strategy,
-                                         epochs=None if epochs is None else epochs[name])
+        models[name] = train.train_member(name, pipeline, train_set, val_set, folder, strategy,
+                                          None if settings is None else settings[name])
         records[name] = {"parameters": int(models[name].count_params()),
                          "dtype_policy": policy_of(models[name]),  # a resumed run may mix machines
                          "train_seconds": round(time.monotonic() - started, 1)}
     with contextlib.suppress(OSError):  # each model empties its own folder once saved
         (folder / BACKUP_DIR).rmdir()
     return models, records
+
+
+def _plot_training_curves(models: dict[str, keras.Model], run_dir: Path) -> None:
+    """Loss and accuracy per epoch of the members trained by epochs (the pooled member has none)."""
+    epochs_of = {n: run_dir / f"history_{n}.csv" for n in models if n != POOLED_MODEL}
+    if epochs_of:
+        evaluation.plot_training_curves(epochs_of, run_dir / "training_curves.png")
 
 
 def _save_ensemble(models: dict[str, keras.Model], alphas, pipeline: PipelineConfig, run_dir: Path,
@@ -229,7 +235,7 @@ def _validate_on_split(pipeline: PipelineConfig, examples: data.Examples, data_d
     results["ensemble"] = {**evaluation.binary_metrics(labels, probabilities["ensemble"]),
                            "weights": {name: float(a) for name, a in zip(models, alphas)}}
 
-    evaluation.plot_training_curves({n: run_dir / f"history_{n}.csv" for n in models}, run_dir / "training_curves.png")
+    _plot_training_curves(models, run_dir)
     evaluation.plot_confusion_matrix(labels, probabilities["ensemble"], run_dir / "confusion_matrix.png",
                                      "ensemble, validation split")
     evaluation.plot_roc(labels, probabilities, run_dir / "roc.png", "validation split")
@@ -270,7 +276,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
     artifacts.write_text(run_dir / PIPELINE_FILE, dump_config(pipeline))  # claims the folder
 
     out_of_fold = {name: np.zeros(len(kept), np.float64) for name in pipeline.train.models}  # [N] each
-    best_epochs = {name: [] for name in pipeline.train.models}
+    chosen = {name: [] for name in pipeline.train.models}  # per fold: best epoch count, or the pooled member's C
     for fold, (inner_train, inner_val) in enumerate(early_stopping_splits):
         fold_dir = run_dir / f"{FOLD_DIR_PREFIX}{fold}"
         held_out = np.flatnonzero(folds == fold)
@@ -280,7 +286,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
                                    fold_dir, strategy)
         for name, model in models.items():
             out_of_fold[name][held_out] = train.predict_probabilities(model, everything.subset(held_out), batch_size)
-            best_epochs[name].append(train.best_epoch_count(fold_dir / f"history_{name}.csv"))
+            chosen[name].append(train.chosen_setting(name, fold_dir))
 
     labels = kept.labels
     ensemble_oof, fold_weights = crossval.cross_fitted_ensemble(out_of_fold, labels, folds)
@@ -292,7 +298,8 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
         "grouping": "recording session", "interval": f"{crossval.CONFIDENCE:.0%} percentile, "
         f"{crossval.BOOTSTRAP_RESAMPLES} bootstrap resamples of sessions",
         "early_stopping": f"session-grouped {pipeline.data.validation_fraction:.0%} of each fold's training clips",
-        "best_epochs": best_epochs,
+        "best_epochs": {name: values for name, values in chosen.items() if name != POOLED_MODEL},
+        **({"pooled_c": chosen[POOLED_MODEL]} if POOLED_MODEL in chosen else {}),
         "ensemble_weights_per_fold": [{n: round(float(w), 4) for n, w in zip(names, ws)} for ws in fold_weights]}
     for name in probabilities:
         accuracy = estimate[name]["accuracy"]
@@ -304,15 +311,15 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
                                      f"ensemble, out of fold ({n_folds} folds)")
     evaluation.plot_roc(labels, probabilities, run_dir / "roc.png", f"out of fold ({n_folds} folds)")
 
-    refit_epochs = {name: int(np.ceil(np.median(counts))) for name, counts in best_epochs.items()}
-    print(f"refit on all {len(kept)} clips for the epochs the folds chose: {refit_epochs}")
-    models, results = _train_members(pipeline, everything, None, run_dir, strategy, refit_epochs)
+    refit = {name: train.refit_setting(name, values) for name, values in chosen.items()}
+    print(f"refit on all {len(kept)} clips with the epochs (and C) the folds chose: {refit}")
+    models, results = _train_members(pipeline, everything, None, run_dir, strategy, refit)
     for name in models:
-        results[name]["epochs"] = refit_epochs[name]
+        results[name]["c" if name == POOLED_MODEL else "epochs"] = refit[name]
     alphas = softmax_weights([estimate[name]["accuracy"]["pooled"] for name in models])
     _save_ensemble(models, alphas, pipeline, run_dir, strategy)
     results["ensemble"] = {"weights": {name: float(a) for name, a in zip(models, alphas)}}
-    evaluation.plot_training_curves({n: run_dir / f"history_{n}.csv" for n in models}, run_dir / "training_curves.png")
+    _plot_training_curves(models, run_dir)
     return {"split": {"clips": len(examples), "sessions": len(set(examples.groups)),
                       "skipped": len(everything.report.skipped)},
             "cross_validation": estimate, "models": results}

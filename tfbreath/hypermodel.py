@@ -26,7 +26,7 @@ import keras_tuner as kt
 import tensorflow as tf
 
 from tfbreath.augment import AugmentationSchedule, Augmenter
-from tfbreath.config import ConfigError, MODEL_NAMES, PipelineConfig, with_overrides
+from tfbreath.config import CNN_MODELS, ConfigError, PipelineConfig, with_overrides
 from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.models import SCALARS_INPUT, SPECTRAL_INPUT, build_model_for_pipeline
@@ -95,8 +95,8 @@ class BreathHyperModel(kt.HyperModel):
     """
 
     def __init__(self, model_name: str, pipeline: PipelineConfig, **kwargs):
-        if model_name not in MODEL_NAMES:
-            raise ConfigError(f"model must be one of {list(MODEL_NAMES)}, got {model_name!r}")
+        if model_name not in CNN_MODELS:
+            raise ConfigError(f"model must be one of {list(CNN_MODELS)}, got {model_name!r}")
         super().__init__(name=model_name, **kwargs)
         self.model_name = model_name
         self.pipeline = pipeline

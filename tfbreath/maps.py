@@ -70,6 +70,21 @@ LOG1P_SERIES_TERMS = 7
 TINY = float(np.finfo(np.float32).tiny)
 """librosa.util.normalize's threshold: frames with a smaller norm are left unscaled."""
 
+MFCC_ORDERS = 3
+"""The MFCC map stacks the coefficients, their deltas and their second deltas."""
+
+CHROMA_ROWS = 24
+"""12 chroma bins and their 12 CENS bins."""
+
+
+def map_rows(features: FeatureConfig) -> dict[str, int]:
+    """Bands of each chosen map that are its own; ``fit_bands`` pads the rest of its ``n_mels``
+    rows with the map's minimum (or cuts the map there). name -> rows, in channel order"""
+    own = {"mel": features.n_mels, "mel_delta": features.n_mels, "mel_delta2": features.n_mels,
+           "mfcc": MFCC_ORDERS * features.n_mfcc, "chroma": CHROMA_ROWS, "gammatone": features.n_gammatone,
+           "modulation": N_MODULATION, "tempogram": TEMPOGRAM_WINDOW, "lpc": features.lpc_order}
+    return {name: min(own[name], features.n_mels) for name in features.maps}
+
 
 def _safe_norm(norm: tf.Tensor) -> tf.Tensor:
     return tf.where(norm < TINY, tf.ones_like(norm), norm)

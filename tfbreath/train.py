@@ -7,6 +7,11 @@ on logits, early stopping on validation accuracy with the best weights restored,
 after the warm-up epochs. An interrupted ``fit`` resumes from its last finished epoch
 (Keras ``BackupAndRestore``); finished models are saved atomically and not trained again.
 
+The ``pooled`` member (``tfbreath.models.pooled``) is not trained by gradient steps: ``fit_pooled``
+standardises its statistics and fits an L2 logistic regression (scikit-learn, L-BFGS) in
+closed form, its inverse strength chosen by log-loss on the early-stopping split.
+``train_member`` picks the right one of the two for a member name.
+
 Under a ``tf.distribute`` strategy (``tfbreath.distribute``) the model is built, adapted and
 compiled inside ``strategy.scope()``, so Keras distributes its datasets and gradients;
 ``[data] batch_size`` is per replica and the schedule counts global steps. With several
@@ -28,11 +33,16 @@ import tensorflow as tf
 from tfbreath import artifacts
 from tfbreath.augment import AugmentationSchedule, Augmenter
 from tfbreath.checkpoint import BACKUP_DIR, TrainingBackup
-from tfbreath.config import PipelineConfig, TrainConfig, dump_config
+from tfbreath.config import POOLED_MODEL, PipelineConfig, TrainConfig, dump_config
 from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
+from tfbreath.evaluation import accuracy, log_loss
 from tfbreath.features import SCALARS
 from tfbreath.models import SCALAR_NORM, build_model_for_pipeline
+from tfbreath.models.pooled import POOLED_NORM, POOLED_STATS
+
+POOLED_MAX_ITERATIONS = 5000
+"""L-BFGS iterations the logistic regression may take (it converges in a few hundred)."""
 
 LOGIT_THRESHOLD = 0.0
 """Logit at which a prediction flips to exhale (P = 0.5)."""
@@ -85,7 +95,9 @@ def adapt_scalar_normalisation(model: keras.Model, train_set: FeatureSet) -> Non
 
 def new_model(name: str, pipeline: PipelineConfig) -> keras.Model:
     """An untrained model of the pipeline's input sizes, ``[train] model_width`` and, when set,
-    ``[train] dropouts``."""
+    ``[train] dropouts`` (the pooled member has neither)."""
+    if name == POOLED_MODEL:
+        return build_model_for_pipeline(name, pipeline)
     dropout = pipeline.train.dropouts.get(name)
     return build_model_for_pipeline(name, pipeline, width=pipeline.train.model_width,
                                     **({} if dropout is None else {"dropout": dropout}))
@@ -157,6 +169,96 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
     artifacts.save_model(model, final, pipeline_toml=dump_config(pipeline))  # the model carries its features
     shutil.rmtree(backup, ignore_errors=True)  # the finished model replaces its epoch checkpoints
     return model
+
+
+def _pooled_statistics(model: keras.Model, feature_set: FeatureSet, batch_size: int) -> np.ndarray:
+    """The pooled member's statistics of every kept clip, before standardisation. ``[N, D]``"""
+    statistics = keras.Model(model.input, model.get_layer(POOLED_STATS).output)
+    return np.asarray(statistics.predict(feature_set.batches(batch_size), verbose=0), np.float64)
+
+
+def _logistic_regression(z: np.ndarray, labels: np.ndarray, c: float):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, max_iter=POOLED_MAX_ITERATIONS).fit(z, labels)
+
+
+def fit_pooled(pipeline: PipelineConfig, train_set: FeatureSet, val_set: FeatureSet | None, run_dir: Path,
+               strategy: tf.distribute.Strategy | None = None, c: float | None = None) -> keras.Model:
+    """Fit (or reload) the pooled member and save it as ``run_dir/pooled.keras``.
+
+    The statistics of the training clips set its ``Normalization``; then every ``[train] pooled_c``
+    is fitted and scored on ``val_set`` (log-loss and accuracy, one row each in
+    ``history_pooled.csv``) and the lowest log-loss is kept. Without ``val_set`` (a refit on every
+    clip) ``c`` is given.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    final = run_dir / f"{POOLED_MODEL}.keras"
+    if final.exists():
+        print(f"{POOLED_MODEL}: already fitted, loading {final}")
+        with strategy.scope():
+            return keras.models.load_model(final)
+    if (val_set is None) == (c is None):
+        raise ValueError("give val_set (to choose C) or c (a refit), not both or neither")
+    batch_size = global_batch_size(pipeline.data.batch_size, strategy)
+    with strategy.scope():
+        model = new_model(POOLED_MODEL, pipeline)
+    x_train, labels = _pooled_statistics(model, train_set, batch_size), train_set.kept_examples.labels
+    norm = model.get_layer(POOLED_NORM)
+    norm.adapt(x_train.astype(np.float32))
+    z_train = np.asarray(norm(x_train.astype(np.float32)), np.float64)  # [N, D]
+    if c is None:
+        z_val = np.asarray(norm(_pooled_statistics(model, val_set, batch_size).astype(np.float32)), np.float64)
+        val_labels = val_set.kept_examples.labels
+        rows = []
+        for candidate in pipeline.train.pooled_c:
+            p = _logistic_regression(z_train, labels, candidate).predict_proba(z_val)[:, 1]
+            rows.append({"c": candidate, "val_loss": log_loss(val_labels, p),
+                         "val_accuracy": accuracy(val_labels, p)})
+        artifacts.write_text(run_dir / f"history_{POOLED_MODEL}.csv", "c,val_loss,val_accuracy\n" + "".join(
+            f"{r['c']!r},{r['val_loss']!r},{r['val_accuracy']!r}\n" for r in rows))
+        c = min(rows, key=lambda r: r["val_loss"])["c"]
+    regression = _logistic_regression(z_train, labels, c)
+    model.get_layer("logit").set_weights([regression.coef_.T.astype(np.float32),
+                                          regression.intercept_.astype(np.float32)])
+    print(f"{POOLED_MODEL}: logistic regression on {z_train.shape[1]} pooled statistics of {len(labels)} clips, "
+          f"C = {c:g}" + ("" if val_set else " (a refit on every clip)"))
+    artifacts.save_model(model, final, pipeline_toml=dump_config(pipeline))
+    return model
+
+
+def best_c(history_csv: Path) -> float:
+    """The ``C`` of the lowest validation log-loss in a ``history_pooled.csv`` (the first of equal minima)."""
+    with open(history_csv, newline="") as handle:
+        rows = [(float(row["val_loss"]), float(row["c"])) for row in csv.DictReader(handle)]
+    return min(rows, key=lambda row: row[0])[1]
+
+
+def chosen_setting(name: str, folder: Path) -> float:
+    """What the early-stopping split chose for a member trained in ``folder``: its best epoch
+    count (gradient members) or its ``C`` (the pooled member)."""
+    history = folder / f"history_{name}.csv"
+    return best_c(history) if name == POOLED_MODEL else best_epoch_count(history)
+
+
+def refit_setting(name: str, chosen: list[float]) -> float:
+    """The setting a refit on every clip uses, from the folds' choices: the median epoch count
+    rounded up, or the median ``C`` (the lower middle one of an even count: a value tried)."""
+    if name == POOLED_MODEL:
+        return float(sorted(chosen)[(len(chosen) - 1) // 2])
+    return int(np.ceil(np.median(chosen)))
+
+
+def train_member(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_set: FeatureSet | None,
+                 run_dir: Path, strategy: tf.distribute.Strategy | None = None,
+                 setting: float | None = None) -> keras.Model:
+    """``fit_pooled`` or ``train_model`` (augmented as ``[augment]`` says, seeded by ``[data] seed``)
+    for one member; ``setting`` is a refit's epoch count or ``C`` (``refit_setting``)."""
+    if name == POOLED_MODEL:
+        return fit_pooled(pipeline, train_set, val_set, run_dir, strategy, c=setting)
+    return train_model(name, pipeline, train_set, val_set, run_dir,
+                       Augmenter(pipeline.augment, seed=pipeline.data.seed), strategy=strategy,
+                       epochs=None if setting is None else int(setting))
 
 
 def best_epoch_count(history_csv: Path) -> int:

@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfbreath import artifacts, data, distribute, fit  # noqa: E402
-from tfbreath.config import (ConfigError, MODEL_NAMES, TUNERS, PipelineConfig, TuneConfig,  # noqa: E402
+from tfbreath.config import (CNN_MODELS, ConfigError, TUNERS, PipelineConfig, TuneConfig,  # noqa: E402
                              dump_config, load_config, with_overrides)
 from tfbreath.console import add_verbose_argument  # noqa: E402
 from tfbreath.hypermodel import (HYPERBAND_EPOCHS, HYPERPARAMETERS, OBJECTIVE, BreathHyperModel,  # noqa: E402
@@ -101,7 +101,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path,
                         help=f"Kaggle-layout data folder (default: ${fit.DATA_ENV}, else synthetic)")
     parser.add_argument("--out", type=Path, help=f"search folder (default: saved_models/<pipeline name>{TUNE_SUFFIX})")
-    parser.add_argument("--model", help=f"override [tune] model: {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--model", help=f"override [tune] model: {', '.join(CNN_MODELS)}")
     parser.add_argument("--tuner", help=f"override [tune] tuner: {', '.join(TUNERS)}")
     parser.add_argument("--max-trials", type=int, help="override [tune] max_trials")
     parser.add_argument("--max-epochs", type=int, help="override [tune] max_epochs")

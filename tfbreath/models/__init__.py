@@ -16,7 +16,9 @@ The scalar branch starts with a ``keras.layers.Normalization`` named ``"scalar_n
 Never adapted, it is the identity (mean 0, variance 1). It runs in float32 whatever the
 global policy, so large raw scalars are not rounded to bfloat16 before being standardised.
 
-The building blocks both models share are in :mod:`tfbreath.models.blocks`.
+The building blocks both CNNs share are in :mod:`tfbreath.models.blocks`; the third member,
+``"pooled"`` (:mod:`tfbreath.models.pooled`), is a logistic regression on pooled statistics of
+the same inputs, fitted in closed form (``tfbreath.train.fit_pooled``).
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ from typing import Callable
 
 import keras
 
+from tfbreath.config import POOLED_MODEL
+from tfbreath.maps import map_rows
 from tfbreath.models.blocks import LOGIT, SCALAR_NORM, SCALARS_INPUT, SPECTRAL_INPUT
 from tfbreath.models.cnn8 import build_cnn8
+from tfbreath.models.pooled import build_pooled
 from tfbreath.models.vgg import build_vgg
 
-MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {"cnn8": build_cnn8, "vgg": build_vgg}
+MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {"cnn8": build_cnn8, "vgg": build_vgg,
+                                                         POOLED_MODEL: build_pooled}
 """Model name -> ``builder(spectral_shape, n_scalars, **kwargs) -> keras.Model``."""
 
 
@@ -47,13 +53,17 @@ def build_model(name: str, spectral_shape: tuple[int, int, int], n_scalars: int,
 
 
 def build_model_for_pipeline(name: str, pipeline, **kwargs) -> keras.Model:
-    """:func:`build_model` with the input sizes of a ``tfbreath.config.PipelineConfig``."""
+    """:func:`build_model` with the input sizes of a ``tfbreath.config.PipelineConfig`` (and, for
+    the pooled member, its maps' names and own band counts)."""
     features = pipeline.features
     shape = (features.n_mels, pipeline.num_frames, len(features.maps))
+    if name == POOLED_MODEL:
+        rows = map_rows(features)
+        kwargs = {"maps": tuple(rows), "map_rows": tuple(rows.values()), **kwargs}
     return build_model(name, shape, features.n_scalars, **kwargs)
 
 
 __all__ = [
     "LOGIT", "MODEL_BUILDERS", "SCALARS_INPUT", "SCALAR_NORM", "SPECTRAL_INPUT",
-    "build_cnn8", "build_model", "build_model_for_pipeline", "build_vgg",
+    "build_cnn8", "build_model", "build_model_for_pipeline", "build_pooled", "build_vgg",
 ]

@@ -1,0 +1,171 @@
+"""The pooled member (``tfbreath.models.pooled``): known answers of the statistics, a NumPy
+reference on random maps, ``ds.map`` == direct call, mixed precision, the closed-form fit and
+its ``.keras`` round trip."""
+
+from __future__ import annotations
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfbreath import data, train
+from tfbreath.config import PipelineConfig, with_overrides
+from tfbreath.models import build_model_for_pipeline
+from tfbreath.models.pooled import (MAX_GROUPS, MODULATION_BLOCK, POOLED_STATS, STATISTICS, PooledStatistics,
+                                    band_groups, build_pooled, legendre_basis, statistic_names)
+from tfbreath.precision import global_policy
+from tfbreath.synthetic import write_synthetic_breath
+
+MAPS = ("mel", "modulation", "lpc")
+ROWS = (70, 40, 12)
+SHAPE = (72, 10, 3)  # [M, T, C]: mel padded 70 -> 72, modulation 40, lpc 12 of 72 rows
+N_SCALARS = 4
+ATOL = 1e-5
+
+
+def _layer() -> PooledStatistics:
+    return PooledStatistics(MAPS, ROWS)
+
+
+def _inputs(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"spectral": rng.standard_normal((n, *SHAPE)).astype(np.float32),
+            "scalars": rng.standard_normal((n, N_SCALARS)).astype(np.float32)}
+
+
+def _numpy_statistics(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The same statistics written out with loops. ``[N, D]``"""
+    columns = []
+    frames = SHAPE[1]
+    t = np.linspace(-1.0, 1.0, frames)
+    p2 = 1.5 * t ** 2 - 0.5
+    p2 -= p2.mean()
+    for channel, (name, rows) in enumerate(zip(MAPS, ROWS)):
+        x = inputs["spectral"][..., channel].astype(np.float64)  # [N, M, T]
+        if name == "modulation":
+            columns.append(x[:, :MODULATION_BLOCK, :MODULATION_BLOCK].reshape(len(x), -1))
+            continue
+        size = -(-rows // MAX_GROUPS)
+        for start in range(0, rows, size):
+            series = x[:, start:min(start + size, rows)].mean(axis=1)  # [N, T]
+            columns += [series.mean(-1, keepdims=True), series.std(-1, keepdims=True),
+                        series @ (t / np.linalg.norm(t))[:, None], series @ (p2 / np.linalg.norm(p2))[:, None]]
+    return np.concatenate([*columns, inputs["scalars"]], axis=1)
+
+
+def test_band_groups_cover_the_own_rows_once_in_at_most_max_groups():
+    for rows in (12, 24, 40, 64, 70, 120, 128):
+        groups = band_groups(rows)
+        assert len(groups) <= MAX_GROUPS and groups[0][0] == 0 and groups[-1][1] == rows
+        assert all(stop == start for (_, stop), (start, _) in zip(groups, groups[1:]))
+
+
+def test_statistics_match_a_numpy_reference_and_name_every_column():
+    inputs = _inputs(3)
+    got = _layer()(inputs).numpy()
+    want = _numpy_statistics(inputs)
+    np.testing.assert_allclose(got, want, atol=ATOL)
+    assert len(statistic_names(MAPS, ROWS, ["s"] * N_SCALARS)) == got.shape[1]
+
+
+def test_known_answers_constant_ramp_and_parabola_in_time():
+    t = np.linspace(-1.0, 1.0, SHAPE[1]).astype(np.float32)
+    basis = legendre_basis(SHAPE[1])
+    for series, want in ((np.full_like(t, 2.0), (2.0, 0.0, 0.0, 0.0)),
+                         (t, (0.0, t.std(), np.linalg.norm(t), 0.0)),
+                         (t ** 2, (np.mean(t ** 2), (t ** 2).std(), 0.0, float(t ** 2 @ basis[1])))):
+        spectral = np.broadcast_to(series, (1, *SHAPE[:2])).copy()  # every band the same series
+        inputs = {"spectral": np.repeat(spectral[..., None], 3, axis=-1), "scalars": np.zeros((1, N_SCALARS), np.float32)}
+        first_group = _layer()(inputs).numpy()[0, :len(STATISTICS)]
+        np.testing.assert_allclose(first_group, want, atol=ATOL)
+
+
+def test_padding_rows_are_never_read():
+    inputs = _inputs(2)
+    changed = {key: value.copy() for key, value in inputs.items()}
+    changed["spectral"][:, ROWS[0]:, :, 0] = 1e6  # mel's padding rows
+    changed["spectral"][:, ROWS[2]:, :, 2] = -1e6  # lpc's
+    np.testing.assert_array_equal(_layer()(changed).numpy(), _layer()(inputs).numpy())
+
+
+def test_direct_call_equals_inside_dataset_map():
+    inputs = _inputs(4)
+    layer = _layer()
+    mapped = tf.data.Dataset.from_tensor_slices(inputs).batch(2).map(layer)
+    np.testing.assert_allclose(np.concatenate([b.numpy() for b in mapped]), layer(inputs).numpy(), atol=ATOL)
+
+
+def test_untrained_member_says_one_half_and_stays_float32_under_bfloat16():
+    inputs = _inputs(2)
+    with global_policy("mixed_bfloat16"):
+        model = build_pooled(SHAPE, N_SCALARS, maps=MAPS, map_rows=ROWS)
+        out = model(inputs)
+        stats = model.get_layer(POOLED_STATS)(inputs)
+    assert out.dtype == tf.float32 and stats.dtype == tf.float32
+    np.testing.assert_array_equal(out.numpy(), 0.0)
+    np.testing.assert_allclose(stats.numpy(), _numpy_statistics(inputs), atol=ATOL)
+
+
+def test_a_map_name_per_channel_is_required():
+    with pytest.raises(ValueError, match="one name per map channel: 3 channels, 2 names"):
+        build_pooled(SHAPE, N_SCALARS, maps=MAPS[:2], map_rows=ROWS[:2])
+
+
+POOLED = with_overrides(with_overrides(PipelineConfig(name="pooled"), "train", models=("pooled",),
+                                       pooled_c=(1e-3, 1.0), precision="float32"), "data", batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """The pooled member fitted on synthetic breath (separable by band), and its held-out clips."""
+    root = write_synthetic_breath(tmp_path_factory.mktemp("pooled_data"), n_sessions=12, clips_per_session=3)
+    examples = data.read_kaggle_train(root)
+    train_examples, val_examples = data.split_by_session(examples, 0.34, seed=0)
+    train_set = data.extract(train_examples, None, POOLED, progress=False)
+    val_set = data.extract(val_examples, None, POOLED, progress=False)
+    out = tmp_path_factory.mktemp("pooled_run")
+    return train.fit_pooled(POOLED, train_set, val_set, out), train_set, val_set, out
+
+
+def test_fit_scores_every_c_keeps_the_lowest_loss_and_separates_the_classes(fitted):
+    model, _, val_set, out = fitted
+    with open(out / "history_pooled.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["c"]) for r in rows] == list(POOLED.train.pooled_c)
+    assert train.best_c(out / "history_pooled.csv") == float(min(rows, key=lambda r: float(r["val_loss"]))["c"])
+    p = train.predict_probabilities(model, val_set, 8)
+    assert np.mean((p >= 0.5) == (val_set.kept_examples.labels == 1)) >= 0.9
+
+
+def test_saved_member_reloads_with_the_same_outputs_and_is_not_fitted_again(fitted, capsys):
+    model, train_set, val_set, out = fitted
+    again = train.fit_pooled(POOLED, train_set, val_set, out)
+    assert "already fitted" in capsys.readouterr().out
+    np.testing.assert_allclose(train.predict_probabilities(again, val_set, 8),
+                               train.predict_probabilities(model, val_set, 8), atol=1e-6)
+
+
+def test_a_refit_takes_c_and_refuses_neither_or_both(fitted, tmp_path):
+    _, train_set, val_set, _ = fitted
+    model = train.fit_pooled(POOLED, train_set, None, tmp_path, c=1.0)
+    assert not (tmp_path / "history_pooled.csv").exists()
+    assert isinstance(model, keras.Model) and (tmp_path / "pooled.keras").is_file()
+    for val, c in ((None, None), (val_set, 1.0)):
+        with pytest.raises(ValueError, match="give val_set"):
+            train.fit_pooled(POOLED, train_set, val, tmp_path / "other", c=c)
+
+
+def test_refit_setting_is_a_value_the_folds_tried():
+    assert train.refit_setting("pooled", [0.01, 0.001, 0.1, 0.01]) == 0.01
+    assert train.refit_setting("pooled", [1.0, 0.001]) == 0.001
+    assert train.refit_setting("cnn8", [20, 21, 30]) == 21
+
+
+def test_pipeline_builds_it_with_the_maps_own_rows():
+    model = build_model_for_pipeline("pooled", PipelineConfig())
+    layer = model.get_layer(POOLED_STATS)
+    assert layer.maps == list(PipelineConfig().features.maps)
+    assert layer.map_rows == [128, 128, 128, 120, 24, 64, 40, 128, 12]

@@ -1,0 +1,138 @@
+"""A linear ensemble member: logistic regression on pooled statistics of the maps and the scalars.
+
+The CNNs read the maps cell by cell; this member reads a few hundred summaries of them. Each
+map's own bands (``maps.map_rows``) are averaged into at most ``MAX_GROUPS`` contiguous groups,
+and each group's series over the frames gives its mean, its standard deviation and its linear
+and quadratic Legendre coefficients (slope and curvature over the clip); the modulation map,
+a 2-D DCT with no time axis, gives its low-order ``MODULATION_BLOCK`` x ``MODULATION_BLOCK``
+block as it is. The scalars follow unchanged. On the breath clips such statistics score as
+well as either CNN out of fold and, averaged with them, add 1.6 points to the ensemble
+(``benchmarks/classical_cv.py``), because they err on different clips.
+
+    model = build_pooled((128, 63, 9), 39, maps=MAP_NAMES, map_rows=(128, 128, ...))
+    train.fit_pooled(model, ...)  # closed form (scikit-learn), not gradient steps
+
+Inputs and output are those of every member (``tfbreath.models``): ``{"spectral", "scalars"}``
+-> one float32 logit ``[B, 1]``. Everything runs in float32 under any dtype policy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from tfbreath.models.blocks import LOGIT, LOGIT_DTYPE, SCALARS_INPUT, SPECTRAL_INPUT
+
+MAX_GROUPS = 32
+"""Band groups per map at most: contiguous bands averaged together."""
+
+MODULATION_BLOCK = 8
+"""Low-order quefrency x modulation-frequency block kept of the modulation map."""
+
+UNPOOLED_MAPS = frozenset({"modulation"})
+"""Maps whose columns are not frames (kept as a block, not pooled over time)."""
+
+STATISTICS = ("mean", "std", "slope", "curve")
+"""What each band group's series over the frames gives, in this order."""
+
+POOLED_STATS = "pooled_statistics"
+"""Name of the ``PooledStatistics`` layer."""
+POOLED_NORM = "pooled_norm"
+"""Name of the ``Normalization`` of the statistics, adapted by ``train.fit_pooled``."""
+
+
+def band_groups(rows: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each group of contiguous bands, at most ``MAX_GROUPS`` of them."""
+    size = math.ceil(rows / MAX_GROUPS)
+    return [(start, min(start + size, rows)) for start in range(0, rows, size)]
+
+
+def group_average(rows: int, n_bands: int) -> np.ndarray:
+    """Averages the bands of each group. ``[G, n_bands]``"""
+    groups = band_groups(rows)
+    matrix = np.zeros((len(groups), n_bands), np.float32)
+    for g, (start, stop) in enumerate(groups):
+        matrix[g, start:stop] = 1.0 / (stop - start)
+    return matrix
+
+
+def legendre_basis(n_frames: int) -> np.ndarray:
+    """Unit-norm P1 and P2 (mean removed) over t in [-1, 1] sampled at the frames. ``[2, T]``"""
+    t = np.linspace(-1.0, 1.0, n_frames)
+    p1, p2 = t, 1.5 * t ** 2 - 0.5
+    p2 = p2 - p2.mean()
+    return np.stack([p1 / np.linalg.norm(p1), p2 / np.linalg.norm(p2)]).astype(np.float32)
+
+
+def statistic_names(maps: Sequence[str], map_rows: Sequence[int], scalar_names: Sequence[str]) -> list[str]:
+    """One name per output column of ``PooledStatistics``, e.g. ``mel_b0-4_slope``."""
+    names = []
+    for name, rows in zip(maps, map_rows):
+        if name in UNPOOLED_MAPS:
+            names += [f"{name}_q{q}_m{m}" for q in range(MODULATION_BLOCK) for m in range(MODULATION_BLOCK)]
+        else:
+            names += [f"{name}_b{start}-{stop}_{stat}" for start, stop in band_groups(rows) for stat in STATISTICS]
+    return names + list(scalar_names)
+
+
+@keras.saving.register_keras_serializable(package="tfbreath")
+class PooledStatistics(keras.layers.Layer):
+    """``{"spectral": [B, M, T, C], "scalars": [B, S]}`` -> ``[B, D]`` pooled statistics, float32.
+
+    ``maps`` names the C channels in order, ``map_rows`` how many of each channel's M rows are
+    the map's own bands (``maps.map_rows``); padding rows are never read.
+    """
+
+    def __init__(self, maps: Sequence[str], map_rows: Sequence[int], **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        if len(maps) != len(map_rows):
+            raise ValueError(f"need one row count per map: {len(maps)} maps, {len(map_rows)} row counts")
+        self.maps = [str(m) for m in maps]
+        self.map_rows = [int(r) for r in map_rows]
+
+    def _pool_map(self, x, channel: int):
+        """One map's statistics. ``[B, M, T]`` -> ``[B, D_c]``"""
+        name, rows = self.maps[channel], self.map_rows[channel]
+        if name in UNPOOLED_MAPS:
+            block = x[:, :MODULATION_BLOCK, :MODULATION_BLOCK]  # [B, 8, 8]
+            return keras.ops.reshape(block, (-1, MODULATION_BLOCK * MODULATION_BLOCK))  # [B, 64]
+        average = group_average(rows, x.shape[1])  # [G, M]
+        grouped = keras.ops.einsum("gm,bmt->bgt", average, x)  # [B, G, T]
+        mean = keras.ops.mean(grouped, axis=-1, keepdims=True)  # [B, G, 1]
+        std = keras.ops.sqrt(keras.ops.mean(keras.ops.square(grouped - mean), axis=-1, keepdims=True))  # [B, G, 1]
+        trend = keras.ops.einsum("bgt,kt->bgk", grouped, legendre_basis(x.shape[2]))  # [B, G, 2]
+        stats = keras.ops.concatenate([mean, std, trend], axis=-1)  # [B, G, 4]
+        return keras.ops.reshape(stats, (-1, average.shape[0] * len(STATISTICS)))  # [B, 4 G]
+
+    def call(self, inputs):
+        spectral = keras.ops.cast(inputs[SPECTRAL_INPUT], "float32")  # [B, M, T, C]
+        pieces = [self._pool_map(spectral[..., c], c) for c in range(len(self.maps))]  # C x [B, D_c]
+        if SCALARS_INPUT in inputs:
+            pieces.append(keras.ops.cast(inputs[SCALARS_INPUT], "float32"))  # [B, S]
+        return keras.ops.concatenate(pieces, axis=-1)  # [B, D]
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("dtype", None)
+        return {**config, "maps": self.maps, "map_rows": self.map_rows}
+
+
+def build_pooled(spectral_shape: tuple[int, int, int], n_scalars: int, *, maps: Sequence[str],
+                 map_rows: Sequence[int], name: str = "pooled") -> keras.Model:
+    """Pooled statistics -> standardised (``POOLED_NORM``, adapted when fitted) -> one logit.
+
+    Untrained, the logit is 0 (P = 0.5) and the normalisation the identity.
+    """
+    if len(maps) != spectral_shape[-1]:
+        raise ValueError(f"need one name per map channel: {spectral_shape[-1]} channels, {len(maps)} names")
+    inputs = {SPECTRAL_INPUT: keras.Input(shape=spectral_shape, name=SPECTRAL_INPUT)}
+    if n_scalars:
+        inputs[SCALARS_INPUT] = keras.Input(shape=(n_scalars,), name=SCALARS_INPUT)
+    stats = PooledStatistics(maps, map_rows, name=POOLED_STATS)(inputs)  # [B, D]
+    normalised = keras.layers.Normalization(axis=-1, dtype="float32", name=POOLED_NORM)(stats)  # [B, D]
+    logit = keras.layers.Dense(1, kernel_initializer="zeros", dtype=LOGIT_DTYPE, name=LOGIT)(normalised)  # [B, 1]
+    return keras.Model(inputs, logit, name=name)

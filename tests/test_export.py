@@ -177,3 +177,17 @@ def test_the_int8_input_stage_is_the_normalisation_not_the_layers_after_it(tmp_p
     model = keras.Model({"scalars": scalars}, keras.layers.Reshape(())(keras.layers.Dense(1, name="logit")(hidden)))
     names = export.float_input_stage(_tflite(model, tmp_path / "model"))
     assert len(names) == 2 and all("scalar_norm" in name for name in names)  # subtract, then scale
+
+
+def test_int8_keeps_every_op_of_the_pooled_member_float_and_no_other(tmp_path):
+    from tfbreath.models.pooled import build_pooled
+
+    spectral, scalars = keras.Input((8, 6, 2), name="spectral"), keras.Input((3,), name="scalars")
+    inputs = {"spectral": spectral, "scalars": scalars}
+    pooled = build_pooled((8, 6, 2), 3, maps=("mel", "lpc"), map_rows=(8, 4))
+    other = keras.layers.Dense(1, name="other_logit")(keras.layers.Flatten()(spectral))
+    model = keras.Model(inputs, keras.layers.Reshape(())(keras.layers.Add()([pooled(inputs), other])))
+    names = export.float_member_ops(_tflite(model, tmp_path / "model"))
+    assert names and all("pooled" in name for name in names)
+    assert any("pooled_statistics" in name for name in names) and any("logit" in name for name in names)
+    assert not any("other_logit" in name for name in names)

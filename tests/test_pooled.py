@@ -169,3 +169,15 @@ def test_pipeline_builds_it_with_the_maps_own_rows():
     layer = model.get_layer(POOLED_STATS)
     assert layer.maps == list(PipelineConfig().features.maps)
     assert layer.map_rows == [128, 128, 128, 120, 24, 64, 40, 128, 12]
+
+
+def test_constant_statistics_are_centred_not_scaled():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 3)) * [1.0, 1.0, 10.0]
+    x[:, 1] = 1.0 + 1e-9 * rng.standard_normal(50)  # a per-band z-scored band's std: 1 up to round-off
+    norm = keras.layers.Normalization(axis=-1)
+    norm.build((None, 3))
+    train.set_standardisation(norm, x)
+    z = norm(x.astype(np.float32)).numpy()
+    assert np.abs(z[:, 1]).max() < 1e-6  # divided by Keras' 1e-7 floor it would be O(0.01-1)
+    np.testing.assert_allclose(z[:, [0, 2]].std(axis=0), 1.0, rtol=1e-4)

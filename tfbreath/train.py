@@ -38,8 +38,12 @@ from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.evaluation import accuracy, log_loss
 from tfbreath.features import SCALARS
-from tfbreath.models import SCALAR_NORM, build_model_for_pipeline
+from tfbreath.models import LOGIT, SCALAR_NORM, build_model_for_pipeline
 from tfbreath.models.pooled import POOLED_NORM, POOLED_STATS
+
+CONSTANT_SPREAD = 1e-4
+"""Relative spread over the training clips below which a pooled statistic is constant (e.g. the
+mean and std of a per-band z-scored map's band: 0 and 1 up to round-off)."""
 
 POOLED_MAX_ITERATIONS = 5000
 """L-BFGS iterations the logistic regression may take (it converges in a few hundred)."""
@@ -177,6 +181,19 @@ def _pooled_statistics(model: keras.Model, feature_set: FeatureSet, batch_size: 
     return np.asarray(statistics.predict(feature_set.batches(batch_size), verbose=0), np.float64)
 
 
+def set_standardisation(norm: keras.layers.Normalization, x: np.ndarray) -> None:
+    """Set a built ``Normalization`` to the mean and variance of ``x`` ``[N, D]``, as scikit-learn's
+    ``StandardScaler``: a column constant over the clips is centred, not scaled. Divided by its
+    zero spread (Keras floors it at 1e-7), its float32 round-off would weigh like a feature, and
+    differ between TF and TFLite."""
+    mean, variance = x.mean(axis=0), x.var(axis=0)  # [D] each
+    constant = np.sqrt(variance) <= CONSTANT_SPREAD * (1.0 + np.abs(mean))
+    variance = np.where(constant, 1.0, variance)
+    norm.set_weights([w.reshape(norm.weights[i].shape).astype(np.float32)
+                      for i, w in enumerate((mean, variance, np.asarray(len(x))))])
+    norm.finalize_state()
+
+
 def _logistic_regression(z: np.ndarray, labels: np.ndarray, c: float):
     from sklearn.linear_model import LogisticRegression
 
@@ -187,10 +204,11 @@ def fit_pooled(pipeline: PipelineConfig, train_set: FeatureSet, val_set: Feature
                strategy: tf.distribute.Strategy | None = None, c: float | None = None) -> keras.Model:
     """Fit (or reload) the pooled member and save it as ``run_dir/pooled.keras``.
 
-    The statistics of the training clips set its ``Normalization``; then every ``[train] pooled_c``
-    is fitted and scored on ``val_set`` (log-loss and accuracy, one row each in
-    ``history_pooled.csv``) and the lowest log-loss is kept. Without ``val_set`` (a refit on every
-    clip) ``c`` is given.
+    Every ``[train] pooled_c`` is fitted on the training clips (standardised by their own
+    statistics) and scored on ``val_set`` (log-loss and accuracy, one row each in
+    ``history_pooled.csv``); with the lowest log-loss's C the member is then fitted on the training
+    and validation clips together (a closed-form fit has no epochs for them to stop). Without
+    ``val_set`` (a refit on every clip) ``c`` is given.
     """
     strategy = strategy or tf.distribute.get_strategy()
     final = run_dir / f"{POOLED_MODEL}.keras"
@@ -205,21 +223,22 @@ def fit_pooled(pipeline: PipelineConfig, train_set: FeatureSet, val_set: Feature
         model = new_model(POOLED_MODEL, pipeline)
     x_train, labels = _pooled_statistics(model, train_set, batch_size), train_set.kept_examples.labels
     norm = model.get_layer(POOLED_NORM)
-    norm.adapt(x_train.astype(np.float32))
-    z_train = np.asarray(norm(x_train.astype(np.float32)), np.float64)  # [N, D]
     if c is None:
-        z_val = np.asarray(norm(_pooled_statistics(model, val_set, batch_size).astype(np.float32)), np.float64)
-        val_labels = val_set.kept_examples.labels
+        x_val, val_labels = _pooled_statistics(model, val_set, batch_size), val_set.kept_examples.labels
+        set_standardisation(norm, x_train)  # each C scored as a model of the training clips alone
+        z_train, z_val = (np.asarray(norm(x.astype(np.float32)), np.float64) for x in (x_train, x_val))
         rows = []
         for candidate in pipeline.train.pooled_c:
             p = _logistic_regression(z_train, labels, candidate).predict_proba(z_val)[:, 1]
-            rows.append({"c": candidate, "val_loss": log_loss(val_labels, p),
-                         "val_accuracy": accuracy(val_labels, p)})
+            rows.append({"c": candidate, "val_loss": log_loss(val_labels, p), "val_accuracy": accuracy(val_labels, p)})
         artifacts.write_text(run_dir / f"history_{POOLED_MODEL}.csv", "c,val_loss,val_accuracy\n" + "".join(
             f"{r['c']!r},{r['val_loss']!r},{r['val_accuracy']!r}\n" for r in rows))
         c = min(rows, key=lambda r: r["val_loss"])["c"]
+        x_train, labels = np.concatenate([x_train, x_val]), np.concatenate([labels, val_labels])
+    set_standardisation(norm, x_train)
+    z_train = np.asarray(norm(x_train.astype(np.float32)), np.float64)  # [N, D]
     regression = _logistic_regression(z_train, labels, c)
-    model.get_layer("logit").set_weights([regression.coef_.T.astype(np.float32),
+    model.get_layer(LOGIT).set_weights([regression.coef_.T.astype(np.float32),
                                           regression.intercept_.astype(np.float32)])
     print(f"{POOLED_MODEL}: logistic regression on {z_train.shape[1]} pooled statistics of {len(labels)} clips, "
           f"C = {c:g}" + ("" if val_set else " (a refit on every clip)"))

@@ -48,8 +48,25 @@ interval (mel and lpc -1.0 to -1.3 for hgb only, not confirmed by logreg). The s
 the spectral-envelope maps (modulation, mel, gammatone, then mfcc and mel_delta), which are
 largely redundant with each other; chroma, mel_delta2 and tempogram are near chance alone.
 The 39 scalars alone reach 0.675 and add 0.6-1.0 point on top of the maps. (c) Pooled
-learners score 0.74-0.75 out of fold on these sessions. The CNN comparison (``--cnn-oof``)
-is printed when its file exists; it did not yet exist at this run.
+learners score 0.74-0.75 out of fold on these sessions.
+
+With the CNN run's out-of-fold file (``--cnn-oof /work/runs/cv5_baseline/oof_predictions.csv
+--no-ablation``: CNN8 + VGG, full band, seed 42; 6 min from the feature cache), each learner
+added as a third, cross-fitted member (pooled OOF accuracy [95 % CI], AUC, paired gain over the
+CNN ensemble [95 % CI])::
+
+    CNN ensemble (cnn8 + vgg)           0.743 [0.727, 0.758]  0.814  reference
+    CNN8 alone / VGG alone              0.724 / 0.706                -1.8 / -3.7
+    + logreg (fmax 4500)                0.759 [0.743, 0.775]  0.835  +1.6 [+0.7, +2.5]
+    + hgb (fmax 4500)                   0.758 [0.742, 0.774]  0.837  +1.5 [+0.6, +2.5]
+    + hgb (fmax 2000)                   0.759 [0.743, 0.776]  0.840  +1.7 [+0.7, +2.7]
+    + logreg (fmax 2000)                0.755 [0.739, 0.771]  0.836  +1.2 [+0.3, +2.1]
+    stacked (logistic on the logits)    0.756-0.760                  +1.3 to +1.8
+    cnn8 + vgg stacked, no learner      0.739                        -0.4 [-0.9, +0.2]
+
+The learners err on other clips than the CNNs: averaging one in is the only change so far whose
+interval excludes zero. ``tfbreath.models.pooled`` is that logreg as an ensemble member (the
+shipped recipe: band-limited CNN8 + pooled, 0.751 [0.736, 0.766], README).
 
 What it does
 ------------

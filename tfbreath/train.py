@@ -120,6 +120,15 @@ def synchronise_batch_norm(model: keras.Model) -> None:
             layer.synchronized = True
 
 
+def _finished_model(final: Path, strategy: tf.distribute.Strategy, done: str) -> keras.Model | None:
+    """A member a run already finished (``<name>.keras``), loaded under ``strategy``; else None."""
+    if not final.exists():
+        return None
+    print(f"{final.stem}: already {done}, loading {final}")
+    with strategy.scope():
+        return keras.models.load_model(final)
+
+
 def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_set: FeatureSet | None,
                 run_dir: Path, augmenter: Augmenter, extra_callbacks: tuple = (),
                 strategy: tf.distribute.Strategy | None = None, epochs: int | None = None) -> keras.Model:
@@ -134,10 +143,9 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
     """
     strategy = strategy or tf.distribute.get_strategy()
     final = run_dir / f"{name}.keras"
-    if final.exists():
-        print(f"{name}: already trained, loading {final}")
-        with strategy.scope():
-            return keras.models.load_model(final)
+    finished = _finished_model(final, strategy, "trained")
+    if finished is not None:
+        return finished
     data, train = pipeline.data, pipeline.train
     batch_size = global_batch_size(data.batch_size, strategy)
     steps = math.ceil(len(train_set.kept_examples) / batch_size)
@@ -212,10 +220,9 @@ def fit_pooled(pipeline: PipelineConfig, train_set: FeatureSet, val_set: Feature
     """
     strategy = strategy or tf.distribute.get_strategy()
     final = run_dir / f"{POOLED_MODEL}.keras"
-    if final.exists():
-        print(f"{POOLED_MODEL}: already fitted, loading {final}")
-        with strategy.scope():
-            return keras.models.load_model(final)
+    finished = _finished_model(final, strategy, "fitted")
+    if finished is not None:
+        return finished
     if (val_set is None) == (c is None):
         raise ValueError("give val_set (to choose C) or c (a refit), not both or neither")
     batch_size = global_batch_size(pipeline.data.batch_size, strategy)

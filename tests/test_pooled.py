@@ -116,6 +116,8 @@ def test_a_map_name_per_channel_is_required():
 
 POOLED = with_overrides(with_overrides(PipelineConfig(name="pooled"), "train", models=("pooled",),
                                        pooled_c=(1e-3, 1.0), precision="float32"), "data", batch_size=8)
+POOLED = with_overrides(POOLED, "features", maps=("mel", "modulation"), scalars=False)
+"""Two maps, no scalars: a fast trace (the statistics of every map and of the scalars are checked above)."""
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,9 @@ N_SCALARS = 39
 NO_BAND_LIMIT = 0.0
 """``[features] band_limit_hz`` that keeps the waveform's full band."""
 
+NO_LEVEL = 0.0
+"""``[features] level_rms`` that keeps each clip at its recorded level."""
+
 MIN_SAMPLE_RATE = 4000
 MAX_SAMPLE_RATE = 48000
 
@@ -168,6 +171,9 @@ class FeatureConfig:
     (``filters.lowpass_taps``); ``NO_BAND_LIMIT`` (0) keeps the full band. Set it to the
     recordings' real bandwidth: then a copy resampled to any rate that holds that band gives the
     same features."""
+    level_rms: float = NO_LEVEL
+    """Scale every clip (after the band limit) to this RMS before the maps and scalars, so the
+    recording level reaches no feature; ``NO_LEVEL`` (0) keeps the level."""
     n_mfcc: int = 40
     n_gammatone: int = 64
     lpc_order: int = 12
@@ -182,6 +188,8 @@ class FeatureConfig:
             positive(name, getattr(self, name))
         typed("band_limit_hz", self.band_limit_hz, float, f"{NO_BAND_LIMIT!r} (off) or > 0",
               lambda v: v >= NO_BAND_LIMIT)
+        typed("level_rms", self.level_rms, float, f"{NO_LEVEL!r} (off) or in (0, 1]",
+              lambda v: v == NO_LEVEL or 0 < v <= 1)
         require(self.n_fft & (self.n_fft - 1) == 0, f"n_fft must be a power of two, got {self.n_fft!r}")
         require(self.hop_length <= self.n_fft,
                  f"hop_length must be <= n_fft ({self.n_fft}), got {self.hop_length!r}")

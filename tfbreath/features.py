@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfbreath import artifacts, filters, maps, scalars, spectral
-from tfbreath.config import NO_BAND_LIMIT, ConfigError, PipelineConfig, dump_config, load_config, parse_config
+from tfbreath.config import NO_BAND_LIMIT, NO_LEVEL, ConfigError, PipelineConfig, dump_config, load_config, parse_config
 
 SPECTRAL = "spectral"
 SCALARS = "scalars"
@@ -44,10 +44,13 @@ def extract_features(y: tf.Tensor, pipeline: PipelineConfig) -> dict[str, tf.Ten
         rate = pipeline.audio.sample_rate
         features = pipeline.features
         flat, restore = spectral.flatten_batch(y)  # [B, n]
+        if features.band_limit_hz != NO_BAND_LIMIT:
+            flat = spectral.fir_filter(flat, filters.lowpass_taps(rate, features.band_limit_hz))  # [B, n]
+        if features.level_rms != NO_LEVEL:
+            flat = spectral.scale_to_rms(flat, features.level_rms)  # [B, n]
         if features.band_limit_hz == NO_BAND_LIMIT:
             cache = spectral.SpectrogramCache(flat)  # STFTs shared by the maps and the scalars
         else:
-            flat = spectral.fir_filter(flat, filters.lowpass_taps(rate, features.band_limit_hz))  # [B, n]
             cache = spectral.SpectrogramCache(flat, rate, features.band_limit_hz)
         out = {SPECTRAL: restore(maps.maps_from_cache(cache, rate, features))}  # [..., n_mels, T, C]
         if features.scalars:

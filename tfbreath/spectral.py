@@ -33,6 +33,10 @@ TOP_DB = 80.0
 EPS = 1e-8
 """Guards divisions by a zero norm or zero energy."""
 
+SILENT_RMS = 1e-5
+"""RMS below which ``scale_to_rms`` treats a clip as silence (-100 dBFS; 16-bit quantisation
+noise alone is 1.8e-5)."""
+
 BAND_GROUP = 16
 """Bands per block when a filterbank is applied block by block (``apply_filterbank``)."""
 
@@ -133,6 +137,15 @@ def sliding_windows(x: tf.Tensor, width: int, count: int) -> tf.Tensor:
         if x.shape[-1] is None or count + width - 1 > x.shape[-1]:
             raise ValueError(f"need a static length >= count + width - 1 = {count + width - 1}, got {x.shape[-1]}")
         return tf.stack([x[..., t:t + width] for t in range(count)], axis=-2)  # [..., count, width]
+
+
+def scale_to_rms(y: tf.Tensor, target: float) -> tf.Tensor:
+    """Each signal times ``target / RMS``; a signal quieter than ``SILENT_RMS`` (silence) is scaled
+    as if it had that RMS, so it stays (near) silent. ``[B, n]`` -> ``[B, n]``"""
+    with tf.name_scope("scale_to_rms"):
+        y = as_float32(y)
+        rms = tf.sqrt(tf.reduce_mean(tf.square(y), axis=-1, keepdims=True))  # [B, 1]
+        return y * (target / tf.maximum(rms, SILENT_RMS))  # [B, n]
 
 
 def fir_filter(y: tf.Tensor, taps) -> tf.Tensor:

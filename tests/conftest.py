@@ -103,3 +103,10 @@ def assert_same_scalars(got, want):
     bad = np.abs(got - want) > tolerance
     assert not bad.any(), (f"{bad.sum()} values differ, worst in "
                            f"{SCALAR_NAMES[np.argwhere(bad)[0][-1]]}: {got[bad][:3]} vs {want[bad][:3]}")
+
+
+def assert_features_equal(got: dict, want: dict) -> None:
+    """Two ``extract_features`` results (as NumPy), key by key, bit for bit."""
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)

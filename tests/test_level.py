@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import breath_like
+from conftest import assert_features_equal, breath_like
 from tfbreath import spectral
 from tfbreath.config import NO_LEVEL, ConfigError, PipelineConfig, config_from_dict, with_overrides
 from tfbreath.features import SCALARS, SPECTRAL, extract_features
@@ -45,10 +45,8 @@ def test_a_gain_changes_no_feature(gain):
 
 def test_off_keeps_the_recorded_level_exactly():
     y = breath_like(3)
-    got = _features(y, with_overrides(LEVELLED, "features", level_rms=NO_LEVEL))
-    want = _features(y, PIPELINE)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key])
+    assert_features_equal(_features(y, with_overrides(LEVELLED, "features", level_rms=NO_LEVEL)),
+                          _features(y, PIPELINE))
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])

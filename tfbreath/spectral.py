@@ -34,8 +34,8 @@ EPS = 1e-8
 """Guards divisions by a zero norm or zero energy."""
 
 SILENT_RMS = 1e-5
-"""RMS below which ``scale_to_rms`` treats a clip as silence (-100 dBFS; 16-bit quantisation
-noise alone is 1.8e-5)."""
+"""RMS below which ``scale_to_rms`` treats a clip as silence (-100 dBFS, about the RMS of 16-bit
+quantisation noise, 8.8e-6)."""
 
 BAND_GROUP = 16
 """Bands per block when a filterbank is applied block by block (``apply_filterbank``)."""

@@ -323,22 +323,6 @@ def stacked(members: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarra
     return out
 
 
-def accuracy_gain(labels, both: np.ndarray, weights=None) -> float:
-    """Accuracy of column 0 minus that of column 1 (paired, same clips). ``[N], [N, 2] -> []``"""
-    from tfbreath import crossval
-
-    return crossval.accuracy(labels, both[:, 0], weights) - crossval.accuracy(labels, both[:, 1], weights)
-
-
-def paired_gain(labels, p: np.ndarray, reference: np.ndarray, groups, seed: int) -> dict:
-    """``p``'s accuracy minus ``reference``'s, with its paired session-bootstrap 95 % interval."""
-    from tfbreath import crossval
-
-    both = np.stack([p, reference], 1)
-    low, high = crossval.session_bootstrap(labels, both, groups, accuracy_gain, seed=seed)
-    return {"pooled": round(accuracy_gain(labels, both), 4), "ci95": [round(low, 4), round(high, 4)]}
-
-
 def compare_with_cnn(cnn: dict[str, np.ndarray], trees: dict[str, np.ndarray], labels, folds, groups,
                      seed: int) -> list[dict]:
     from tfbreath import crossval
@@ -362,7 +346,7 @@ def compare_with_cnn(cnn: dict[str, np.ndarray], trees: dict[str, np.ndarray], l
     rows = []
     for name, p in candidates.items():
         rows.append({"combination": name, **summary[name],
-                     "gain_vs_cnn_ensemble": paired_gain(labels, p, base, groups, seed)})
+                     "gain_vs_cnn_ensemble": crossval.paired_accuracy_gain(labels, p, base, groups, seed)})
     return rows
 
 
@@ -442,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                                         args.seed + model_seed_offset)
                 stored.write_text(json.dumps({"p": p.tolist(), "chosen": chosen}))
             entry = crossval.cross_validation_summary(labels, {learner: p}, folds, groups, seed=args.seed)[learner]
-            delta = None if reference is None else paired_gain(labels, p, oof[(*reference, learner)], groups,
-                                                               args.seed)
+            delta = None if reference is None else crossval.paired_accuracy_gain(
+                labels, p, oof[(*reference, learner)], groups, args.seed)
             row = {"front_end": front, "variant": variant, "learner": learner, "features": x.shape[1],
                    "chosen_per_fold": chosen, "seconds": round(time.perf_counter() - start, 1), **entry,
                    "reference": None if reference is None else ": ".join(reference),

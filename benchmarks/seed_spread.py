@@ -7,7 +7,8 @@
 Each seed is a complete ``python -m tfbreath.fit --folds K --seed S`` run in
 ``<runs-dir>/seed_<S>/``: the seed changes the folds, the early-stopping splits, the
 initialisation, the shuffling and the augmentation. Runs resume where they stopped, so the
-script can be killed and restarted. It prints, per model and for the ensemble, each seed's
+script can be killed and restarted; a finished run (e.g. the shipped model's, linked in as
+``seed_<S>``) is read, not retrained. It prints, per model and for the ensemble, each seed's
 pooled out-of-fold accuracy and ROC AUC, and their mean, standard deviation and range: the
 spread a reader should allow for when two recipes' estimates are compared.
 """
@@ -28,8 +29,12 @@ SCORES = ("accuracy", "roc_auc")
 
 
 def run_seed(pipeline: PipelineConfig, data_dir: Path, run_dir: Path) -> dict:
-    """The ``cross_validation`` entry of one seed's K-fold run (trained or resumed)."""
-    return fit.run(pipeline, data_dir, run_dir)["cross_validation"]
+    """The ``cross_validation`` entry of one seed's K-fold run: read from a finished run of the
+    same pipeline, else trained (or resumed) without the refit, which the spread does not need."""
+    metrics, saved = run_dir / fit.METRICS_FILE, run_dir / fit.PIPELINE_FILE
+    if metrics.is_file() and saved.is_file() and load_config(saved) == pipeline:
+        return json.loads(metrics.read_text())["cross_validation"]
+    return fit.run(pipeline, data_dir, run_dir, refit=False)["cross_validation"]
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -91,6 +91,22 @@ def test_bootstrap_resamples_sessions_not_clips():
     assert clustered[1] - clustered[0] > 0.2  # a clip-level bootstrap would give about 0.085
 
 
+def test_paired_gain_counts_only_the_sessions_where_two_predictions_differ():
+    """Two predictions that differ on 10 of 200 sessions (always in the first's favour): the
+    paired interval stays above 0 and is narrower than either accuracy's own interval."""
+    labels, groups = _sessions(200, 2)
+    reference_hit = np.arange(400) < 300
+    better_hit = reference_hit | ((np.arange(400) >= 300) & (np.arange(400) < 320))  # sessions 150-159 right too
+    reference, better = _hits(labels, reference_hit), _hits(labels, better_hit)
+    gain = crossval.paired_accuracy_gain(labels, better, reference, groups)
+    assert gain["pooled"] == pytest.approx(0.05)
+    low, high = gain["ci95"]
+    assert 0 < low < 0.05 < high
+    alone = crossval.session_bootstrap(labels, reference, groups, crossval.accuracy)
+    assert high - low < 0.6 * (alone[1] - alone[0])  # about 0.06 vs 0.115
+    assert crossval.paired_accuracy_gain(labels, reference, reference, groups) == {"pooled": 0.0, "ci95": [0.0, 0.0]}
+
+
 def test_bootstrap_of_a_perfect_model_is_a_point_and_auc_is_weighted():
     labels, groups = _sessions(50, 2)
     assert crossval.session_bootstrap(labels, labels.astype(float), groups, crossval.accuracy) == (1.0, 1.0)

@@ -126,6 +126,7 @@ def test_fit_without_data_trains_on_synthetic_audio_and_writes_every_artifact(tm
     (["--precision", "float8"], "precision must be one of"),
     (["--epochs", "0"], "epochs must be > 0, got 0"),
     (["--models", "cnn8,resnet"], "models has unknown names ['resnet']"),
+    (["--no-refit"], "--no-refit needs K-fold cross-validation (--folds K >= 2), got folds = 1"),
 ])
 def test_bad_arguments_give_one_line_errors(argv, message, tmp_path, capsys):
     assert fit.main([*argv, "--out", str(tmp_path / "run"), "--data", str(tmp_path)]
@@ -238,10 +239,12 @@ def test_k_fold_run_resumes_without_training_again(cv_run, capsys):
         assert again["cross_validation"][name] == metrics["cross_validation"][name]
 
 
-def test_the_same_seed_repeats_a_run_exactly(cv_run, cv_data, tmp_path):
-    out, _ = cv_run
-    fit.run(CV_TINY, cv_data, tmp_path)
+def test_the_same_seed_repeats_a_run_exactly_and_no_refit_stops_at_the_estimate(cv_run, cv_data, tmp_path):
+    out, metrics = cv_run
+    again = fit.run(CV_TINY, cv_data, tmp_path, refit=False)
     assert (tmp_path / fit.OOF_PREDICTIONS).read_text() == (out / fit.OOF_PREDICTIONS).read_text()
+    assert again["cross_validation"] == metrics["cross_validation"] and "models" not in again
+    assert not list(tmp_path.glob("*.keras"))  # fold models only
 
 
 def test_too_few_sessions_for_the_folds_is_one_line_and_claims_nothing(tmp_path, capsys):

@@ -11,6 +11,9 @@ clip is predicted by models that never saw its session, neither to train nor to 
   reported score never uses weights chosen on the clips it is scored on.
 - ``session_bootstrap`` gives a percentile interval of a score by resampling whole sessions
   with replacement (clips of one session are correlated: resampling clips would be too narrow).
+- ``paired_accuracy_gain`` compares two predictions of the same clips (two recipes' out-of-fold
+  predictions) with a paired session-bootstrap interval: much narrower than the two separate
+  intervals, since both share each resample's clips.
 - ``cross_validation_summary`` is what ``metrics.json`` records under ``"cross_validation"``:
   per model and for the ensemble, each score's mean over folds, the per-fold values, the
   pooled out-of-fold value and its 95 % interval.
@@ -110,6 +113,21 @@ def session_bootstrap(labels: np.ndarray, probabilities: np.ndarray, groups: Seq
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def _accuracy_gain(labels: np.ndarray, both: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Accuracy of column 0 minus that of column 1 on the same clips. ``[N], [N, 2] -> []``"""
+    return accuracy(labels, both[:, 0], weights) - accuracy(labels, both[:, 1], weights)
+
+
+def paired_accuracy_gain(labels: np.ndarray, probabilities: np.ndarray, reference: np.ndarray,
+                         groups: Sequence[str], seed: int = 0) -> dict[str, float | list[float]]:
+    """``probabilities``' accuracy minus ``reference``'s, with its paired session-bootstrap interval.
+    ``[N] x 3 -> {"pooled": gain, "ci95": [lo, hi]}``"""
+    both = np.stack([np.asarray(probabilities), np.asarray(reference)], 1)  # [N, 2]
+    interval = session_bootstrap(labels, both, groups, _accuracy_gain, seed=seed)
+    return {"pooled": round(_accuracy_gain(np.asarray(labels), both), DIGITS),
+            "ci95": [round(v, DIGITS) for v in interval]}
 
 
 def cross_validation_summary(labels: np.ndarray, probabilities: dict[str, np.ndarray], folds: np.ndarray,

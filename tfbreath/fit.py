@@ -2,7 +2,7 @@
 
     python -m tfbreath.fit [--pipeline pipelines/breath_phase.toml] [--data DIR] [--out DIR]
                            [--epochs N] [--models cnn8,vgg] [--precision P] [--seed N] [--folds K]
-                           [--strategy default|mirrored|multiworker] [--cpu-devices N]
+                           [--no-refit] [--strategy default|mirrored|multiworker] [--cpu-devices N]
 
 Flags override the pipeline file. A pipeline with ``task = "icbhi"`` (e.g.
 ``pipelines/icbhi_respirenet.toml``) runs the ICBHI crackle/wheeze recipe instead, with its own
@@ -18,9 +18,9 @@ session-grouped validation split stops, weights and scores the models
 cross-validation trains every model once per fold in ``fold_<k>/`` and writes each clip's
 out-of-fold P(exhale) to ``oof_predictions.csv`` and the estimate (mean, per fold, 95 %
 session-bootstrap interval) to ``metrics.json["cross_validation"]``; then each model is refit
-on every clip (``tfbreath.crossval``). Running the same command again resumes an interrupted
-run (fold by fold, model by model, epoch by epoch); ``--seed`` repeats a run exactly on one
-machine.
+on every clip (``tfbreath.crossval``), unless ``--no-refit`` asks for the estimate alone.
+Running the same command again resumes an interrupted run (fold by fold, model by model, epoch
+by epoch); ``--seed`` repeats a run exactly on one machine.
 
 ``--strategy`` trains under a ``tf.distribute`` strategy (see ``tfbreath.distribute``):
 ``mirrored`` over this machine's GPUs (or ``--cpu-devices`` logical CPUs), ``multiworker``
@@ -80,6 +80,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                   "initialisation): the same seed repeats a run on one machine")
     parser.add_argument("--folds", type=int, help="override [train] folds: K >= 2 estimates accuracy by "
                                                   "session-grouped K-fold cross-validation, then refits on all clips")
+    parser.add_argument("--no-refit", dest="refit", action="store_false",
+                        help="with --folds K: stop after the out-of-fold estimate (no models on all clips)")
     distribute.add_strategy_arguments(parser)
     add_verbose_argument(parser)
     return parser.parse_args(argv)
@@ -132,9 +134,13 @@ def _require_both_classes(feature_set: data.FeatureSet, split: str, data_dir: Pa
 
 
 def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path,
-        strategy: tf.distribute.Strategy | None = None) -> dict:
+        strategy: tf.distribute.Strategy | None = None, refit: bool = True) -> dict:
     """Train, ensemble and evaluate under ``strategy`` (default: the current one); write every
     artifact; return the metrics.
+
+    ``refit=False`` ends a K-fold run after its estimate: ``metrics.json`` then has no
+    ``"models"``, and the run folder no models on all clips (a later run with ``refit=True``
+    adds them).
 
     The models train under ``[train] precision`` (``tfbreath.precision``); Keras' global policy
     is restored afterwards. The run folder is claimed (its ``pipeline.toml`` written) only once
@@ -145,7 +151,7 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path,
     _check_run_dir(run_dir, pipeline)
     keras.utils.set_random_seed(pipeline.data.seed)
     with global_policy(choose_precision(pipeline.train.precision)) as policy:
-        return _train_and_report(pipeline, data_dir, run_dir, strategy, policy)
+        return _train_and_report(pipeline, data_dir, run_dir, strategy, policy, refit)
 
 
 def _cache_of(pipeline: PipelineConfig, part: str) -> str:
@@ -155,13 +161,13 @@ def _cache_of(pipeline: PipelineConfig, part: str) -> str:
 
 
 def _train_and_report(pipeline: PipelineConfig, data_dir: Path, run_dir: Path, strategy: tf.distribute.Strategy,
-                      policy: str) -> dict:
+                      policy: str, refit: bool) -> dict:
     started = time.monotonic()
     print(f"precision policy: {policy}; strategy: {distribute.strategy_name(strategy)}, "
           f"{strategy.num_replicas_in_sync} replica(s)")
     examples = data.read_kaggle_train(data_dir)
     if pipeline.train.folds > 1:
-        summary = _cross_validate(pipeline, examples, data_dir, run_dir, strategy)
+        summary = _cross_validate(pipeline, examples, data_dir, run_dir, strategy, refit)
     else:
         summary = _validate_on_split(pipeline, examples, data_dir, run_dir, strategy)
     summary = {"pipeline": pipeline.name, "data": str(data_dir), "dtype_policy": policy,
@@ -249,7 +255,7 @@ def _validate_on_split(pipeline: PipelineConfig, examples: data.Examples, data_d
 
 
 def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir: Path, run_dir: Path,
-                    strategy: tf.distribute.Strategy) -> dict:
+                    strategy: tf.distribute.Strategy, refit_all: bool) -> dict:
     """K-fold estimate, then the refit: see ``[train] folds`` and ``tfbreath.crossval``.
 
     Fold k's models train on the other folds' clips, stopped early on a session-grouped
@@ -310,6 +316,9 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
     evaluation.plot_confusion_matrix(labels, ensemble_oof, run_dir / "confusion_matrix.png",
                                      f"ensemble, out of fold ({n_folds} folds)")
     evaluation.plot_roc(labels, probabilities, run_dir / "roc.png", f"out of fold ({n_folds} folds)")
+    split = {"clips": len(examples), "sessions": len(set(examples.groups)), "skipped": len(everything.report.skipped)}
+    if not refit_all:
+        return {"split": split, "cross_validation": estimate}
 
     refit = {name: train.refit_setting(name, values) for name, values in chosen.items()}
     print(f"refit on all {len(kept)} clips with the epochs (and C) the folds chose: {refit}")
@@ -320,9 +329,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
     _save_ensemble(models, alphas, pipeline, run_dir, strategy)
     results["ensemble"] = {"weights": {name: float(a) for name, a in zip(models, alphas)}}
     _plot_training_curves(models, run_dir)
-    return {"split": {"clips": len(examples), "sessions": len(set(examples.groups)),
-                      "skipped": len(everything.report.skipped)},
-            "cross_validation": estimate, "models": results}
+    return {"split": split, "cross_validation": estimate, "models": results}
 
 
 def _is_icbhi_run(argv: list[str]) -> bool:
@@ -341,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         strategy = distribute.strategy_from_arguments(args)  # before anything fixes TensorFlow's devices
         pipeline, data_dir, run_dir = resolve(args, strategy)
-        summary = run(pipeline, data_dir, run_dir, strategy)
+        if not args.refit and pipeline.train.folds < 2:
+            raise ConfigError(f"--no-refit needs K-fold cross-validation (--folds K >= 2), got folds = "
+                              f"{pipeline.train.folds}")
+        summary = run(pipeline, data_dir, run_dir, strategy, args.refit)
     except (ConfigError, data.DataError, distribute.StrategyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

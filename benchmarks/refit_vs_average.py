@@ -28,6 +28,7 @@ import numpy as np
 
 from tfbreath import crossval, data, fit, train
 from tfbreath.config import load_config, with_overrides
+from tfbreath.run_folder import RunFolder
 
 DEFAULT_RUNS_DIR = Path("/tmp/refit_vs_average")
 BATCH = 64
@@ -52,9 +53,9 @@ def outer_data_dir(source: Path, keep: set[str], folder: Path) -> Path:
     return folder
 
 
-def member_probabilities(folder: Path, names: list[str], feature_set: data.FeatureSet) -> dict[str, np.ndarray]:
+def member_probabilities(folder: RunFolder, names: list[str], feature_set: data.FeatureSet) -> dict[str, np.ndarray]:
     """P(exhale) of every kept clip by each member saved in ``folder``. ``{name: [N]}``"""
-    return {name: train.predict_probabilities(keras.models.load_model(folder / f"{name}.keras"), feature_set, BATCH)
+    return {name: train.predict_probabilities(keras.models.load_model(folder.model_file(name)), feature_set, BATCH)
             for name in names}
 
 
@@ -82,13 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         held_out = examples.subset(np.flatnonzero(folds == outer))
         keep = {path.name for path, fold in zip(examples.files, folds) if fold != outer}
         base = args.runs_dir / f"outer_{outer}"
-        run_dir = base / "run"
-        metrics = fit.run(inner_recipe, outer_data_dir(args.data, keep, base / "data"), run_dir)
+        run = RunFolder(base / "run")
+        metrics = fit.run(inner_recipe, outer_data_dir(args.data, keep, base / "data"), run.path)
         weights = metrics["models"][crossval.ENSEMBLE]["weights"]
         names = list(weights)
         scored = data.extract(held_out, None, recipe, description=f"outer fold {outer}")
-        refit = member_probabilities(run_dir, names, scored)
-        per_fold = [member_probabilities(run_dir / f"{fit.FOLD_DIR_PREFIX}{k}", names, scored)
+        refit = member_probabilities(run, names, scored)
+        per_fold = [member_probabilities(run.fold(k), names, scored)
                     for k in range(inner_recipe.train.folds)]
         average = {name: np.mean([p[name] for p in per_fold], axis=0) for name in names}
         for way, members in (("refit", refit), ("fold_average", average)):
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         groups.extend(scored.kept_examples.groups)
     labels = np.concatenate(labels)
     table = {}
-    print(f"{recipe.name}: outer folds {args.outer} of {args.folds}, {len(labels)} clips, each scored by runs that never saw it")
+    print(f"{recipe.name}: outer folds {args.outer} of {args.folds}, {len(labels)} clips, "
+          f"each scored by runs that never saw it")
     print("| model | refit | fold average | average − refit [95 % CI] |")
     print("|---|---|---|---|")
     for name in outcomes["refit"]:

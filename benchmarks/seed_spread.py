@@ -24,6 +24,7 @@ import numpy as np
 from tfbreath import fit
 from tfbreath.config import PipelineConfig, load_config, with_overrides
 from tfbreath.precision import choose_precision
+from tfbreath.run_folder import RunFolder
 
 SCORES = ("accuracy", "roc_auc")
 
@@ -31,9 +32,10 @@ SCORES = ("accuracy", "roc_auc")
 def run_seed(pipeline: PipelineConfig, data_dir: Path, run_dir: Path) -> dict:
     """The ``cross_validation`` entry of one seed's K-fold run: read from a finished run of the
     same pipeline, else trained (or resumed) without the refit, which the spread does not need."""
-    metrics, saved = run_dir / fit.METRICS_FILE, run_dir / fit.PIPELINE_FILE
-    if metrics.is_file() and saved.is_file() and load_config(saved) == pipeline:
-        return json.loads(metrics.read_text())["cross_validation"]
+    folder = RunFolder(run_dir)
+    metrics = folder.read_metrics()
+    if metrics is not None and load_config(folder.pipeline_file) == pipeline:
+        return metrics["cross_validation"]
     return fit.run(pipeline, data_dir, run_dir, refit=False)["cross_validation"]
 
 

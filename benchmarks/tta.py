@@ -31,7 +31,7 @@ from tfbreath import crossval, data
 from tfbreath.audio import load_audio
 from tfbreath.config import load_config
 from tfbreath.features import extract_features
-from tfbreath.fit import FOLD_DIR_PREFIX, OOF_PREDICTIONS, PIPELINE_FILE
+from tfbreath.run_folder import RunFolder
 
 DEFAULT_SHIFTS_MS = (25.0, 50.0, 100.0)
 BATCH = 64
@@ -47,6 +47,12 @@ def shifted(y: np.ndarray, samples: int) -> np.ndarray:
     if samples < 0:
         return np.pad(y, (0, -samples), mode="reflect")[-samples:]
     return y
+
+
+def signed(gain: dict) -> str:
+    """``+0.004 [-0.006, +0.014]`` from ``crossval.paired_accuracy_gain``'s result."""
+    low, high = gain["ci95"]
+    return f"{gain['pooled']:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def read_oof(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str], dict[str, np.ndarray]]:
@@ -77,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
-    pipeline = load_config(args.run / PIPELINE_FILE)
-    files, labels, folds, sessions, recorded = read_oof(args.run / OOF_PREDICTIONS)
+    run = RunFolder(args.run)
+    pipeline = load_config(run.pipeline_file)
+    files, labels, folds, sessions, recorded = read_oof(run.oof_predictions)
     ensemble_recorded = recorded.pop(crossval.ENSEMBLE)
     rate = pipeline.audio.sample_rate
     featurize = tf.function(lambda y: extract_features(y, pipeline), reduce_retracing=True)
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     per_offset = {offset: {m: np.zeros(len(files)) for m in recorded} for offset in offsets}  # {offset: {m: [N]}}
     for fold in range(int(folds.max()) + 1):
         own = np.flatnonzero(folds == fold)
-        models = {m: keras.models.load_model(args.run / f"{FOLD_DIR_PREFIX}{fold}" / f"{m}.keras") for m in recorded}
+        models = {m: keras.models.load_model(run.fold(fold).model_file(m)) for m in recorded}
         for offset in offsets:
             moved = np.stack([shifted(y, offset) for y in waveforms[own]])  # [N_k, n]
             for m, p in member_probabilities(models, moved, featurize).items():
@@ -111,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {m: {"accuracy": round(crossval.accuracy(labels, p), 4),
                    "gain": crossval.paired_accuracy_gain(labels, p, plain[m], sessions)} for m, p in averaged.items()}
         table[f"±{ms:g} ms"] = row
-        print(f"| ±{ms:g} ms | " + " | ".join(
-            f"{v['accuracy']:.3f} ({v['gain']['pooled']:+.3f} [{v['gain']['ci95'][0]:+.3f}, {v['gain']['ci95'][1]:+.3f}])"
-            for v in row.values()) + " |")
+        print(f"| ±{ms:g} ms | " + " | ".join(f"{v['accuracy']:.3f} ({signed(v['gain'])})" for v in row.values()) + " |")
     if args.json:
         args.json.write_text(json.dumps({"run": str(args.run), "drift": drift, "table": table}, indent=1))
     return 0

@@ -18,6 +18,7 @@ from tfbreath.augment import Augmenter
 from tfbreath.config import PipelineConfig, load_config, parse_config, with_overrides
 from tfbreath.ensemble import WeightedSigmoidAverage, build_ensemble, softmax_weights
 from tfbreath.precision import choose_precision
+from tfbreath.run_folder import OOF_PREDICTIONS
 from tfbreath.synthetic import write_synthetic_breath
 
 TINY = with_overrides(with_overrides(PipelineConfig(), "train", model_width=0.125, epochs=3,
@@ -201,7 +202,7 @@ def cv_run(cv_data, tmp_path_factory):
 
 def test_k_fold_run_predicts_every_clip_out_of_fold_and_refits(cv_run, cv_data):
     out, metrics = cv_run
-    with open(out / fit.OOF_PREDICTIONS, newline="") as handle:
+    with open(out / OOF_PREDICTIONS, newline="") as handle:
         rows = list(csv.DictReader(handle))
     examples = data.read_kaggle_train(cv_data)
     assert sorted(row["file"] for row in rows) == sorted(f.name for f in examples.files)  # each clip once
@@ -242,7 +243,7 @@ def test_k_fold_run_resumes_without_training_again(cv_run, capsys):
 def test_the_same_seed_repeats_a_run_exactly_and_no_refit_stops_at_the_estimate(cv_run, cv_data, tmp_path):
     out, metrics = cv_run
     again = fit.run(CV_TINY, cv_data, tmp_path, refit=False)
-    assert (tmp_path / fit.OOF_PREDICTIONS).read_text() == (out / fit.OOF_PREDICTIONS).read_text()
+    assert (tmp_path / OOF_PREDICTIONS).read_text() == (out / OOF_PREDICTIONS).read_text()
     assert again["cross_validation"] == metrics["cross_validation"] and "models" not in again
     assert not list(tmp_path.glob("*.keras"))  # fold models only
 

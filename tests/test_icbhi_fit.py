@@ -20,6 +20,7 @@ from tfbreath.icbhi.resnet import build_respirenet
 from tfbreath.icbhi.spectrogram import cycle_spectrogram, spectrogram_shape
 from tfbreath.icbhi.synthetic import synthetic_cycle, write_recording, write_synthetic_icbhi
 from tfbreath.precision import PRECISION_ENV, global_policy, policy_of
+from tfbreath.run_folder import PIPELINE_FILE
 
 QUICK = REPO / "pipelines" / "icbhi_quick.toml"
 
@@ -195,7 +196,7 @@ def test_a_run_failing_before_training_does_not_block_its_corrected_rerun(tmp_pa
     broken = with_overrides(_tiny(IcbhiConfig(name="tiny")), "model", initial_weights=str(tmp_path / "none.keras"))
     with pytest.raises(IcbhiError, match="none.keras"):
         fit.run(broken, data, out)
-    assert not (out / fit.PIPELINE_FILE).exists()
+    assert not (out / PIPELINE_FILE).exists()
     # The corrected pipeline gets past the run folder's check (here to an empty data folder's error).
     (tmp_path / "empty").mkdir()
     with pytest.raises(IcbhiError, match="no usable ICBHI recordings"):
@@ -209,12 +210,12 @@ def test_a_resumed_run_is_matched_by_its_parsed_pipeline(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     text = dump_icbhi_config(config)
-    (out / fit.PIPELINE_FILE).write_text("# copied by hand\n" + text.replace(" = ", "   =   "))
+    (out / PIPELINE_FILE).write_text("# copied by hand\n" + text.replace(" = ", "   =   "))
     with pytest.raises(IcbhiError, match="no usable ICBHI recordings"):  # past the check: the same pipeline
         fit.run(config, empty, out)
     with pytest.raises(ConfigError, match="holds a run of a different pipeline"):
         fit.run(with_overrides(config, "train", epochs=5), empty, out)
-    (out / fit.PIPELINE_FILE).write_text("not a pipeline [")
+    (out / PIPELINE_FILE).write_text("not a pipeline [")
     with pytest.raises(ConfigError, match="holds a run of a different pipeline"):
         fit.run(config, empty, out)
 

@@ -31,7 +31,6 @@ per replica. Workers other than the chief write to ``<run folder>/worker_<i>``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import sys
@@ -43,22 +42,17 @@ import numpy as np
 import tensorflow as tf
 
 from tfbreath import artifacts, crossval, data, distribute, evaluation, synthetic, train
-from tfbreath.checkpoint import BACKUP_DIR
 from tfbreath.config import POOLED_MODEL, ConfigError, PipelineConfig, dump_config, load_config, with_overrides
 from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import build_ensemble, softmax_weights
 from tfbreath.icbhi import fit as icbhi_fit
 from tfbreath.icbhi.config import is_icbhi_pipeline
 from tfbreath.precision import choose_precision, global_policy, policy_of
+from tfbreath.run_folder import RunFolder
 
 DATA_ENV = "TFBREATH_DATA"
 RUNS_DIR = Path("saved_models")
 SYNTHETIC_SUFFIX = "_synthetic"
-PIPELINE_FILE = "pipeline.toml"
-METRICS_FILE = "metrics.json"
-VALIDATION_PREDICTIONS = "validation_predictions.csv"
-OOF_PREDICTIONS = "oof_predictions.csv"
-FOLD_DIR_PREFIX = "fold_"
 
 SYNTHETIC_RECIPE = {
     "train": {"epochs": 8, "model_width": 0.25, "early_stopping_patience": 8},
@@ -115,14 +109,6 @@ def resolve(args: argparse.Namespace,
     return pipeline, data_dir, run_dir
 
 
-def _check_run_dir(run_dir: Path, pipeline: PipelineConfig) -> None:
-    """Refuse a run folder that holds a run of another pipeline (a resumed run must use the same)."""
-    saved = run_dir / PIPELINE_FILE
-    if saved.exists() and load_config(saved) != pipeline:  # compared as configs: new keys keep their defaults
-        raise ConfigError(f"{run_dir}: holds a run of a different pipeline ({saved}); "
-                          f"pass another --out or delete the folder")
-
-
 def _require_both_classes(feature_set: data.FeatureSet, split: str, data_dir: Path) -> None:
     """Refuse to train when a split has no decodable clip of some class (the skip report says why)."""
     kept = feature_set.kept_examples
@@ -148,7 +134,7 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path,
     fails on its data leaves nothing that blocks a corrected rerun.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    _check_run_dir(run_dir, pipeline)
+    RunFolder(run_dir).refuse_other_run(pipeline, load_config)  # new keys keep their defaults
     keras.utils.set_random_seed(pipeline.data.seed)
     with global_policy(choose_precision(pipeline.train.precision)) as policy:
         return _train_and_report(pipeline, data_dir, run_dir, strategy, policy, refit)
@@ -174,7 +160,7 @@ def _train_and_report(pipeline: PipelineConfig, data_dir: Path, run_dir: Path, s
                "strategy": {"name": distribute.strategy_name(strategy), "replicas": strategy.num_replicas_in_sync,
                             "global_batch_size": distribute.global_batch_size(pipeline.data.batch_size, strategy)},
                **summary, "wall_seconds": round(time.monotonic() - started, 1)}
-    artifacts.write_json(run_dir / METRICS_FILE, summary)
+    RunFolder(run_dir).write_metrics(summary)
     return summary
 
 
@@ -191,14 +177,13 @@ def _train_members(pipeline: PipelineConfig, train_set: data.FeatureSet, val_set
         records[name] = {"parameters": int(models[name].count_params()),
                          "dtype_policy": policy_of(models[name]),  # a resumed run may mix machines
                          "train_seconds": round(time.monotonic() - started, 1)}
-    with contextlib.suppress(OSError):  # each model empties its own folder once saved
-        (folder / BACKUP_DIR).rmdir()
+    RunFolder(folder).drop_empty_backups()
     return models, records
 
 
 def _plot_training_curves(models: dict[str, keras.Model], run_dir: Path) -> None:
     """Loss and accuracy per epoch of the members trained by epochs (the pooled member has none)."""
-    epochs_of = {n: run_dir / f"history_{n}.csv" for n in models if n != POOLED_MODEL}
+    epochs_of = {n: RunFolder(run_dir).history_file(n) for n in models if n != POOLED_MODEL}
     if epochs_of:
         evaluation.plot_training_curves(epochs_of, run_dir / "training_curves.png")
 
@@ -207,7 +192,8 @@ def _save_ensemble(models: dict[str, keras.Model], alphas, pipeline: PipelineCon
                    strategy: tf.distribute.Strategy) -> keras.Model:
     with strategy.scope():  # the members' variables belong to the strategy
         ensemble = build_ensemble(models, alphas)
-    artifacts.save_model(ensemble, run_dir / "ensemble.keras", pipeline_toml=dump_config(pipeline))
+    artifacts.save_model(ensemble, RunFolder(run_dir).model_file(crossval.ENSEMBLE),
+                         pipeline_toml=dump_config(pipeline))
     return ensemble
 
 
@@ -225,7 +211,7 @@ def _validate_on_split(pipeline: PipelineConfig, examples: data.Examples, data_d
     print(val_set.report)
     _require_both_classes(train_set, "training", data_dir)
     _require_both_classes(val_set, "validation", data_dir)
-    artifacts.write_text(run_dir / PIPELINE_FILE, dump_config(pipeline))  # claims the folder
+    RunFolder(run_dir).claim(dump_config(pipeline))
     labels = val_set.kept_examples.labels
 
     models, results = _train_members(pipeline, train_set, val_set, run_dir, strategy)
@@ -245,7 +231,7 @@ def _validate_on_split(pipeline: PipelineConfig, examples: data.Examples, data_d
     evaluation.plot_confusion_matrix(labels, probabilities["ensemble"], run_dir / "confusion_matrix.png",
                                      "ensemble, validation split")
     evaluation.plot_roc(labels, probabilities, run_dir / "roc.png", "validation split")
-    evaluation.write_predictions(run_dir / VALIDATION_PREDICTIONS, val_set.kept_examples.files, labels,
+    evaluation.write_predictions(RunFolder(run_dir).validation_predictions, val_set.kept_examples.files, labels,
                                  probabilities)
     return {"split": {"train_clips": len(train_examples), "validation_clips": len(val_examples),
                       "train_sessions": len(set(train_examples.groups)),
@@ -279,12 +265,12 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
         tuple([position[f] for f in side.files] for side in data.split_by_session(
             kept.subset(np.flatnonzero(folds != fold)), pipeline.data.validation_fraction, seed))
         for fold in range(n_folds)]
-    artifacts.write_text(run_dir / PIPELINE_FILE, dump_config(pipeline))  # claims the folder
+    RunFolder(run_dir).claim(dump_config(pipeline))
 
     out_of_fold = {name: np.zeros(len(kept), np.float64) for name in pipeline.train.models}  # [N] each
     chosen = {name: [] for name in pipeline.train.models}  # per fold: best epoch count, or the pooled member's C
     for fold, (inner_train, inner_val) in enumerate(early_stopping_splits):
-        fold_dir = run_dir / f"{FOLD_DIR_PREFIX}{fold}"
+        fold_dir = RunFolder(run_dir).fold(fold).path
         held_out = np.flatnonzero(folds == fold)
         print(f"fold {fold + 1} of {n_folds}: train {len(inner_train)} clips, early-stopping validation "
               f"{len(inner_val)}, held out {len(held_out)} ({len(set(kept.subset(held_out).groups))} sessions)")
@@ -311,7 +297,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
         accuracy = estimate[name]["accuracy"]
         print(f"{name}: out-of-fold accuracy {accuracy['pooled']:.3f} (95 % interval {accuracy['ci95'][0]:.3f}-"
               f"{accuracy['ci95'][1]:.3f}; folds {accuracy['folds']})")
-    evaluation.write_predictions(run_dir / OOF_PREDICTIONS, kept.files, labels, probabilities,
+    evaluation.write_predictions(RunFolder(run_dir).oof_predictions, kept.files, labels, probabilities,
                                  {"session": kept.groups, "fold": folds})
     evaluation.plot_confusion_matrix(labels, ensemble_oof, run_dir / "confusion_matrix.png",
                                      f"ensemble, out of fold ({n_folds} folds)")

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from tfbreath import artifacts
 from tfbreath.augment import AugmentationSchedule, Augmenter
-from tfbreath.checkpoint import BACKUP_DIR, TrainingBackup
+from tfbreath.checkpoint import TrainingBackup
 from tfbreath.config import POOLED_MODEL, PipelineConfig, TrainConfig, dump_config
 from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
@@ -40,6 +40,7 @@ from tfbreath.evaluation import accuracy, log_loss
 from tfbreath.features import SCALARS
 from tfbreath.models import LOGIT, SCALAR_NORM, build_model_for_pipeline
 from tfbreath.models.pooled import POOLED_NORM, POOLED_STATS
+from tfbreath.run_folder import RunFolder
 
 CONSTANT_SPREAD = 1e-4
 """Relative spread over the training clips below which a pooled statistic is constant (e.g. the
@@ -142,7 +143,8 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
     ``[data] batch_size`` examples per replica.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    final = run_dir / f"{name}.keras"
+    folder = RunFolder(run_dir)
+    final = folder.model_file(name)
     finished = _finished_model(final, strategy, "trained")
     if finished is not None:
         return finished
@@ -159,13 +161,13 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
     batches = augmenter.apply(batches).prefetch(tf.data.AUTOTUNE)  # seeded: the same every run
     stopper = None if val_set is None else keras.callbacks.EarlyStopping(
         monitor="val_accuracy", mode="max", patience=train.early_stopping_patience, restore_best_weights=True)
-    backup = run_dir / BACKUP_DIR / name
     callbacks = [
         AugmentationSchedule(augmenter),
         *([stopper] if stopper else []),
-        keras.callbacks.CSVLogger(str(run_dir / f"history_{name}.csv"), append=True),
-        keras.callbacks.TensorBoard(str(run_dir / "logs" / name)),
-        TrainingBackup(backup, early_stopping=stopper),  # after the stopper: saves the epoch as it left it
+        keras.callbacks.CSVLogger(str(folder.history_file(name)), append=True),
+        keras.callbacks.TensorBoard(str(folder.logs_dir(name))),
+        # after the stopper: saves the epoch as the stopper left it
+        TrainingBackup(folder.backup_dir(name), early_stopping=stopper),
         *extra_callbacks,
     ]
     replicas = strategy.num_replicas_in_sync
@@ -179,7 +181,7 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
               epochs=epochs, callbacks=callbacks, shuffle=False,  # the tf.data pipeline shuffles
               verbose=1 if sys.stdout.isatty() else 2)
     artifacts.save_model(model, final, pipeline_toml=dump_config(pipeline))  # the model carries its features
-    shutil.rmtree(backup, ignore_errors=True)  # the finished model replaces its epoch checkpoints
+    shutil.rmtree(folder.backup_dir(name), ignore_errors=True)  # the finished model replaces its epoch checkpoints
     return model
 
 
@@ -219,7 +221,8 @@ def fit_pooled(pipeline: PipelineConfig, train_set: FeatureSet, val_set: Feature
     ``val_set`` (a refit on every clip) ``c`` is given.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    final = run_dir / f"{POOLED_MODEL}.keras"
+    folder = RunFolder(run_dir)
+    final = folder.model_file(POOLED_MODEL)
     finished = _finished_model(final, strategy, "fitted")
     if finished is not None:
         return finished
@@ -238,7 +241,7 @@ def fit_pooled(pipeline: PipelineConfig, train_set: FeatureSet, val_set: Feature
         for candidate in pipeline.train.pooled_c:
             p = _logistic_regression(z_train, labels, candidate).predict_proba(z_val)[:, 1]
             rows.append({"c": candidate, "val_loss": log_loss(val_labels, p), "val_accuracy": accuracy(val_labels, p)})
-        artifacts.write_text(run_dir / f"history_{POOLED_MODEL}.csv", "c,val_loss,val_accuracy\n" + "".join(
+        artifacts.write_text(folder.history_file(POOLED_MODEL), "c,val_loss,val_accuracy\n" + "".join(
             f"{r['c']!r},{r['val_loss']!r},{r['val_accuracy']!r}\n" for r in rows))
         c = min(rows, key=lambda r: r["val_loss"])["c"]
         x_train, labels = np.concatenate([x_train, x_val]), np.concatenate([labels, val_labels])
@@ -263,7 +266,7 @@ def best_c(history_csv: Path) -> float:
 def chosen_setting(name: str, folder: Path) -> float:
     """What the early-stopping split chose for a member trained in ``folder``: its best epoch
     count (gradient members) or its ``C`` (the pooled member)."""
-    history = folder / f"history_{name}.csv"
+    history = RunFolder(folder).history_file(name)
     return best_c(history) if name == POOLED_MODEL else best_epoch_count(history)
 
 

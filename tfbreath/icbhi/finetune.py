@@ -32,8 +32,9 @@ import keras
 import numpy as np
 
 from tfbreath import artifacts
-from tfbreath.checkpoint import BACKUP_DIR, TrainingBackup
+from tfbreath.checkpoint import TrainingBackup
 from tfbreath.icbhi.dataset import CycleSet
+from tfbreath.run_folder import MODEL_SUFFIX, RunFolder
 
 if TYPE_CHECKING:
     from tfbreath.icbhi.config import IcbhiConfig
@@ -42,10 +43,6 @@ STAGE1 = "stage1"
 """Name (and file stem) of the stage-1 model."""
 DEVICE_PREFIX = "device_"
 """File stem prefix of a device's fine-tuned copy: ``device_<DEVICE>.keras``."""
-
-
-def model_path(run_dir: Path, name: str) -> Path:
-    return Path(run_dir) / f"{name}.keras"
 
 
 def device_model_name(device: str) -> str:
@@ -67,25 +64,24 @@ def fit_stage(name: str, model: keras.Model, cycles: CycleSet, config: IcbhiConf
     ``validation`` is only evaluated and logged per epoch (``val_*`` in ``history_<name>.csv``),
     never used to pick weights: the model kept is the last epoch's.
     """
-    run_dir = Path(run_dir)
-    backup = run_dir / BACKUP_DIR / name
+    folder = RunFolder(run_dir)
     print(f"{name}: {len(cycles)} cycles, {epochs} epochs, batch {config.train.batch_size}, "
           f"learning rate {float(model.optimizer.learning_rate):g}")
     model.fit(cycles.dataset(config, config.train.batch_size, training=True, seed=seed),
               validation_data=None if validation is None else
               validation.dataset(config, config.train.batch_size, training=False),
               epochs=epochs, shuffle=False,  # the tf.data pipeline samples and shuffles
-              callbacks=[TrainingBackup(backup),
-                         keras.callbacks.CSVLogger(str(run_dir / f"history_{name}.csv"), append=True)],
+              callbacks=[TrainingBackup(folder.backup_dir(name)),
+                         keras.callbacks.CSVLogger(str(folder.history_file(name)), append=True)],
               verbose=1 if sys.stdout.isatty() else 2)
-    artifacts.save_model(model, model_path(run_dir, name))
-    shutil.rmtree(backup, ignore_errors=True)  # the finished stage replaces its epoch checkpoints
+    artifacts.save_model(model, folder.model_file(name))
+    shutil.rmtree(folder.backup_dir(name), ignore_errors=True)  # the finished stage replaces its checkpoints
 
 
 def train_stage1(model: keras.Model, cycles: CycleSet, config: IcbhiConfig, run_dir: Path, seed: int,
                  validation: CycleSet | None = None) -> keras.Model:
     """Stage 1 on every training cycle; a finished ``stage1.keras`` is loaded instead."""
-    path = model_path(run_dir, STAGE1)
+    path = RunFolder(run_dir).model_file(STAGE1)
     if path.exists():
         print(f"{STAGE1}: already trained, loading {path}")
         return keras.models.load_model(path)
@@ -131,9 +127,9 @@ class DeviceModels:
     @classmethod
     def load(cls, run_dir: Path) -> DeviceModels:
         """``stage1.keras`` and every ``device_<DEVICE>.keras`` of a finished run folder."""
-        model = keras.models.load_model(model_path(run_dir, STAGE1), compile=False)
+        model = keras.models.load_model(RunFolder(run_dir).model_file(STAGE1), compile=False)
         devices = {path.stem[len(DEVICE_PREFIX):]: keras.models.load_model(path, compile=False).get_weights()
-                   for path in sorted(Path(run_dir).glob(f"{DEVICE_PREFIX}*.keras"))}
+                   for path in sorted(Path(run_dir).glob(f"{DEVICE_PREFIX}*{MODEL_SUFFIX}"))}
         return cls(model, model.get_weights(), devices)
 
 
@@ -149,9 +145,10 @@ def finetune_devices(stage1: keras.Model, cycles: CycleSet, config: IcbhiConfig,
     copies = {}
     for device in sorted(set(cycles.devices.tolist())):
         name = device_model_name(device)
-        if model_path(run_dir, name).exists():
-            print(f"{name}: already fine-tuned, loading {model_path(run_dir, name)}")
-            copies[device] = keras.models.load_model(model_path(run_dir, name), compile=False).get_weights()
+        path = RunFolder(run_dir).model_file(name)
+        if path.exists():
+            print(f"{name}: already fine-tuned, loading {path}")
+            copies[device] = keras.models.load_model(path, compile=False).get_weights()
             continue
         stage1.set_weights(start)
         _restart_optimizer(stage1, config.train.finetune_learning_rate, config)

@@ -22,7 +22,6 @@ same command again resumes an interrupted run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,6 @@ import keras
 import numpy as np
 
 from tfbreath import artifacts
-from tfbreath.checkpoint import BACKUP_DIR
 from tfbreath.config import ConfigError, with_overrides
 from tfbreath.console import add_verbose_argument
 from tfbreath.icbhi.config import IcbhiConfig, dump_icbhi_config, load_icbhi_config, parse_icbhi_config
@@ -43,10 +41,9 @@ from tfbreath.icbhi.resnet import build_respirenet
 from tfbreath.icbhi.score import icbhi_scores, plot_confusion, to_two_class
 from tfbreath.icbhi.spectrogram import spectrogram_shape
 from tfbreath.precision import choose_precision, global_policy, policy_of
+from tfbreath.run_folder import RunFolder
 
 RUNS_DIR = Path("saved_models")
-PIPELINE_FILE = "pipeline.toml"
-"""The resolved pipeline in a run folder; a resumed run must match it."""
 FINETUNED = "finetuned"
 """Key of the device-routed (stage-2) results in ``metrics.json``; stage 1's is ``"stage1"``."""
 TWO_CLASS = 2
@@ -77,27 +74,8 @@ def resolve(args: argparse.Namespace) -> tuple[IcbhiConfig, Path, Path]:
     return config, args.data, run_dir
 
 
-def _check_run_dir(run_dir: Path, config: IcbhiConfig) -> None:
-    """Refuse a run folder whose ``pipeline.toml`` parses to another config (a resumed run must match).
-
-    Configs are compared parsed, so formatting, comments and key order do not matter.
-    """
-    saved = run_dir / PIPELINE_FILE
-    if not saved.exists():
-        return
-    try:
-        same = parse_icbhi_config(saved.read_text(encoding="utf-8"), source=str(saved)) == config
-    except (ConfigError, OSError, UnicodeDecodeError):
-        same = False
-    if not same:
-        raise ConfigError(f"{run_dir}: holds a run of a different pipeline ({saved}); "
-                          f"pass another --out or delete the folder")
-
-
-def _claim_run_dir(run_dir: Path, config: IcbhiConfig) -> None:
-    """Write the resolved config into the run folder: called once the data is read and the model built,
-    so a run that fails before training leaves no ``pipeline.toml`` to block its corrected rerun."""
-    artifacts.write_text(run_dir / PIPELINE_FILE, dump_icbhi_config(config))
+def _parse_saved(path: Path) -> IcbhiConfig:
+    return parse_icbhi_config(path.read_text(encoding="utf-8"), source=str(path))
 
 
 def evaluate(probabilities: np.ndarray, cycles: CycleSet, classes: int) -> dict[str, Any]:
@@ -138,7 +116,7 @@ def run(config: IcbhiConfig, data_dir: Path, run_dir: Path) -> dict[str, Any]:
     been read and the model built, so a run that fails before training blocks no corrected rerun.
     """
     run_dir = Path(run_dir)
-    _check_run_dir(run_dir, config)
+    RunFolder(run_dir).refuse_other_run(config, _parse_saved)
     with global_policy(choose_precision(config.train.precision)) as precision:
         return _train_and_score(config, Path(data_dir), run_dir, precision)
 
@@ -154,7 +132,7 @@ def _train_and_score(config: IcbhiConfig, data_dir: Path, run_dir: Path, precisi
     train = config.train
     model = build_respirenet(spectrogram_shape(config), train.classes, config.model)
     print(f"RespireNet: {model.count_params():,} parameters, input {spectrogram_shape(config)}")
-    _claim_run_dir(run_dir, config)
+    RunFolder(run_dir).claim(dump_icbhi_config(config))  # data read, model built: nothing blocks a rerun
     seconds = {}
     stage_started = time.monotonic()
     stage1 = train_stage1(model, train_set, config, run_dir, seed, validation=test_set)
@@ -167,8 +145,7 @@ def _train_and_score(config: IcbhiConfig, data_dir: Path, run_dir: Path, precisi
         seconds[FINETUNED] = time.monotonic() - stage_started
         finetuned_devices = sorted(devices.devices)
         probabilities[FINETUNED] = devices.predict(test_set, config)
-    with contextlib.suppress(OSError):  # each stage removes its own checkpoints once saved
-        (run_dir / BACKUP_DIR).rmdir()
+    RunFolder(run_dir).drop_empty_backups()  # each stage removes its own checkpoints once saved
 
     results = {stage: evaluate(p, test_set, train.classes) for stage, p in probabilities.items()}
     plot_confusion({f"{stage}, test split": results[stage]["confusion_matrix"] for stage in results},
@@ -189,7 +166,7 @@ def _train_and_score(config: IcbhiConfig, data_dir: Path, run_dir: Path, precisi
         "train_seconds": {stage: round(value, 1) for stage, value in seconds.items()},
         "wall_seconds": round(time.monotonic() - started, 1),
     }
-    artifacts.write_json(run_dir / "metrics.json", summary)
+    RunFolder(run_dir).write_metrics(summary)
     return summary
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from tfbreath.icbhi.reader import IcbhiError
 from tfbreath.models.blocks import CONV_INITIALIZER, batch_norm, scaled
+from tfbreath.run_folder import MODEL_SUFFIX
 
 if TYPE_CHECKING:
     from tfbreath.icbhi.config import ModelConfig
@@ -56,7 +57,6 @@ BACKBONE_CHANNELS = 3
 """The backbone reads RGB-like input, so ImageNet-trained weights fit its first conv."""
 PROBABILITIES_DTYPE = "float32"
 WEIGHTS_SUFFIX = ".weights.h5"
-MODEL_SUFFIX = ".keras"
 SHAPE_MISMATCH = re.compile(r"variable\.shape=\([^)]*\), Received: value\.shape=\([^)]*\)")
 """The informative part of Keras' error for a weight of the wrong shape."""
 

@@ -5,8 +5,9 @@
 
 In-graph: the exact tf.data graph training uses (read -> decode -> nine maps + 39 scalars,
 batched), uncached, read in batches as training reads it, timed after two warm-up batches so
-tracing is not counted. librosa: load + ``reference_maps`` + ``reference_scalars`` per clip,
-timed twice: in one process (the usual precompute loop; NumPy's BLAS may use both cores) and
+tracing is not counted. librosa: load + ``reference_maps`` + ``reference_scalars`` per clip
+(the parity tests' reference, imported from ``tests/librosa_reference``), timed twice: in one
+process (the usual precompute loop; NumPy's BLAS may use both cores) and
 in a pool with one single-threaded process per core (the whole machine, like the in-graph
 side). The three timings are interleaved over ``--rounds`` rounds and each side's median is
 reported, so drift in the (shared, virtual) machine's speed hits both sides alike. Prints clips/s
@@ -22,13 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "breath"
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the librosa reference lives with the tests, not in the package
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "breath"
 WARM_UP_BATCHES = 2
 """Tracing, graph optimisation and the first runs are not timed."""
 
@@ -36,9 +41,9 @@ WARM_UP_BATCHES = 2
 def _librosa_features(path: str) -> int:
     import librosa
 
+    from librosa_reference.maps import reference_maps
+    from librosa_reference.scalars import reference_scalars
     from tfbreath.config import PipelineConfig
-    from tfbreath.reference.maps import reference_maps
-    from tfbreath.reference.scalars import reference_scalars
 
     pipeline = PipelineConfig()
     rate = pipeline.audio.sample_rate

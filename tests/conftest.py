@@ -1,5 +1,6 @@
-"""Shared test fixtures: paths to ../shared/data, small synthetic audio made on the fly, and
-the tolerance for one clip's scalars computed along different paths."""
+"""Shared test fixtures: paths to ../shared/data, small synthetic audio made on the fly (including
+the breathing-like clips of the librosa parity tests), and the tolerance for one clip's scalars
+computed along different paths."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.signal
 import soundfile as sf
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402  (after the TF log level)
 
+from tfbreath import synthetic  # noqa: E402
 from tfbreath.scalars import SCALAR_NAMES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +70,65 @@ def breath_like(seed: int, seconds: float = 1.0, sample_rate: int = SAMPLE_RATE)
     noise = np.convolve(rng.standard_normal(n), np.hanning(16), mode="same")
     swell = np.sin(np.pi * np.linspace(0.05, 0.95, n)) ** 2
     return (0.3 * noise / np.abs(noise).max() * swell).astype(np.float32)
+
+
+PARITY_KINDS = ("inhale", "exhale", "breath", "wheeze", "chirp", "crackles")
+"""The synthetic clips of the librosa parity tests (``parity_clip``), so every feature is checked
+without ``../shared``: ``tfbreath.synthetic``'s inhale and exhale (band-passed noise under a
+Gaussian swell, over hiss), ``breath_like``, a wheeze (a tone under a swell in breath noise), a
+chirp (a sweep under a Hann window) and crackles (short decaying bursts in breath noise)."""
+
+PARITY_HISS = 0.01
+"""RMS of the noise floor under the wheeze, chirp and crackles (-30 dB re their tones). Burg's LPC
+of a noiseless tone or sweep is round-off, float32 in one implementation and float64 in the other
+(measured: LPC maps apart by O(1)); a stethoscope always hears some hiss."""
+
+TONE_AMPLITUDE = 0.3
+"""Peak of the wheeze's tone, the chirp and each crackle."""
+
+BACKGROUND_GAIN = 0.5
+"""Gain on ``breath_like`` under the wheeze and the crackles."""
+
+WHEEZE_HZ = (150.0, 1000.0)
+"""The wheeze's pitch is drawn from this range (wheezes sit roughly at 100 Hz - 1 kHz)."""
+
+CHIRP_HZ = (100.0, 4000.0)
+"""The chirp's start and end frequencies are drawn from this range (start below end)."""
+
+CRACKLES_PER_CLIP = 12
+CRACKLE_SAMPLES = 400
+"""25 ms per crackle at 16 kHz."""
+CRACKLE_DECAY_SAMPLES = 60
+"""A crackle's exponential decay constant (about 4 ms)."""
+CRACKLE_HZ = (300.0, 1500.0)
+"""Each crackle's ringing frequency is drawn from this range."""
+
+
+def parity_clip(kind: str, seed: int) -> np.ndarray:
+    """One 1-s clip of a ``PARITY_KINDS`` kind at ``SAMPLE_RATE``, varied by ``seed``. ``[n]`` float32"""
+    rng = np.random.default_rng((PARITY_KINDS.index(kind), seed))
+    n = SAMPLE_RATE
+    t = np.arange(n) / SAMPLE_RATE
+    if kind in ("inhale", "exhale"):
+        band_shift = rng.uniform(-synthetic.BAND_JITTER, synthetic.BAND_JITTER)
+        return synthetic.synthetic_clip(kind[0].upper(), rng, SAMPLE_RATE, n, band_shift,
+                                        rng.uniform(*synthetic.GAIN_RANGE_DB))
+    if kind == "breath":
+        return breath_like(seed)
+    hiss = PARITY_HISS * rng.standard_normal(n)
+    if kind == "wheeze":
+        tone = np.sin(2 * np.pi * rng.uniform(*WHEEZE_HZ) * t) * np.sin(np.pi * t) ** 2
+        y = TONE_AMPLITUDE * tone + BACKGROUND_GAIN * breath_like(seed) + hiss
+    elif kind == "chirp":
+        low, high = np.sort(rng.uniform(*CHIRP_HZ, size=2))
+        y = TONE_AMPLITUDE * scipy.signal.chirp(t, low, t[-1], high) * np.hanning(n) + hiss
+    else:  # crackles
+        y = BACKGROUND_GAIN * breath_like(seed) + hiss
+        k = np.arange(CRACKLE_SAMPLES)
+        for start in rng.integers(0, n - CRACKLE_SAMPLES, CRACKLES_PER_CLIP):
+            ringing = np.sin(2 * np.pi * rng.uniform(*CRACKLE_HZ) * k / SAMPLE_RATE)
+            y[start:start + CRACKLE_SAMPLES] += TONE_AMPLITUDE * np.exp(-k / CRACKLE_DECAY_SAMPLES) * ringing
+    return y.astype(np.float32)
 
 
 @pytest.fixture

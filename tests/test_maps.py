@@ -1,4 +1,4 @@
-"""The nine spectral maps: librosa parity on real clips, known answers, batching, graph mode."""
+"""The nine spectral maps: librosa parity on synthetic and real clips, known answers, batching, graph mode."""
 
 from __future__ import annotations
 
@@ -9,47 +9,86 @@ import pytest
 import soundfile as sf
 import tensorflow as tf
 
-from conftest import SAMPLE_RATE, breath_like, needs_breath, real_clips, sine
+from conftest import PARITY_KINDS, SAMPLE_RATE, breath_like, needs_breath, parity_clip, real_clips, sine
+from librosa_reference.maps import reference_maps, reference_raw_maps
 from tfbreath import filters, maps, spectral
 from tfbreath.config import MAP_NAMES, FeatureConfig
-from tfbreath.reference.maps import reference_maps, reference_raw_maps
 
 FEATURES = FeatureConfig()
 N_PARITY_CLIPS = 12
 PARITY_MIN_CORRELATION = 0.9999
 """Per map and per clip; tighter than the 0.99 the issue asks, since every map is exact up to float32."""
 PARITY_MAX_ABS = 0.01
-"""On the z-scored maps (unit variance); the worst value seen on real clips is ~2e-3."""
+"""On the z-scored maps (unit variance); the worst value seen on real clips is ~2e-3, on the
+synthetic ones 6e-5. Both checks are needed: the modulation map of another clip still correlates
+0.99999 (88 of its 128 rows are padding at the map's far-off minimum); only the absolute error
+(0.46) tells them apart."""
+RAW_PARITY_RTOL = 1e-4
+"""Raw maps: error / the map's largest |value| (measured: 1.2e-5 on real clips, 6e-6 synthetic)."""
+TEMPOGRAM_ATOL = 1e-4
+"""The raw tempogram is already normalised to [-1, 1] per frame (measured: <= 1.5e-6)."""
 
 
 def _maps(y, features=FEATURES):
     return maps.spectral_maps(y, SAMPLE_RATE, features).numpy()
 
 
-@needs_breath
-@pytest.mark.parametrize("path", real_clips(N_PARITY_CLIPS), ids=lambda p: p.stem)
-def test_every_map_matches_librosa_on_real_clips(path):
-    y, sample_rate = sf.read(path, dtype="float32")
-    assert sample_rate == SAMPLE_RATE
-    ours = _maps(y)
-    reference = reference_maps(y, SAMPLE_RATE, FEATURES)
-    assert ours.shape == reference.shape == (128, 63, 9)
+def _map_mismatches(ours: np.ndarray, reference: np.ndarray) -> dict[str, str]:
+    """The maps (``[n_mels, frames, 9]`` each) that miss the parity tolerances, with how far."""
+    assert ours.shape == reference.shape == (128, 63, len(MAP_NAMES))
+    mismatches = {}
     for channel, name in enumerate(MAP_NAMES):
         a, b = ours[..., channel].ravel(), reference[..., channel].ravel()
-        assert np.corrcoef(a, b)[0, 1] >= PARITY_MIN_CORRELATION, name
-        assert np.abs(a - b).max() <= PARITY_MAX_ABS, name
+        correlation, worst = np.corrcoef(a, b)[0, 1], np.abs(a - b).max()
+        if not (correlation >= PARITY_MIN_CORRELATION and worst <= PARITY_MAX_ABS):
+            mismatches[name] = f"correlation {correlation:.6f}, max |error| {worst:.2e}"
+    return mismatches
 
 
-@needs_breath
-def test_raw_maps_match_librosa_before_normalisation():
-    y, _ = sf.read(real_clips(1)[0], dtype="float32")
+def _assert_raw_maps_match_librosa(y: np.ndarray) -> None:
     ours = maps.raw_maps(y, SAMPLE_RATE, FEATURES)
     reference = reference_raw_maps(y, SAMPLE_RATE, FEATURES)
     for name in ("mel", "mfcc", "gammatone", "chroma"):
         raw = ours[name].numpy().T
         scale = np.abs(reference[name]).max()
-        np.testing.assert_allclose(raw, reference[name], atol=1e-4 * scale, err_msg=name)
-    np.testing.assert_allclose(ours["tempogram"].numpy().T, reference["tempogram"], atol=1e-4)
+        np.testing.assert_allclose(raw, reference[name], atol=RAW_PARITY_RTOL * scale, err_msg=name)
+    np.testing.assert_allclose(ours["tempogram"].numpy().T, reference["tempogram"], atol=TEMPOGRAM_ATOL)
+
+
+def _real_clip(path) -> np.ndarray:
+    y, sample_rate = sf.read(path, dtype="float32")
+    assert sample_rate == SAMPLE_RATE
+    return y
+
+
+@pytest.mark.parametrize("kind", PARITY_KINDS)
+def test_every_map_matches_librosa_on_synthetic_breathing(kind):
+    y = parity_clip(kind, seed=0)
+    assert _map_mismatches(_maps(y), reference_maps(y, SAMPLE_RATE, FEATURES)) == {}
+
+
+def test_map_parity_fails_against_the_reference_of_another_clip():
+    # The same kind, another seed: the closest wrong input. Every map must notice.
+    ours = _maps(parity_clip("breath", seed=0))
+    other = reference_maps(parity_clip("breath", seed=1), SAMPLE_RATE, FEATURES)
+    assert _map_mismatches(ours, other).keys() == set(MAP_NAMES)
+
+
+@needs_breath
+@pytest.mark.parametrize("path", real_clips(N_PARITY_CLIPS), ids=lambda p: p.stem)
+def test_every_map_matches_librosa_on_real_clips(path):
+    y = _real_clip(path)
+    assert _map_mismatches(_maps(y), reference_maps(y, SAMPLE_RATE, FEATURES)) == {}
+
+
+@pytest.mark.parametrize("kind", PARITY_KINDS)
+def test_raw_maps_match_librosa_before_normalisation_on_synthetic_breathing(kind):
+    _assert_raw_maps_match_librosa(parity_clip(kind, seed=0))
+
+
+@needs_breath
+def test_raw_maps_match_librosa_before_normalisation_on_a_real_clip():
+    _assert_raw_maps_match_librosa(_real_clip(real_clips(1)[0]))
 
 
 def test_silence_gives_all_zero_maps():

@@ -21,7 +21,7 @@ Recipe (16 kHz, n_fft 512, hop 256, centred frames; librosa defaults otherwise):
 Two documented choices where librosa's own path cannot run in-graph or is data-dependent:
 chroma uses A440 tuning instead of a per-clip tuning estimate, and CENS is computed from the
 STFT chroma instead of a CQT chroma. LPC frames are centred on the STFT frames (hop 256) so
-the map spans the whole clip. The reference in ``tfbreath.reference.maps`` makes the same
+the map spans the whole clip. The librosa reference of the parity tests makes the same
 choices with librosa calls.
 """
 

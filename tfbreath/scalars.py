@@ -1,8 +1,8 @@
 """The 39 scalar features of the breathing-phase paper, computed in-graph.
 
 ``scalar_features(y)`` maps waveforms ``[..., n]`` to ``[..., 39]`` float32 with plain TF ops
-(usable inside ``tf.data.Dataset.map``, no ``tf.py_function``). The NumPy/librosa ground truth
-is ``tfbreath.reference.scalars.reference_scalars``; the order is ``SCALAR_NAMES``:
+(usable inside ``tf.data.Dataset.map``, no ``tf.py_function``). The ground truth is the
+parity tests' literal NumPy/librosa implementation; the order is ``SCALAR_NAMES``:
 
 ====  ===========================================================================
  0-7  RMS and zero-crossing rate (frame 2048, hop 256): mean, std, max, min of each

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import InterruptAfter
-from tfbreath import artifacts, data, fit, train
-from tfbreath.augment import Augmenter
+from tfbreath import artifacts, data, fit, run_folder, train
 from tfbreath.config import PipelineConfig, load_config, parse_config, with_overrides
 from tfbreath.ensemble import WeightedSigmoidAverage, build_ensemble, softmax_weights
 from tfbreath.precision import choose_precision
@@ -79,10 +78,9 @@ def test_an_interrupted_model_resumes_from_its_last_epoch(tiny_sets, tmp_path):
     train_set, val_set = tiny_sets
     pipeline = with_overrides(TINY, "train", epochs=4)
     with pytest.raises(KeyboardInterrupt):
-        train.train_model("cnn8", pipeline, train_set, val_set, tmp_path, Augmenter(pipeline.augment, seed=0),
-                          extra_callbacks=(InterruptAfter(1),))
+        train.train_model("cnn8", pipeline, train_set, val_set, tmp_path, extra_callbacks=(InterruptAfter(1),))
     assert not (tmp_path / "cnn8.keras").exists()
-    train.train_model("cnn8", pipeline, train_set, val_set, tmp_path, Augmenter(pipeline.augment, seed=0))
+    train.train_model("cnn8", pipeline, train_set, val_set, tmp_path)
     with open(tmp_path / "history_cnn8.csv", newline="") as handle:
         epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
     assert epochs == [0, 1, 2, 3]  # epochs 0-1 before the crash, 2-3 after: none repeated
@@ -90,8 +88,8 @@ def test_an_interrupted_model_resumes_from_its_last_epoch(tiny_sets, tmp_path):
 
 
 def test_fit_without_data_trains_on_synthetic_audio_and_writes_every_artifact(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv(fit.DATA_ENV, raising=False)
-    monkeypatch.setitem(fit.SYNTHETIC_RECIPE, "train", {"epochs": 2, "model_width": 0.125})
+    monkeypatch.delenv(run_folder.DATA_ENV, raising=False)
+    monkeypatch.setitem(run_folder.SYNTHETIC_RECIPE, "train", {"epochs": 2, "model_width": 0.125})
     out = tmp_path / "run"
     assert fit.main(["--out", str(out), "--seed", "3"]) == 0
     said = capsys.readouterr().out
@@ -173,9 +171,9 @@ def test_a_folder_of_undecodable_clips_trains_nothing_and_blocks_no_rerun(tmp_pa
 
 def test_synthetic_recipe_values_are_valid():
     pipeline = PipelineConfig()
-    for section, values in fit.SYNTHETIC_RECIPE.items():
+    for section, values in run_folder.SYNTHETIC_RECIPE.items():
         pipeline = with_overrides(pipeline, section, **values)
-    assert dataclasses.replace(pipeline.train).epochs == fit.SYNTHETIC_RECIPE["train"]["epochs"]
+    assert dataclasses.replace(pipeline.train).epochs == run_folder.SYNTHETIC_RECIPE["train"]["epochs"]
 
 
 def test_training_accuracy_scores_mixed_labels_by_their_dominant_class():

@@ -31,8 +31,6 @@ per replica. Workers other than the chief write to ``<run folder>/worker_<i>``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,8 +39,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfbreath import artifacts, crossval, data, distribute, evaluation, synthetic, train
-from tfbreath.config import POOLED_MODEL, ConfigError, PipelineConfig, dump_config, load_config, with_overrides
+from tfbreath import artifacts, crossval, data, distribute, evaluation, run_folder, train
+from tfbreath.config import POOLED_MODEL, ConfigError, PipelineConfig, dump_config, load_config
 from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import build_ensemble, softmax_weights
 from tfbreath.icbhi import fit as icbhi_fit
@@ -50,22 +48,11 @@ from tfbreath.icbhi.config import is_icbhi_pipeline
 from tfbreath.precision import choose_precision, global_policy, policy_of
 from tfbreath.run_folder import RunFolder
 
-DATA_ENV = "TFBREATH_DATA"
-RUNS_DIR = Path("saved_models")
-SYNTHETIC_SUFFIX = "_synthetic"
-
-SYNTHETIC_RECIPE = {
-    "train": {"epochs": 8, "model_width": 0.25, "early_stopping_patience": 8},
-    "augment": {"warmup_epochs": 2},
-    "data": {"batch_size": 32},
-}
-"""Overrides for the no-data demo: small models, few epochs, so it finishes in minutes on a CPU."""
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tfbreath.fit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline", type=Path, help="pipeline TOML (default: the embedded breath-phase recipe)")
-    parser.add_argument("--data", type=Path, help=f"Kaggle-layout data folder (default: ${DATA_ENV}, else synthetic)")
+    parser.add_argument("--data", type=Path,
+                        help=f"Kaggle-layout data folder (default: ${run_folder.DATA_ENV}, else synthetic)")
     parser.add_argument("--out", type=Path, help="run folder (default: saved_models/<pipeline name>)")
     parser.add_argument("--epochs", type=int, help="override [train] epochs")
     parser.add_argument("--models", help="comma-separated, e.g. cnn8,vgg (override [train] models)")
@@ -83,30 +70,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resolve(args: argparse.Namespace,
             strategy: tf.distribute.Strategy | None = None) -> tuple[PipelineConfig, Path, Path]:
-    """The pipeline with flags applied, the data folder (made if synthetic) and this process's run folder."""
-    pipeline = load_config(args.pipeline) if args.pipeline else PipelineConfig()
-    data_dir = args.data or (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
-    if data_dir is None:
-        for section, values in SYNTHETIC_RECIPE.items():
-            pipeline = with_overrides(pipeline, section, **values)
-        pipeline = with_overrides(pipeline, "data", cache="memory")
-        pipeline = dataclasses.replace(pipeline, name=pipeline.name + SYNTHETIC_SUFFIX)
+    """The pipeline with flags applied, the data folder (made if synthetic) and this process's run
+    folder (``run_folder.resolve``)."""
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
-    pipeline = with_overrides(pipeline, "train", epochs=args.epochs, models=models, precision=args.precision,
-                              folds=args.folds)
-    pipeline = with_overrides(pipeline, "data", seed=args.seed)
-    run_dir = distribute.worker_run_dir(args.out or RUNS_DIR / pipeline.name,
-                                        strategy or tf.distribute.get_strategy())
-    if data_dir is None:
-        print(f"No data folder given (--data) or set (${DATA_ENV}): training a small, fast demo on "
-              f"synthetic inhale/exhale-like audio written to {run_dir / 'synthetic_data'}. "
-              f"Pass --data DIR (Kaggle layout) to train on real clips.")
-        data_dir = synthetic.write_synthetic_breath(run_dir / "synthetic_data", seed=pipeline.data.seed,
-                                                    sample_rate=pipeline.audio.sample_rate,
-                                                    duration_s=pipeline.audio.duration_s)
-    elif not data_dir.is_dir():
-        raise data.DataError(f"{data_dir}: data folder not found")
-    return pipeline, data_dir, run_dir
+    return run_folder.resolve(args.pipeline, args.data, args.out,
+                              {"train": {"epochs": args.epochs, "models": models, "precision": args.precision,
+                                         "folds": args.folds},
+                               "data": {"seed": args.seed}}, strategy)
 
 
 def _require_both_classes(feature_set: data.FeatureSet, split: str, data_dir: Path) -> None:

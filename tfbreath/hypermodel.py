@@ -23,14 +23,12 @@ from typing import Any, Sequence
 
 import keras
 import keras_tuner as kt
-import tensorflow as tf
 
-from tfbreath.augment import AugmentationSchedule, Augmenter
 from tfbreath.config import CNN_MODELS, ConfigError, PipelineConfig, with_overrides
 from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.models import SCALARS_INPUT, SPECTRAL_INPUT, build_model_for_pipeline
-from tfbreath.train import adapt_scalar_normalisation, compile_model
+from tfbreath.train import augmented_batches, prepare
 
 OBJECTIVE = "val_accuracy"
 """What a trial maximises: the ``accuracy`` metric of ``tfbreath.train.compile_model`` on the
@@ -151,16 +149,13 @@ class BreathHyperModel(kt.HyperModel):
         batch_size = global_batch_size(pipeline.data.batch_size, strategy)
         steps = math.ceil(len(train_set.kept_examples) / batch_size)
         with strategy.scope():
-            adapt_scalar_normalisation(model.get_layer(self.model_name), train_set)
-            compile_model(model, pipeline.train.learning_rates[self.model_name], steps * (epochs - initial_epoch),
-                          pipeline.train)
-        augmenter = Augmenter(pipeline.augment, seed=pipeline.data.seed)
-        batches = train_set.batches(batch_size, pipeline.data.shuffle_buffer, seed=pipeline.data.seed)
-        batches = augmenter.apply(batches).prefetch(tf.data.AUTOTUNE)
-        callbacks = [*callbacks, AugmentationSchedule(augmenter),
+            prepare(model, self.model_name, pipeline, train_set, steps * (epochs - initial_epoch),
+                    member=model.get_layer(self.model_name))
+        batches, schedule = augmented_batches(pipeline, train_set, batch_size)
+        callbacks = [*callbacks, schedule,
                      keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="max",
                                                    patience=pipeline.train.early_stopping_patience)]
-        return model.fit(shard_by_data(batches), validation_data=shard_by_data(validation_data.batches(batch_size)),
+        return model.fit(batches, validation_data=shard_by_data(validation_data.batches(batch_size)),
                          epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                          shuffle=False, **kwargs)  # the tf.data pipeline shuffles
 

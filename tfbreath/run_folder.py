@@ -15,6 +15,11 @@ and the benchmarks read them, all through ``RunFolder``. Layout, relative to the
 ``fold_<k>/``                   fold k's models: a run folder of its own
 ==============================  ==========================================================
 
+``resolve`` turns what a command line gives (a pipeline file or none, a data folder or none, a
+run folder or none) into the pipeline, the data folder and this process's run folder: without
+data (``--data`` or ``$TFBREATH_DATA``) a small demo recipe trains on synthetic audio written
+into the run folder.
+
 A folder is claimed only once the data has been read, so a run that fails on its data leaves
 nothing that blocks a corrected rerun; a claimed folder takes only a run of the same pipeline
 (compared parsed, so formatting, comments and key order do not matter), which then resumes.
@@ -26,12 +31,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
-from tfbreath import artifacts
+import tensorflow as tf
+
+from tfbreath import artifacts, distribute, synthetic
 from tfbreath.checkpoint import BACKUP_DIR
-from tfbreath.config import ConfigError
+from tfbreath.config import ConfigError, PipelineConfig, load_config, with_overrides
+from tfbreath.data import DataError
 
 PIPELINE_FILE = "pipeline.toml"
 METRICS_FILE = "metrics.json"
@@ -41,6 +50,20 @@ MODEL_SUFFIX = ".keras"
 HISTORY_PREFIX = "history_"
 LOGS_DIR = "logs"
 FOLD_DIR_PREFIX = "fold_"
+SYNTHETIC_DATA_DIR = "synthetic_data"
+
+RUNS_DIR = Path("saved_models")
+"""Where runs go by default: ``saved_models/<pipeline name>``."""
+DATA_ENV = "TFBREATH_DATA"
+"""Environment variable naming the data folder when none is given."""
+SYNTHETIC_SUFFIX = "_synthetic"
+"""Appended to the pipeline's name (and so to its default run folder) for the no-data demo."""
+SYNTHETIC_RECIPE = {
+    "train": {"epochs": 8, "model_width": 0.25, "early_stopping_patience": 8},
+    "augment": {"warmup_epochs": 2},
+    "data": {"batch_size": 32, "cache": "memory"},
+}
+"""Overrides for the no-data demo: small models, few epochs, so it finishes in minutes on a CPU."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,3 +141,37 @@ class RunFolder:
         """Remove ``backup/`` once every model has emptied its own part of it (saved)."""
         with contextlib.suppress(OSError):
             (self.path / BACKUP_DIR).rmdir()
+
+
+def resolve(pipeline_file: Path | None, data_dir: Path | None, out: Path | None,
+            overrides: dict[str, dict[str, Any]], strategy: tf.distribute.Strategy | None = None
+            ) -> tuple[PipelineConfig, Path, Path]:
+    """The pipeline (``pipeline_file``, else the default) with ``overrides`` (``{section: {key:
+    value}}``, ``None`` values ignored) applied, the data folder and this process's run folder
+    (``out``, else ``saved_models/<pipeline name>``; a worker of a multi-worker strategy gets its
+    own subfolder).
+
+    Without ``data_dir`` the one ``$TFBREATH_DATA`` names is used; without that the demo recipe
+    (``SYNTHETIC_RECIPE``, under the overrides) trains on synthetic inhale/exhale-like audio,
+    written into the run folder and said clearly. Raises ``DataError`` for a data folder that
+    does not exist.
+    """
+    pipeline = load_config(pipeline_file) if pipeline_file else PipelineConfig()
+    data_dir = data_dir or (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
+    if data_dir is None:
+        for section, values in SYNTHETIC_RECIPE.items():
+            pipeline = with_overrides(pipeline, section, **values)
+        pipeline = dataclasses.replace(pipeline, name=pipeline.name + SYNTHETIC_SUFFIX)
+    for section, values in overrides.items():
+        pipeline = with_overrides(pipeline, section, **values)
+    run_dir = distribute.worker_run_dir(out or RUNS_DIR / pipeline.name, strategy or tf.distribute.get_strategy())
+    if data_dir is None:
+        print(f"No data folder given (--data) or set (${DATA_ENV}): training a small, fast demo on "
+              f"synthetic inhale/exhale-like audio written to {run_dir / SYNTHETIC_DATA_DIR}. "
+              f"Pass --data DIR (Kaggle layout) to train on real clips.")
+        data_dir = synthetic.write_synthetic_breath(run_dir / SYNTHETIC_DATA_DIR, seed=pipeline.data.seed,
+                                                    sample_rate=pipeline.audio.sample_rate,
+                                                    duration_s=pipeline.audio.duration_s)
+    elif not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data folder not found")
+    return pipeline, data_dir, run_dir

@@ -130,10 +130,30 @@ def _finished_model(final: Path, strategy: tf.distribute.Strategy, done: str) ->
         return keras.models.load_model(final)
 
 
+def prepare(model: keras.Model, name: str, pipeline: PipelineConfig, train_set: FeatureSet, total_steps: int,
+            member: keras.Model | None = None) -> None:
+    """The recipe's model side, shared by ``fit`` and ``tune``: the scalar normalisation of
+    ``member`` (default: ``model``) adapted to the training clips, then ``compile_model`` with the
+    member's peak learning rate over ``total_steps``. Call it under the model's strategy scope."""
+    adapt_scalar_normalisation(member or model, train_set)
+    compile_model(model, pipeline.train.learning_rates[name], total_steps, pipeline.train)
+
+
+def augmented_batches(pipeline: PipelineConfig, train_set: FeatureSet,
+                      batch_size: int) -> tuple[tf.data.Dataset, keras.callbacks.Callback]:
+    """The recipe's data side, shared by ``fit`` and ``tune``: the training clips shuffled and
+    augmented as ``[augment]`` says, both seeded by ``[data] seed`` (the same every run), split
+    among the strategy's replicas; and the callback that steps the augmentation's schedule."""
+    augmenter = Augmenter(pipeline.augment, seed=pipeline.data.seed)
+    batches = train_set.batches(batch_size, pipeline.data.shuffle_buffer, seed=pipeline.data.seed)
+    return shard_by_data(augmenter.apply(batches).prefetch(tf.data.AUTOTUNE)), AugmentationSchedule(augmenter)
+
+
 def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_set: FeatureSet | None,
-                run_dir: Path, augmenter: Augmenter, extra_callbacks: tuple = (),
+                run_dir: Path, extra_callbacks: tuple = (),
                 strategy: tf.distribute.Strategy | None = None, epochs: int | None = None) -> keras.Model:
-    """Train (or resume, or reload) one model and save it as ``run_dir/<name>.keras``.
+    """Train (or resume, or reload) one model by the recipe (``prepare``, ``augmented_batches``)
+    and save it as ``run_dir/<name>.keras``.
 
     With ``val_set``, early stopping on its accuracy ends training and the best epoch's weights
     are kept. Without one (a refit on every clip) the model trains ``epochs`` epochs, chosen
@@ -155,14 +175,12 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
         model = new_model(name, pipeline)
         if strategy.num_replicas_in_sync > 1:
             synchronise_batch_norm(model)
-        adapt_scalar_normalisation(model, train_set)
-        compile_model(model, train.learning_rates[name], steps * train.epochs, train)
-    batches = train_set.batches(batch_size, data.shuffle_buffer, seed=data.seed)
-    batches = augmenter.apply(batches).prefetch(tf.data.AUTOTUNE)  # seeded: the same every run
+        prepare(model, name, pipeline, train_set, steps * train.epochs)
+    batches, schedule = augmented_batches(pipeline, train_set, batch_size)
     stopper = None if val_set is None else keras.callbacks.EarlyStopping(
         monitor="val_accuracy", mode="max", patience=train.early_stopping_patience, restore_best_weights=True)
     callbacks = [
-        AugmentationSchedule(augmenter),
+        schedule,
         *([stopper] if stopper else []),
         keras.callbacks.CSVLogger(str(folder.history_file(name)), append=True),
         keras.callbacks.TensorBoard(str(folder.logs_dir(name))),
@@ -177,7 +195,7 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
           + f", peak learning rate {train.learning_rates[name]:g}"
           + ("" if val_set else ", no validation (a refit on every clip)"))
     validation = None if val_set is None else shard_by_data(val_set.batches(batch_size))
-    model.fit(shard_by_data(batches), validation_data=validation,
+    model.fit(batches, validation_data=validation,
               epochs=epochs, callbacks=callbacks, shuffle=False,  # the tf.data pipeline shuffles
               verbose=1 if sys.stdout.isatty() else 2)
     artifacts.save_model(model, final, pipeline_toml=dump_config(pipeline))  # the model carries its features
@@ -285,8 +303,7 @@ def train_member(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val
     for one member; ``setting`` is a refit's epoch count or ``C`` (``refit_setting``)."""
     if name == POOLED_MODEL:
         return fit_pooled(pipeline, train_set, val_set, run_dir, strategy, c=setting)
-    return train_model(name, pipeline, train_set, val_set, run_dir,
-                       Augmenter(pipeline.augment, seed=pipeline.data.seed), strategy=strategy,
+    return train_model(name, pipeline, train_set, val_set, run_dir, strategy=strategy,
                        epochs=None if setting is None else int(setting))
 
 

@@ -50,7 +50,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfbreath import artifacts, data, distribute, fit  # noqa: E402
+from tfbreath import artifacts, data, distribute, run_folder  # noqa: E402
 from tfbreath.config import (CNN_MODELS, ConfigError, TUNERS, PipelineConfig, TuneConfig,  # noqa: E402
                              dump_config, load_config, with_overrides)
 from tfbreath.console import add_verbose_argument  # noqa: E402
@@ -99,7 +99,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tfbreath.tune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline", type=Path, help="pipeline TOML with a [tune] space (default: the embedded one)")
     parser.add_argument("--data", type=Path,
-                        help=f"Kaggle-layout data folder (default: ${fit.DATA_ENV}, else synthetic)")
+                        help=f"Kaggle-layout data folder (default: ${run_folder.DATA_ENV}, else synthetic)")
     parser.add_argument("--out", type=Path, help=f"search folder (default: saved_models/<pipeline name>{TUNE_SUFFIX})")
     parser.add_argument("--model", help=f"override [tune] model: {', '.join(CNN_MODELS)}")
     parser.add_argument("--tuner", help=f"override [tune] tuner: {', '.join(TUNERS)}")
@@ -116,13 +116,10 @@ def resolve(args: argparse.Namespace,
             strategy: tf.distribute.Strategy | None = None) -> tuple[PipelineConfig, Path, Path]:
     """The search's pipeline with flags applied, its data folder and its search folder."""
     named = load_config(args.pipeline) if args.pipeline else PipelineConfig()
-    out = args.out or fit.RUNS_DIR / f"{named.name}{TUNE_SUFFIX}"
-    as_fit = argparse.Namespace(pipeline=args.pipeline, data=args.data, out=out, epochs=None, models=None, folds=None,
-                                precision=args.precision, seed=args.seed)
-    pipeline, data_dir, out = fit.resolve(as_fit, strategy)
-    pipeline = with_overrides(pipeline, "tune", model=args.model, tuner=args.tuner, max_trials=args.max_trials,
-                              max_epochs=args.max_epochs)
-    return pipeline, data_dir, out
+    return run_folder.resolve(args.pipeline, args.data, args.out or run_folder.RUNS_DIR / f"{named.name}{TUNE_SUFFIX}",
+                              {"train": {"precision": args.precision}, "data": {"seed": args.seed},
+                               "tune": {"model": args.model, "tuner": args.tuner, "max_trials": args.max_trials,
+                                        "max_epochs": args.max_epochs}}, strategy)
 
 
 def _uncapped(pipeline: PipelineConfig) -> PipelineConfig:

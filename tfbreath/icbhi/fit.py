@@ -41,9 +41,8 @@ from tfbreath.icbhi.resnet import build_respirenet
 from tfbreath.icbhi.score import icbhi_scores, plot_confusion, to_two_class
 from tfbreath.icbhi.spectrogram import spectrogram_shape
 from tfbreath.precision import choose_precision, global_policy, policy_of
-from tfbreath.run_folder import RunFolder
+from tfbreath.run_folder import RUNS_DIR, RunFolder
 
-RUNS_DIR = Path("saved_models")
 FINETUNED = "finetuned"
 """Key of the device-routed (stage-2) results in ``metrics.json``; stage 1's is ``"stage1"``."""
 TWO_CLASS = 2

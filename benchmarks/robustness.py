@@ -49,52 +49,7 @@ down to ``2 HZ`` and back) before the model or the features: an emulation of a f
 drops the empty band, to try before changing the package. The shipped model was not trained
 that way, so its accuracy drops; its flips tell whether the band is what moves it.
 
-Measured on the shipped model (``saved_models/breath_phase``: ensemble of cnn8 + vgg, run folder,
-Keras), 40 clips, ``--seed 0``, 2-core CPU shared with a training job (about 30 s per run, 85 s
-with ``--band-limit``, 50 s with ``--features``). ``E``: clips predicted exhale::
-
-    perturbation              n   E  flips  mean|dP|  max|dP|  accuracy  note
-    original                 40  20      -         -        -     0.825
-    resample 8000 Hz         40  36     16    0.3030   0.7570     0.625
-    resample 22050 Hz        40  27      7    0.1564   0.4374     0.800
-    resample 44100 Hz        40  28      8    0.1645   0.4637     0.775
-    resample 48000 Hz        40  30     10    0.2001   0.6105     0.725
-    gain -6 dB               40  24      6    0.0903   0.3359     0.775
-    gain +6 dB               40  16      4    0.0542   0.2295     0.725  5 as float (16 bits would clip)
-    TPDF dither 1 LSB        40  23      3    0.0487   0.1749     0.800
-    white noise 40 dB SNR    40  37     17    0.3430   0.8006     0.600
-    24-bit PCM               40  20      0    0.0000   0.0000     0.825
-    32-bit float             40  20      0    0.0000   0.0000     0.825
-
-``--seed 1`` (40 other clips): flips 15 / 7 / 7 / 9 (8 / 22.05 / 44.1 / 48 kHz), gain 4 / 7, dither
-0, noise 14, re-encodings 0; originals' accuracy 0.925. Issue 19's target (<= 2 of 40 at 8 and
-48 kHz) is missed by 5-8x, and the flips go one way: the 8-kHz copies and the noisy ones are
-called exhale (36-37 of 40).
-
-``--band-limit 2000`` (same model, not retrained): flips 1 / 1 / 2 / 0 at 8 / 22.05 / 44.1 / 48 kHz,
-gain 3 / 4, dither 1, noise 1, mean |dP| 0.005-0.03; accuracy 0.725 on the originals (the model
-learnt from the empty band). ``--seed 1``: 0 / 1 / 0 / 0, gain 0 / 4, dither 0, noise 0.
-
-``--features`` (RMS change / between-clip std; 8 kHz, 48 kHz, dither, noise 40 dB)::
-
-    map/bands               8 kHz   48 kHz  dither  noise
-    lpc                     3.27    1.53    1.01    3.08
-    scalars (RMS of 39)     1.55    0.97    0.21    2.37   contrast_mean moves 7.8 std at 8 kHz
-    tempogram               0.38    0.055   0.18    0.77
-    mel_delta 2-4.5 kHz     0.36    0.064   0.25    1.34   (below 2 kHz: 0.021, 0.009, 0.018, 0.16)
-    mel       2-4.5 kHz     0.30    0.044   0.17    1.42   (below 2 kHz: 0.016, 0.007, 0.019, 0.35)
-    mfcc                    0.13    0.077   0.093   0.46
-    modulation              0.079   0.011   0.043   0.52
-    chroma                  0.075   0.061   0.080   0.26
-    gammatone               0.002   0.001   0.001   0.006  (but gain +-6 dB: 0.03-0.045)
-
-``--fmax 2000``: the mel maps and the modulation spectrum settle (8 kHz: mel 0.017, mel_delta
-0.022, mel_delta2 0.024, modulation 0.015); the other maps are untouched by fmax.
-``--band-limit 2000``: every map settles (8 kHz: tempogram 0.008, mfcc 0.013, scalars 0.055, mel
-0.011, chroma 0.042) except LPC, which drops to 0.43 but stays there for every perturbation, the
-exact gain included: a 12th-order fit of a signal with nothing in three quarters of its band is
-ill-conditioned in float32. Gain still moves the level scalars (RMS, envelope, |y| percentiles;
-0.37-0.74) and the gammatone map (log1p of absolute magnitude), as designed.
+Results (the shipped models' flips, the feature diagnostic): ``benchmarks/RESULTS.md``.
 
 Exit code: 0 done; 2 bad arguments, data or model (one ``error: ...`` line).
 """

@@ -57,6 +57,19 @@ def test_ensemble_is_the_weighted_sigmoid_average_and_round_trips(tmp_path):
     assert WeightedSigmoidAverage.from_config(layer.get_config()).alphas == [0.25, 0.75]
 
 
+@pytest.mark.parametrize("scope", ["variable", "global"])
+def test_gradients_are_clipped_per_variable_or_globally(scope):
+    """Two gradient tensors of norm 3 and 4 (global norm 5) clipped to 1: per variable each gets
+    norm 1; globally both shrink by 5, to norms 0.6 and 0.8."""
+    recipe = with_overrides(TINY, "train", clipnorm=1.0, clip_scope=scope).train
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=True)])
+    optimizer = train.compile_model(model, 1e-3, 10, recipe).optimizer
+    gradients = [np.full((1, 1), 3.0, np.float32), np.full((1,), 4.0, np.float32)]
+    clipped = [np.linalg.norm(g) for g in optimizer._clip_gradients([keras.ops.convert_to_tensor(g)
+                                                                     for g in gradients])]
+    np.testing.assert_allclose(clipped, [1.0, 1.0] if scope == "variable" else [0.6, 0.8], rtol=1e-5)
+
+
 def test_learning_rate_warms_up_then_decays_to_the_floor():
     recipe = PipelineConfig().train
     schedule = train.learning_rate_schedule(4e-4, 1000, recipe)

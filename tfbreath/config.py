@@ -250,6 +250,7 @@ POOLED_MODEL = "pooled"
 """The member fitted in closed form: logistic regression on pooled map statistics (``tfbreath.models.pooled``)."""
 MODEL_NAMES = (*CNN_MODELS, POOLED_MODEL)
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+CLIP_SCOPES = ("variable", "global")
 
 
 def _default_learning_rates() -> dict[str, float]:
@@ -272,6 +273,10 @@ class TrainConfig:
     min_learning_rate: float = 1e-6
     """Where the cosine decay ends."""
     clipnorm: float = 1.0
+    clip_scope: str = "variable"
+    """``"variable"``: each gradient tensor's norm is clipped to ``clipnorm`` (Keras' ``clipnorm``);
+    ``"global"``: the norm of all gradients together, as the breathing-phase paper's authors clip
+    (Keras' ``global_clipnorm``)."""
     early_stopping_patience: int = 20
     precision: str = "auto"
     model_width: float = 1.0
@@ -295,6 +300,7 @@ class TrainConfig:
             positive(name, getattr(self, name))
         in_range("warmup_fraction", self.warmup_fraction, 0, 1, high_open=True)
         choice("precision", self.precision, PRECISIONS)
+        choice("clip_scope", self.clip_scope, CLIP_SCOPES)
         model_table("learning_rates", self.learning_rates, positive)
         require(isinstance(self.pooled_c, (list, tuple)) and len(self.pooled_c) > 0,
                 f"pooled_c must be a non-empty list of numbers > 0, got {self.pooled_c!r}")

@@ -81,8 +81,9 @@ def dominant_label_accuracy(y_true, logits):
 
 
 def compile_model(model: keras.Model, peak: float, total_steps: int, train: TrainConfig) -> keras.Model:
+    clip = {"global_clipnorm" if train.clip_scope == "global" else "clipnorm": train.clipnorm}
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(peak, total_steps, train),
-                                       weight_decay=train.weight_decay, clipnorm=train.clipnorm)
+                                       weight_decay=train.weight_decay, **clip)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.BinaryCrossentropy(from_logits=True),
                   metrics=[keras.metrics.MeanMetricWrapper(dominant_label_accuracy, name="accuracy"),

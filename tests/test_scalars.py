@@ -3,7 +3,6 @@ clips, and known answers."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 
 import keras
@@ -235,8 +234,9 @@ def test_hilbert_envelope_and_autocorrelation_match_scipy_and_numpy(n, tflite):
     # differ most at the edges. TFLite's way needs power-of-two FFTs only.
     y = np.random.default_rng(n).standard_normal((2, n))
     n_lags = 800
-    with spectral.tflite_ffts() if tflite else contextlib.nullcontext():
-        envelope, lags = (t.numpy() for t in _hilbert_envelope_and_autocorrelation(tf.constant(y, tf.float32), n_lags))
+    fft_mode = spectral.FftMode(tflite_compatible=tflite)
+    envelope, lags = (t.numpy() for t in _hilbert_envelope_and_autocorrelation(tf.constant(y, tf.float32), n_lags,
+                                                                               fft_mode))
     want = np.abs(scipy.signal.hilbert(y, axis=-1))
     np.testing.assert_allclose(envelope, want, atol=1e-5 * want.max())
     full = np.stack([np.correlate(row, row, "full")[n - 1:n - 1 + n_lags] for row in y])

@@ -1,20 +1,28 @@
 """extract_features as a TFLite model of builtin ops only: conversion, and the interpreter
-against TF on synthetic clips, one at a time and as a resized batch."""
+against TF on synthetic clips, one at a time and as a resized batch; the FFT mode as an explicit
+argument: each mode's graph whatever was traced before, and the same features in every mode."""
 
 from __future__ import annotations
+
+import collections
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import breath_like, sine
-from tfbreath import spectral
+from tfbreath import export, spectral
 from tfbreath.config import PipelineConfig, with_overrides
-from tfbreath.features import SCALARS, SPECTRAL, extract_features
+from tfbreath.data import FEATURE_BATCH
+from tfbreath.features import SCALARS, SPECTRAL, FeatureExtractor, extract_features, tflite_compatible_copy
 from tfbreath.scalars import SCALAR_NAMES
 
 PIPELINE = PipelineConfig()
 N_SAMPLES = PIPELINE.audio.num_samples
+
+DEFAULT = spectral.FftMode()
+TFLITE = spectral.FftMode(tflite_compatible=True)
+ONE_THREAD = spectral.FftMode(one_thread=True)
 
 TONE_NOISE = 1e-3
 """White noise under the test tone (-54 dB). A mathematically pure tone leaves its LPC map (order
@@ -63,15 +71,14 @@ NAMES = list(SIGNALS)
 def _convert(pipeline: PipelineConfig):
     """The features graph with a dynamic batch, as TF function and builtins-only TFLite bytes.
 
-    The TFLite graph is traced inside ``spectral.tflite_ffts()``, as the export traces it; the TF
-    function outside, as training does, so the comparisons also check one way against the other.
+    The TFLite graph is traced in the ``tflite_compatible`` FFT mode, as the export traces it; the
+    TF function in the default mode, as training does, so the comparisons also check one mode
+    against the other.
     """
     signature = [tf.TensorSpec([None, N_SAMPLES], tf.float32)]
     features = tf.function(lambda y: extract_features(y, pipeline), input_signature=signature)
-    portable = tf.function(lambda y: extract_features(y, pipeline), input_signature=signature)
-    with spectral.tflite_ffts():
-        traced = portable.get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([traced], portable)
+    portable = tf.function(lambda y: extract_features(y, pipeline, TFLITE), input_signature=signature)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([portable.get_concrete_function()], portable)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex (SELECT_TF_OPS)
     return features, converter.convert()  # raises ConverterError on any op without a builtin kernel
 
@@ -159,3 +166,41 @@ def test_band_limited_pipeline_converts_and_matches_tf():
     clips = np.stack([SIGNALS["breath"], SIGNALS["quiet"], SIGNALS["silence"]])
     want = {key: value.numpy() for key, value in features(clips).items()}
     _assert_close(_run(model, clips), want, ["breath", "quiet", "silence"])
+
+
+def _fft_ops(fft_mode: spectral.FftMode) -> collections.Counter:
+    """How many FFT ops of each (type, length) ``extract_features`` has, traced in ``fft_mode`` on a
+    static batch as the tf.data map traces it."""
+    spec = tf.TensorSpec([FEATURE_BATCH, N_SAMPLES], tf.float32)
+    graph = tf.function(lambda y: extract_features(y, PIPELINE, fft_mode)).get_concrete_function(spec).graph
+    return collections.Counter((op.type, int(tf.get_static_value(op.inputs[1])[0]))
+                               for op in graph.get_operations() if op.type.endswith("FFT"))
+
+
+@pytest.mark.parametrize("order", [(DEFAULT, TFLITE, ONE_THREAD), (ONE_THREAD, TFLITE, DEFAULT)],
+                         ids=["default-first", "default-last"])
+def test_each_fft_mode_gives_its_own_graph_whatever_was_traced_before(order):
+    ops = {fft_mode: _fft_ops(fft_mode) for fft_mode in order}
+    portable, default, one_thread = ops[TFLITE], ops[DEFAULT], ops[ONE_THREAD]
+    assert {kind for kind, _ in portable} == {"RFFT"}  # TFLite has no inverse FFT
+    assert all(spectral.fft_length_at_least(length) == length for _, length in portable)
+    assert ("IRFFT", N_SAMPLES) in default  # the Hilbert transform's n-point inverse
+    assert any(spectral.fft_length_at_least(length) != length for _, length in default)
+    assert one_thread.keys() == default.keys()
+    assert sum(one_thread.values()) > sum(default.values())  # large FFTs split into one-thread calls
+
+
+def test_every_fft_mode_gives_the_same_features(expected):
+    clips, want = expected  # the default mode's
+    for fft_mode in (TFLITE, ONE_THREAD):
+        got = {key: value.numpy() for key, value in extract_features(clips, PIPELINE, fft_mode).items()}
+        _assert_close(got, want, NAMES)
+
+
+def test_tflite_compatible_copy_rebuilds_the_feature_layer_only():
+    model = export.feature_model(PIPELINE)
+    copy = tflite_compatible_copy(model)
+    original, rebuilt = (next(layer for layer in m.layers if isinstance(layer, FeatureExtractor)) for m in (model, copy))
+    assert not original.tflite_compatible and rebuilt.tflite_compatible
+    assert rebuilt.pipeline == original.pipeline
+    assert FeatureExtractor.from_config(rebuilt.get_config()).tflite_compatible

@@ -317,8 +317,7 @@ def feature_dataset(examples: Examples, pipeline: PipelineConfig,
         count = tf.shape(waveforms)[0]
         full = tf.pad(waveforms, [[0, batch_size - count], [0, 0]])  # [batch_size, n]
         full.set_shape([batch_size, n])
-        with spectral.one_thread_ffts():
-            features = extract_features(full, pipeline)  # [batch_size, ...] each
+        features = extract_features(full, pipeline, spectral.FftMode(one_thread=True))  # [batch_size, ...] each
         return {**{key: value[:count] for key, value in features.items()}, **extras}  # [B, ...] each
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)

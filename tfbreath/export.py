@@ -37,13 +37,13 @@ import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
-from tfbreath import artifacts, data, spectral, train
+from tfbreath import artifacts, data, train
 from tfbreath.audio import AudioError, load_audio
 from tfbreath.config import MODEL_NAMES, POOLED_MODEL, ConfigError, PipelineConfig, load_config
 from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import WeightedSigmoidAverage
 from tfbreath.evaluation import THRESHOLD
-from tfbreath.features import FeatureExtractor
+from tfbreath.features import FeatureExtractor, tflite_compatible_copy
 from tfbreath.precision import FLOAT32, float32_copy, global_policy
 from tfbreath.tflite_file import verify_tflite
 
@@ -189,9 +189,9 @@ def waveform_model(model: keras.Model, pipeline: PipelineConfig) -> keras.Model:
 def save_serving(model: keras.Model, path: Path) -> Path:
     """SavedModel with ``serving_default``: the model's named inputs -> its named outputs
     (``waveform [B, samples]`` -> ``probability [B]`` for a waveform model), in float32
-    (``precision.float32_copy``). Traced with TFLite's FFTs only (``spectral.tflite_ffts``), so it
-    converts to builtin TFLite ops."""
-    model = float32_copy(model)
+    (``precision.float32_copy``). Its feature extraction is traced ``tflite_compatible``
+    (``features.tflite_compatible_copy``), so it converts to builtin TFLite ops."""
+    model = tflite_compatible_copy(float32_copy(model))
     archive = keras.export.ExportArchive()
     archive.track(model)
     named = model.input if isinstance(model.input, dict) else {model.input.name: model.input}
@@ -201,9 +201,8 @@ def save_serving(model: keras.Model, path: Path) -> Path:
         outputs = model(dict(zip(named, tensors)) if isinstance(model.input, dict) else tensors[0])
         return outputs if isinstance(outputs, dict) else {PROBABILITY: outputs}
 
-    with spectral.tflite_ffts():
-        archive.add_endpoint("serving_default", serve, input_signature=specs)
-        return artifacts.write_folder(path, lambda staged: archive.write_out(str(staged), verbose=False))
+    archive.add_endpoint("serving_default", serve, input_signature=specs)
+    return artifacts.write_folder(path, lambda staged: archive.write_out(str(staged), verbose=False))
 
 
 def _converter(saved_model: Path) -> tf.lite.TFLiteConverter:

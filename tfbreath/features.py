@@ -38,8 +38,13 @@ EXIT_SKIPPED = 1
 EXIT_USAGE = 2
 
 
-def extract_features(y: tf.Tensor, pipeline: PipelineConfig) -> dict[str, tf.Tensor]:
-    """Waveforms at the pipeline's rate to model inputs. ``[..., n]`` -> dict of ``[..., ...]``"""
+def extract_features(y: tf.Tensor, pipeline: PipelineConfig,
+                     fft_mode: spectral.FftMode = spectral.FftMode()) -> dict[str, tf.Tensor]:
+    """Waveforms at the pipeline's rate to model inputs. ``[..., n]`` -> dict of ``[..., ...]``
+
+    ``fft_mode`` builds every FFT of the graph (``spectral.FftMode``): the default for a graph TF
+    runs itself, ``tflite_compatible`` for a TFLite conversion, ``one_thread`` in a tf.data map.
+    """
     with tf.name_scope("extract_features"):
         rate = pipeline.audio.sample_rate
         features = pipeline.features
@@ -48,10 +53,8 @@ def extract_features(y: tf.Tensor, pipeline: PipelineConfig) -> dict[str, tf.Ten
             flat = spectral.fir_filter(flat, filters.lowpass_taps(rate, features.band_limit_hz))  # [B, n]
         if features.level_rms != NO_LEVEL:
             flat = spectral.scale_to_rms(flat, features.level_rms)  # [B, n]
-        if features.band_limit_hz == NO_BAND_LIMIT:
-            cache = spectral.SpectrogramCache(flat)  # STFTs shared by the maps and the scalars
-        else:
-            cache = spectral.SpectrogramCache(flat, rate, features.band_limit_hz)
+        # STFTs shared by the maps and the scalars, zero above the band limit if there is one
+        cache = spectral.SpectrogramCache(flat, rate, features.band_limit_hz, fft_mode)
         out = {SPECTRAL: restore(maps.maps_from_cache(cache, rate, features))}  # [..., n_mels, T, C]
         if features.scalars:
             out[SCALARS] = restore(scalars.scalars_from_cache(cache, rate, features.hop_length))  # [..., 39]
@@ -64,26 +67,48 @@ class FeatureExtractor(keras.layers.Layer):
 
     The pipeline travels in the layer's config as TOML, so a saved waveform-input model carries
     its own feature recipe. Always float32, whatever the global dtype policy; no weights.
+    ``tflite_compatible`` builds the features of TFLite builtin ops only (``spectral.FftMode``):
+    an export serves a copy with it on (``tflite_compatible_copy``); off, TF runs its faster FFTs.
     """
 
-    def __init__(self, pipeline_toml: str, **kwargs):
+    def __init__(self, pipeline_toml: str, tflite_compatible: bool = False, **kwargs):
         kwargs["dtype"] = "float32"
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
         self.pipeline_toml = pipeline_toml
         self.pipeline = parse_config(pipeline_toml, source=f"layer {self.name}")
+        self.tflite_compatible = tflite_compatible
 
     @classmethod
     def for_pipeline(cls, pipeline: PipelineConfig, **kwargs) -> "FeatureExtractor":
         return cls(dump_config(pipeline), **kwargs)
 
     def call(self, waveforms):
-        return extract_features(waveforms, self.pipeline)  # {"spectral": [B, M, T, C], "scalars": [B, 39]}
+        fft_mode = spectral.FftMode(tflite_compatible=self.tflite_compatible)
+        return extract_features(waveforms, self.pipeline, fft_mode)  # {"spectral": [B, M, T, C], "scalars": [B, 39]}
 
     def get_config(self):
         config = super().get_config()
         config.pop("dtype", None)
-        return {**config, "pipeline_toml": self.pipeline_toml}
+        return {**config, "pipeline_toml": self.pipeline_toml, "tflite_compatible": self.tflite_compatible}
+
+
+def tflite_compatible_copy(model: keras.Model) -> keras.Model:
+    """``model`` with its ``FeatureExtractor`` layers rebuilt ``tflite_compatible``, sharing every
+    other layer (and so the weights); ``model`` itself if it has no such layer.
+
+    Only top-level layers are looked at, where ``export.feature_model`` and ``waveform_model``
+    put the extractor.
+    """
+    if not any(isinstance(layer, FeatureExtractor) for layer in model.layers):
+        return model
+
+    def rebuild(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, FeatureExtractor):
+            return FeatureExtractor.from_config({**layer.get_config(), "tflite_compatible": True})
+        return layer
+
+    return keras.models.clone_model(model, clone_function=rebuild)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -295,12 +295,12 @@ def _tempogram_power(s: _Intermediates) -> tf.Tensor:
         windows = spectral.sliding_windows(padded, TEMPOGRAM_WINDOW, n_frames)  # [..., T, W]
         windows = windows * filters.hann_window(TEMPOGRAM_WINDOW)  # [..., T, W]
         fft_length = spectral.fft_length_at_least(2 * TEMPOGRAM_WINDOW - 1)
-        return spectral.fft_power(windows, fft_length)  # [..., T, M/2 + 1]
+        return spectral.fft_power(windows, fft_length, s.cache.fft_mode)  # [..., T, M/2 + 1]
 
 
 def tempogram_map(s: _Intermediates) -> tf.Tensor:
     with tf.name_scope("tempogram"):
-        lags = spectral.inverse_rfft(_tempogram_power(s), None, TEMPOGRAM_WINDOW)  # [..., T, W]
+        lags = spectral.inverse_rfft(_tempogram_power(s), None, TEMPOGRAM_WINDOW, s.cache.fft_mode)  # [..., T, W]
         return lags / _safe_norm(lags[..., :1])  # [..., T, W]: lag 0 is the max |r|
 
 
@@ -316,7 +316,7 @@ def zscored_tempogram(s: _Intermediates, n_lags: int) -> tf.Tensor:
         power = _tempogram_power(s)  # [..., T, M/2 + 1]
         lag0, total, squares = spectral.lag_sums(power, TEMPOGRAM_WINDOW)  # 3 x [..., T]
         norm = _safe_norm(lag0)  # [..., T]
-        lags = spectral.inverse_rfft(power, None, n_lags)  # [..., T, n_lags]
+        lags = spectral.inverse_rfft(power, None, n_lags, s.cache.fft_mode)  # [..., T, n_lags]
         normalised = lags / tf.expand_dims(norm, -1)  # [..., T, n_lags]
         count = float(power.shape[-2] * TEMPOGRAM_WINDOW)
         mean = tf.reduce_sum(total / norm, -1, keepdims=True) / count  # [..., 1]
@@ -365,10 +365,11 @@ MAP_BUILDERS = {
 }
 
 
-def raw_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig) -> dict[str, tf.Tensor]:
+def raw_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig,
+             fft_mode: spectral.FftMode = spectral.FftMode()) -> dict[str, tf.Tensor]:
     """Each requested map of waveforms ``[..., n]`` before normalisation, time-major. name -> ``[..., T, bands]``"""
     with tf.name_scope("raw_maps"):
-        shared = _Intermediates(spectral.SpectrogramCache(y), sample_rate, features)
+        shared = _Intermediates(spectral.SpectrogramCache(y, fft_mode=fft_mode), sample_rate, features)
         return {name: MAP_BUILDERS[name](shared) for name in features.maps}
 
 
@@ -384,7 +385,8 @@ def _zscored_map(shared: _Intermediates, name: str, n_bands: int) -> tf.Tensor:
 
 
 def maps_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, features: FeatureConfig) -> tf.Tensor:
-    """The stacked, normalised maps of the cache's waveforms. ``[..., n_mels, T, len(maps)]``"""
+    """The stacked, normalised maps of the cache's waveforms, FFTs as ``cache.fft_mode`` says.
+    ``[..., n_mels, T, len(maps)]``"""
     with tf.name_scope("spectral_maps"):
         shared = _Intermediates(cache, sample_rate, features)
         n_bands, n_maps = features.n_mels, len(features.maps)
@@ -405,6 +407,7 @@ def maps_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, features
         return out
 
 
-def spectral_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig) -> tf.Tensor:
+def spectral_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig,
+                  fft_mode: spectral.FftMode = spectral.FftMode()) -> tf.Tensor:
     """Waveforms to the stacked, normalised maps. ``[..., n]`` -> ``[..., n_mels, T, len(maps)]``"""
-    return maps_from_cache(spectral.SpectrogramCache(y), sample_rate, features)
+    return maps_from_cache(spectral.SpectrogramCache(y, fft_mode=fft_mode), sample_rate, features)

@@ -26,9 +26,9 @@ at the END so that indices 0-35 follow the published order.
 The n_fft-2048/hop-256 magnitude STFT is computed once and shared by centroid, bandwidth,
 flatness, contrast, rolloff (every second frame = hop 512) and the mel flux. Every constant
 (frequencies, filterbank, contrast band edges and quantile counts, the Hilbert kernel's
-spectrum) is built once in NumPy. Traced inside ``spectral.tflite_ffts()`` every op has a TFLite
-builtin kernel; outside, the Hilbert envelope and the autocorrelation use TF's cheaper FFTs of
-any length (see ``tfbreath.spectral``).
+spectrum) is built once in NumPy. The FFTs follow the cache's ``spectral.FftMode``: with
+``tflite_compatible`` every op has a TFLite builtin kernel; without, the Hilbert envelope and the
+autocorrelation use TF's cheaper FFTs of any length (see ``tfbreath.spectral``).
 
 Deviations from the reference (all measured on 512 real clips: every correlation >= 0.9999999,
 worst relative error 3.4e-4 (contrast std), peak counts identical):
@@ -339,16 +339,17 @@ def _mel_flux(mel_db: tf.Tensor) -> tf.Tensor:
         return tf.sqrt(tf.reduce_sum(tf.square(step), -1))  # [B, T - 1]
 
 
-def padded_spectrum(y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def padded_spectrum(y: tf.Tensor, fft_mode: spectral.FftMode) -> tuple[tf.Tensor, tf.Tensor]:
     """``real_fft`` of the clips zero-padded to a power of two >= 2n - 1. ``[B, n]`` -> 2 x ``[B, M/2 + 1]``
 
     Long enough for the Hilbert transform's circular convolution and for every autocorrelation
-    lag below n, so the two share it under ``spectral.tflite_ffts()``.
+    lag below n, so the two share it in a ``tflite_compatible`` mode.
     """
-    return spectral.real_fft(y, spectral.fft_length_at_least(2 * y.shape[-1] - 1))
+    return spectral.real_fft(y, spectral.fft_length_at_least(2 * y.shape[-1] - 1), fft_mode)
 
 
-def _hilbert_transform_of_padded(y: tf.Tensor, spectrum: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+def _hilbert_transform_of_padded(y: tf.Tensor, spectrum: tuple[tf.Tensor, tf.Tensor],
+                                 fft_mode: spectral.FftMode) -> tf.Tensor:
     """scipy.signal.hilbert(y).imag from ``padded_spectrum(y)``, power-of-two FFTs only. ``[B, n]`` -> ``[B, n]``
 
     scipy's analytic signal ifft(fft(y) h) (h: 1 at DC and Nyquist, 2 on positive, 0 on negative
@@ -363,10 +364,10 @@ def _hilbert_transform_of_padded(y: tf.Tensor, spectrum: tuple[tf.Tensor, tf.Ten
         kernel_real, kernel_imag = filters.hilbert_kernel_spectrum(n, 2 * (real.shape[-1] - 1))  # 2 x [M/2 + 1]
         product_real = real * kernel_real - imag * kernel_imag  # [B, M/2 + 1]
         product_imag = real * kernel_imag + imag * kernel_real  # [B, M/2 + 1]
-        return spectral.inverse_rfft(product_real, product_imag, n)  # [B, n]
+        return spectral.inverse_rfft(product_real, product_imag, n, fft_mode)  # [B, n]
 
 
-def _hilbert_transform(y: tf.Tensor) -> tf.Tensor:
+def _hilbert_transform(y: tf.Tensor, fft_mode: spectral.FftMode) -> tf.Tensor:
     """scipy.signal.hilbert(y).imag by TF's n-point FFT and its inverse. ``[B, n]`` -> ``[B, n]``
 
     With Y = rfft(y), H(y) = irfft(-i s Y), s = 1 on the positive frequencies and 0 at DC and (n
@@ -374,26 +375,27 @@ def _hilbert_transform(y: tf.Tensor) -> tf.Tensor:
     imaginary parts irfft drops, so no mask is needed.
     """
     with tf.name_scope("hilbert_transform"):
-        real, imag = spectral.real_fft(y, y.shape[-1])  # 2 x [B, n/2 + 1]
+        real, imag = spectral.real_fft(y, y.shape[-1], fft_mode)  # 2 x [B, n/2 + 1]
         return tf.signal.irfft(tf.complex(imag, -real), [y.shape[-1]])  # [B, n]
 
 
-def _hilbert_envelope_and_autocorrelation(y: tf.Tensor, n_lags: int) -> tuple[tf.Tensor, tf.Tensor]:
+def _hilbert_envelope_and_autocorrelation(y: tf.Tensor, n_lags: int,
+                                          fft_mode: spectral.FftMode) -> tuple[tf.Tensor, tf.Tensor]:
     """|scipy.signal.hilbert(y)| = sqrt(y^2 + H(y)^2) ``[B, n]``, and np.correlate(y, y, "full")[n-1:]
     [:n_lags] / r[0] ``[B, n_lags]`` (0 for silence).
 
     TF's FFT takes any length and has an inverse: the transform is scipy's n-point one and the
-    lags come from an FFT just longer than n + n_lags. TFLite's takes neither, so inside
-    ``spectral.tflite_ffts()`` both come from one shared power-of-two spectrum of about 2n points.
+    lags come from an FFT just longer than n + n_lags. TFLite's takes neither, so with
+    ``fft_mode.tflite_compatible`` both come from one shared power-of-two spectrum of about 2n points.
     """
     with tf.name_scope("hilbert_envelope_and_autocorrelation"):
-        if spectral.any_length_ffts():
-            transform = _hilbert_transform(y)  # [B, n]
-            lags = spectral.autocorrelation(y, n_lags)  # [B, n_lags]
+        if fft_mode.tflite_compatible:
+            spectrum = padded_spectrum(y, fft_mode)  # 2 x [B, M/2 + 1]
+            transform = _hilbert_transform_of_padded(y, spectrum, fft_mode)  # [B, n]
+            lags = spectral.autocorrelation_of_spectrum(spectrum, n_lags, fft_mode)  # [B, n_lags]
         else:
-            spectrum = padded_spectrum(y)  # 2 x [B, M/2 + 1]
-            transform = _hilbert_transform_of_padded(y, spectrum)  # [B, n]
-            lags = spectral.autocorrelation_of_spectrum(spectrum, n_lags)  # [B, n_lags]
+            transform = _hilbert_transform(y, fft_mode)  # [B, n]
+            lags = spectral.autocorrelation(y, n_lags, fft_mode)  # [B, n_lags]
         envelope = tf.sqrt(tf.square(y) + tf.square(transform))  # [B, n]
         return envelope, tf.math.divide_no_nan(lags, lags[:, :1])  # [B, n], [B, n_lags]
 
@@ -521,7 +523,8 @@ def _abs_percentiles(y: tf.Tensor, quantiles: tuple[float, ...]) -> list[tf.Tens
 
 
 def scalars_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, hop_length: int) -> tf.Tensor:
-    """All 39 scalars of a flat batch of waveforms (``cache.y``: ``[B, n]``, n static). -> ``[B, 39]``"""
+    """All 39 scalars of a flat batch of waveforms (``cache.y``: ``[B, n]``, n static), FFTs as
+    ``cache.fft_mode`` says. -> ``[B, 39]``"""
     y = cache.y  # [B, n]
     nyquist = sample_rate / 2.0
     n = y.shape[-1]
@@ -539,7 +542,8 @@ def scalars_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, hop_l
         # Every frame's rolloff, then every hop-512 one: cheaper than slicing the STFT first.
         rolloff = _rolloff(magnitude, sample_rate)[:, :: ROLLOFF_HOP // hop_length]  # [B, T']
     else:
-        rolloff = _rolloff(spectral.stft_magnitude(y, LIBROSA_N_FFT, ROLLOFF_HOP), sample_rate)  # [B, T']
+        rolloff = _rolloff(spectral.stft_magnitude(y, LIBROSA_N_FFT, ROLLOFF_HOP, cache.fft_mode),
+                           sample_rate)  # [B, T']
     flatness = _flatness(power)  # [B, T]
     contrast = _contrast(magnitude, sample_rate)  # [B, T, 7]
     flux = _mel_flux(cache.mel_db(sample_rate, LIBROSA_N_FFT, hop_length, N_MELS))  # [B, T - 1]
@@ -551,7 +555,7 @@ def scalars_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, hop_l
     if n_lags > n:  # a TFLite graph's shared spectrum holds lags below n only
         raise ValueError(f"the scalars need clips of at least {n_lags} samples "
                          f"({AUTOCORR_SEARCH_S} s of autocorrelation lags), got {n}")
-    envelope, autocorr = _hilbert_envelope_and_autocorrelation(y, n_lags)  # [B, n], [B, lags]
+    envelope, autocorr = _hilbert_envelope_and_autocorrelation(y, n_lags, cache.fft_mode)  # [B, n], [B, lags]
 
     with tf.name_scope("summaries"):
         env_mean = tf.reduce_mean(envelope, -1)  # [B]
@@ -580,12 +584,15 @@ def scalars_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, hop_l
         return tf.stack(columns, -1)  # [B, 39]
 
 
-def scalar_features(y, sample_rate: int = 16000, hop_length: int = 256) -> tf.Tensor:
+def scalar_features(y, sample_rate: int = 16000, hop_length: int = 256,
+                    fft_mode: spectral.FftMode = spectral.FftMode()) -> tf.Tensor:
     """The 39 scalars (``SCALAR_NAMES``) of mono waveforms. ``[..., n]`` -> ``[..., 39]`` float32
 
     Works unbatched (``[n]``) and batched (any leading axes); float32 whatever the Keras policy.
     The clip length ``n`` must be static (the Hilbert kernel and FFT sizes are built for it).
+    ``fft_mode`` builds the FFTs (``spectral.FftMode``).
     """
     with tf.name_scope("scalar_features"):
         flat, restore = spectral.flatten_batch(y)  # [B, n]
-        return restore(scalars_from_cache(spectral.SpectrogramCache(flat), sample_rate, hop_length))  # [..., 39]
+        cache = spectral.SpectrogramCache(flat, fft_mode=fft_mode)
+        return restore(scalars_from_cache(cache, sample_rate, hop_length))  # [..., 39]

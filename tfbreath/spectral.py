@@ -4,25 +4,26 @@ Layout: signals are ``[..., samples]``; spectrograms are time-major ``[..., fram
 (any number of leading batch axes, including none). All math is float32, whatever the global
 Keras dtype policy, so features are identical under mixed precision.
 
-Traced inside ``tflite_ffts()``, as the export traces it, every op has a TFLite builtin kernel,
-so the feature graph converts without Flex ops: FFTs are forward real FFTs of power-of-two
-length (TFLite's RFFT2D takes no other size), complex results are at once reduced to float32
-(power, or real and imaginary parts), and inverse FFTs go through ``inverse_rfft``, which is one
-more forward real FFT. Outside it (training, prediction), transforms of a whole clip, which in
-power-of-two form need about twice the clip's length, use TF's FFT of any length and its
-inverse instead (``any_length_ffts``). Traced inside ``one_thread_ffts()``, as the tf.data
-feature map traces it, large FFTs run in calls that stay on the calling thread (``reduced_rfft``).
+How FFTs are built is the caller's choice, an ``FftMode`` passed down explicitly from
+``features.extract_features`` (through ``SpectrogramCache``) to the primitive that builds them;
+no module state is read while a graph is traced, so the same function traced in two modes gives
+two graphs. The default mode suits a graph TF runs itself (training, prediction);
+``FftMode(tflite_compatible=True)`` (the export) keeps every op a TFLite builtin, so the feature
+graph converts without Flex ops; ``FftMode(one_thread=True)`` (the tf.data feature map) keeps
+large FFTs on the calling thread. Whatever the mode, complex spectra are at once reduced to
+float32 (power, or real and imaginary parts: ``reduced_rfft``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 
 import numpy as np
 import scipy.fft
 import tensorflow as tf
 
 from tfbreath import filters
+from tfbreath.config import NO_BAND_LIMIT
 
 AMIN = 1e-10
 """librosa.power_to_db's floor on power before the log."""
@@ -55,40 +56,29 @@ MIN_SPLIT_SAMPLES = 16384
 in the feature pipeline: calls of 8 x 2048 and 56 x 512 samples gain, 8 x 1024 loses to the
 per-call cost."""
 
-_trace_flags = {"tflite": False, "one_thread": False}  # set while their context managers trace a graph
 
+@dataclasses.dataclass(frozen=True)
+class FftMode:
+    """How a feature graph builds its FFTs: chosen by whoever traces it, for where it will run.
 
-@contextlib.contextmanager
-def _trace_flag(name: str):
-    previous, _trace_flags[name] = _trace_flags[name], True
-    try:
-        yield
-    finally:
-        _trace_flags[name] = previous
-
-
-def tflite_ffts():
-    """Graphs traced inside use TFLite's FFTs only (power-of-two forward real FFTs), for a
-    TFLite conversion. Outside, whole-clip transforms use TF's FFT of any length and its inverse:
-    the Hilbert envelope and the autocorrelation of a 16000-sample clip then cost two FFTs of
-    about 16000 points each instead of about 32768 (about 2x less time for those two features)."""
-    return _trace_flag("tflite")
-
-
-def any_length_ffts() -> bool:
-    """Whether the graph being traced may use FFTs of any length and inverse FFTs (see ``tflite_ffts``)."""
-    return not _trace_flags["tflite"]
-
-
-def one_thread_ffts():
-    """Graphs traced inside run their large FFTs on the calling thread (``reduced_rfft``), for a
-    tf.data map: there every core already runs a feature call of its own.
-
-    Given an intra-op pool, TF's CPU FFT hands part of a large call to it, and the caller then
-    waits for a core that is busy with the other call: in the feature pipeline the calls' threads
-    sat idle about 17 % of the time. Split FFTs made the pipeline about 12 % faster.
+    The default suits a graph TF runs itself, one call at a time (training, ``predict``). Every
+    function here that builds an FFT takes one and passes it on.
     """
-    return _trace_flag("one_thread")
+
+    tflite_compatible: bool = False
+    """Only ops with a TFLite builtin kernel, for a TFLite conversion (the export): FFTs are
+    forward real FFTs of power-of-two length (TFLite's RFFT2D takes no other size) and inverse
+    FFTs go through ``inverse_rfft``, one more forward real FFT. Off, whole-clip transforms use
+    TF's FFT of any length and its inverse: the Hilbert envelope and the autocorrelation of a
+    16000-sample clip then cost two FFTs of about 16000 points each instead of about 32768
+    (about 2x less time for those two features)."""
+
+    one_thread: bool = False
+    """Large FFTs run on the calling thread (``reduced_rfft``), for a tf.data map: there every
+    core already runs a feature call of its own. Given an intra-op pool, TF's CPU FFT hands part
+    of a large call to it, and the caller then waits for a core that is busy with the other call:
+    in the feature pipeline the calls' threads sat idle about 17 % of the time. Split FFTs made
+    the pipeline about 12 % faster."""
 
 
 def as_float32(x: tf.Tensor) -> tf.Tensor:
@@ -157,18 +147,18 @@ def fir_filter(y: tf.Tensor, taps) -> tf.Tensor:
         return out[..., 0]  # [B, n]
 
 
-def stft_power(y: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
+def stft_power(y: tf.Tensor, n_fft: int, hop_length: int, fft_mode: FftMode = FftMode()) -> tf.Tensor:
     """|STFT|^2 with a periodic Hann window and zero-padded centring. ``[..., n]`` -> ``[..., T, n_fft//2+1]``"""
     with tf.name_scope("stft_power"):
         frames = frame(y, n_fft, hop_length)  # [..., T, n_fft]
         windowed = frames * filters.hann_window(n_fft)  # [..., T, n_fft]
-        return fft_power(windowed, n_fft)  # [..., T, n_fft // 2 + 1]
+        return fft_power(windowed, n_fft, fft_mode)  # [..., T, n_fft // 2 + 1]
 
 
-def stft_magnitude(y: tf.Tensor, n_fft: int, hop_length: int) -> tf.Tensor:
+def stft_magnitude(y: tf.Tensor, n_fft: int, hop_length: int, fft_mode: FftMode = FftMode()) -> tf.Tensor:
     """|STFT|, the square root of ``stft_power``. ``[..., n]`` -> ``[..., T, n_fft//2+1]``"""
     with tf.name_scope("stft_magnitude"):
-        return tf.sqrt(stft_power(y, n_fft, hop_length))  # [..., T, n_fft // 2 + 1]
+        return tf.sqrt(stft_power(y, n_fft, hop_length, fft_mode))  # [..., T, n_fft // 2 + 1]
 
 
 def single_thread_rows(fft_length: int) -> int:
@@ -181,17 +171,17 @@ def single_thread_rows(fft_length: int) -> int:
     return (2 * vectors_per_thread - 1) * FFT_LANES  # whole vectors short of a second thread
 
 
-def reduced_rfft(x: tf.Tensor, fft_length: int, reduce):
+def reduced_rfft(x: tf.Tensor, fft_length: int, reduce, fft_mode: FftMode = FftMode()):
     """``reduce(tf.signal.rfft(x, [fft_length]))`` for a bin-wise ``reduce`` of the complex spectrum
     to float32: ``[..., L]`` -> ``[..., M/2 + 1]``, or a tuple of such.
 
-    Inside ``one_thread_ffts()``, with a static row count, the rows go through calls of
+    With ``fft_mode.one_thread`` and a static row count, the rows go through calls of
     ``single_thread_rows`` transforms when such a call holds at least ``MIN_SPLIT_SAMPLES``; each
     call's spectrum is reduced while in cache and the reduced parts are joined.
     """
     leading = x.shape[:-1]
     per_call = single_thread_rows(fft_length)
-    if not (_trace_flags["one_thread"] and leading.is_fully_defined() and leading.num_elements() > per_call
+    if not (fft_mode.one_thread and leading.is_fully_defined() and leading.num_elements() > per_call
             and per_call * fft_length >= MIN_SPLIT_SAMPLES):
         return reduce(tf.signal.rfft(x, [fft_length]))  # [..., M/2 + 1] each
     rows = leading.num_elements()
@@ -202,7 +192,7 @@ def reduced_rfft(x: tf.Tensor, fft_length: int, reduce):
         lambda *pieces: tf.reshape(tf.concat(pieces, 0), [*leading, pieces[0].shape[-1]]), *parts)  # [..., F] each
 
 
-def inverse_rfft(real: tf.Tensor, imag: tf.Tensor | None, n_out: int) -> tf.Tensor:
+def inverse_rfft(real: tf.Tensor, imag: tf.Tensor | None, n_out: int, fft_mode: FftMode = FftMode()) -> tf.Tensor:
     """The first ``n_out`` samples of irfft(real + i imag), by one forward real FFT.
 
     ``[..., M/2 + 1]`` x 2 -> ``[..., n_out]`` with ``M = 2 (bins - 1)`` a power of two and
@@ -223,7 +213,7 @@ def inverse_rfft(real: tf.Tensor, imag: tf.Tensor | None, n_out: int) -> tf.Tens
                              f"got {real.shape[-1]} bins and n_out {n_out}")
         dc, nyquist = real[..., :1], real[..., -1:]  # 2 x [..., 1]  B = 0 there
         if imag is None:
-            cosines = reduced_rfft(real, fft_length, tf.math.real)[..., :n_out]  # [..., n_out]
+            cosines = reduced_rfft(real, fft_length, tf.math.real, fft_mode)[..., :n_out]  # [..., n_out]
             alternating = (-1.0) ** np.arange(n_out, dtype=np.float32)  # [n_out]  cos(pi n)
             return (2.0 * cosines - dc - nyquist * alternating) / fft_length  # [..., n_out]
         inner = real[..., 1:-1]  # [..., M/2 - 1]  A, bins 1 .. M/2 - 1
@@ -232,24 +222,26 @@ def inverse_rfft(real: tf.Tensor, imag: tf.Tensor | None, n_out: int) -> tf.Tens
         extended = tf.concat([dc, rising, nyquist, tf.reverse(falling, [-1])], -1)  # [..., M]
         # Reduced to float32 before the slice: TFLite slices no complex tensor.
         both = reduced_rfft(extended, fft_length,
-                            lambda spectrum: tf.math.real(spectrum) + tf.math.imag(spectrum))  # [..., M/2 + 1]
+                            lambda spectrum: tf.math.real(spectrum) + tf.math.imag(spectrum),
+                            fft_mode)  # [..., M/2 + 1]
         return both[..., :n_out] / fft_length  # [..., n_out]
 
 
-def real_fft(x: tf.Tensor, fft_length: int) -> tuple[tf.Tensor, tf.Tensor]:
+def real_fft(x: tf.Tensor, fft_length: int, fft_mode: FftMode = FftMode()) -> tuple[tf.Tensor, tf.Tensor]:
     """Real and imaginary parts of the rFFT of ``x`` zero-padded to ``fft_length``. ``[..., L]`` -> 2 x ``[..., M/2 + 1]``"""
     with tf.name_scope("real_fft"):
-        return reduced_rfft(x, fft_length, _parts)  # 2 x [..., M/2 + 1]
+        return reduced_rfft(x, fft_length, _parts, fft_mode)  # 2 x [..., M/2 + 1]
 
 
 def _parts(spectrum: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.math.real(spectrum), tf.math.imag(spectrum)
 
 
-def fft_power(x: tf.Tensor, fft_length: int) -> tf.Tensor:
+def fft_power(x: tf.Tensor, fft_length: int, fft_mode: FftMode = FftMode()) -> tf.Tensor:
     """|rFFT|^2 of ``x`` zero-padded to ``fft_length``. ``[..., L]`` -> ``[..., M/2 + 1]``"""
     with tf.name_scope("fft_power"):
-        return reduced_rfft(x, fft_length, lambda spectrum: power_spectrum(_parts(spectrum)))  # [..., M/2 + 1]
+        return reduced_rfft(x, fft_length, lambda spectrum: power_spectrum(_parts(spectrum)),
+                            fft_mode)  # [..., M/2 + 1]
 
 
 def power_spectrum(spectrum: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
@@ -262,7 +254,8 @@ def power_spectrum(spectrum: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
     return tf.square(real) + tf.square(imag)  # [..., F]
 
 
-def autocorrelation_of_spectrum(spectrum: tuple[tf.Tensor, tf.Tensor], n_lags: int) -> tf.Tensor:
+def autocorrelation_of_spectrum(spectrum: tuple[tf.Tensor, tf.Tensor], n_lags: int,
+                                fft_mode: FftMode = FftMode()) -> tf.Tensor:
     """sum_n x[n] x[n+k] for k < n_lags (0 beyond the end of x) from ``real_fft(x, M)``.
 
     2 x ``[..., M/2 + 1]`` -> ``[..., n_lags]``. The inverse FFT of the power spectrum; with
@@ -271,21 +264,22 @@ def autocorrelation_of_spectrum(spectrum: tuple[tf.Tensor, tf.Tensor], n_lags: i
     """
     with tf.name_scope("autocorrelation_of_spectrum"):
         power = power_spectrum(spectrum)  # [..., M/2 + 1]
-        return inverse_rfft(power, None, n_lags)  # [..., n_lags]
+        return inverse_rfft(power, None, n_lags, fft_mode)  # [..., n_lags]
 
 
-def autocorrelation(x: tf.Tensor, n_lags: int) -> tf.Tensor:
+def autocorrelation(x: tf.Tensor, n_lags: int, fft_mode: FftMode = FftMode()) -> tf.Tensor:
     """sum_n x[n] x[n+k] for k < n_lags (0 beyond the end of x), by TF's FFT of a smooth length
     M >= L + n_lags - 1 (L the length of x: no wrap-around below n_lags) and its inverse.
 
-    ``[..., L]`` -> ``[..., n_lags]``. Outside ``tflite_ffts()`` only (TFLite has no inverse FFT).
+    ``[..., L]`` -> ``[..., n_lags]``. Not with ``fft_mode.tflite_compatible`` (TFLite has no
+    inverse FFT).
     """
-    if not any_length_ffts():
-        raise ValueError("autocorrelation needs TF's inverse FFT, which TFLite lacks: inside tflite_ffts() "
-                         "use autocorrelation_of_spectrum on a power-of-two spectrum")
+    if fft_mode.tflite_compatible:
+        raise ValueError("autocorrelation needs TF's inverse FFT, which TFLite lacks: in a tflite_compatible "
+                         "FftMode use autocorrelation_of_spectrum on a power-of-two spectrum")
     with tf.name_scope("autocorrelation"):
         fft_length = smooth_fft_length(x.shape[-1] + n_lags - 1)
-        power = fft_power(x, fft_length)  # [..., M/2 + 1]
+        power = fft_power(x, fft_length, fft_mode)  # [..., M/2 + 1]
         lags = tf.signal.irfft(tf.complex(power, tf.zeros_like(power)), [fft_length])  # [..., M]
         return lags[..., :n_lags]  # [..., n_lags]
 
@@ -380,17 +374,20 @@ class SpectrogramCache:
     extraction that wants both computes each one once (the n_fft-2048 STFT serves the tempogram
     and the spectral-shape scalars, its 128-band dB mel the onset envelope and the mel flux).
 
-    With ``band_limit_hz`` (and the ``sample_rate``), every STFT power is exactly zero from that
-    frequency up: after the waveform's low-pass, what is left there is round-off, which log-ratio
-    features (spectral contrast, dB maps) would otherwise magnify.
+    With a ``band_limit_hz`` other than ``NO_BAND_LIMIT`` (and the ``sample_rate``), every STFT
+    power is exactly zero from that frequency up: after the waveform's low-pass, what is left
+    there is round-off, which log-ratio features (spectral contrast, dB maps) would otherwise
+    magnify. ``fft_mode`` builds the STFTs, and the maps and scalars pass it on to their own FFTs.
     """
 
-    def __init__(self, y: tf.Tensor, sample_rate: int | None = None, band_limit_hz: float | None = None):
-        if (sample_rate is None) != (band_limit_hz is None):
-            raise ValueError("give both sample_rate and band_limit_hz, or neither")
+    def __init__(self, y: tf.Tensor, sample_rate: int | None = None, band_limit_hz: float = NO_BAND_LIMIT,
+                 fft_mode: FftMode = FftMode()):
+        if band_limit_hz != NO_BAND_LIMIT and sample_rate is None:
+            raise ValueError(f"a band limit ({band_limit_hz} Hz) needs the sample_rate")
         self.y = as_float32(y)  # [..., n]
         self.sample_rate = sample_rate
         self.band_limit_hz = band_limit_hz
+        self.fft_mode = fft_mode
         self._built: dict[tuple, tf.Tensor] = {}
 
     def _once(self, key: tuple, build) -> tf.Tensor:
@@ -400,10 +397,11 @@ class SpectrogramCache:
 
     def power(self, n_fft: int, hop_length: int) -> tf.Tensor:
         """|STFT|^2. ``[..., T, n_fft//2+1]``"""
-        return self._once(("power", n_fft, hop_length), lambda: self._band_limited(stft_power(self.y, n_fft, hop_length)))
+        return self._once(("power", n_fft, hop_length),
+                          lambda: self._band_limited(stft_power(self.y, n_fft, hop_length, self.fft_mode)))
 
     def _band_limited(self, power: tf.Tensor) -> tf.Tensor:
-        if self.band_limit_hz is None:
+        if self.band_limit_hz == NO_BAND_LIMIT:
             return power  # [..., T, F]
         n_fft = 2 * (power.shape[-1] - 1)
         return power * filters.band_mask(self.sample_rate, n_fft, self.band_limit_hz)  # [..., T, F]

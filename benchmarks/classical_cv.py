@@ -148,7 +148,7 @@ def pooled_features(examples, pipeline, data_dir: Path, cache_dir: Path) -> dict
         blocks[name], names[name] = pool_map(name, rows, spectral[..., channel])
     del spectral
     if pipeline.features.scalars:
-        from tfbreath.scalars import SCALAR_NAMES
+        from tfbreath.config import SCALAR_NAMES
 
         blocks[SCALARS], names[SCALARS] = arrays["scalars"].astype(np.float32), list(SCALAR_NAMES)
     files = np.array([Path(f).name for f in arrays["files"]])

@@ -531,7 +531,7 @@ def stability_table(table: dict[str, dict[str, float]]) -> str:
 
 def worst_scalars(original: np.ndarray, perturbed: dict[str, np.ndarray]) -> list[tuple[str, float, str]]:
     """The scalars moved most (relative to their between-clip std) by any perturbation: (name, ratio, by what)."""
-    from tfbreath.scalars import SCALAR_NAMES
+    from tfbreath.config import SCALAR_NAMES
 
     names = list(perturbed)
     ratios = np.nan_to_num(np.stack([per_scalar_change(original, p) for p in perturbed.values()]), nan=0.0)  # [P, S]

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402  (after the TF log level)
 
 from tfbreath import synthetic  # noqa: E402
-from tfbreath.scalars import SCALAR_NAMES  # noqa: E402
+from tfbreath.config import SCALAR_NAMES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TFBREATH_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -9,7 +9,7 @@ from conftest import assert_features_equal, breath_like
 from tfbreath import spectral
 from tfbreath.config import NO_LEVEL, ConfigError, PipelineConfig, config_from_dict, with_overrides
 from tfbreath.features import SCALARS, SPECTRAL, extract_features
-from tfbreath.scalars import SCALAR_NAMES
+from tfbreath.config import SCALAR_NAMES
 
 LEVEL = 0.05
 PIPELINE = with_overrides(PipelineConfig(), "features", band_limit_hz=2000.0)

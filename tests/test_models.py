@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import keras
 
-from tfbreath import features
-from tfbreath.config import CNN_MODELS, FeatureConfig, PipelineConfig
-from tfbreath.models import (LOGIT, SCALAR_NORM, SCALARS_INPUT, SPECTRAL_INPUT,
+from tfbreath.config import CNN_MODELS, MAP_NAMES, MODEL_NAMES, FeatureConfig, PipelineConfig
+from tfbreath.maps import MAP_BUILDERS
+from tfbreath.models import (LOGIT, MODEL_BUILDERS, SCALAR_NORM, SCALARS, SPECTRAL,
                              build_model, build_model_for_pipeline)
 
 PAPER_SHAPE = (128, 63, 9)
@@ -39,9 +39,9 @@ def tiny(name: str, shape=TINY_SHAPE, n_scalars=TINY_SCALARS, **kwargs) -> keras
 
 def random_inputs(n: int, shape=TINY_SHAPE, n_scalars=TINY_SCALARS, seed=0) -> dict:
     rng = np.random.default_rng(seed)
-    x = {SPECTRAL_INPUT: rng.standard_normal((n, *shape)).astype(np.float32)}
+    x = {SPECTRAL: rng.standard_normal((n, *shape)).astype(np.float32)}
     if n_scalars:
-        x[SCALARS_INPUT] = rng.standard_normal((n, n_scalars)).astype(np.float32)
+        x[SCALARS] = rng.standard_normal((n, n_scalars)).astype(np.float32)
     return x
 
 
@@ -105,15 +105,11 @@ def test_vgg_has_twelve_bias_free_3x3_convs_and_a_residual_projection():
 
 # --- inputs and API ---------------------------------------------------------------------------
 
-def test_input_names_are_the_feature_keys():
-    assert (SPECTRAL_INPUT, SCALARS_INPUT) == (features.SPECTRAL, features.SCALARS)
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_channels_and_scalar_count_follow_the_arguments(name):
     shape = (20, 14, 2)
     model = tiny(name, shape=shape, n_scalars=0)
-    assert [t.name for t in model.inputs] == [SPECTRAL_INPUT]
+    assert [t.name for t in model.inputs] == [SPECTRAL]
     assert all(not isinstance(layer, keras.layers.Normalization) for layer in model.layers)
     first = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
     assert first.kernel.shape[2] == 2
@@ -121,7 +117,7 @@ def test_channels_and_scalar_count_follow_the_arguments(name):
     assert tuple(out.shape) == (3, 1)
 
     with_scalars = tiny(name, shape=shape, n_scalars=7)
-    assert sorted(t.name for t in with_scalars.inputs) == [SCALARS_INPUT, SPECTRAL_INPUT]
+    assert sorted(t.name for t in with_scalars.inputs) == [SCALARS, SPECTRAL]
     assert with_scalars.get_layer(SCALAR_NORM).input.shape == (None, 7)
     out = with_scalars(random_inputs(4, shape, 7), training=False)
     assert tuple(out.shape) == (4, 1)
@@ -163,7 +159,7 @@ def test_unadapted_scalar_norm_is_the_identity_and_adapts():
 def test_keras_file_round_trip_gives_identical_outputs(name, tmp_path):
     model = tiny(name)
     x = random_inputs(6, seed=2)
-    model.get_layer(SCALAR_NORM).adapt(x[SCALARS_INPUT] * 3.0 + 1.0)
+    model.get_layer(SCALAR_NORM).adapt(x[SCALARS] * 3.0 + 1.0)
     model(x, training=True)  # moves the BatchNorm statistics away from their initial values
     before = np.asarray(model(x, training=False))
     assert np.ptp(before) > 0  # outputs depend on the inputs
@@ -215,14 +211,20 @@ def test_tiny_model_overfits_a_separable_task():
     n = 64
     x = random_inputs(n, seed=4)
     shift = np.where(np.arange(n) % 2 == 0, 0.5, -0.5).astype(np.float32)
-    x[SPECTRAL_INPUT][..., 0] += shift[:, None, None]
-    y = (x[SPECTRAL_INPUT][..., 0].mean(axis=(1, 2)) > 0).astype(np.float32)[:, None]
+    x[SPECTRAL][..., 0] += shift[:, None, None]
+    y = (x[SPECTRAL][..., 0].mean(axis=(1, 2)) > 0).astype(np.float32)[:, None]
     assert 0.4 < y.mean() < 0.6
 
     model = tiny("cnn8", dropout=0.0)
-    model.get_layer(SCALAR_NORM).adapt(x[SCALARS_INPUT])
+    model.get_layer(SCALAR_NORM).adapt(x[SCALARS])
     compile_for_test(model, learning_rate=1e-2)
     _, chance = model.evaluate(x, y, verbose=0)
     model.fit(x, y, batch_size=16, epochs=4, shuffle=True, verbose=0)
     _, accuracy = model.evaluate(x, y, batch_size=n, verbose=0)  # inference mode
     assert accuracy > 0.9 > chance
+
+
+def test_every_model_name_has_one_builder_and_every_map_name_one_map():
+    """``config`` holds the one list of each; the registries must cover exactly those names."""
+    assert tuple(MODEL_BUILDERS) == MODEL_NAMES
+    assert tuple(MAP_BUILDERS) == MAP_NAMES

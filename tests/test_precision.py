@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from tfbreath import export, fit, precision, predict
-from tfbreath.config import PipelineConfig, with_overrides
+from tfbreath.config import N_SCALARS, PipelineConfig, with_overrides
 from tfbreath.ensemble import build_ensemble
 from tfbreath.models import SCALAR_NORM, build_model
 from tfbreath.synthetic import write_synthetic_breath
 
 BF16 = "mixed_bfloat16"
 SHAPE = (128, 63, 9)
-N_SCALARS = 39
 BF16_RUN = with_overrides(with_overrides(PipelineConfig(), "train", model_width=0.125, epochs=2, models=("cnn8",),
                                          precision=BF16), "data", batch_size=16)
 """A few bf16 steps, forced whatever the CPU (bf16 is emulated where it is not native)."""

@@ -16,7 +16,8 @@ from conftest import (PARITY_KINDS, SAMPLE_RATE, assert_same_scalars, breath_lik
                       real_clips, sine)
 from librosa_reference.scalars import reference_scalars
 from tfbreath import config, spectral
-from tfbreath.scalars import (PRESELECT_STEP, SCALAR_NAMES, _envelope_peaks, _hilbert_envelope_and_autocorrelation,
+from tfbreath.config import SCALAR_NAMES
+from tfbreath.scalars import (PRESELECT_STEP, _envelope_peaks, _hilbert_envelope_and_autocorrelation,
                               _largest_pair, contrast_bands, scalar_features)
 
 IDX = {name: i for i, name in enumerate(SCALAR_NAMES)}

@@ -15,7 +15,7 @@ from tfbreath import export, spectral
 from tfbreath.config import PipelineConfig, with_overrides
 from tfbreath.data import FEATURE_BATCH
 from tfbreath.features import SCALARS, SPECTRAL, FeatureExtractor, extract_features, tflite_compatible_copy
-from tfbreath.scalars import SCALAR_NAMES
+from tfbreath.config import SCALAR_NAMES
 
 PIPELINE = PipelineConfig()
 N_SAMPLES = PIPELINE.audio.num_samples

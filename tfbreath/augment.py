@@ -60,10 +60,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tfbreath.config import AugmentConfig
+from tfbreath.config import SCALARS, SPECTRAL, AugmentConfig
 
-SPECTRAL = "spectral"
-SCALARS = "scalars"
 _KNOWN_KEYS = (SPECTRAL, SCALARS)
 
 _RANDOM_SEED_BITS = 63

@@ -35,8 +35,29 @@ MAP_NAMES = (
 )
 """The nine spectral maps of the breathing-phase paper, in channel order."""
 
-N_SCALARS = 39
-"""Length of the scalar feature vector (see ``tfbreath.scalars``)."""
+SCALAR_NAMES: tuple[str, ...] = (
+    "rms_mean", "rms_std", "rms_max", "rms_min",
+    "zcr_mean", "zcr_std", "zcr_max", "zcr_min",
+    "centroid_mean", "centroid_std", "centroid_skew",
+    "bandwidth_mean", "bandwidth_std",
+    "rolloff_mean", "rolloff_std",
+    "flatness_mean", "flatness_std",
+    "contrast_mean", "contrast_std",
+    "envelope_mean", "envelope_std", "envelope_mean_std_ratio",
+    "envelope_peak_count", "envelope_peak_height_mean", "envelope_peak_height_std",
+    "low_freq_energy_ratio",
+    "mel_flux_mean", "mel_flux_std", "mel_flux_max",
+    "waveform_skew", "waveform_kurtosis", "abs_amplitude_p90", "abs_amplitude_p10",
+    "autocorr_10ms", "autocorr_20ms", "autocorr_min_lag_s",
+    "bandwidth_skew", "rolloff_skew", "flatness_skew",
+)
+"""The 39 scalar features, in vector order (computed by ``tfbreath.scalars``)."""
+N_SCALARS = len(SCALAR_NAMES)
+
+SPECTRAL = "spectral"
+"""Key of the stacked maps in a feature dict, and name of every model's map input."""
+SCALARS = "scalars"
+"""Key of the scalar vector in a feature dict, and name of every model's scalar input."""
 
 NO_BAND_LIMIT = 0.0
 """``[features] band_limit_hz`` that keeps the waveform's full band."""

@@ -28,10 +28,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfbreath import artifacts, filters, maps, scalars, spectral
-from tfbreath.config import NO_BAND_LIMIT, NO_LEVEL, ConfigError, PipelineConfig, dump_config, load_config, parse_config
+from tfbreath.config import (NO_BAND_LIMIT, NO_LEVEL, SCALARS, SPECTRAL, ConfigError, PipelineConfig, dump_config,
+                             load_config, parse_config)
 
-SPECTRAL = "spectral"
-SCALARS = "scalars"
 
 EXIT_OK = 0
 EXIT_SKIPPED = 1

@@ -27,7 +27,7 @@ import keras_tuner as kt
 from tfbreath.config import CNN_MODELS, ConfigError, PipelineConfig, with_overrides
 from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
-from tfbreath.models import SCALARS_INPUT, SPECTRAL_INPUT, build_model_for_pipeline
+from tfbreath.models import SCALARS, SPECTRAL, build_model_for_pipeline
 from tfbreath.train import augmented_batches, prepare
 
 OBJECTIVE = "val_accuracy"
@@ -128,11 +128,11 @@ class BreathHyperModel(kt.HyperModel):
         net = build_model_for_pipeline(self.model_name, with_overrides(self.pipeline, "features", maps=maps),
                                        width=values[WIDTH], dropout=values[DROPOUT])
         features = self.pipeline.features
-        spectral = keras.Input((features.n_mels, self.pipeline.num_frames, len(searched)), name=SPECTRAL_INPUT)
-        inputs = {SPECTRAL_INPUT: spectral}
-        fed = {SPECTRAL_INPUT: SelectMaps([searched.index(m) for m in maps], name="select_maps")(spectral)}
+        spectral = keras.Input((features.n_mels, self.pipeline.num_frames, len(searched)), name=SPECTRAL)
+        inputs = {SPECTRAL: spectral}
+        fed = {SPECTRAL: SelectMaps([searched.index(m) for m in maps], name="select_maps")(spectral)}
         if features.n_scalars:
-            inputs[SCALARS_INPUT] = fed[SCALARS_INPUT] = keras.Input((features.n_scalars,), name=SCALARS_INPUT)
+            inputs[SCALARS] = fed[SCALARS] = keras.Input((features.n_scalars,), name=SCALARS)
         return keras.Model(inputs, net(fed), name=f"{self.model_name}_trial")  # [B, 1] logit
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, train_set: FeatureSet, validation_data: FeatureSet,

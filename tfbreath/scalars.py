@@ -2,7 +2,7 @@
 
 ``scalar_features(y)`` maps waveforms ``[..., n]`` to ``[..., 39]`` float32 with plain TF ops
 (usable inside ``tf.data.Dataset.map``, no ``tf.py_function``). The ground truth is the
-parity tests' literal NumPy/librosa implementation; the order is ``SCALAR_NAMES``:
+parity tests' literal NumPy/librosa implementation; the order is ``config.SCALAR_NAMES``:
 
 ====  ===========================================================================
  0-7  RMS and zero-crossing rate (frame 2048, hop 256): mean, std, max, min of each
@@ -102,23 +102,6 @@ FLOAT32_RESOLUTION = float(np.finfo(np.float32).resolution)
 
 EPS = spectral.EPS
 
-SCALAR_NAMES: tuple[str, ...] = (
-    "rms_mean", "rms_std", "rms_max", "rms_min",
-    "zcr_mean", "zcr_std", "zcr_max", "zcr_min",
-    "centroid_mean", "centroid_std", "centroid_skew",
-    "bandwidth_mean", "bandwidth_std",
-    "rolloff_mean", "rolloff_std",
-    "flatness_mean", "flatness_std",
-    "contrast_mean", "contrast_std",
-    "envelope_mean", "envelope_std", "envelope_mean_std_ratio",
-    "envelope_peak_count", "envelope_peak_height_mean", "envelope_peak_height_std",
-    "low_freq_energy_ratio",
-    "mel_flux_mean", "mel_flux_std", "mel_flux_max",
-    "waveform_skew", "waveform_kurtosis", "abs_amplitude_p90", "abs_amplitude_p10",
-    "autocorr_10ms", "autocorr_20ms", "autocorr_min_lag_s",
-    "bandwidth_skew", "rolloff_skew", "flatness_skew",
-)
-N_SCALARS = len(SCALAR_NAMES)
 
 
 def _samples(sample_rate: int, seconds: float) -> int:
@@ -586,7 +569,7 @@ def scalars_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, hop_l
 
 def scalar_features(y, sample_rate: int = 16000, hop_length: int = 256,
                     fft_mode: spectral.FftMode = spectral.FftMode()) -> tf.Tensor:
-    """The 39 scalars (``SCALAR_NAMES``) of mono waveforms. ``[..., n]`` -> ``[..., 39]`` float32
+    """The 39 scalars (``config.SCALAR_NAMES``) of mono waveforms. ``[..., n]`` -> ``[..., 39]`` float32
 
     Works unbatched (``[n]``) and batched (any leading axes); float32 whatever the Keras policy.
     The clip length ``n`` must be static (the Hilbert kernel and FFT sizes are built for it).

@@ -3,7 +3,7 @@
 This follows the breathing-phase paper's recipe literally, one librosa/SciPy call per feature
 group (each spectral call recomputes its own STFT, exactly as a librosa user would write it).
 It is the ground truth of the parity tests and the baseline of the speed benchmark, so it is
-kept deliberately plain. The order and names are ``tfbreath.scalars.SCALAR_NAMES``.
+kept deliberately plain. The order and names are ``tfbreath.config.SCALAR_NAMES``.
 
 Degenerate input (an all-zero clip) gives NaN here wherever SciPy/NumPy do (skewness,
 kurtosis and the normalised autocorrelation of a constant signal); the in-graph version

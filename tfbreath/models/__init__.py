@@ -27,9 +27,9 @@ from typing import Callable
 
 import keras
 
-from tfbreath.config import POOLED_MODEL
+from tfbreath.config import POOLED_MODEL, SCALARS, SPECTRAL
 from tfbreath.maps import map_rows
-from tfbreath.models.blocks import LOGIT, SCALAR_NORM, SCALARS_INPUT, SPECTRAL_INPUT
+from tfbreath.models.blocks import LOGIT, SCALAR_NORM
 from tfbreath.models.cnn8 import build_cnn8
 from tfbreath.models.pooled import build_pooled
 from tfbreath.models.vgg import build_vgg
@@ -64,6 +64,6 @@ def build_model_for_pipeline(name: str, pipeline, **kwargs) -> keras.Model:
 
 
 __all__ = [
-    "LOGIT", "MODEL_BUILDERS", "SCALARS_INPUT", "SCALAR_NORM", "SPECTRAL_INPUT",
+    "LOGIT", "MODEL_BUILDERS", "SCALARS", "SCALAR_NORM", "SPECTRAL",
     "build_cnn8", "build_model", "build_model_for_pipeline", "build_pooled", "build_vgg",
 ]

@@ -6,10 +6,8 @@ from typing import Sequence
 
 import keras
 
-SPECTRAL_INPUT = "spectral"
-"""Name of the spectral-map input (same key as ``tfbreath.features.SPECTRAL``)."""
-SCALARS_INPUT = "scalars"
-"""Name of the scalar-vector input (same key as ``tfbreath.features.SCALARS``)."""
+from tfbreath.config import SCALARS, SPECTRAL
+
 SCALAR_NORM = "scalar_norm"
 """Name of the scalar branch's ``Normalization`` layer, adapted by the trainer."""
 LOGIT = "logit"
@@ -86,12 +84,12 @@ def model_inputs(spectral_shape: tuple[int, int, int], n_scalars: int):
             f"spectral_shape must be (H, W, C) with positive sizes, got {spectral_shape!r}")
     if n_scalars < 0:
         raise ValueError(f"n_scalars must be >= 0, got {n_scalars!r}")
-    spectral = keras.Input(shape=tuple(spectral_shape), dtype="float32", name=SPECTRAL_INPUT)
-    inputs = {SPECTRAL_INPUT: spectral}
+    spectral = keras.Input(shape=tuple(spectral_shape), dtype="float32", name=SPECTRAL)
+    inputs = {SPECTRAL: spectral}
     if n_scalars == 0:
         return inputs, spectral, None
-    raw = keras.Input(shape=(n_scalars,), dtype="float32", name=SCALARS_INPUT)
-    inputs[SCALARS_INPUT] = raw
+    raw = keras.Input(shape=(n_scalars,), dtype="float32", name=SCALARS)
+    inputs[SCALARS] = raw
     # Un-adapted, the layer's mean/variance weights start at 0 / 1 (identity).
     norm = keras.layers.Normalization(axis=-1, dtype="float32", name=SCALAR_NORM)
     return inputs, spectral, norm(raw)  # [B, S]

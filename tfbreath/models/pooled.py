@@ -24,7 +24,8 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from tfbreath.models.blocks import LOGIT, LOGIT_DTYPE, SCALARS_INPUT, SPECTRAL_INPUT
+from tfbreath.config import SCALARS, SPECTRAL
+from tfbreath.models.blocks import LOGIT, LOGIT_DTYPE
 
 MAX_GROUPS = 32
 """Band groups per map at most: contiguous bands averaged together."""
@@ -109,10 +110,10 @@ class PooledStatistics(keras.layers.Layer):
         return keras.ops.reshape(stats, (-1, average.shape[0] * len(STATISTICS)))  # [B, 4 G]
 
     def call(self, inputs):
-        spectral = keras.ops.cast(inputs[SPECTRAL_INPUT], "float32")  # [B, M, T, C]
+        spectral = keras.ops.cast(inputs[SPECTRAL], "float32")  # [B, M, T, C]
         pieces = [self._pool_map(spectral[..., c], c) for c in range(len(self.maps))]  # C x [B, D_c]
-        if SCALARS_INPUT in inputs:
-            pieces.append(keras.ops.cast(inputs[SCALARS_INPUT], "float32"))  # [B, S]
+        if SCALARS in inputs:
+            pieces.append(keras.ops.cast(inputs[SCALARS], "float32"))  # [B, S]
         return keras.ops.concatenate(pieces, axis=-1)  # [B, D]
 
     def get_config(self):
@@ -129,9 +130,9 @@ def build_pooled(spectral_shape: tuple[int, int, int], n_scalars: int, *, maps: 
     """
     if len(maps) != spectral_shape[-1]:
         raise ValueError(f"need one name per map channel: {spectral_shape[-1]} channels, {len(maps)} names")
-    inputs = {SPECTRAL_INPUT: keras.Input(shape=spectral_shape, name=SPECTRAL_INPUT)}
+    inputs = {SPECTRAL: keras.Input(shape=spectral_shape, name=SPECTRAL)}
     if n_scalars:
-        inputs[SCALARS_INPUT] = keras.Input(shape=(n_scalars,), name=SCALARS_INPUT)
+        inputs[SCALARS] = keras.Input(shape=(n_scalars,), name=SCALARS)
     stats = PooledStatistics(maps, map_rows, name=POOLED_STATS)(inputs)  # [B, D]
     normalised = keras.layers.Normalization(axis=-1, dtype="float32", name=POOLED_NORM)(stats)  # [B, D]
     logit = keras.layers.Dense(1, kernel_initializer="zeros", dtype=LOGIT_DTYPE, name=LOGIT)(normalised)  # [B, 1]

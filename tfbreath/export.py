@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import json
 import re
 import shutil
 import sys
@@ -45,12 +44,13 @@ from tfbreath.ensemble import WeightedSigmoidAverage
 from tfbreath.evaluation import THRESHOLD
 from tfbreath.features import FeatureExtractor, tflite_compatible_copy
 from tfbreath.precision import FLOAT32, float32_copy, global_policy
+from tfbreath.run_folder import NO_QUANTIZATION, PIPELINE_FILE, TFLITE_SUFFIX, RunFolder
 from tfbreath.tflite_file import verify_tflite
 
-FLOAT_QUANTIZATIONS = ("none", "float16")
+FLOAT_QUANTIZATIONS = (NO_QUANTIZATION, "float16")
 QUANTIZATIONS = (*FLOAT_QUANTIZATIONS, "int8")
 
-MAX_PROBABILITY_DIFF = {"none": 1e-3, "float16": 1e-2}
+MAX_PROBABILITY_DIFF = {NO_QUANTIZATION: 1e-3, "float16": 1e-2}
 """Largest allowed |P_tflite - P_keras| on any validation clip, per float quantization."""
 
 MAX_INT8_ACCURACY_DROP = 0.005
@@ -69,7 +69,6 @@ TFLITE_BATCH = 64
 """Clips per interpreter call: bounds the interpreter's arena (the feature maps of a clip take
 ~0.3 MB) however many clips a caller passes."""
 
-TFLITE_SUFFIX = ".tflite"
 WAVEFORM = "waveform"
 PROBABILITY = "probability"
 MEMBERS = ("ensemble", *MODEL_NAMES)
@@ -90,20 +89,21 @@ class Run:
 
     @classmethod
     def load(cls, path: str | Path, data_dir: str | Path | None = None) -> "Run":
-        path = Path(path)
-        if not (path / "pipeline.toml").is_file():
-            raise ExportError(f"{path}: not a run folder (no pipeline.toml); train one with python -m tfbreath.fit")
-        pipeline = load_config(path / "pipeline.toml")
-        if data_dir is None and (path / "metrics.json").is_file():
-            data_dir = json.loads((path / "metrics.json").read_text(encoding="utf-8")).get("data")
+        folder = RunFolder(path)
+        path = folder.path
+        if not folder.pipeline_file.is_file():
+            raise ExportError(f"{path}: not a run folder (no {PIPELINE_FILE}); train one with python -m tfbreath.fit")
+        pipeline = load_config(folder.pipeline_file)
+        metrics = folder.read_metrics()
+        if data_dir is None and metrics is not None:
+            data_dir = metrics.get("data")
         data_dir = Path(data_dir) if data_dir else None
         return cls(path, pipeline, data_dir if data_dir and data_dir.is_dir() else None)
 
     def model_path(self, member: str) -> Path:
-        path = self.path / f"{member}.keras"
+        path = RunFolder(self.path).model_file(member)
         if not path.is_file():
-            raise ExportError(f"{path}: model not found (members here: "
-                              f"{sorted(p.stem for p in self.path.glob('*.keras'))})")
+            raise ExportError(f"{path}: model not found (members here: {RunFolder(self.path).model_names()})")
         return path
 
     def split(self) -> tuple[data.Examples, data.Examples]:
@@ -504,7 +504,7 @@ def int8_parts(trained: keras.Model, pipeline: PipelineConfig, train_examples: d
     extractor, head = feature_model(pipeline), probability_model(trained)
     calibration = calibration_features(extractor, pipeline, train_examples)
     head_saved = save_serving(head, folder / "head")
-    features = convert(save_serving(extractor, folder / "features"), "none")
+    features = convert(save_serving(extractor, folder / "features"), NO_QUANTIZATION)
     head_int8 = quantize_head(head_saved, {name: calibration[name] for name in trained.input})
     return Int8Parts(extractor, head, head_saved, features, head_int8)
 
@@ -528,8 +528,8 @@ def export(run: Run, member: str, quantize: str, out: Path) -> dict:
             flatbuffer = convert(saved_model, quantize)
         row = check(flatbuffer, model, quantize, waveforms, val_examples.labels)
         if row["passed"]:
-            artifacts.save_model(model, run.path / f"{member}_waveform.keras")
-            artifacts.write_folder(run.path / f"{member}_savedmodel",
+            artifacts.save_model(model, RunFolder(run.path).waveform_model_file(member))
+            artifacts.write_folder(RunFolder(run.path).savedmodel_dir(member),
                                    lambda staged: shutil.copytree(saved_model, staged))
             artifacts.write_bytes(out, flatbuffer)
     return row
@@ -546,7 +546,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tfbreath.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="run folder written by python -m tfbreath.fit")
     parser.add_argument("--member", default="ensemble", choices=MEMBERS, help="which model (default: ensemble)")
-    parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS)
+    parser.add_argument("--quantize", default=NO_QUANTIZATION, choices=QUANTIZATIONS)
     parser.add_argument("--out", type=Path, help="output .tflite (default: RUN_DIR/<member>[_<quantize>].tflite)")
     parser.add_argument("--data", type=Path, help="the run's data folder, if it moved (for the self-check)")
     add_verbose_argument(parser)
@@ -555,8 +555,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    suffix = "" if args.quantize == "none" else f"_{args.quantize}"
-    out = args.out or args.model / f"{args.member}{suffix}.tflite"
+    out = args.out or RunFolder(args.model).tflite_file(args.member, args.quantize)
     try:
         check_output_path(out)
         row = export(Run.load(args.model, args.data), args.member, args.quantize, out)
@@ -568,8 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {out}: not written, the converted model failed its self-check ({row['limit']})",
               file=sys.stderr)
         return 1
-    print(f"wrote {out} ({row['bytes'] / 1e6:.2f} MB), {args.model / (args.member + '_savedmodel')} "
-          f"and {args.model / (args.member + '_waveform.keras')}")
+    print(f"wrote {out} ({row['bytes'] / 1e6:.2f} MB), {RunFolder(args.model).savedmodel_dir(args.member)} "
+          f"and {RunFolder(args.model).waveform_model_file(args.member)}")
     return 0
 
 

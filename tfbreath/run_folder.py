@@ -13,6 +13,9 @@ and the benchmarks read them, all through ``RunFolder``. Layout, relative to the
 ``validation_predictions.csv``  one validation split's P(exhale) per clip
 ``oof_predictions.csv``         a K-fold run's out-of-fold P(exhale) per clip
 ``fold_<k>/``                   fold k's models: a run folder of its own
+``<model>[_<quantize>].tflite`` a model exported for TFLite (waveform in, P(exhale) out)
+``<model>_waveform.keras``      the same exported graph as a Keras model
+``<model>_savedmodel/``         and as a SavedModel
 ==============================  ==========================================================
 
 ``resolve`` turns what a command line gives (a pipeline file or none, a data folder or none, a
@@ -47,6 +50,8 @@ METRICS_FILE = "metrics.json"
 VALIDATION_PREDICTIONS = "validation_predictions.csv"
 OOF_PREDICTIONS = "oof_predictions.csv"
 MODEL_SUFFIX = ".keras"
+TFLITE_SUFFIX = ".tflite"
+NO_QUANTIZATION = "none"
 HISTORY_PREFIX = "history_"
 LOGS_DIR = "logs"
 FOLD_DIR_PREFIX = "fold_"
@@ -93,6 +98,17 @@ class RunFolder:
 
     def model_file(self, name: str) -> Path:
         return self.path / f"{name}{MODEL_SUFFIX}"
+
+    def tflite_file(self, name: str, quantize: str = NO_QUANTIZATION) -> Path:
+        """``<name>.tflite``, or ``<name>_<quantize>.tflite`` for a quantized export."""
+        suffix = "" if quantize == NO_QUANTIZATION else f"_{quantize}"
+        return self.path / f"{name}{suffix}{TFLITE_SUFFIX}"
+
+    def waveform_model_file(self, name: str) -> Path:
+        return self.path / f"{name}_waveform{MODEL_SUFFIX}"
+
+    def savedmodel_dir(self, name: str) -> Path:
+        return self.path / f"{name}_savedmodel"
 
     def history_file(self, name: str) -> Path:
         return self.path / f"{HISTORY_PREFIX}{name}.csv"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tfbreath import export, fit, precision, predict
-from tfbreath.config import N_SCALARS, PipelineConfig, with_overrides
+from tfbreath.config import N_SCALARS, ConfigError, PipelineConfig, with_overrides
 from tfbreath.ensemble import build_ensemble
 from tfbreath.models import SCALAR_NORM, build_model
 from tfbreath.synthetic import write_synthetic_breath
@@ -46,7 +46,7 @@ def test_the_environment_says_what_auto_means(monkeypatch, forced):
 
 def test_a_bad_forced_precision_is_a_clear_error(monkeypatch):
     monkeypatch.setenv(precision.PRECISION_ENV, "bf16")
-    with pytest.raises(precision.PrecisionError, match=r"TFBREATH_PRECISION must be one of .*got 'bf16'"):
+    with pytest.raises(ConfigError, match=r"TFBREATH_PRECISION must be one of .*got 'bf16'"):
         precision.choose_precision("auto")
 
 

@@ -15,11 +15,13 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+from tfbreath.errors import TfbreathError
+
 MODEL_PIPELINE_ENTRY = "tfbreath/pipeline.toml"
 """Where a ``.keras`` archive keeps its pipeline TOML (Keras' loader ignores entries it does not know)."""
 
 
-class OutputPathError(ValueError):
+class OutputPathError(TfbreathError, ValueError):
     """An output path that cannot be written: ``<path>: <problem>``."""
 
 

@@ -34,6 +34,7 @@ import tensorflow as tf
 import tensorflow_io as tfio
 
 from tfbreath.config import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from tfbreath.errors import TfbreathError
 
 # ---------------------------------------------------------------------------------------------
 # Status codes
@@ -73,7 +74,7 @@ def status_message(code: int) -> str:
     return _STATUS_MESSAGES.get(int(code), f"unknown status {int(code)}")
 
 
-class AudioError(ValueError):
+class AudioError(TfbreathError, ValueError):
     """A file could not be loaded; the message is ``"<path>: <problem>"`` on one line."""
 
 

@@ -22,6 +22,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
+from tfbreath.errors import TfbreathError
+
 MAP_NAMES = (
     "mel",
     "mel_delta",
@@ -72,7 +74,7 @@ MAX_SEED = 2**32 - 1
 """Largest seed scikit-learn's splitters take (``random_state`` is a 32-bit NumPy seed)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(TfbreathError, ValueError):
     """A configuration value is invalid; the message names the field and echoes the value."""
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from tfbreath.ensemble import softmax_weights
+from tfbreath.errors import TfbreathError
 from tfbreath.evaluation import accuracy, roc_auc
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -40,7 +41,7 @@ DIGITS = 4
 ENSEMBLE = "ensemble"
 
 
-class CrossValidationError(ValueError):
+class CrossValidationError(TfbreathError, ValueError):
     """The data cannot be split into the requested folds; the message says why."""
 
 

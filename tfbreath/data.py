@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from tfbreath import audio, spectral
 from tfbreath.config import PipelineConfig
+from tfbreath.errors import TfbreathError
 from tfbreath.features import extract_features
 
 LABELS = {"I": 0, "E": 1}
@@ -62,7 +63,7 @@ LABEL = "label"
 INDEX = "index"
 
 
-class DataError(ValueError):
+class DataError(TfbreathError, ValueError):
     """A data folder or CSV is unusable; the message names the file (and row) and the problem."""
 
 

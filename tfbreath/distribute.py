@@ -30,6 +30,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from tfbreath.errors import TfbreathError
+
 STRATEGIES = ("default", "mirrored", "multiworker")
 """Names accepted by ``make_strategy`` (and by ``--strategy``)."""
 
@@ -40,7 +42,7 @@ WORKER, CHIEF = "worker", "chief"
 """Task types of ``TF_CONFIG`` that train (a ``chief`` is an optional worker that writes the results)."""
 
 
-class StrategyError(ValueError):
+class StrategyError(TfbreathError, ValueError):
     """A strategy name, device split or ``TF_CONFIG`` is unusable; the message names the value."""
 
 

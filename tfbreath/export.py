@@ -37,10 +37,11 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
 from tfbreath import artifacts, data, train
-from tfbreath.audio import AudioError, load_audio
-from tfbreath.config import MODEL_NAMES, POOLED_MODEL, ConfigError, PipelineConfig, load_config
+from tfbreath.audio import load_audio
+from tfbreath.config import MODEL_NAMES, POOLED_MODEL, PipelineConfig, load_config
 from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import WeightedSigmoidAverage
+from tfbreath.errors import TfbreathError, print_error
 from tfbreath.evaluation import THRESHOLD
 from tfbreath.features import FeatureExtractor, tflite_compatible_copy
 from tfbreath.precision import FLOAT32, float32_copy, global_policy
@@ -74,7 +75,7 @@ PROBABILITY = "probability"
 MEMBERS = ("ensemble", *MODEL_NAMES)
 
 
-class ExportError(RuntimeError):
+class ExportError(TfbreathError, RuntimeError):
     """A run folder cannot be exported or the exported model failed its self-check."""
 
 
@@ -559,9 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output_path(out)
         row = export(Run.load(args.model, args.data), args.member, args.quantize, out)
-    except (ExportError, ConfigError, data.DataError, AudioError, artifacts.OutputPathError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+    except TfbreathError as err:
+        return print_error(err)
     print(format_check(row))
     if not row["passed"]:
         print(f"error: {out}: not written, the converted model failed its self-check ({row['limit']})",

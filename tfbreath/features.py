@@ -28,8 +28,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfbreath import artifacts, filters, maps, scalars, spectral
-from tfbreath.config import (NO_BAND_LIMIT, NO_LEVEL, SCALARS, SPECTRAL, ConfigError, PipelineConfig, dump_config,
+from tfbreath.config import (NO_BAND_LIMIT, NO_LEVEL, SCALARS, SPECTRAL, PipelineConfig, dump_config,
                              load_config, parse_config)
+from tfbreath.errors import TfbreathError, print_error
 
 
 EXIT_OK = 0
@@ -129,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = load_config(args.pipeline) if args.pipeline else PipelineConfig()
         files = data.collect_wav_files(args.inputs)
         artifacts.check_writable(out_path)  # before the extraction, not after it
-    except (ConfigError, data.DataError, artifacts.OutputPathError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    except TfbreathError as err:
+        return print_error(err)
     feature_set = data.extract(files, None, pipeline, description="features")
     print(feature_set.report, file=sys.stderr)
     report = feature_set.report

@@ -43,6 +43,7 @@ from tfbreath import artifacts, crossval, data, distribute, evaluation, run_fold
 from tfbreath.config import POOLED_MODEL, ConfigError, PipelineConfig, dump_config, load_config
 from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import build_ensemble, softmax_weights
+from tfbreath.errors import TfbreathError, print_error
 from tfbreath.icbhi import fit as icbhi_fit
 from tfbreath.icbhi.config import is_icbhi_pipeline
 from tfbreath.precision import choose_precision, global_policy, policy_of
@@ -308,9 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--no-refit needs K-fold cross-validation (--folds K >= 2), got folds = "
                               f"{pipeline.train.folds}")
         summary = run(pipeline, data_dir, run_dir, strategy, args.refit)
-    except (ConfigError, data.DataError, distribute.StrategyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except TfbreathError as err:
+        return print_error(err)
     if "cross_validation" in summary:
         ensemble, kind = summary["cross_validation"][crossval.ENSEMBLE], "out-of-fold"
         accuracy, auc = ensemble["accuracy"]["pooled"], ensemble["roc_auc"]["pooled"]

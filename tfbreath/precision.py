@@ -23,7 +23,7 @@ from typing import Iterator
 import keras
 import tensorflow as tf
 
-from tfbreath.config import PRECISIONS
+from tfbreath.config import PRECISIONS, ConfigError
 
 AUTO = "auto"
 FLOAT32 = "float32"
@@ -35,10 +35,6 @@ PRECISION_ENV = "TFBREATH_PRECISION"
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 """/proc/cpuinfo flags of CPUs with native bfloat16 matrix math."""
-
-
-class PrecisionError(ValueError):
-    """An unknown precision policy; the message names where it came from and echoes it."""
 
 
 def cpu_supports_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -56,7 +52,7 @@ def choose_precision(requested: str) -> str:
     forced = os.environ.get(PRECISION_ENV)
     if forced:
         if forced not in POLICIES:
-            raise PrecisionError(f"${PRECISION_ENV} must be one of {list(POLICIES)}, got {forced!r}")
+            raise ConfigError(f"${PRECISION_ENV} must be one of {list(POLICIES)}, got {forced!r}")
         return forced
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"

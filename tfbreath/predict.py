@@ -18,8 +18,9 @@ the decoder takes. ``PATH`` is one of
   the default pipeline's (said on stderr). The file is checked before TFLite reads it: a cut or
   corrupt one is an error, not a crash.
 
-Without ``--model``, the pretrained model in ``saved_models/breath_phase/`` of the repository is
-used (its ``ensemble.tflite`` if present, else the run folder).
+Without ``--model``, the pretrained model that installs with the package is used
+(``tfbreath.pretrained``: ``saved_models/breath_phase/`` of the repository; its ``ensemble.tflite``
+if present, else its ``ensemble.keras``).
 
 The CSV (``--out``, else stdout) has one row per file, ``ID,Target,Probability,Padded``: the
 file name, ``E`` when P(exhale) >= ``--threshold`` (default 0.5) else ``I``, P(exhale), and
@@ -69,10 +70,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-import tfbreath  # noqa: E402
-from tfbreath import artifacts, data, export  # noqa: E402
+from tfbreath import artifacts, data, export, pretrained  # noqa: E402
 from tfbreath.audio import AudioError, load_audio  # noqa: E402
 from tfbreath.config import ConfigError, PipelineConfig, first_difference, load_config, parse_config  # noqa: E402
+from tfbreath.errors import EXIT_USAGE, TfbreathError, one_line, print_error  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
 from tfbreath.features import FeatureExtractor  # noqa: E402
 from tfbreath.tflite_file import TFLiteFileError  # noqa: E402
@@ -83,8 +84,9 @@ KERAS_SUFFIX = ".keras"
 TFLITE_SUFFIX = ".tflite"
 KAGGLE_CSV = "test.csv"
 
-DEFAULT_MODEL_DIR = Path(tfbreath.__file__).resolve().parents[1] / "saved_models" / "breath_phase"
-"""The shipped pretrained model: a run folder, optionally holding ``ensemble.tflite``."""
+DEFAULT_MODEL_DIR = pretrained.model_dir()
+"""The shipped pretrained model, package data (``tfbreath.pretrained``): a run folder's
+``ensemble.keras`` and ``pipeline.toml``, with ``ensemble.tflite``."""
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_HOP_CLIPS = 0.5
@@ -106,7 +108,6 @@ KAGGLE_COLUMNS = ("ID", "Target")
 
 EXIT_OK = 0
 EXIT_SKIPPED = 1
-EXIT_USAGE = 2
 
 INHALE, EXHALE = data.LABEL_NAMES
 PHASE_COLOURS = {INHALE: "tab:blue", EXHALE: "tab:orange"}
@@ -118,7 +119,7 @@ WAVEFORM_HEIGHT_RATIO = 2
 LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 8}
 
 
-class PredictError(RuntimeError):
+class PredictError(TfbreathError, RuntimeError):
     """Bad arguments or an unusable model: reported as one ``error:`` line, exit code 2."""
 
 
@@ -142,10 +143,6 @@ class Classifier:
         return self.num_samples / self.sample_rate
 
 
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
-
-
 def _load_keras(path: Path) -> keras.Model:
     """The model of a ``.keras`` file, whose zip archive is checked first (Keras calls a cut
     archive "file not found")."""
@@ -154,7 +151,7 @@ def _load_keras(path: Path) -> keras.Model:
             corrupt = archive.testzip()
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         raise PredictError(f"{path}: not a valid {KERAS_SUFFIX} file (cut short or corrupt zip archive: "
-                           f"{_one_line(err)})") from None
+                           f"{one_line(err)})") from None
     except OSError as err:
         raise PredictError(f"{path}: cannot read the file ({err.strerror})") from None
     if corrupt is not None:
@@ -162,7 +159,7 @@ def _load_keras(path: Path) -> keras.Model:
     try:
         return export.load_trained_model(path)
     except (ValueError, TypeError, KeyError, OSError) as err:
-        raise PredictError(f"{path}: cannot load the Keras model ({_one_line(err)})") from None
+        raise PredictError(f"{path}: cannot load the Keras model ({one_line(err)})") from None
 
 
 def _feature_extractor(model: keras.Model) -> FeatureExtractor | None:
@@ -199,7 +196,7 @@ def feature_pipeline(path: Path, pipeline_arg: Path | None) -> PipelineConfig:
     try:
         carried_toml = artifacts.model_pipeline_toml(path)
     except (zipfile.BadZipFile, OSError) as err:
-        raise PredictError(f"{path}: cannot read its archive ({_one_line(err)})") from None
+        raise PredictError(f"{path}: cannot read its archive ({one_line(err)})") from None
     if carried_toml is None:
         if given is None:
             raise PredictError(f"{path}: a feature-input model needs its {PIPELINE_FILE} beside it "
@@ -243,7 +240,7 @@ def load_tflite(path: Path, pipeline_arg: Path | None) -> Classifier:
     except TFLiteFileError as err:
         raise PredictError(str(err)) from None
     except (ValueError, RuntimeError, IndexError) as err:
-        raise PredictError(f"{path}: cannot run the TFLite model ({_one_line(err)})") from None
+        raise PredictError(f"{path}: cannot run the TFLite model ({one_line(err)})") from None
     given = _given_pipeline(path, pipeline_arg)
     pipeline = PipelineConfig() if given is None else given[1]
     if given is None:
@@ -257,7 +254,7 @@ def load_tflite(path: Path, pipeline_arg: Path | None) -> Classifier:
 
 
 def default_model_path() -> Path:
-    """The shipped model: ``ensemble.tflite`` in ``saved_models/breath_phase/``, else that run folder."""
+    """The shipped model: its ``ensemble.tflite``, else its folder (a run folder: ``ensemble.keras``)."""
     tflite = DEFAULT_MODEL_DIR / (ENSEMBLE + TFLITE_SUFFIX)
     if tflite.is_file():
         return tflite
@@ -610,9 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     tf.get_logger().setLevel("ERROR")  # tfio's resampler warns about retracing on every new length
     try:
         return run(args)
-    except (PredictError, data.DataError, ConfigError, artifacts.OutputPathError) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
+    except TfbreathError as err:
+        return print_error(err)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import numpy as np
 from tensorflow.lite.python import schema_py_generated as tflite_schema
 from tensorflow.lite.tools import flatbuffer_utils
 
+from tfbreath.errors import TfbreathError
+
 TFLITE_IDENTIFIER = b"TFL3"
 TFLITE_IDENTIFIER_AT = slice(4, 8)
 """A flatbuffer starts with its root table's 4-byte offset, then the 4-byte file identifier."""
@@ -38,17 +40,14 @@ TENSOR_ITEM_BYTES = {getattr(tflite_schema.TensorType, name): np.dtype(name.lowe
 """Bytes per element of the TFLite tensor types numpy shares (constant data must fill the shape)."""
 
 
-class TFLiteFileError(ValueError):
-    """A ``.tflite`` file that cannot be read or is not a sound TFLite model: ``"<path>: <problem>"``."""
-
-
-class _InvalidTFLite(ValueError):
-    """One structural problem of a TFLite flatbuffer."""
+class TFLiteFileError(TfbreathError, ValueError):
+    """A ``.tflite`` file that cannot be read or is not a sound TFLite model: ``"<path>: <problem>"``
+    (the checks raise it with the problem alone; ``verify_tflite`` adds the path)."""
 
 
 def _check(condition: bool, problem: str) -> None:
     if not condition:
-        raise _InvalidTFLite(problem)
+        raise TFLiteFileError(problem)
 
 
 def _vector(values) -> Sequence:
@@ -156,7 +155,7 @@ def verify_tflite(model: bytes | str | Path) -> bytes:
                f"no {TFLITE_IDENTIFIER.decode()} identifier at bytes 4-7")
         parsed = flatbuffer_utils.convert_bytearray_to_object(model)
         _check_model(parsed)
-    except _InvalidTFLite as err:
+    except TFLiteFileError as err:  # before TFLITE_PARSE_ERRORS, which holds ValueError
         raise TFLiteFileError(f"{source}: not a valid TFLite model ({err})") from None
     except TFLITE_PARSE_ERRORS as err:
         raise TFLiteFileError(f"{source}: not a valid TFLite model "

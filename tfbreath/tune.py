@@ -54,6 +54,7 @@ from tfbreath import artifacts, data, distribute, run_folder  # noqa: E402
 from tfbreath.config import (CNN_MODELS, ConfigError, TUNERS, PipelineConfig, TuneConfig,  # noqa: E402
                              dump_config, load_config, with_overrides)
 from tfbreath.console import add_verbose_argument  # noqa: E402
+from tfbreath.errors import TfbreathError, print_error  # noqa: E402
 from tfbreath.hypermodel import (HYPERBAND_EPOCHS, HYPERPARAMETERS, OBJECTIVE, BreathHyperModel,  # noqa: E402
                                  extraction_pipeline)
 from tfbreath.precision import choose_precision, global_policy  # noqa: E402
@@ -80,7 +81,7 @@ SINGLE, CHIEF, WORKER = "single", "chief", "worker"
 """Roles of this process in a search."""
 
 
-class TuneError(RuntimeError):
+class TuneError(TfbreathError, RuntimeError):
     """The search cannot run or produced nothing; the message says why in one line."""
 
 
@@ -281,9 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         strategy = distribute.strategy_from_arguments(args)  # before anything fixes TensorFlow's devices
         pipeline, data_dir, out = resolve(args, strategy)
         best = run(pipeline, data_dir, out, strategy)
-    except (ConfigError, data.DataError, distribute.StrategyError, TuneError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except TfbreathError as err:
+        return print_error(err)
     if best is not None:
         print(f"done: best trial {best['trial']}, {OBJECTIVE} {best[OBJECTIVE]:.3f}; "
               f"train it with: python -m tfbreath.fit --pipeline {out / BEST_PIPELINE}")

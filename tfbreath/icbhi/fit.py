@@ -33,6 +33,7 @@ import numpy as np
 from tfbreath import artifacts
 from tfbreath.config import ConfigError, with_overrides
 from tfbreath.console import add_verbose_argument
+from tfbreath.errors import TfbreathError, print_error
 from tfbreath.icbhi.config import IcbhiConfig, dump_icbhi_config, load_icbhi_config, parse_icbhi_config
 from tfbreath.icbhi.dataset import CLASS_NAMES, CycleSet, load_cycle_sets
 from tfbreath.icbhi.finetune import STAGE1, finetune_devices, predict_probabilities, train_stage1
@@ -180,9 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, data_dir, run_dir = resolve(args)
         summary = run(config, data_dir, run_dir)
-    except (ConfigError, IcbhiError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except TfbreathError as err:
+        return print_error(err)
     stages = [f"{stage}: {_describe(summary[stage])}" for stage in (STAGE1, FINETUNED) if stage in summary]
     print(f"done: {summary['split']['scheme']} test split, {'; '.join(stages)}; run written to {run_dir}")
     return 0

@@ -33,6 +33,7 @@ import tensorflow as tf
 from sklearn.model_selection import StratifiedGroupKFold
 
 from tfbreath import audio
+from tfbreath.errors import TfbreathError
 from tfbreath.icbhi.config import SplitConfig
 
 OFFICIAL_SPLIT_FILE = "ICBHI_challenge_train_test.txt"
@@ -67,7 +68,7 @@ TRAIN, TEST = "train", "test"
 _FIELD_SEPARATORS = re.compile(r"[\s,]+")
 
 
-class IcbhiError(ValueError):
+class IcbhiError(TfbreathError, ValueError):
     """The ICBHI data is unusable; the one-line message names the file (and line) and the problem."""
 
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import InterruptAfter
+from tfbreath import train
 from tfbreath.checkpoint import STATE_FILE, TrainingBackup
+from tfbreath.config import TrainConfig
 
 MONITOR = "val_accuracy"
 SCRIPT = [0.5, 0.6, 0.7, 0.65, 0.66, 0.64, 0.9, 0.95]
@@ -115,3 +117,44 @@ def test_every_damaged_checkpoint_leaves_the_fresh_weights_alone(tmp_path, capsy
     assert "no usable checkpoint left" in capsys.readouterr().out
     for got, want in zip(model.get_weights(), fresh):
         np.testing.assert_array_equal(got, want)
+
+
+def _averaged_fit(folder, momentum, *extra, stop_early=True):
+    """``_fit`` with the recipe's optimiser and weight averaging, and without early stopping if
+    not ``stop_early`` (a refit: the last epoch's averages are kept); returns (model, initial weights)."""
+    keras.utils.set_random_seed(0)
+    recipe = TrainConfig(ema_momentum=momentum, clipnorm=10.0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu"), keras.layers.Dense(1)])
+    initial = model.get_weights()
+    train.compile_model(model, 1e-2, 4 * EPOCHS, recipe)
+    averaging = train.weight_averaging(recipe)
+    stopper = keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=PATIENCE,
+                                            restore_best_weights=True) if stop_early else None
+    model.fit(*DATA, batch_size=8, epochs=EPOCHS, shuffle=False, verbose=0,
+              callbacks=[_Scripted(), *averaging, *([stopper] if stopper else []),
+                         TrainingBackup(folder, early_stopping=stopper, averaging=next(iter(averaging), None)),
+                         *extra])
+    return model, initial
+
+
+def test_weight_averaging_keeps_the_averages_not_the_last_steps(tmp_path):
+    """Keras starts the average at the weights after the first step: Adam's first step moves
+    each weight by its learning rate, 1e-3 here (0.1 x 1e-2 at the warm-up's start). A momentum
+    of 1 - 1e-7 keeps the average there over the other 23 steps; without averaging the weights
+    move by far more."""
+    first_step = 1e-3
+    averaged, initial = _averaged_fit(tmp_path / "averaged", 1 - 1e-7)
+    plain, plain_initial = _averaged_fit(tmp_path / "plain", 0.0)
+    for got, want in zip(averaged.get_weights(), initial):
+        np.testing.assert_allclose(got, want, atol=1.01 * first_step)
+    assert max(np.abs(a - b).max() for a, b in zip(plain.get_weights(), plain_initial)) > 1e-2
+
+
+@pytest.mark.parametrize("stop_early", [True, False])
+def test_a_resumed_averaged_run_ends_with_the_uninterrupted_runs_weights(tmp_path, stop_early):
+    whole, _ = _averaged_fit(tmp_path / "whole", 0.5, stop_early=stop_early)
+    with pytest.raises(KeyboardInterrupt):
+        _averaged_fit(tmp_path / "killed", 0.5, InterruptAfter(3), stop_early=stop_early)
+    resumed, _ = _averaged_fit(tmp_path / "killed", 0.5, stop_early=stop_early)
+    for got, want in zip(resumed.get_weights(), whole.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,10 @@
   resumed run stops at the epoch an uninterrupted one stops at and restores the same weights.
 
 Put it after the ``EarlyStopping`` in the callback list: it must see that epoch's update
-before saving, and restore the state after ``EarlyStopping`` has reset itself.
+before saving, and restore the state after ``EarlyStopping`` has reset itself. With weight
+averaging (``SwapEMAWeights(swap_on_epoch=True)`` before it), an epoch's checkpoint holds the
+averages in the model's variables and the raw weights in the optimiser's average slots, so a
+resumed run tells the swap callback that the averages are in place.
 """
 
 from __future__ import annotations
@@ -54,10 +57,12 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
     saved (a kill in between then reloads the last epoch instead of starting again).
     """
 
-    def __init__(self, backup_dir: str | Path, early_stopping: keras.callbacks.EarlyStopping | None = None):
+    def __init__(self, backup_dir: str | Path, early_stopping: keras.callbacks.EarlyStopping | None = None,
+                 averaging: keras.callbacks.SwapEMAWeights | None = None):
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
         self.folder = Path(backup_dir)
         self.early_stopping = early_stopping
+        self.averaging = averaging
 
     # -- saving -------------------------------------------------------------------------------
     def _save_model(self) -> None:
@@ -133,6 +138,8 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
         if stopper is not None and state:
             stopper.wait, stopper.best, stopper.best_epoch = state["wait"], state["best"], state["best_epoch"]
             stopper.best_weights = best_weights
+        if self.averaging is not None:  # swapped in at the saved epoch's end; swapped out as the next begins
+            self.averaging._ema_weights_in_model = True
         print(f"resuming after epoch {entry['epoch']} from {self.folder}")
 
 

@@ -300,6 +300,10 @@ class TrainConfig:
     """``"variable"``: each gradient tensor's norm is clipped to ``clipnorm`` (Keras' ``clipnorm``);
     ``"global"``: the norm of all gradients together, as the breathing-phase paper's authors clip
     (Keras' ``global_clipnorm``)."""
+    ema_momentum: float = 0.0
+    """0: the model keeps its last (or best) weights. In (0, 1): Polyak averaging, the optimiser
+    keeps an exponential moving average of the weights with this momentum (Keras' ``use_ema``),
+    validation scores the averages and the saved model carries them."""
     early_stopping_patience: int = 20
     precision: str = "auto"
     model_width: float = 1.0
@@ -322,6 +326,7 @@ class TrainConfig:
         for name in ("weight_decay", "min_learning_rate", "clipnorm", "model_width", "warmup_start_factor"):
             positive(name, getattr(self, name))
         in_range("warmup_fraction", self.warmup_fraction, 0, 1, high_open=True)
+        in_range("ema_momentum", self.ema_momentum, 0, 1, high_open=True)
         choice("precision", self.precision, PRECISIONS)
         choice("clip_scope", self.clip_scope, CLIP_SCOPES)
         model_table("learning_rates", self.learning_rates, positive)

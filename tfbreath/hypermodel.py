@@ -28,7 +28,7 @@ from tfbreath.config import CNN_MODELS, ConfigError, PipelineConfig, with_overri
 from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.models import SCALARS, SPECTRAL, build_model_for_pipeline
-from tfbreath.train import augmented_batches, prepare
+from tfbreath.train import augmented_batches, prepare, weight_averaging
 
 OBJECTIVE = "val_accuracy"
 """What a trial maximises: the ``accuracy`` metric of ``tfbreath.train.compile_model`` on the
@@ -152,7 +152,7 @@ class BreathHyperModel(kt.HyperModel):
             prepare(model, self.model_name, pipeline, train_set, steps * (epochs - initial_epoch),
                     member=model.get_layer(self.model_name))
         batches, schedule = augmented_batches(pipeline, train_set, batch_size)
-        callbacks = [*callbacks, schedule,
+        callbacks = [*weight_averaging(pipeline.train), *callbacks, schedule,
                      keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="max",
                                                    patience=pipeline.train.early_stopping_patience)]
         return model.fit(batches, validation_data=shard_by_data(validation_data.batches(batch_size)),

@@ -4,7 +4,8 @@ The recipe (breathing-phase paper): AdamW (weight decay 1e-4), learning rate war
 linearly from 0.1x over the first 5 % of steps then cosine-decayed to 1e-6 (Keras'
 ``CosineDecay`` with ``warmup_target``), gradient-norm clipping at 1.0, binary cross-entropy
 on logits, early stopping on validation accuracy with the best weights restored, CutMix/MixUp
-after the warm-up epochs. An interrupted ``fit`` resumes from its last finished epoch
+after the warm-up epochs; optionally (``[train] ema_momentum``) an exponential moving average of
+the weights, scored and kept in their place. An interrupted ``fit`` resumes from its last finished epoch
 (Keras ``BackupAndRestore``); finished models are saved atomically and not trained again.
 
 The ``pooled`` member (``tfbreath.models.pooled``) is not trained by gradient steps: ``fit_pooled``
@@ -82,13 +83,21 @@ def dominant_label_accuracy(y_true, logits):
 
 def compile_model(model: keras.Model, peak: float, total_steps: int, train: TrainConfig) -> keras.Model:
     clip = {"global_clipnorm" if train.clip_scope == "global" else "clipnorm": train.clipnorm}
+    averaging = {"use_ema": True, "ema_momentum": train.ema_momentum} if train.ema_momentum else {}
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(peak, total_steps, train),
-                                       weight_decay=train.weight_decay, **clip)
+                                       weight_decay=train.weight_decay, **clip, **averaging)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.BinaryCrossentropy(from_logits=True),
                   metrics=[keras.metrics.MeanMetricWrapper(dominant_label_accuracy, name="accuracy"),
                            keras.metrics.AUC(name="auc", from_logits=True)])
     return model
+
+
+def weight_averaging(train: TrainConfig) -> list[keras.callbacks.Callback]:
+    """With ``[train] ema_momentum``, Keras' ``SwapEMAWeights`` swapping the averaged weights into
+    the model at each epoch's end (and out again before the next): put it before every callback
+    that scores, keeps or saves the epoch's weights. Empty without averaging."""
+    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if train.ema_momentum else []
 
 
 def adapt_scalar_normalisation(model: keras.Model, train_set: FeatureSet) -> None:
@@ -180,13 +189,15 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
     batches, schedule = augmented_batches(pipeline, train_set, batch_size)
     stopper = None if val_set is None else keras.callbacks.EarlyStopping(
         monitor="val_accuracy", mode="max", patience=train.early_stopping_patience, restore_best_weights=True)
+    averaging = weight_averaging(train)
     callbacks = [
         schedule,
+        *averaging,
         *([stopper] if stopper else []),
         keras.callbacks.CSVLogger(str(folder.history_file(name)), append=True),
         keras.callbacks.TensorBoard(str(folder.logs_dir(name))),
         # after the stopper: saves the epoch as the stopper left it
-        TrainingBackup(folder.backup_dir(name), early_stopping=stopper),
+        TrainingBackup(folder.backup_dir(name), early_stopping=stopper, averaging=next(iter(averaging), None)),
         *extra_callbacks,
     ]
     replicas = strategy.num_replicas_in_sync

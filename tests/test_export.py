@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 
 import keras
@@ -38,6 +39,37 @@ def validation_clips(tiny_run):
     run = export.Run.load(tiny_run)
     _, val = run.split()
     return export.load_waveforms(val.files, run.pipeline), val.labels
+
+
+def _recorded(path, fold=None):
+    with open(path, newline="") as handle:
+        return sorted(row["file"] for row in csv.DictReader(handle) if fold is None or row["fold"] == fold)
+
+
+def test_the_self_check_scores_the_clips_fit_held_out(tiny_run):
+    training, held_out = export.Run.load(tiny_run).split()
+    assert sorted(f.name for f in held_out.files) == _recorded(tiny_run / "validation_predictions.csv")
+    assert not {f.name for f in training.files} & {f.name for f in held_out.files}
+    assert len(training) + len(held_out) == len(list((tiny_run.parent / "data" / "train").glob("*.wav")))
+
+
+def test_a_k_fold_run_is_checked_on_its_first_fold_and_a_run_without_a_record_refused(tiny_run, tmp_path):
+    folder = tmp_path / "kfold"
+    folder.mkdir()
+    for name in ("pipeline.toml", "metrics.json"):
+        shutil.copy(tiny_run / name, folder / name)
+    files = _recorded(tiny_run / "validation_predictions.csv")
+    rows = [f"{file},{i % 2},I,0.5" for i, file in enumerate(files)]  # fold 0, 1, 0, 1, ...
+    (folder / "oof_predictions.csv").write_text("file,fold,Target,cnn8\n" + "\n".join(rows) + "\n")
+    _, held_out = export.Run.load(folder).split()
+    assert sorted(f.name for f in held_out.files) == files[::2]
+
+    (folder / "oof_predictions.csv").write_text("file,fold,Target,cnn8\nnot_a_clip.wav,0,I,0.5\n")
+    with pytest.raises(export.ExportError, match="1 of the 1 clips it held out are not in"):
+        export.Run.load(folder).split()
+    (folder / "oof_predictions.csv").unlink()
+    with pytest.raises(export.ExportError, match="no record of the clips fit held out"):
+        export.Run.load(folder).split()
 
 
 @pytest.mark.parametrize("quantize", export.QUANTIZATIONS)

@@ -14,7 +14,8 @@ pipeline's rate (one clip, e.g. 16,000 samples), output ``[batch]`` P(exhale). W
 ``float16`` stores the classifier's conv and dense weights as float16; the feature constants stay
 float32 (see ``classifier_weights_to_float16``). ``int8`` quantizes the classifier fully to int8
 (weights and activations, calibrated on 200 training clips) behind the float32 feature graph
-(see ``int8_parts``). After converting, the export checks itself on the run's validation clips:
+(see ``int8_parts``). After converting, the export checks itself on the clips ``fit`` held out
+(its validation split, or a K-fold run's first fold):
 TFLite vs Keras probabilities (max abs diff <= 1e-3 float32, <= 1e-2 float16; int8 may lose at
 most 0.5 accuracy points). It prints the table and exits 1, writing nothing, if a check fails.
 """
@@ -45,7 +46,8 @@ from tfbreath.errors import TfbreathError, print_error
 from tfbreath.evaluation import THRESHOLD
 from tfbreath.features import FeatureExtractor, tflite_compatible_copy
 from tfbreath.precision import FLOAT32, float32_copy, global_policy
-from tfbreath.run_folder import NO_QUANTIZATION, PIPELINE_FILE, TFLITE_SUFFIX, RunFolder
+from tfbreath.run_folder import (NO_QUANTIZATION, OOF_PREDICTIONS, PIPELINE_FILE, TFLITE_SUFFIX,
+                                 VALIDATION_PREDICTIONS, RunFolder)
 from tfbreath.tflite_file import verify_tflite
 
 FLOAT_QUANTIZATIONS = (NO_QUANTIZATION, "float16")
@@ -108,11 +110,20 @@ class Run:
         return path
 
     def split(self) -> tuple[data.Examples, data.Examples]:
-        """The run's training and validation clips, re-derived from its data and seed."""
+        """The run's training clips and the clips ``fit`` held out (``RunFolder.held_out_files``):
+        the int8 calibration draws from the first, the self-check scores the second."""
         if self.data_dir is None:
             raise ExportError(f"{self.path}: its training data folder is not available; pass --data DIR")
+        held_out = RunFolder(self.path).held_out_files()
+        if held_out is None:
+            raise ExportError(f"{self.path}: no record of the clips fit held out ({VALIDATION_PREDICTIONS} or "
+                              f"{OOF_PREDICTIONS}); export a run folder written by python -m tfbreath.fit")
         examples = data.read_kaggle_train(self.data_dir)
-        return data.split_by_session(examples, self.pipeline.data.validation_fraction, self.pipeline.data.seed)
+        is_held_out = np.isin([Path(f).name for f in examples.files], held_out)  # [N]
+        if is_held_out.sum() != len(held_out):
+            raise ExportError(f"{self.path}: {len(held_out) - int(is_held_out.sum())} of the {len(held_out)} clips it "
+                              f"held out are not in {self.data_dir}; pass the --data DIR it was trained on")
+        return examples.subset(np.flatnonzero(~is_held_out)), examples.subset(np.flatnonzero(is_held_out))
 
 
 def load_trained_model(path: str | Path) -> keras.Model:

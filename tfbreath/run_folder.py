@@ -32,6 +32,7 @@ All writes are atomic (``tfbreath.artifacts``).
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import json
 import os
@@ -55,6 +56,8 @@ NO_QUANTIZATION = "none"
 HISTORY_PREFIX = "history_"
 LOGS_DIR = "logs"
 FOLD_DIR_PREFIX = "fold_"
+FIRST_FOLD = "0"
+"""The ``fold`` value of a K-fold run's first fold in ``oof_predictions.csv``."""
 SYNTHETIC_DATA_DIR = "synthetic_data"
 
 RUNS_DIR = Path("saved_models")
@@ -152,6 +155,17 @@ class RunFolder:
 
     def write_metrics(self, summary: dict) -> Path:
         return artifacts.write_json(self.metrics_file, summary)
+
+    def held_out_files(self) -> list[str] | None:
+        """Names of the clips ``fit`` kept out of training, as it recorded them: the validation
+        split (``validation_predictions.csv``) or, for a K-fold run, the first fold
+        (``oof_predictions.csv``; the refit on every clip saw them too). ``None`` if neither file is here."""
+        for path, wanted in ((self.validation_predictions, None), (self.oof_predictions, FIRST_FOLD)):
+            if path.is_file():
+                with open(path, newline="", encoding="utf-8") as handle:
+                    return [row["file"] for row in csv.DictReader(handle)
+                            if wanted is None or row["fold"] == wanted]
+        return None
 
     def drop_empty_backups(self) -> None:
         """Remove ``backup/`` once every model has emptied its own part of it (saved)."""

@@ -264,11 +264,12 @@ def stacked(members: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarra
 def compare_with_cnn(cnn: dict[str, np.ndarray], trees: dict[str, np.ndarray], labels, folds, groups,
                      seed: int) -> list[dict]:
     from tfbreath import crossval
+    from tfbreath.config import ENSEMBLE
 
-    cnn_members = {k: v for k, v in cnn.items() if k != crossval.ENSEMBLE}
+    cnn_members = {k: v for k, v in cnn.items() if k != ENSEMBLE}
     base, _ = crossval.cross_fitted_ensemble(cnn_members, labels, folds)
-    if crossval.ENSEMBLE in cnn:
-        gap = float(np.abs(base - cnn[crossval.ENSEMBLE]).max())
+    if ENSEMBLE in cnn:
+        gap = float(np.abs(base - cnn[ENSEMBLE]).max())
         print(f"  CNN ensemble re-cross-fitted from {list(cnn_members)}: max |diff| vs file {gap:.2e}")
 
     candidates = {"CNN ensemble (cnn8+vgg)": base}

@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 tf.config.threading.set_intra_op_parallelism_threads(1)  # one thread, before TF starts any op
 tf.config.threading.set_inter_op_parallelism_threads(1)
 
-from tfbreath import export  # noqa: E402
+from tfbreath import export, serving  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
 
 WARMUP_CALLS = 3
@@ -67,9 +67,9 @@ def classifier_rows(parts: export.Int8Parts, clips: np.ndarray) -> list[dict]:
     features = {name: np.asarray(x) for name, x in parts.extractor.predict(clips, verbose=0).items()
                 if name in parts.head.input}
     one = [{name: x[i:i + 1] for name, x in features.items()} for i in range(len(clips))]
-    serving = tf.function(parts.head, input_signature=[{name: tf.TensorSpec((1, *x.shape[1:]), tf.float32)
-                                                        for name, x in features.items()}])
-    predictors = {"Keras fp32": lambda x: serving(x).numpy(),
+    compiled = tf.function(parts.head, input_signature=[{name: tf.TensorSpec((1, *x.shape[1:]), tf.float32)
+                                                         for name, x in features.items()}])
+    predictors = {"Keras fp32": lambda x: compiled(x).numpy(),
                   "TFLite fp32": named_input_invoker(export.convert(parts.head_saved, "none")),
                   "TFLite int8": named_input_invoker(parts.head_int8)}
     return [{"model": name, "latency_ms": ms} for name, ms in median_latencies_ms(predictors, one).items()]
@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     run = export.Run.load(args.model, args.data)
-    trained = export.load_trained_model(run.model_path(args.member))
-    model = export.waveform_model(trained, run.pipeline)
+    trained = serving.load_trained_model(run.model_path(args.member))
+    model = serving.waveform_model(trained, run.pipeline)
     train_examples, val_examples = run.split()
-    clips = export.load_waveforms(val_examples.files, run.pipeline)
+    clips = serving.load_waveforms(val_examples.files, run.pipeline)
     labels = val_examples.labels
     timed = clips[:args.latency_clips]
 
@@ -111,16 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         keras_file = Path(tmp) / "model.keras"
         model.save(keras_file)
-        serving = tf.function(model, input_signature=[tf.TensorSpec((1, clips.shape[1]), tf.float32)])
+        compiled = tf.function(model, input_signature=[tf.TensorSpec((1, clips.shape[1]), tf.float32)])
         keras_p = np.asarray(model.predict(clips, batch_size=64, verbose=0)).reshape(-1)
         rows.append({"model": "Keras fp32", "bytes": keras_file.stat().st_size,
                      "accuracy": float(np.mean((keras_p >= THRESHOLD) == labels))})
-        predictors["Keras fp32"] = lambda x: serving(x).numpy()
+        predictors["Keras fp32"] = lambda x: compiled(x).numpy()
         saved = export.save_serving(model, Path(tmp) / "savedmodel")
         parts = export.int8_parts(trained, run.pipeline, train_examples, Path(tmp))  # made once: both tables time them
         for quantize in export.QUANTIZATIONS:
             flatbuffer = parts.flatbuffer if quantize == "int8" else export.convert(saved, quantize)
-            classifier = export.TFLiteClassifier(flatbuffer, num_threads=1)
+            classifier = serving.TFLiteClassifier(flatbuffer, num_threads=1)
             p = classifier(clips)
             name = f"TFLite {quantize if quantize != 'none' else 'fp32'}"
             rows.append({"model": name, "bytes": len(flatbuffer),
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                          "max_abs_diff_vs_keras": float(np.max(np.abs(p - keras_p)))})
             predictors[name] = classifier
         rows.append({"model": "features only", "bytes": len(parts.features)})
-        predictors["features only"] = export.TFLiteClassifier(parts.features, num_threads=1)
+        predictors["features only"] = serving.TFLiteClassifier(parts.features, num_threads=1)
         latencies = median_latencies_ms(predictors, one_clip_batches(timed))
         for row in rows:
             row["latency_ms"] = latencies[row["model"]]

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from tfbreath import crossval, data, fit, train
-from tfbreath.config import load_config, with_overrides
+from tfbreath.config import ENSEMBLE, load_config, with_overrides
 from tfbreath.run_folder import RunFolder
 
 DEFAULT_RUNS_DIR = Path("/tmp/refit_vs_average")
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         base = args.runs_dir / f"outer_{outer}"
         run = RunFolder(base / "run")
         metrics = fit.run(inner_recipe, outer_data_dir(args.data, keep, base / "data"), run.path)
-        weights = metrics["models"][crossval.ENSEMBLE]["weights"]
+        weights = metrics["models"][ENSEMBLE]["weights"]
         names = list(weights)
         scored = data.extract(held_out, None, recipe, description=f"outer fold {outer}")
         refit = member_probabilities(run, names, scored)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                     for k in range(inner_recipe.train.folds)]
         average = {name: np.mean([p[name] for p in per_fold], axis=0) for name in names}
         for way, members in (("refit", refit), ("fold_average", average)):
-            for name, p in {**members, crossval.ENSEMBLE: combined(members, weights)}.items():
+            for name, p in {**members, ENSEMBLE: combined(members, weights)}.items():
                 outcomes[way].setdefault(name, []).append(p)
         labels.append(scored.kept_examples.labels)
         groups.extend(scored.kept_examples.groups)

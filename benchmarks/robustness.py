@@ -71,6 +71,7 @@ import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
+from tfbreath.errors import EXIT_OK, EXIT_USAGE  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402  (P(exhale) at or above which the label is E)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,9 +116,6 @@ WORST_SCALARS = 6
 """Scalars listed by name in the ``--features`` report."""
 RATIO_DECIMALS = 3
 PROBABILITY_DECIMALS = 4
-
-EXIT_OK = 0
-EXIT_USAGE = 2
 
 
 class RobustnessError(ValueError):
@@ -451,10 +449,10 @@ def per_scalar_change(original: np.ndarray, perturbed: np.ndarray) -> np.ndarray
 
 
 def feature_model(pipeline):
-    """The pipeline's in-graph features as a Keras model (``tfbreath.export.feature_model``)."""
-    from tfbreath import export
+    """The pipeline's in-graph features as a Keras model (``tfbreath.serving.feature_model``)."""
+    from tfbreath import serving
 
-    return export.feature_model(pipeline)
+    return serving.feature_model(pipeline)
 
 
 def extract(model, waveforms: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
@@ -492,7 +490,7 @@ def stability(pipeline, original: dict[str, np.ndarray], perturbed: dict[str, np
 
 def feature_pipeline(args: argparse.Namespace):
     """``--pipeline FILE``, else the model's pipeline (as ``python -m tfbreath.predict`` finds it); ``--fmax`` applied."""
-    from tfbreath import config, predict
+    from tfbreath import config, predict, run_folder
 
     try:
         if args.pipeline is not None:
@@ -501,10 +499,10 @@ def feature_pipeline(args: argparse.Namespace):
             model = predict.DEFAULT_MODEL_DIR if args.model is None else args.model
             if not model.exists():
                 raise RobustnessError(f"{model}: no such model file or run folder")
-            if model.suffix == predict.KERAS_SUFFIX:
+            if model.suffix == run_folder.MODEL_SUFFIX:
                 pipeline = predict.feature_pipeline(model, None)  # the one it carries, else the file beside it
             else:  # a run folder, or a .tflite with its pipeline beside it
-                pipeline = config.load_config((model if model.is_dir() else model.parent) / predict.PIPELINE_FILE)
+                pipeline = config.load_config((model if model.is_dir() else model.parent) / run_folder.PIPELINE_FILE)
         return config.with_overrides(pipeline, "features", fmax=args.fmax)
     except (config.ConfigError, predict.PredictError) as err:
         raise RobustnessError(str(err)) from None

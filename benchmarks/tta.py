@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tfbreath import crossval, data
 from tfbreath.audio import load_audio
-from tfbreath.config import load_config
+from tfbreath.config import ENSEMBLE, load_config
 from tfbreath.features import extract_features
 from tfbreath.run_folder import RunFolder
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     run = RunFolder(args.run)
     pipeline = load_config(run.pipeline_file)
     files, labels, folds, sessions, recorded = read_oof(run.oof_predictions)
-    ensemble_recorded = recorded.pop(crossval.ENSEMBLE)
+    ensemble_recorded = recorded.pop(ENSEMBLE)
     rate = pipeline.audio.sample_rate
     featurize = tf.function(lambda y: extract_features(y, pipeline), reduce_retracing=True)
     path_of = {path.name: path for path in data.read_kaggle_train(args.data).files}
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"largest |P - oof_predictions.csv| unshifted: {drift:.2e} (the run's models and clips)")
 
     def with_ensemble(members: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {**members, crossval.ENSEMBLE: crossval.cross_fitted_ensemble(members, labels, folds)[0]}
+        return {**members, ENSEMBLE: crossval.cross_fitted_ensemble(members, labels, folds)[0]}
 
     plain = with_ensemble(per_offset[0])
     table = {"none": {m: {"accuracy": round(crossval.accuracy(labels, p), 4)} for m, p in plain.items()}}

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from conftest import BREATH_DIR, SAMPLE_RATE, assert_same_scalars, breath_like, needs_breath, real_clips
 from test_audio import lock
+import tfbreath.features.__main__ as features_cli
 from tfbreath import audio, data, features
 from tfbreath.config import DataConfig, PipelineConfig
 
@@ -132,7 +133,7 @@ def test_features_cli_writes_every_map_and_reports_skips(tmp_path, write_wav, ca
         write_wav(f"clips/c{i}.wav", breath_like(i))
     (folder / "notes.wav").write_text("not audio")
     out = tmp_path / "f.npz"
-    code = features.main([str(folder), "--out", str(out)])
+    code = features_cli.main([str(folder), "--out", str(out)])
     assert code == 1  # one file skipped
     assert "skipped 1" in capsys.readouterr().err
     saved = np.load(out, allow_pickle=False)
@@ -143,7 +144,7 @@ def test_features_cli_writes_every_map_and_reports_skips(tmp_path, write_wav, ca
 
 
 def test_features_cli_rejects_a_missing_input(tmp_path, capsys):
-    assert features.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.npz")]) == 2
+    assert features_cli.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.npz")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
 
 
@@ -178,7 +179,7 @@ def test_features_cli_with_no_decodable_file_writes_nothing(tmp_path, capsys):
     (folder / "a.wav").write_text("not audio")
     (folder / "b.wav").write_bytes(b"")
     out = tmp_path / "x.npz"
-    assert features.main([str(folder), "--out", str(out)]) == 1
+    assert features_cli.main([str(folder), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "skipped 2" in err and "a.wav: not a WAV file" in err
     assert err.strip().splitlines()[-1] == "error: no file could be decoded (2 skipped); nothing written"
@@ -189,17 +190,17 @@ def test_features_cli_names_an_unwritable_output_before_extracting(tmp_path, wri
     write_wav("c0.wav", breath_like(0))
     taken = tmp_path / "taken.npz"
     taken.mkdir()
-    assert features.main([str(tmp_path / "c0.wav"), "--out", str(taken)]) == 2
+    assert features_cli.main([str(tmp_path / "c0.wav"), "--out", str(taken)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {taken}: is a folder; name a file"
     blocked = tmp_path / "c0.wav" / "x.npz"  # a file where its folder would go
-    assert features.main([str(tmp_path / "c0.wav"), "--out", str(blocked)]) == 2
+    assert features_cli.main([str(tmp_path / "c0.wav"), "--out", str(blocked)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {blocked}: cannot be created, {tmp_path / 'c0.wav'} is a file"
 
 
 def test_features_cli_writes_exactly_the_named_file(tmp_path, write_wav):
     write_wav("c0.wav", breath_like(0))
     out = tmp_path / "features"  # np.savez would have written features.npz
-    assert features.main([str(tmp_path / "c0.wav"), "--out", str(out)]) == 0
+    assert features_cli.main([str(tmp_path / "c0.wav"), "--out", str(out)]) == 0
     assert np.load(out)["mel"].shape == (1, 128, 63)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c0.wav", "features"]
 

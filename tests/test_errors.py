@@ -11,7 +11,8 @@ import pytest
 
 import tfbreath
 from conftest import REPO
-from tfbreath import errors, export, features, fit, predict, tune
+import tfbreath.features.__main__ as features_cli
+from tfbreath import errors, export, fit, predict, tune
 from tfbreath.config import ConfigError
 from tfbreath.errors import TfbreathError
 
@@ -71,7 +72,7 @@ def _bad_pipeline(tmp_path):
 def test_a_cli_reports_an_error_as_one_line_and_exit_2(cli, argv, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TFBREATH_DATA", raising=False)
     main = {"fit": fit.main, "tune": tune.main, "export": export.main, "predict": predict.main,
-            "features": features.main}[cli]
+            "features": features_cli.main}[cli]
     code = main([str(arg) for arg in argv(tmp_path)])
     out, err = capsys.readouterr()
     lines = err.splitlines()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfbreath import export, fit
+from tfbreath import export, fit, serving
 from tfbreath.config import PipelineConfig, with_overrides
 from tfbreath.synthetic import write_synthetic_breath
 
@@ -22,7 +22,7 @@ clips, so every validation probability must sit well away from 0.5. Measured: 10
 nearest probability 0.37 from the threshold, int8 max |dP| 0.004. (10 epochs with CutMix/MixUp
 left clips within 0.02 of it, and one int8 flip failed the check on some runs.)"""
 XNNPACK_MEAN_LIMIT = 256
-"""Batch from which TFLite 2.17's XNNPACK delegate runs a MEAN wrongly (see export.MapAveragePooling2D)."""
+"""Batch from which TFLite 2.17's XNNPACK delegate runs a MEAN wrongly (see serving.MapAveragePooling2D)."""
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def tiny_run(tmp_path_factory):
 def validation_clips(tiny_run):
     run = export.Run.load(tiny_run)
     _, val = run.split()
-    return export.load_waveforms(val.files, run.pipeline), val.labels
+    return serving.load_waveforms(val.files, run.pipeline), val.labels
 
 
 def _recorded(path, fold=None):
@@ -78,7 +78,7 @@ def test_each_quantization_passes_its_self_check_and_runs_without_flex(tiny_run,
     out = tiny_run / f"model_{quantize}.tflite"
     assert export.main(["--model", str(tiny_run), "--quantize", quantize, "--out", str(out)]) == 0
     assert "PASS" in capsys.readouterr().out
-    classifier = export.TFLiteClassifier(out)  # builtin op resolver: a Flex op would fail to allocate
+    classifier = serving.TFLiteClassifier(out)  # builtin op resolver: a Flex op would fail to allocate
     waveforms, labels = validation_clips
     probabilities = classifier(waveforms)
     assert probabilities.shape == (len(labels),)
@@ -86,7 +86,7 @@ def test_each_quantization_passes_its_self_check_and_runs_without_flex(tiny_run,
     assert classifier(waveforms[:1]).shape == (1,)  # batch resized back to one clip
     if quantize == "int8":  # the classifier really runs in int8
         assert any(t["dtype"] == np.int8 for t in classifier.interpreter.get_tensor_details())
-    repeats = export.TFLITE_BATCH // len(labels) + 2  # more clips than one interpreter call takes
+    repeats = serving.TFLITE_BATCH // len(labels) + 2  # more clips than one interpreter call takes
     # Same clips, other batch sizes: XNNPACK tiles its float32 GEMMs by batch size, so sums round
     # differently (1.3e-6 seen near P = 0.55); a clip mixed up between calls would differ by ~0.1.
     np.testing.assert_allclose(classifier(np.tile(waveforms, (repeats, 1))), np.tile(probabilities, repeats),
@@ -97,7 +97,7 @@ def test_keras_waveform_model_and_savedmodel_agree_with_the_feature_model(tiny_r
     waveforms, _ = validation_clips
     run = export.Run.load(tiny_run)
     member = keras.models.load_model(tiny_run / "ensemble.keras")
-    model = export.waveform_model(member, run.pipeline)
+    model = serving.waveform_model(member, run.pipeline)
     expected = model.predict(waveforms, verbose=0)
     assert expected.shape == (len(waveforms),)
 
@@ -107,7 +107,7 @@ def test_keras_waveform_model_and_savedmodel_agree_with_the_feature_model(tiny_r
 
     served = tf.saved_model.load(str(export.save_serving(model, tiny_run / "check_savedmodel")))
     signature = served.signatures["serving_default"]
-    got = signature(waveform=tf.constant(waveforms))[export.PROBABILITY].numpy()
+    got = signature(waveform=tf.constant(waveforms))[serving.PROBABILITY].numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
@@ -154,7 +154,7 @@ def test_exported_global_pooling_is_exact_past_xnnpacks_batch_limit(tmp_path):
     pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, padding="same")(spectral))
     member = keras.Model({"spectral": spectral, "scalars": scalars},
                          keras.layers.Dense(1)(keras.layers.Concatenate()([pooled, scalars])))
-    model = export.probability_model(member)
+    model = serving.probability_model(member)
     assert not any(isinstance(layer, keras.layers.GlobalAveragePooling2D) for layer in model._flatten_layers())
 
     batch = XNNPACK_MEAN_LIMIT + 44  # a MEAN here returned 44 rows and corrupted the heap
@@ -189,7 +189,7 @@ def test_join_graphs_feeds_the_first_models_outputs_to_the_second_by_name(tmp_pa
 
     waveforms = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     expected = back.predict(front.predict(waveforms, verbose=0), verbose=0)
-    np.testing.assert_allclose(export.TFLiteClassifier(model)(waveforms), expected, atol=1e-5)
+    np.testing.assert_allclose(serving.TFLiteClassifier(model)(waveforms), expected, atol=1e-5)
 
 
 def test_join_graphs_names_what_the_second_model_misses(tmp_path):

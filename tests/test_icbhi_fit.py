@@ -1,4 +1,4 @@
-"""``tfbreath.icbhi.fit``: a tiny RespireNet learns the synthetic task; the CLI writes a whole run."""
+"""``tfbreath.icbhi.trainer``: a tiny RespireNet learns the synthetic task; ``fit`` on an ICBHI pipeline writes a whole run."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import ICBHI_DIR, REPO, needs_icbhi
 import tfbreath.fit
 from tfbreath.config import ConfigError, with_overrides
-from tfbreath.icbhi import fit
+from tfbreath.icbhi import trainer
 from tfbreath.icbhi.config import IcbhiConfig, dump_icbhi_config, load_icbhi_config
 from tfbreath.icbhi.finetune import compile_stage
 from tfbreath.icbhi.reader import FALLBACK_SCHEME, OFFICIAL_SPLIT_FILE, IcbhiError
@@ -23,6 +23,7 @@ from tfbreath.precision import PRECISION_ENV, global_policy, policy_of
 from tfbreath.run_folder import PIPELINE_FILE
 
 QUICK = REPO / "pipelines" / "icbhi_quick.toml"
+RESPIRENET = REPO / "pipelines" / "icbhi_respirenet.toml"
 
 CHANCE_SCORE = 0.5
 """The best ICBHI score of any predictor that ignores its input: with a fixed class mix q,
@@ -60,12 +61,12 @@ def test_tiny_model_learns_the_synthetic_task(tmp_path):
     config = _tiny(IcbhiConfig(), epochs=12, learning_rate=0.01, device_finetune=False)
     config = with_overrides(config, "augment", concat=False, noise_probability=0.0, speed_probability=0.0,
                             shift_probability=0.0)
-    summary = fit.run(config, root, tmp_path / "run")
+    summary = trainer.run(config, root, tmp_path / "run")
     stage1 = summary["stage1"]
     assert stage1["two_class"]["score"] >= CHANCE_SCORE + TWO_CLASS_MARGIN, stage1
     assert stage1["sp"] > 0 and stage1["se"] > 0, stage1
     assert summary["precision"] == summary["stage1_dtype_policy"] == "float32"
-    assert fit.FINETUNED not in summary and summary["finetuned_devices"] == []
+    assert trainer.FINETUNED not in summary and summary["finetuned_devices"] == []
     assert set(stage1["per_device"]) == set(summary["split"]["test"]["per_device"])
     assert (tmp_path / "run" / "stage1.keras").is_file()
 
@@ -183,7 +184,8 @@ def test_bad_inputs_exit_2_with_one_line_and_claim_no_run_folder(tmp_path, capsy
     ]
     for argv, message in cases:
         out = tmp_path / "run"
-        assert fit.main([*argv] if "--out" in argv else [*argv, "--out", str(out)]) == 2
+        pipeline_first = ["--pipeline", str(RESPIRENET), *argv]  # a later --pipeline wins
+        assert tfbreath.fit.main(pipeline_first + ([] if "--out" in argv else ["--out", str(out)])) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
         assert not out.exists(), argv  # nothing claimed: the corrected rerun is not blocked
@@ -195,12 +197,12 @@ def test_a_run_failing_before_training_does_not_block_its_corrected_rerun(tmp_pa
     out = tmp_path / "run"
     broken = with_overrides(_tiny(IcbhiConfig(name="tiny")), "model", initial_weights=str(tmp_path / "none.keras"))
     with pytest.raises(IcbhiError, match="none.keras"):
-        fit.run(broken, data, out)
+        trainer.run(broken, data, out)
     assert not (out / PIPELINE_FILE).exists()
     # The corrected pipeline gets past the run folder's check (here to an empty data folder's error).
     (tmp_path / "empty").mkdir()
     with pytest.raises(IcbhiError, match="no usable ICBHI recordings"):
-        fit.run(_tiny(IcbhiConfig(name="tiny")), tmp_path / "empty", out)
+        trainer.run(_tiny(IcbhiConfig(name="tiny")), tmp_path / "empty", out)
 
 
 def test_a_resumed_run_is_matched_by_its_parsed_pipeline(tmp_path):
@@ -212,12 +214,12 @@ def test_a_resumed_run_is_matched_by_its_parsed_pipeline(tmp_path):
     text = dump_icbhi_config(config)
     (out / PIPELINE_FILE).write_text("# copied by hand\n" + text.replace(" = ", "   =   "))
     with pytest.raises(IcbhiError, match="no usable ICBHI recordings"):  # past the check: the same pipeline
-        fit.run(config, empty, out)
+        trainer.run(config, empty, out)
     with pytest.raises(ConfigError, match="holds a run of a different pipeline"):
-        fit.run(with_overrides(config, "train", epochs=5), empty, out)
+        trainer.run(with_overrides(config, "train", epochs=5), empty, out)
     (out / PIPELINE_FILE).write_text("not a pipeline [")
     with pytest.raises(ConfigError, match="holds a run of a different pipeline"):
-        fit.run(config, empty, out)
+        trainer.run(config, empty, out)
 
 
 def test_a_resumed_run_must_use_the_same_pipeline(tmp_path, capsys):
@@ -225,13 +227,14 @@ def test_a_resumed_run_must_use_the_same_pipeline(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "pipeline.toml").write_text(dump_icbhi_config(IcbhiConfig(name="other")))
-    assert fit.main(["--data", str(data), "--out", str(out)]) == 2
+    assert tfbreath.fit.main(["--pipeline", str(RESPIRENET), "--data", str(data), "--out", str(out)]) == 2
     assert "holds a run of a different pipeline" in capsys.readouterr().err
 
 
 def test_other_breath_flags_are_rejected_and_verbose_is_taken(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        fit.main(["--data", "x", "--models", "cnn8"])
+        tfbreath.fit.main(["--pipeline", str(RESPIRENET), "--data", "x", "--models", "cnn8"])
     assert exit_info.value.code == 2
-    assert fit.main(["--data", str(tmp_path / "nowhere"), "--verbose"]) == 2  # every tool's flag
+    assert tfbreath.fit.main(["--pipeline", str(RESPIRENET), "--data", str(tmp_path / "nowhere"),
+                              "--verbose"]) == 2  # every tool's flag
     assert "data folder not found" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfbreath import export, fit, precision, predict
+from tfbreath import export, fit, precision, predict, serving
 from tfbreath.config import N_SCALARS, ConfigError, PipelineConfig, with_overrides
 from tfbreath.ensemble import build_ensemble
 from tfbreath.models import SCALAR_NORM, build_model
@@ -102,9 +102,9 @@ def test_a_saved_model_predicts_alike_whatever_policy_loads_it(tmp_path, saved_u
     model.save(path)
     x = _features()
     with precision.global_policy("float32"):
-        want = export.load_trained_model(path).predict(x, verbose=0)
+        want = serving.load_trained_model(path).predict(x, verbose=0)
     with precision.global_policy(loaded_under):
-        got = export.load_trained_model(path).predict(x, verbose=0)
+        got = serving.load_trained_model(path).predict(x, verbose=0)
     np.testing.assert_array_equal(got, want)
 
 
@@ -134,10 +134,10 @@ def test_a_bf16_run_exports_every_output_after_its_self_check(bf16_tflite):
 def test_a_bf16_run_exports_an_int8_classifier(bf16_run, tmp_path):
     run = export.Run.load(bf16_run)
     train_examples, val_examples = run.split()
-    trained = export.load_trained_model(run.model_path("ensemble"))
+    trained = serving.load_trained_model(run.model_path("ensemble"))
     parts = export.int8_parts(trained, run.pipeline, train_examples, tmp_path)
-    classifier = export.TFLiteClassifier(parts.flatbuffer)
-    probabilities = classifier(export.load_waveforms(val_examples.files, run.pipeline))
+    classifier = serving.TFLiteClassifier(parts.flatbuffer)
+    probabilities = classifier(serving.load_waveforms(val_examples.files, run.pipeline))
     assert probabilities.shape == (len(val_examples),) and np.all((probabilities >= 0) & (probabilities <= 1))
     assert any(t["dtype"] == np.int8 for t in classifier.interpreter.get_tensor_details())
 

@@ -18,7 +18,7 @@ import soundfile as sf
 from tensorflow.lite.python import schema_py_generated as tflite_schema
 
 from conftest import breath_like
-from tfbreath import artifacts, export, predict
+from tfbreath import artifacts, export, predict, serving
 from tfbreath.audio import load_audio
 from tfbreath.config import PipelineConfig, dump_config, with_overrides
 from tfbreath.ensemble import build_ensemble
@@ -79,7 +79,7 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def waveform(run_dir):
     """The run's ensemble as a waveform-input Keras model: the reference probabilities."""
-    return export.waveform_model(keras.models.load_model(run_dir / "ensemble.keras"), PIPELINE)
+    return serving.waveform_model(keras.models.load_model(run_dir / "ensemble.keras"), PIPELINE)
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +381,7 @@ def test_a_model_carrying_its_pipeline_needs_no_file_and_refuses_another(capsys,
                                                                          clips):
     files = sorted(clips.rglob("*.wav"))
     carrying = tmp_path / "alone" / "ensemble.keras"
-    artifacts.save_model(export.load_trained_model(run_dir / "ensemble.keras"), carrying, dump_config(PIPELINE))
+    artifacts.save_model(serving.load_trained_model(run_dir / "ensemble.keras"), carrying, dump_config(PIPELINE))
     code, out, err = _run(capsys, "--model", carrying, *files)
     assert code == predict.EXIT_OK, err
     np.testing.assert_allclose([float(r["Probability"]) for r in _rows(out)], _reference(waveform, files),

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import breath_like, sine
-from tfbreath import export, spectral
+from tfbreath import serving, spectral
 from tfbreath.config import PipelineConfig, with_overrides
 from tfbreath.data import FEATURE_BATCH
 from tfbreath.features import SCALARS, SPECTRAL, FeatureExtractor, extract_features, tflite_compatible_copy
@@ -198,7 +198,7 @@ def test_every_fft_mode_gives_the_same_features(expected):
 
 
 def test_tflite_compatible_copy_rebuilds_the_feature_layer_only():
-    model = export.feature_model(PIPELINE)
+    model = serving.feature_model(PIPELINE)
     copy = tflite_compatible_copy(model)
     original, rebuilt = (next(layer for layer in m.layers if isinstance(layer, FeatureExtractor)) for m in (model, copy))
     assert not original.tflite_compatible and rebuilt.tflite_compatible

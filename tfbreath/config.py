@@ -272,6 +272,8 @@ CNN_MODELS = ("cnn8", "vgg")
 POOLED_MODEL = "pooled"
 """The member fitted in closed form: logistic regression on pooled map statistics (``tfbreath.models.pooled``)."""
 MODEL_NAMES = (*CNN_MODELS, POOLED_MODEL)
+ENSEMBLE = "ensemble"
+"""The members combined into one model (``tfbreath.ensemble``): its file stem and results key."""
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 CLIP_SCOPES = ("variable", "global")
 

@@ -38,8 +38,6 @@ CONFIDENCE = 0.95
 DIGITS = 4
 """Decimals kept in the summary: finer than any interval it reports."""
 
-ENSEMBLE = "ensemble"
-
 
 class CrossValidationError(TfbreathError, ValueError):
     """The data cannot be split into the requested folds; the message says why."""

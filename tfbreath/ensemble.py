@@ -12,6 +12,8 @@ from typing import Sequence
 import keras
 import numpy as np
 
+from tfbreath.config import ENSEMBLE
+
 
 def softmax_weights(accuracies: Sequence[float]) -> np.ndarray:
     """alpha_i = exp(acc_i) / sum_j exp(acc_j). ``[M]``"""
@@ -47,4 +49,4 @@ def build_ensemble(models: dict[str, keras.Model], alphas: Sequence[float]) -> k
     inputs = {name: keras.Input(shape=tensor.shape[1:], name=name) for name, tensor in first.input.items()}
     logits = [model(inputs) for model in models.values()]
     probability = WeightedSigmoidAverage(alphas, name="weighted_sigmoid_average")(logits)
-    return keras.Model(inputs, probability, name="ensemble")
+    return keras.Model(inputs, probability, name=ENSEMBLE)

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import sys
 
+EXIT_OK = 0
+"""Exit code of a command line that did all it was asked."""
+EXIT_SKIPPED = 1
+"""Exit code of a command line that wrote its output but skipped some inputs (each one reported)."""
 EXIT_USAGE = 2
 """Exit code of a command line stopped by a ``TfbreathError`` (bad arguments, settings, data,
 model or output path)."""

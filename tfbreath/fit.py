@@ -6,7 +6,8 @@
 
 Flags override the pipeline file. A pipeline with ``task = "icbhi"`` (e.g.
 ``pipelines/icbhi_respirenet.toml``) runs the ICBHI crackle/wheeze recipe instead, with its own
-flags (``tfbreath.icbhi.fit``). ``--data`` is a Kaggle-layout folder (``train.csv`` + ``train/``);
+flags (``--pipeline P --data DIR [--out DIR] [--epochs N] [--finetune-epochs N] [--seed N]``;
+``tfbreath.icbhi.trainer``). ``--data`` is a Kaggle-layout folder (``train.csv`` + ``train/``);
 without it, ``$TFBREATH_DATA`` is used, and without that a small, fast version trains on
 synthetic inhale/exhale-like audio generated into the run folder (said clearly).
 
@@ -40,11 +41,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfbreath import artifacts, crossval, data, distribute, evaluation, run_folder, train
-from tfbreath.config import POOLED_MODEL, ConfigError, PipelineConfig, dump_config, load_config
+from tfbreath.config import ENSEMBLE, POOLED_MODEL, ConfigError, PipelineConfig, dump_config, load_config
 from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import build_ensemble, softmax_weights
 from tfbreath.errors import TfbreathError, print_error
-from tfbreath.icbhi import fit as icbhi_fit
+from tfbreath.icbhi import trainer as icbhi_trainer
 from tfbreath.icbhi.config import is_icbhi_pipeline
 from tfbreath.precision import choose_precision, global_policy, policy_of
 from tfbreath.run_folder import RunFolder
@@ -163,7 +164,7 @@ def _save_ensemble(models: dict[str, keras.Model], alphas, pipeline: PipelineCon
                    strategy: tf.distribute.Strategy) -> keras.Model:
     with strategy.scope():  # the members' variables belong to the strategy
         ensemble = build_ensemble(models, alphas)
-    artifacts.save_model(ensemble, RunFolder(run_dir).model_file(crossval.ENSEMBLE),
+    artifacts.save_model(ensemble, RunFolder(run_dir).model_file(ENSEMBLE),
                          pipeline_toml=dump_config(pipeline))
     return ensemble
 
@@ -194,12 +195,12 @@ def _validate_on_split(pipeline: PipelineConfig, examples: data.Examples, data_d
 
     alphas = softmax_weights([results[name]["accuracy"] for name in models])
     ensemble = _save_ensemble(models, alphas, pipeline, run_dir, strategy)
-    probabilities["ensemble"] = train.predict_probabilities(ensemble, val_set, batch_size, from_logits=False)
-    results["ensemble"] = {**evaluation.binary_metrics(labels, probabilities["ensemble"]),
+    probabilities[ENSEMBLE] = train.predict_probabilities(ensemble, val_set, batch_size, from_logits=False)
+    results[ENSEMBLE] = {**evaluation.binary_metrics(labels, probabilities[ENSEMBLE]),
                            "weights": {name: float(a) for name, a in zip(models, alphas)}}
 
     _plot_training_curves(models, run_dir)
-    evaluation.plot_confusion_matrix(labels, probabilities["ensemble"], run_dir / "confusion_matrix.png",
+    evaluation.plot_confusion_matrix(labels, probabilities[ENSEMBLE], run_dir / "confusion_matrix.png",
                                      "ensemble, validation split")
     evaluation.plot_roc(labels, probabilities, run_dir / "roc.png", "validation split")
     evaluation.write_predictions(RunFolder(run_dir).validation_predictions, val_set.kept_examples.files, labels,
@@ -253,7 +254,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
 
     labels = kept.labels
     ensemble_oof, fold_weights = crossval.cross_fitted_ensemble(out_of_fold, labels, folds)
-    probabilities = {**out_of_fold, crossval.ENSEMBLE: ensemble_oof}
+    probabilities = {**out_of_fold, ENSEMBLE: ensemble_oof}
     estimate = crossval.cross_validation_summary(labels, probabilities, folds, kept.groups, seed=seed)
     names = list(pipeline.train.models)
     estimate["protocol"] = {
@@ -284,7 +285,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
         results[name]["c" if name == POOLED_MODEL else "epochs"] = refit[name]
     alphas = softmax_weights([estimate[name]["accuracy"]["pooled"] for name in models])
     _save_ensemble(models, alphas, pipeline, run_dir, strategy)
-    results["ensemble"] = {"weights": {name: float(a) for name, a in zip(models, alphas)}}
+    results[ENSEMBLE] = {"weights": {name: float(a) for name, a in zip(models, alphas)}}
     _plot_training_curves(models, run_dir)
     return {"split": split, "cross_validation": estimate, "models": results}
 
@@ -297,10 +298,35 @@ def _is_icbhi_run(argv: list[str]) -> bool:
     return pipeline is not None and is_icbhi_pipeline(pipeline)
 
 
+def _parse_icbhi_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tfbreath.fit",
+                                     description=icbhi_trainer.__doc__.split("\n\n")[0])
+    parser.add_argument("--pipeline", type=Path, required=True, help="ICBHI pipeline TOML (task = \"icbhi\")")
+    parser.add_argument("--data", type=Path, required=True, help="ICBHI database folder (wav + txt)")
+    parser.add_argument("--out", type=Path, help="run folder (default: saved_models/<pipeline name>)")
+    parser.add_argument("--epochs", type=int, help="override [train] epochs (stage 1)")
+    parser.add_argument("--finetune-epochs", type=int, help="override [train] finetune_epochs (stage 2)")
+    parser.add_argument("--seed", type=int, help="override [split] seed (split, shuffling, initialisation)")
+    add_verbose_argument(parser)
+    return parser.parse_args(argv)
+
+
+def _main_icbhi(argv: list[str]) -> int:
+    args = _parse_icbhi_args(argv)
+    try:
+        config, data_dir, run_dir = icbhi_trainer.resolve(args.pipeline, args.data, args.out, args.epochs,
+                                                          args.finetune_epochs, args.seed)
+        summary = icbhi_trainer.run(config, data_dir, run_dir)
+    except TfbreathError as err:
+        return print_error(err)
+    print(f"done: {icbhi_trainer.describe(summary)}; run written to {run_dir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if _is_icbhi_run(argv):  # the crackle/wheeze task has its own recipe and flags
-        return icbhi_fit.main(argv)
+        return _main_icbhi(argv)
     args = _parse_args(argv)
     try:
         strategy = distribute.strategy_from_arguments(args)  # before anything fixes TensorFlow's devices
@@ -312,10 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     except TfbreathError as err:
         return print_error(err)
     if "cross_validation" in summary:
-        ensemble, kind = summary["cross_validation"][crossval.ENSEMBLE], "out-of-fold"
+        ensemble, kind = summary["cross_validation"][ENSEMBLE], "out-of-fold"
         accuracy, auc = ensemble["accuracy"]["pooled"], ensemble["roc_auc"]["pooled"]
     else:
-        ensemble, kind = summary["models"][crossval.ENSEMBLE], "validation"
+        ensemble, kind = summary["models"][ENSEMBLE], "validation"
         accuracy, auc = ensemble["accuracy"], ensemble["roc_auc"]
     print(f"done: ensemble {kind} accuracy {accuracy:.3f}, ROC AUC {auc:.3f}; run written to {run_dir}")
     return 0

@@ -70,18 +70,15 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from tfbreath import artifacts, data, export, pretrained  # noqa: E402
+from tfbreath import artifacts, data, pretrained, serving  # noqa: E402
 from tfbreath.audio import AudioError, load_audio  # noqa: E402
-from tfbreath.config import ConfigError, PipelineConfig, first_difference, load_config, parse_config  # noqa: E402
-from tfbreath.errors import EXIT_USAGE, TfbreathError, one_line, print_error  # noqa: E402
+from tfbreath.config import ENSEMBLE, ConfigError, PipelineConfig, first_difference, load_config, parse_config  # noqa: E402
+from tfbreath.errors import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, TfbreathError, one_line, print_error  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
 from tfbreath.features import FeatureExtractor  # noqa: E402
+from tfbreath.run_folder import MODEL_SUFFIX, PIPELINE_FILE, TFLITE_SUFFIX, RunFolder  # noqa: E402
 from tfbreath.tflite_file import TFLiteFileError  # noqa: E402
 
-PIPELINE_FILE = "pipeline.toml"
-ENSEMBLE = "ensemble"
-KERAS_SUFFIX = ".keras"
-TFLITE_SUFFIX = ".tflite"
 KAGGLE_CSV = "test.csv"
 
 DEFAULT_MODEL_DIR = pretrained.model_dir()
@@ -105,9 +102,6 @@ TIME_DECIMALS = 3
 CLIP_COLUMNS = ("ID", "Target", "Probability", "Padded")
 WINDOW_COLUMNS = ("ID", "start_s", "end_s", "Target", "Probability", "Padded")
 KAGGLE_COLUMNS = ("ID", "Target")
-
-EXIT_OK = 0
-EXIT_SKIPPED = 1
 
 INHALE, EXHALE = data.LABEL_NAMES
 PHASE_COLOURS = {INHALE: "tab:blue", EXHALE: "tab:orange"}
@@ -150,14 +144,14 @@ def _load_keras(path: Path) -> keras.Model:
         with zipfile.ZipFile(path) as archive:
             corrupt = archive.testzip()
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-        raise PredictError(f"{path}: not a valid {KERAS_SUFFIX} file (cut short or corrupt zip archive: "
+        raise PredictError(f"{path}: not a valid {MODEL_SUFFIX} file (cut short or corrupt zip archive: "
                            f"{one_line(err)})") from None
     except OSError as err:
         raise PredictError(f"{path}: cannot read the file ({err.strerror})") from None
     if corrupt is not None:
-        raise PredictError(f"{path}: not a valid {KERAS_SUFFIX} file (its {corrupt} is corrupt)")
+        raise PredictError(f"{path}: not a valid {MODEL_SUFFIX} file (its {corrupt} is corrupt)")
     try:
-        return export.load_trained_model(path)
+        return serving.load_trained_model(path)
     except (ValueError, TypeError, KeyError, OSError) as err:
         raise PredictError(f"{path}: cannot load the Keras model ({one_line(err)})") from None
 
@@ -175,14 +169,14 @@ def keras_classifier(model: keras.Model, description: str) -> Classifier:
 def _wrap(model: keras.Model, pipeline: PipelineConfig, description: str) -> Classifier:
     """A feature-input model behind the pipeline's feature extraction."""
     try:
-        return keras_classifier(export.waveform_model(model, pipeline), description)
-    except export.ExportError as err:
+        return keras_classifier(serving.waveform_model(model, pipeline), description)
+    except ConfigError as err:
         raise PredictError(f"{description}: {err}") from None
 
 
 def _given_pipeline(path: Path, pipeline_arg: Path | None) -> tuple[Path, PipelineConfig] | None:
     """``--pipeline FILE`` if given, else ``pipeline.toml`` beside the model, else ``None``; with its file."""
-    source = path.parent / PIPELINE_FILE if pipeline_arg is None else pipeline_arg
+    source = RunFolder(path.parent).pipeline_file if pipeline_arg is None else pipeline_arg
     if pipeline_arg is None and not source.is_file():
         return None
     return source, load_config(source)
@@ -213,10 +207,10 @@ def feature_pipeline(path: Path, pipeline_arg: Path | None) -> PipelineConfig:
 
 def load_run(path: Path, pipeline_arg: Path | None) -> Classifier:
     """A run folder: its ensemble with its pipeline's feature extraction in front."""
-    ensemble = path / (ENSEMBLE + KERAS_SUFFIX)
+    ensemble = RunFolder(path).model_file(ENSEMBLE)
     if not ensemble.is_file():
         raise PredictError(f"{path}: not a run folder (no {ensemble.name}); --model takes a run folder of "
-                           f"python -m tfbreath.fit, a {KERAS_SUFFIX} or a {TFLITE_SUFFIX} file")
+                           f"python -m tfbreath.fit, a {MODEL_SUFFIX} or a {TFLITE_SUFFIX} file")
     return load_keras_file(ensemble, pipeline_arg, f"run {path} ({ENSEMBLE})")
 
 
@@ -235,7 +229,7 @@ def load_tflite(path: Path, pipeline_arg: Path | None) -> Classifier:
     TFLite cannot prepare fails here, before any input is read.
     """
     try:
-        interpreter = export.TFLiteClassifier(path)  # checked first (tflite_file.verify_tflite)
+        interpreter = serving.TFLiteClassifier(path)  # checked first (tflite_file.verify_tflite)
         interpreter(np.zeros((1, interpreter.num_samples), np.float32))
     except TFLiteFileError as err:
         raise PredictError(str(err)) from None
@@ -255,13 +249,13 @@ def load_tflite(path: Path, pipeline_arg: Path | None) -> Classifier:
 
 def default_model_path() -> Path:
     """The shipped model: its ``ensemble.tflite``, else its folder (a run folder: ``ensemble.keras``)."""
-    tflite = DEFAULT_MODEL_DIR / (ENSEMBLE + TFLITE_SUFFIX)
+    tflite = RunFolder(DEFAULT_MODEL_DIR).tflite_file(ENSEMBLE)
     if tflite.is_file():
         return tflite
-    if (DEFAULT_MODEL_DIR / (ENSEMBLE + KERAS_SUFFIX)).is_file():
+    if RunFolder(DEFAULT_MODEL_DIR).model_file(ENSEMBLE).is_file():
         return DEFAULT_MODEL_DIR
     raise PredictError(f"no pretrained model at {DEFAULT_MODEL_DIR} yet; pass --model RUN_DIR, "
-                       f"FILE{KERAS_SUFFIX} or FILE{TFLITE_SUFFIX}")
+                       f"FILE{MODEL_SUFFIX} or FILE{TFLITE_SUFFIX}")
 
 
 def load_classifier(path: Path | None, pipeline_arg: Path | None = None) -> Classifier:
@@ -276,13 +270,13 @@ def load_classifier(path: Path | None, pipeline_arg: Path | None = None) -> Clas
     try:
         if stat.S_ISDIR(mode):
             return load_run(path, pipeline_arg)
-        if stat.S_ISREG(mode) and path.suffix == KERAS_SUFFIX:
+        if stat.S_ISREG(mode) and path.suffix == MODEL_SUFFIX:
             return load_keras_file(path, pipeline_arg)
         if stat.S_ISREG(mode) and path.suffix == TFLITE_SUFFIX:
             return load_tflite(path, pipeline_arg)
     except ConfigError as err:
         raise PredictError(str(err)) from None
-    raise PredictError(f"{path}: not a model; --model takes a run folder, a {KERAS_SUFFIX} or a "
+    raise PredictError(f"{path}: not a model; --model takes a run folder, a {MODEL_SUFFIX} or a "
                        f"{TFLITE_SUFFIX} file")
 
 
@@ -458,7 +452,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(prog="python -m tfbreath.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="WAV files or folders of WAV files")
     parser.add_argument("--model", type=Path, metavar="PATH",
-                        help=f"run folder, {KERAS_SUFFIX} or {TFLITE_SUFFIX} (default: {DEFAULT_MODEL_DIR})")
+                        help=f"run folder, {MODEL_SUFFIX} or {TFLITE_SUFFIX} (default: {DEFAULT_MODEL_DIR})")
     parser.add_argument("--out", type=Path, metavar="FILE.csv", help="output CSV (default: stdout)")
     parser.add_argument("--threshold", type=float, default=THRESHOLD, metavar="T",
                         help=f"P(exhale) at or above which the target is E (default {THRESHOLD:g})")
@@ -470,7 +464,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
                         help=f"clips per model call (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--pipeline", type=Path, metavar="FILE",
-                        help=f"pipeline TOML for a {TFLITE_SUFFIX} or feature-input {KERAS_SUFFIX} "
+                        help=f"pipeline TOML for a {TFLITE_SUFFIX} or feature-input {MODEL_SUFFIX} "
                              f"(default: {PIPELINE_FILE} beside the model)")
     args = parser.parse_args(argv)
     if bool(args.inputs) == bool(args.kaggle):

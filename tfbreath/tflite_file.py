@@ -3,7 +3,7 @@
 TFLite's interpreter trusts its flatbuffer: cut or corrupt bytes (an out-of-range tensor index,
 a buffer shorter than its tensor) crash the process with a segmentation fault instead of
 raising. ``verify_tflite`` parses the bytes with TFLite's pure-Python reader, which raises, and
-checks every index and constant size the interpreter relies on. ``export.TFLiteClassifier``
+checks every index and constant size the interpreter relies on. ``serving.TFLiteClassifier``
 runs it on every file it opens.
 """
 

@@ -34,11 +34,10 @@ import tensorflow as tf
 from tfbreath import artifacts
 from tfbreath.augment import AugmentationSchedule, Augmenter
 from tfbreath.checkpoint import TrainingBackup
-from tfbreath.config import POOLED_MODEL, PipelineConfig, TrainConfig, dump_config
+from tfbreath.config import POOLED_MODEL, SCALARS, PipelineConfig, TrainConfig, dump_config
 from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.evaluation import accuracy, log_loss
-from tfbreath.features import SCALARS
 from tfbreath.models import LOGIT, SCALAR_NORM, build_model_for_pipeline
 from tfbreath.models.pooled import POOLED_NORM, POOLED_STATS
 from tfbreath.run_folder import RunFolder

@@ -5,37 +5,17 @@
 config asks for them). It is a pure TF function: call it directly, inside ``Dataset.map`` or in
 an exported model.
 
-Command line (features of the default or a given pipeline, skipped files reported)::
-
-    python -m tfbreath.features WAV_OR_DIR... --out FILE.npz [--pipeline pipelines/x.toml]
-
-writes one array per map name ``[N, n_mels, frames]``, ``scalars [N, 39]`` and ``files [N]`` of the
-files that decoded, to exactly ``FILE.npz`` (atomically: an interrupted run leaves no partial file).
-Files that cannot be read or decoded are skipped, counted and reported on stderr.
-Exit code: 0 every file written; 1 some skipped (all skipped: ``error: no file could be decoded``,
-nothing written); 2 bad arguments, pipeline, inputs or output (one ``error: ...`` line).
+The command line ``python -m tfbreath.features`` (``tfbreath/features/__main__.py``) writes them
+for WAV files to one ``.npz``.
 """
 
 from __future__ import annotations
 
-import argparse
-import io
-import sys
-from pathlib import Path
-
 import keras
-import numpy as np
 import tensorflow as tf
 
-from tfbreath import artifacts, filters, maps, scalars, spectral
-from tfbreath.config import (NO_BAND_LIMIT, NO_LEVEL, SCALARS, SPECTRAL, PipelineConfig, dump_config,
-                             load_config, parse_config)
-from tfbreath.errors import TfbreathError, print_error
-
-
-EXIT_OK = 0
-EXIT_SKIPPED = 1
-EXIT_USAGE = 2
+from tfbreath import filters, maps, scalars, spectral
+from tfbreath.config import NO_BAND_LIMIT, NO_LEVEL, SCALARS, SPECTRAL, PipelineConfig, dump_config, parse_config
 
 
 def extract_features(y: tf.Tensor, pipeline: PipelineConfig,
@@ -97,7 +77,7 @@ def tflite_compatible_copy(model: keras.Model) -> keras.Model:
     """``model`` with its ``FeatureExtractor`` layers rebuilt ``tflite_compatible``, sharing every
     other layer (and so the weights); ``model`` itself if it has no such layer.
 
-    Only top-level layers are looked at, where ``export.feature_model`` and ``waveform_model``
+    Only top-level layers are looked at, where ``serving.feature_model`` and ``waveform_model``
     put the extractor.
     """
     if not any(isinstance(layer, FeatureExtractor) for layer in model.layers):
@@ -109,50 +89,3 @@ def tflite_compatible_copy(model: keras.Model) -> keras.Model:
         return layer
 
     return keras.models.clone_model(model, clone_function=rebuild)
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m tfbreath.features",
-        description="Compute the pipeline's spectral maps and scalars for WAV files, in-graph.")
-    parser.add_argument("inputs", nargs="+", help="WAV files or folders of WAV files")
-    parser.add_argument("--out", required=True, help="output .npz file")
-    parser.add_argument("--pipeline", help="pipeline TOML (default: the embedded breath-phase recipe)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from tfbreath import data  # data builds on this module
-
-    args = _parse_args(argv)
-    out_path = Path(args.out)
-    try:
-        pipeline = load_config(args.pipeline) if args.pipeline else PipelineConfig()
-        files = data.collect_wav_files(args.inputs)
-        artifacts.check_writable(out_path)  # before the extraction, not after it
-    except TfbreathError as err:
-        return print_error(err)
-    feature_set = data.extract(files, None, pipeline, description="features")
-    print(feature_set.report, file=sys.stderr)
-    report = feature_set.report
-    if len(report.skipped) == report.total:
-        print(f"error: no file could be decoded ({report.total} skipped); nothing written", file=sys.stderr)
-        return EXIT_SKIPPED
-    arrays = feature_set.to_numpy()
-    out = {name: arrays[SPECTRAL][..., channel] for channel, name in enumerate(pipeline.features.maps)}
-    if SCALARS in arrays:
-        out[SCALARS] = arrays[SCALARS]
-    out["files"] = np.array([str(p) for p in arrays["files"]])
-    npz = io.BytesIO()
-    np.savez(npz, **out)  # to a buffer: np.savez would add ".npz" to a name without it
-    try:
-        artifacts.write_bytes(out_path, npz.getvalue())
-    except OSError as err:
-        print(f"error: {out_path}: cannot be written ({err.strerror})", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"wrote {len(out['files'])} file(s) to {out_path}", file=sys.stderr)
-    return EXIT_SKIPPED if report.skipped else EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

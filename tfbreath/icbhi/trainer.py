@@ -1,9 +1,10 @@
-"""``python -m tfbreath.icbhi.fit``: train RespireNet on an ICBHI 2017 folder and score the test split.
+"""The ICBHI recipe's run: train RespireNet on an ICBHI 2017 folder, fine-tune, score the test split.
 
-    python -m tfbreath.icbhi.fit --pipeline pipelines/icbhi_respirenet.toml --data DIR
-                                 [--out DIR] [--epochs N] [--finetune-epochs N] [--seed N]
+``python -m tfbreath.fit --pipeline P`` runs it for a pipeline with ``task = "icbhi"``, e.g.
 
-(``python -m tfbreath.fit`` hands a ``task = "icbhi"`` pipeline to this module with the same flags.)
+    python -m tfbreath.fit --pipeline pipelines/icbhi_respirenet.toml --data DIR
+                           [--out DIR] [--epochs N] [--finetune-epochs N] [--seed N]
+
 Flags override the pipeline file: ``--epochs`` stage 1, ``--finetune-epochs`` stage 2,
 ``--seed`` the split, shuffling, augmentation and initialisation. ``DIR`` holds the ICBHI
 recordings (``*.wav`` + ``*.txt`` annotations, and the official split list for
@@ -21,8 +22,6 @@ same command again resumes an interrupted run.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,6 @@ import numpy as np
 
 from tfbreath import artifacts
 from tfbreath.config import ConfigError, with_overrides
-from tfbreath.console import add_verbose_argument
-from tfbreath.errors import TfbreathError, print_error
 from tfbreath.icbhi.config import IcbhiConfig, dump_icbhi_config, load_icbhi_config, parse_icbhi_config
 from tfbreath.icbhi.dataset import CLASS_NAMES, CycleSet, load_cycle_sets
 from tfbreath.icbhi.finetune import STAGE1, finetune_devices, predict_probabilities, train_stage1
@@ -49,29 +46,20 @@ FINETUNED = "finetuned"
 TWO_CLASS = 2
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tfbreath.icbhi.fit", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pipeline", type=Path, help="ICBHI pipeline TOML (default: the embedded RespireNet recipe)")
-    parser.add_argument("--data", type=Path, required=True, help="ICBHI database folder (wav + txt)")
-    parser.add_argument("--out", type=Path, help="run folder (default: saved_models/<pipeline name>)")
-    parser.add_argument("--epochs", type=int, help="override [train] epochs (stage 1)")
-    parser.add_argument("--finetune-epochs", type=int, help="override [train] finetune_epochs (stage 2)")
-    parser.add_argument("--seed", type=int, help="override [split] seed (split, shuffling, initialisation)")
-    add_verbose_argument(parser)
-    return parser.parse_args(argv)
-
-
-def resolve(args: argparse.Namespace) -> tuple[IcbhiConfig, Path, Path]:
-    """The pipeline with flags applied, the data folder and the run folder."""
-    config = load_icbhi_config(args.pipeline) if args.pipeline else IcbhiConfig()
-    config = with_overrides(config, "train", epochs=args.epochs, finetune_epochs=args.finetune_epochs)
-    config = with_overrides(config, "split", seed=args.seed)
-    if not args.data.is_dir():
-        raise IcbhiError(f"{args.data}: data folder not found")
-    run_dir = args.out or RUNS_DIR / config.name
+def resolve(pipeline_file: Path | None, data_dir: Path, out: Path | None, epochs: int | None = None,
+            finetune_epochs: int | None = None, seed: int | None = None) -> tuple[IcbhiConfig, Path, Path]:
+    """The pipeline (default: the embedded RespireNet recipe) with the given settings applied
+    (``None`` keeps the file's: ``epochs`` stage 1, ``finetune_epochs`` stage 2, ``seed`` the split,
+    shuffling, augmentation and initialisation), the data folder and the run folder."""
+    config = load_icbhi_config(pipeline_file) if pipeline_file else IcbhiConfig()
+    config = with_overrides(config, "train", epochs=epochs, finetune_epochs=finetune_epochs)
+    config = with_overrides(config, "split", seed=seed)
+    if not data_dir.is_dir():
+        raise IcbhiError(f"{data_dir}: data folder not found")
+    run_dir = out or RUNS_DIR / config.name
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: the run folder is a file; pass another --out")
-    return config, args.data, run_dir
+    return config, data_dir, run_dir
 
 
 def _parse_saved(path: Path) -> IcbhiConfig:
@@ -170,23 +158,10 @@ def _train_and_score(config: IcbhiConfig, data_dir: Path, run_dir: Path, precisi
     return summary
 
 
-def _describe(result: dict[str, Any]) -> str:
+def describe(summary: dict[str, Any]) -> str:
+    """One line: the split scheme and each stage's ICBHI score, Se and Sp."""
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}"
-    return f"score {pct(result['score'])} (Se {pct(result['se'])}, Sp {pct(result['sp'])})"
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    try:
-        config, data_dir, run_dir = resolve(args)
-        summary = run(config, data_dir, run_dir)
-    except TfbreathError as err:
-        return print_error(err)
-    stages = [f"{stage}: {_describe(summary[stage])}" for stage in (STAGE1, FINETUNED) if stage in summary]
-    print(f"done: {summary['split']['scheme']} test split, {'; '.join(stages)}; run written to {run_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    stages = [f"{stage}: score {pct(summary[stage]['score'])} (Se {pct(summary[stage]['se'])}, "
+              f"Sp {pct(summary[stage]['sp'])})" for stage in (STAGE1, FINETUNED) if stage in summary]
+    return f"{summary['split']['scheme']} test split, {'; '.join(stages)}"

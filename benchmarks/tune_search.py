@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from tfbreath import tune
+from tfbreath.run_folder import SearchFolder
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "breath"
@@ -53,9 +54,9 @@ def main() -> int:
     wall = time.monotonic() - started
     if status != 0:
         return status
-    with open(args.out / tune.TRIALS_CSV, newline="") as handle:
+    with open(SearchFolder(args.out).trials_file, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    best = json.loads((args.out / tune.BEST_JSON).read_text())
+    best = json.loads(SearchFolder(args.out).best_hyperparameters_file.read_text())
     finished = [row for row in rows if row["status"] == "COMPLETED"]
     result = {
         "data": str(args.data), "pipeline": str(args.pipeline), "model": args.model, "tuner": args.tuner,

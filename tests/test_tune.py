@@ -19,6 +19,7 @@ from tfbreath.config import (ConfigError, MAP_NAMES, PipelineConfig, TuneConfig,
                              load_config, parse_config)
 from tfbreath.hypermodel import BreathHyperModel, SelectMaps
 from tfbreath.models import SCALAR_NORM
+from tfbreath.run_folder import SEARCH_PROJECT, SearchFolder
 from tfbreath.synthetic import write_synthetic_breath
 
 TINY_TUNE = """\
@@ -176,7 +177,7 @@ def tiny_search(tmp_path_factory):
 
 
 def _trials(out):
-    with open(out / tune.TRIALS_CSV, newline="") as handle:
+    with open(SearchFolder(out).trials_file, newline="") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -203,11 +204,11 @@ def test_a_search_writes_its_summary_and_best_pipeline_and_resumes(tiny_search, 
     assert [row["trial"] for row in rows] == ["0", "1"]
     assert all(row["status"] == "COMPLETED" and 0.0 <= float(row["val_accuracy"]) <= 1.0 for row in rows)
     assert [row["epochs"] for row in rows] == ["2", "2"]
-    assert (out / tune.OBJECTIVE_PLOT).stat().st_size > 0
-    best = json.loads((out / tune.BEST_JSON).read_text())
+    assert SearchFolder(out).objective_plot.stat().st_size > 0
+    best = json.loads(SearchFolder(out).best_hyperparameters_file.read_text())
     assert best["val_accuracy"] == max(float(row["val_accuracy"]) for row in rows)
     chosen = best["hyperparameters"]
-    tuned = load_config(out / tune.BEST_PIPELINE)
+    tuned = load_config(SearchFolder(out).best_pipeline_file)
     assert tuned.name == "tiny_tuned"
     assert tuned.features.maps == parse_config(TINY_TUNE).tune.map_sets[chosen["maps"]]
     assert tuned.train.models == ("cnn8",) and tuned.train.model_width == chosen["model_width"]
@@ -226,7 +227,7 @@ def test_cli_errors_are_one_line(tiny_search, tmp_path, capsys, monkeypatch):
     assert tune.main([*common, "--tuner", "grid"]) == 2
     said = capsys.readouterr().err
     assert "error: [tune] tuner must be one of ['hyperband', 'bayesian', 'random'], got 'grid'" in said
-    tune._claim_search_dir(out, tune.resolve(tune._parse_args(common))[0])
+    SearchFolder(out).claim(tune.resolve(tune._parse_args(common))[0], tune._uncapped)
     assert tune.main([*common, "--max-epochs", "5"]) == 2
     assert "holds a search of a different pipeline" in capsys.readouterr().err
     monkeypatch.setenv(tune.ORACLE_IP_ENV, "127.0.0.1")
@@ -268,7 +269,7 @@ def test_a_chief_and_two_workers_share_one_search(tiny_search, tmp_path):
     assert "serving the oracle" in logs["chief"]
     for worker in WORKER_IDS:
         assert "val_accuracy:" in logs[worker], f"{worker} ran no trial:\n{logs[worker][-3000:]}"
-        assert (out / tune.PROJECT / f"{worker}.json").is_file()  # saved when it ends a trial
+        assert (out / SEARCH_PROJECT / f"{worker}.json").is_file()  # saved when it ends a trial
     rows = _trials(out)  # written by the chief, from its oracle
     assert [row["status"] for row in rows] == ["COMPLETED", "COMPLETED"]
-    assert load_config(out / tune.BEST_PIPELINE).train.models == ("cnn8",)
+    assert load_config(SearchFolder(out).best_pipeline_file).train.models == ("cnn8",)

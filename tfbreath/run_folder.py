@@ -18,6 +18,10 @@ and the benchmarks read them, all through ``RunFolder``. Layout, relative to the
 ``<model>_savedmodel/``         and as a SavedModel
 ==============================  ==========================================================
 
+A search folder of ``python -m tfbreath.tune`` (``SearchFolder``) holds ``search_pipeline.toml``
+(its claim), KerasTuner's ``search/`` project, ``trials.csv``, ``objective.png``,
+``best_pipeline.toml`` and ``best_hyperparameters.json``.
+
 ``resolve`` turns what a command line gives (a pipeline file or none, a data folder or none, a
 run folder or none) into the pipeline, the data folder and this process's run folder: without
 data (``--data`` or ``$TFBREATH_DATA``) a small demo recipe trains on synthetic audio written
@@ -43,7 +47,7 @@ import tensorflow as tf
 
 from tfbreath import artifacts, distribute, synthetic
 from tfbreath.checkpoint import BACKUP_DIR
-from tfbreath.config import ConfigError, PipelineConfig, load_config, with_overrides
+from tfbreath.config import ConfigError, PipelineConfig, dump_config, load_config, with_overrides
 from tfbreath.data import DataError
 
 PIPELINE_FILE = "pipeline.toml"
@@ -56,6 +60,11 @@ NO_QUANTIZATION = "none"
 HISTORY_PREFIX = "history_"
 LOGS_DIR = "logs"
 FOLD_DIR_PREFIX = "fold_"
+SEARCH_PIPELINE, BEST_PIPELINE, BEST_HYPERPARAMETERS = ("search_pipeline.toml", "best_pipeline.toml",
+                                                       "best_hyperparameters.json")
+TRIALS_CSV, OBJECTIVE_PLOT = "trials.csv", "objective.png"
+SEARCH_PROJECT = "search"
+"""KerasTuner's project folder inside a search folder."""
 FIRST_FOLD = "0"
 """The ``fold`` value of a K-fold run's first fold in ``oof_predictions.csv``."""
 SYNTHETIC_DATA_DIR = "synthetic_data"
@@ -132,16 +141,7 @@ class RunFolder:
     def refuse_other_run(self, config: Any, parse: Callable[[Path], Any]) -> None:
         """Raise ``ConfigError`` if the folder is claimed by a pipeline other than ``config``
         (``parse`` reads a ``pipeline.toml``; one it cannot parse counts as another)."""
-        saved = self.pipeline_file
-        if not saved.exists():
-            return
-        try:
-            same = parse(saved) == config
-        except (ConfigError, OSError, UnicodeDecodeError):
-            same = False
-        if not same:
-            raise ConfigError(f"{self.path}: holds a run of a different pipeline ({saved}); "
-                              f"pass another --out or delete the folder")
+        _refuse_other(self.path, self.pipeline_file, config, parse, "run")
 
     def claim(self, pipeline_toml: str) -> None:
         """Write the resolved pipeline: from now on only a run of it may use the folder."""
@@ -171,6 +171,58 @@ class RunFolder:
         """Remove ``backup/`` once every model has emptied its own part of it (saved)."""
         with contextlib.suppress(OSError):
             (self.path / BACKUP_DIR).rmdir()
+
+
+def _refuse_other(folder: Path, saved: Path, config: Any, parse: Callable[[Path], Any], what: str,
+                  note: str = "") -> None:
+    """Raise ``ConfigError`` if ``saved`` (a folder's claim) holds a pipeline that ``parse`` does
+    not read as ``config``; a missing claim is no objection, an unreadable one counts as another."""
+    if not saved.exists():
+        return
+    try:
+        same = parse(saved) == config
+    except (ConfigError, OSError, UnicodeDecodeError):
+        same = False
+    if not same:
+        raise ConfigError(f"{folder}: holds a {what} of a different pipeline ({saved}); {note}"
+                          f"pass another --out or delete the folder")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchFolder:
+    """The files of one ``tune`` search folder."""
+
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def pipeline_file(self) -> Path:
+        return self.path / SEARCH_PIPELINE
+
+    @property
+    def best_pipeline_file(self) -> Path:
+        return self.path / BEST_PIPELINE
+
+    @property
+    def best_hyperparameters_file(self) -> Path:
+        return self.path / BEST_HYPERPARAMETERS
+
+    @property
+    def trials_file(self) -> Path:
+        return self.path / TRIALS_CSV
+
+    @property
+    def objective_plot(self) -> Path:
+        return self.path / OBJECTIVE_PLOT
+
+    def claim(self, pipeline: PipelineConfig, comparable: Callable[[PipelineConfig], PipelineConfig]) -> None:
+        """Write the search's pipeline, after checking that a search already here used the same
+        one up to what ``comparable`` neutralises (settings a resumed search may change)."""
+        _refuse_other(self.path, self.pipeline_file, comparable(pipeline), lambda path: comparable(load_config(path)),
+                      "search", "only --max-trials may change when resuming; ")
+        artifacts.write_text(self.pipeline_file, dump_config(pipeline))
 
 
 def resolve(pipeline_file: Path | None, data_dir: Path | None, out: Path | None,

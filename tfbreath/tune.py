@@ -51,13 +51,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfbreath import artifacts, data, distribute, run_folder  # noqa: E402
-from tfbreath.config import (CNN_MODELS, ConfigError, TUNERS, PipelineConfig, TuneConfig,  # noqa: E402
+from tfbreath.config import (CNN_MODELS, TUNERS, PipelineConfig, TuneConfig,  # noqa: E402
                              dump_config, load_config, with_overrides)
 from tfbreath.console import add_verbose_argument  # noqa: E402
 from tfbreath.errors import TfbreathError, print_error  # noqa: E402
 from tfbreath.hypermodel import (HYPERBAND_EPOCHS, HYPERPARAMETERS, OBJECTIVE, BreathHyperModel,  # noqa: E402
                                  extraction_pipeline)
 from tfbreath.precision import choose_precision, global_policy  # noqa: E402
+from tfbreath.run_folder import SearchFolder  # noqa: E402
 
 TUNE_SUFFIX = "_tune"
 """Default search folder: ``saved_models/<pipeline name>_tune``."""
@@ -65,11 +66,6 @@ TUNE_SUFFIX = "_tune"
 TUNED_SUFFIX = "_tuned"
 """The best pipeline's name: ``<pipeline name>_tuned``."""
 
-PROJECT = "search"
-"""KerasTuner project folder inside the search folder."""
-
-SEARCH_PIPELINE, BEST_PIPELINE, BEST_JSON = "search_pipeline.toml", "best_pipeline.toml", "best_hyperparameters.json"
-TRIALS_CSV, OBJECTIVE_PLOT = "trials.csv", "objective.png"
 
 TUNER_ID_ENV, ORACLE_IP_ENV, ORACLE_PORT_ENV = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
 """KerasTuner's variables for a distributed search (a chief oracle and workers)."""
@@ -128,22 +124,12 @@ def _uncapped(pipeline: PipelineConfig) -> PipelineConfig:
     return with_overrides(pipeline, "tune", max_trials=TuneConfig.max_trials)
 
 
-def _claim_search_dir(out: Path, pipeline: PipelineConfig) -> None:
-    """Write the search's pipeline, or check that a resumed search used the same one."""
-    saved = out / SEARCH_PIPELINE
-    if saved.exists():
-        if _uncapped(load_config(saved)) != _uncapped(pipeline):
-            raise ConfigError(f"{out}: holds a search of a different pipeline ({saved}); only --max-trials may "
-                              f"change when resuming; pass another --out or delete the folder")
-    artifacts.write_text(saved, dump_config(pipeline))
-
-
 def make_tuner(hypermodel: BreathHyperModel, pipeline: PipelineConfig, out: Path,
                strategy: tf.distribute.Strategy | None = None) -> kt.Tuner:
     """The ``[tune] tuner`` over ``hypermodel``, reloading a search already in ``out``."""
     space = pipeline.tune
     common = {"objective": kt.Objective(OBJECTIVE, direction="max"), "seed": pipeline.data.seed,
-              "directory": str(out), "project_name": PROJECT, "distribution_strategy": strategy,
+              "directory": str(out), "project_name": run_folder.SEARCH_PROJECT, "distribution_strategy": strategy,
               "overwrite": False}
     if space.tuner == "hyperband":
         tuner = kt.Hyperband(hypermodel, max_epochs=space.max_epochs, factor=space.hyperband_factor, **common)
@@ -223,21 +209,21 @@ def write_summary(tuner: kt.Tuner, out: Path) -> dict[str, Any]:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["trial"])
     writer.writeheader()
     writer.writerows(rows)
-    artifacts.write_text(out / TRIALS_CSV, buffer.getvalue())
-    plot_objective(rows, out / OBJECTIVE_PLOT)
+    artifacts.write_text(SearchFolder(out).trials_file, buffer.getvalue())
+    plot_objective(rows, SearchFolder(out).objective_plot)
     print(format_table(rows))
     best_trials = tuner.oracle.get_best_trials(1)
     if not best_trials or best_trials[0].score is None:
-        raise TuneError(f"{out}: no trial finished (see {out / TRIALS_CSV} and the trial messages above)")
+        raise TuneError(f"{out}: no trial finished (see {SearchFolder(out).trials_file} and the trial messages above)")
     best = best_trials[0]
     hypermodel = tuner.hypermodel
     best_pipeline = hypermodel.trial_pipeline(best.hyperparameters.values)
     best_pipeline = dataclasses.replace(best_pipeline, name=hypermodel.pipeline.name + TUNED_SUFFIX)
-    artifacts.write_text(out / BEST_PIPELINE, dump_config(best_pipeline))
+    artifacts.write_text(SearchFolder(out).best_pipeline_file, dump_config(best_pipeline))
     record = {"trial": best.trial_id, OBJECTIVE: float(best.score), "best_epoch": int(best.best_step) + 1,
               "model": hypermodel.model_name, "epochs": best_pipeline.train.epochs,
               "hyperparameters": {name: best.hyperparameters.values[name] for name in HYPERPARAMETERS}}
-    artifacts.write_json(out / BEST_JSON, record)
+    artifacts.write_json(SearchFolder(out).best_hyperparameters_file, record)
     return record
 
 
@@ -246,7 +232,7 @@ def run(pipeline: PipelineConfig, data_dir: Path, out: Path,
     """Search (or resume, or serve as the chief); write the summary unless this is a worker."""
     role = search_role()
     strategy = strategy or tf.distribute.get_strategy()
-    _claim_search_dir(out, pipeline)
+    SearchFolder(out).claim(pipeline, _uncapped)
     keras.utils.set_random_seed(pipeline.data.seed)
     with global_policy(choose_precision(pipeline.train.precision)) as precision:
         return _search(pipeline, data_dir, out, strategy, role, precision)
@@ -286,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(err)
     if best is not None:
         print(f"done: best trial {best['trial']}, {OBJECTIVE} {best[OBJECTIVE]:.3f}; "
-              f"train it with: python -m tfbreath.fit --pipeline {out / BEST_PIPELINE}")
+              f"train it with: python -m tfbreath.fit --pipeline {SearchFolder(out).best_pipeline_file}")
     return 0
 
 

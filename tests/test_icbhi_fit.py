@@ -68,6 +68,9 @@ def test_tiny_model_learns_the_synthetic_task(tmp_path):
     assert summary["precision"] == summary["stage1_dtype_policy"] == "float32"
     assert trainer.FINETUNED not in summary and summary["finetuned_devices"] == []
     assert set(stage1["per_device"]) == set(summary["split"]["test"]["per_device"])
+    train_patients, test_patients = (summary["split"][side]["patients"] for side in ("train", "test"))
+    assert train_patients and test_patients and not set(train_patients) & set(test_patients)
+    assert len(train_patients) + len(test_patients) == 10  # every patient on one side
     assert (tmp_path / "run" / "stage1.keras").is_file()
 
 

@@ -248,25 +248,25 @@ def test_few_patients_split_is_noted_and_one_patient_is_refused(tmp_path):
         split_recordings(recordings[:1], SplitConfig("official"), tmp_path)
 
 
-def test_a_respirenet_folds_file_makes_the_80_20_split(synthetic_root, tmp_path):
+def test_a_respirenet_folds_file_makes_the_folds_split(synthetic_root, tmp_path):
     recordings, _ = read_database(synthetic_root)
     folds = tmp_path / "patient_list_foldwise.txt"
     folds.write_text("".join(f"{101 + k} {k % 5}\n" for k in range(10)))
-    split = split_recordings(recordings, SplitConfig("80_20", folds_file=str(folds)), synthetic_root)
-    assert (split.scheme, split.note) == ("80_20", "")
+    split = split_recordings(recordings, SplitConfig("folds", folds_file=str(folds)), synthetic_root)
+    assert (split.scheme, split.note) == ("folds", "")
     assert {r.patient for r in split.test} == {"105", "110"}  # fold 4, RespireNet's default test fold
     assert len(split.train) + len(split.test) == len(recordings)
-    other = split_recordings(recordings, SplitConfig("80_20", folds_file=str(folds), test_fold=0), synthetic_root)
+    other = split_recordings(recordings, SplitConfig("folds", folds_file=str(folds), test_fold=0), synthetic_root)
     assert {r.patient for r in other.test} == {"101", "106"}
 
     folds.write_text("101 0\n")
     with pytest.raises(IcbhiError, match=f"^{folds}: no fold for 9 patient\\(s\\), e.g. 102$"):
-        split_recordings(recordings, SplitConfig("80_20", folds_file=str(folds)), synthetic_root)
+        split_recordings(recordings, SplitConfig("folds", folds_file=str(folds)), synthetic_root)
     folds.write_text("101 first\n")
     with pytest.raises(IcbhiError, match="line 1: expected '<patient> <fold>', got '101 first'"):
-        split_recordings(recordings, SplitConfig("80_20", folds_file=str(folds)), synthetic_root)
+        split_recordings(recordings, SplitConfig("folds", folds_file=str(folds)), synthetic_root)
     with pytest.raises(IcbhiError, match="absent.txt: folds file not found"):
-        split_recordings(recordings, SplitConfig("80_20", folds_file=str(tmp_path / "absent.txt")), synthetic_root)
+        split_recordings(recordings, SplitConfig("folds", folds_file=str(tmp_path / "absent.txt")), synthetic_root)
 
 
 @needs_icbhi
@@ -274,7 +274,7 @@ def test_a_respirenet_folds_file_makes_the_80_20_split(synthetic_root, tmp_path)
 def test_respirenet_folds_on_the_real_sample():
     """RespireNet's folds put 101 in fold 1, 103 and 104 in fold 3, and 102 in fold 4 (its test fold)."""
     recordings, _ = read_database(ICBHI_DIR)
-    split = split_recordings(recordings, SplitConfig("80_20", folds_file=str(RESPIRENET_FOLDS)), ICBHI_DIR)
+    split = split_recordings(recordings, SplitConfig("folds", folds_file=str(RESPIRENET_FOLDS)), ICBHI_DIR)
     assert [r.stem for r in split.test] == ["102_1b1_Ar_sc_Meditron"]
     assert len(split.train) == 9
 

@@ -23,11 +23,12 @@ from tfbreath.config import (PRECISIONS, ConfigError, build_section, check_sampl
 TASK = "icbhi"
 """The top-level ``task`` value that marks an ICBHI pipeline file."""
 
-SPLIT_SCHEMES = ("official", "60_40", "80_20")
-"""``official``: the challenge's own list file; the others: patient-wise scikit-learn splits."""
+SPLIT_SCHEMES = ("official", "folds", "60_40", "80_20")
+"""``official``: the challenge's own list file; ``folds``: RespireNet's patient folds file
+(``[split] folds_file``), fold ``test_fold`` tested; the others: seeded patient-wise splits."""
 
-FOLDS_SCHEME = "80_20"
-"""The scheme a RespireNet folds file (``[split] folds_file``) makes: one of its 5 folds is the test side."""
+FOLDS_SCHEME = "folds"
+"""The scheme that reads a RespireNet folds file (``[split] folds_file``)."""
 
 RESPIRENET_TEST_FOLD = 4
 """The fold RespireNet's code tests on by default."""
@@ -37,6 +38,20 @@ BACKBONES = ("resnet34",)
 
 CLASS_COUNTS = (4, 2)
 """4: normal / crackle / wheeze / both; 2: normal / abnormal."""
+
+INPUTS = ("grey", "image")
+"""``grey``: the [0, 1] dB mel spectrogram repeated into 3 channels; ``image``: RespireNet's
+rendering (dB mel to 0-255, magma colour map to RGB, resized ``image_scale`` times, low
+frequencies at the bottom, normalised by the training split's per-channel mean and std)."""
+
+LONG_CYCLES = ("cut", "windows")
+"""A cycle longer than ``cycle_s``: ``cut`` keeps its first ``cycle_s``; ``windows`` cuts it into
+windows of ``cycle_s`` every ``window_hop_s`` (each a training example; at test time the
+windows' mean probability decides the cycle)."""
+
+SELECTIONS = ("last", "best")
+"""Which stage-1 weights are kept: the last epoch's, or the epoch with the best ICBHI score on a
+validation split of the training patients (``[train] validation_fraction``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +103,14 @@ class PaddingConfig:
 
     smart: bool = True
     smart_test: bool = False
+    long_cycles: str = "cut"
+    window_hop_s: float = 3.5
+    """With ``long_cycles = "windows"``: seconds between the starts of a long cycle's windows."""
+
+    def __post_init__(self) -> None:
+        require(self.long_cycles in LONG_CYCLES,
+                f"long_cycles must be one of {list(LONG_CYCLES)}, got {self.long_cycles!r}")
+        positive("window_hop_s", self.window_hop_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +133,9 @@ class SpectrogramConfig:
     clip_blank: bool = True
     blank_level: float = 10.0 / 255.0
     blank_row_fraction: float = 0.8
+    input: str = "grey"
+    image_scale: int = 3
+    """With ``input = "image"``: the rendered image is this many times the spectrogram's size."""
 
     def __post_init__(self) -> None:
         for name in ("n_fft", "hop_length", "n_mels"):
@@ -120,6 +146,8 @@ class SpectrogramConfig:
         require(0.0 < self.blank_level < 1.0, f"blank_level must be in (0, 1), got {self.blank_level!r}")
         require(0.0 < self.blank_row_fraction <= 1.0,
                 f"blank_row_fraction must be in (0, 1], got {self.blank_row_fraction!r}")
+        require(self.input in INPUTS, f"input must be one of {list(INPUTS)}, got {self.input!r}")
+        integer("image_scale", self.image_scale, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,10 +169,16 @@ class AugmentConfig:
     speed_min: float = 0.9
     speed_max: float = 1.1
     shift_probability: float = 0.5
+    vtlp_probability: float = 0.0
+    """Vocal-tract-length perturbation: the spectrum's frequency axis warped by a factor drawn
+    from U(``vtlp_alpha_min``, ``vtlp_alpha_max``), duration kept (pitch shift without speed change)."""
+    vtlp_alpha_min: float = 0.9
+    vtlp_alpha_max: float = 1.1
     balanced_sampler: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("concat_probability", "noise_probability", "speed_probability", "shift_probability"):
+        for name in ("concat_probability", "noise_probability", "speed_probability", "shift_probability",
+                     "vtlp_probability"):
             probability(name, getattr(self, name))
         require(self.noise_snr_db_min <= self.noise_snr_db_max,
                 f"noise_snr_db_max must be >= noise_snr_db_min ({self.noise_snr_db_min!r}), "
@@ -152,15 +186,19 @@ class AugmentConfig:
         positive("speed_min", self.speed_min)
         require(self.speed_min <= self.speed_max,
                 f"speed_max must be >= speed_min ({self.speed_min!r}), got {self.speed_max!r}")
+        positive("vtlp_alpha_min", self.vtlp_alpha_min)
+        require(self.vtlp_alpha_min <= self.vtlp_alpha_max,
+                f"vtlp_alpha_max must be >= vtlp_alpha_min ({self.vtlp_alpha_min!r}), got {self.vtlp_alpha_max!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
-    """Train/test division: the official 60/40 list, or a seeded patient-wise 60/40 or 80/20.
+    """Train/test division: the official 60/40 list, RespireNet's patient folds, or a seeded
+    patient-wise 60/40 or 80/20.
 
     ``folds_file`` names RespireNet's patient folds (its ``patient_list_foldwise.txt``: one
-    ``<patient> <fold>`` line per patient, folds 0-4); with ``scheme = "80_20"`` the patients of
-    fold ``test_fold`` are then the test side, as in the authors' code, instead of seeded folds.
+    ``<patient> <fold>`` line per patient, folds 0-4); with ``scheme = "folds"`` the patients of
+    fold ``test_fold`` are the test side, as in the authors' code.
     """
 
     scheme: str = "official"
@@ -172,9 +210,9 @@ class SplitConfig:
         require(self.scheme in SPLIT_SCHEMES, f"scheme must be one of {list(SPLIT_SCHEMES)}, got {self.scheme!r}")
         integer("seed", self.seed, 0)
         require(isinstance(self.folds_file, str), f"folds_file must be a file path string, got {self.folds_file!r}")
-        require(not self.folds_file or self.scheme == FOLDS_SCHEME,
-                f"folds_file gives RespireNet's {FOLDS_SCHEME} split; scheme must be {FOLDS_SCHEME!r} with it, "
-                f"got {self.scheme!r}")
+        require((self.scheme == FOLDS_SCHEME) == bool(self.folds_file),
+                f"scheme {FOLDS_SCHEME!r} reads folds_file and only it does; got scheme {self.scheme!r} with "
+                f"folds_file {self.folds_file!r}")
         integer("test_fold", self.test_fold, 0)
 
 
@@ -189,6 +227,9 @@ class ModelConfig:
     dropout: float = 0.5
     initial_weights: str = ""
     """A local ``.keras`` / ``.weights.h5`` file to start from ("" = random initialisation)."""
+    imagenet_weights: str = ""
+    """A torchvision ResNet-34 state dict (the ``.pth`` users download, e.g. ImageNet weights),
+    converted into the backbone (``tfbreath.icbhi.torchvision_weights``); "" = none."""
 
     def __post_init__(self) -> None:
         require(self.backbone in BACKBONES, f"backbone must be one of {list(BACKBONES)}, got {self.backbone!r}")
@@ -197,6 +238,11 @@ class ModelConfig:
         require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
         require(isinstance(self.initial_weights, str),
                 f"initial_weights must be a file path string, got {self.initial_weights!r}")
+        require(isinstance(self.imagenet_weights, str),
+                f"imagenet_weights must be a file path string, got {self.imagenet_weights!r}")
+        require(not (self.initial_weights and self.imagenet_weights),
+                f"give initial_weights or imagenet_weights, not both; got {self.initial_weights!r} and "
+                f"{self.imagenet_weights!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +258,14 @@ class TrainConfig:
     finetune_epochs: int = 50
     device_finetune: bool = True
     precision: str = "auto"
+    weight_decay: float = 0.0
+    """SGD weight decay (RespireNet's code: 5e-4)."""
+    class_weights: tuple[float, ...] = ()
+    """Loss weight per class, in class order (RespireNet's code: 0.1, 0.3, 0.3, 0.3 for four
+    classes, the inverse of [3, 1, 1, 1] normalised); () = every class weighs 1."""
+    select: str = "last"
+    validation_fraction: float = 0.2
+    """With ``select = "best"``: share of the training patients held out to pick the epoch."""
 
     def __post_init__(self) -> None:
         require(self.classes in CLASS_COUNTS, f"classes must be one of {list(CLASS_COUNTS)}, got {self.classes!r}")
@@ -222,6 +276,17 @@ class TrainConfig:
         integer("epochs", self.epochs, 1)
         integer("finetune_epochs", self.finetune_epochs, 0)
         require(self.precision in PRECISIONS, f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        require(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
+                f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        require(isinstance(self.class_weights, (list, tuple)) and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in self.class_weights),
+            f"class_weights must be a list of numbers > 0, got {self.class_weights!r}")
+        require(len(self.class_weights) in (0, self.classes),
+                f"class_weights must have one entry per class ({self.classes}), got {list(self.class_weights)!r}")
+        object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+        require(self.select in SELECTIONS, f"select must be one of {list(SELECTIONS)}, got {self.select!r}")
+        require(0.0 < self.validation_fraction < 1.0,
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
 
 
 _SECTIONS = {"audio": AudioConfig, "padding": PaddingConfig, "spectrogram": SpectrogramConfig,

@@ -34,7 +34,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from tfbreath import audio
 from tfbreath.errors import TfbreathError
-from tfbreath.icbhi.config import SplitConfig
+from tfbreath.icbhi.config import FOLDS_SCHEME, SplitConfig
 
 OFFICIAL_SPLIT_FILE = "ICBHI_challenge_train_test.txt"
 """The challenge's own train/test list (lines ``<stem> <train|test>``)."""
@@ -416,7 +416,7 @@ def split_recordings(recordings: Sequence[Recording], split_config: SplitConfig,
     label, ``PATIENT_FOLDS`` folds shuffled with ``split_config.seed``; the first 2 (60/40) or 1
     (80/20) folds are the test side. Cycles of one patient fall in one fold, so no patient is on
     both sides. With fewer patients than folds see ``patient_folds`` (also said in the note).
-    ``split_config.folds_file`` (with ``80_20``): RespireNet's own folds instead, fold
+    ``folds``: RespireNet's own patient folds (``split_config.folds_file``), fold
     ``split_config.test_fold`` as the test side.
     """
     root = Path(root)
@@ -428,7 +428,7 @@ def split_recordings(recordings: Sequence[Recording], split_config: SplitConfig,
                      f"instead of 'official'")
     if list_file is not None:
         train, test = _official_split(recordings, list_file)
-    elif split_config.folds_file:
+    elif scheme == FOLDS_SCHEME:
         train, test = _folds_file_split(recordings, Path(split_config.folds_file), split_config.test_fold)
     else:
         patients = len({r.patient for r in recordings})

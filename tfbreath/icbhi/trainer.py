@@ -34,7 +34,7 @@ from tfbreath.config import ConfigError, with_overrides
 from tfbreath.icbhi.config import IcbhiConfig, dump_icbhi_config, load_icbhi_config, parse_icbhi_config
 from tfbreath.icbhi.dataset import CLASS_NAMES, CycleSet, load_cycle_sets
 from tfbreath.icbhi.finetune import STAGE1, finetune_devices, predict_probabilities, train_stage1
-from tfbreath.icbhi.reader import IcbhiError
+from tfbreath.icbhi.reader import IcbhiError, parse_recording_name
 from tfbreath.icbhi.resnet import build_respirenet
 from tfbreath.icbhi.score import icbhi_scores, plot_confusion, to_two_class
 from tfbreath.icbhi.spectrogram import spectrogram_shape
@@ -91,7 +91,8 @@ def _split_summary(train_set: CycleSet, test_set: CycleSet) -> dict[str, Any]:
     def counts(cycles: CycleSet) -> dict[str, Any]:
         devices, per_device = np.unique(cycles.devices, return_counts=True)
         return {"cycles": len(cycles), "recordings": len(set(cycles.recordings.tolist())),
-                "per_device": {str(d): int(n) for d, n in zip(devices, per_device)}}
+                "per_device": {str(d): int(n) for d, n in zip(devices, per_device)},
+                "patients": sorted({parse_recording_name(r)[0] for r in cycles.recordings.tolist()})}
     return {"train": counts(train_set), "test": counts(test_set)}
 
 

@@ -1,0 +1,80 @@
+"""Long cycles (``[padding] long_cycles``): windows of the cycle length, and their vote per cycle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import sine
+from tfbreath.config import with_overrides
+from tfbreath.icbhi.config import IcbhiConfig
+from tfbreath.icbhi.dataset import TIE_BREAK, CycleSet, build_cycle_set
+from tfbreath.icbhi.padding import window_starts
+from tfbreath.icbhi.reader import Cycle, read_database
+from tfbreath.icbhi.synthetic import write_recording
+
+RATE = 4000
+WINDOWED = with_overrides(with_overrides(IcbhiConfig(), "audio", cycle_s=2.0), "padding", long_cycles="windows",
+                          window_hop_s=1.5)
+"""2-s windows every 1.5 s."""
+
+
+@pytest.mark.parametrize("cycle_length, length, hop, starts", [
+    (10, 4, 3, [0, 3, 6]),  # the last window ends exactly at the end
+    (11, 4, 3, [0, 3, 6, 7]),  # one more window, ending at the cycle's end
+    (4, 4, 3, [0]),
+    (3, 4, 3, [0]),  # shorter than a window: padded elsewhere
+    (20, 4, 8, [0, 8, 16]),  # a hop longer than the window skips samples, as asked
+])
+def test_window_starts(cycle_length, length, hop, starts):
+    assert window_starts(cycle_length, length, hop).tolist() == starts
+
+
+def _cycles(cycle_ids, labels):
+    n = len(cycle_ids)
+    return CycleSet(np.zeros((n, 8)), labels, ["Meditron"] * n, [f"r{i}" for i in range(n)], cycle_ids=cycle_ids)
+
+
+def test_windows_vote_by_majority_and_ties_go_to_the_higher_mean_probability():
+    cycles = _cycles([0, 0, 0, 1, 1, 2], [1, 1, 1, 2, 2, 0])
+    p = np.array([[0.1, 0.6, 0.3, 0.0],  # cycle 0: windows say 1, 1, 3
+                  [0.2, 0.5, 0.3, 0.0],
+                  [0.1, 0.2, 0.0, 0.7],
+                  [0.6, 0.0, 0.4, 0.0],  # cycle 1: windows say 0 (0.6) and 2 (0.9): a tie, 2 has the higher mean
+                  [0.1, 0.0, 0.9, 0.0],
+                  [0.7, 0.1, 0.1, 0.1]], np.float32)  # cycle 2: one window keeps its probabilities
+    scores, per_cycle = cycles.per_cycle(p)
+    assert np.argmax(scores, axis=-1).tolist() == [1, 2, 0]
+    np.testing.assert_allclose(scores[0], (np.array([0, 2, 0, 1]) + TIE_BREAK * p[:3].sum(0)) / 3, rtol=1e-6)
+    np.testing.assert_allclose(scores[2], (np.array([1, 0, 0, 0]) + TIE_BREAK * p[5]), rtol=1e-6)
+    assert per_cycle.labels.tolist() == [1, 2, 0] and per_cycle.recordings.tolist() == ["r0", "r3", "r5"]
+
+
+def test_rows_of_their_own_cycles_are_scored_as_they_are():
+    cycles = _cycles([0, 1, 2], [0, 1, 2])
+    p = np.eye(4, dtype=np.float32)[:3]
+    scores, per_cycle = cycles.per_cycle(p)
+    assert scores is p and per_cycle is cycles
+
+
+def test_a_long_cycle_becomes_windows_that_cover_it_and_a_short_one_stays_whole(tmp_path):
+    signal = sine(300.0, 7.0, RATE)
+    write_recording(tmp_path, "105_1b1_Al_sc_Meditron", signal, RATE,
+                    (Cycle(0.5, 5.8, True, False), Cycle(5.8, 6.8, False, False)))
+    recordings, report = read_database(tmp_path)
+    windowed = build_cycle_set(recordings, WINDOWED, True, report, progress=False)
+    length = WINDOWED.audio.num_samples
+    # the 5.3-s cycle: windows at 0, 1.5, 3.0 s and one ending at its end (3.3 s); then the 1-s cycle
+    assert windowed.cycle_ids.tolist() == [0, 0, 0, 0, 1]
+    assert windowed.labels.tolist() == [1, 1, 1, 1, 0]
+    assert (windowed.offsets[:4] == 0).all() and (windowed.lengths[:4] == length).all()
+    long_cycle = windowed.waveforms[:4]
+    hop, last_step = int(1.5 * RATE), int(0.3 * RATE)
+    np.testing.assert_array_equal(long_cycle[1][:length - hop], long_cycle[0][hop:])  # window 1 starts 1.5 s in
+    # window 3 starts 0.3 s after window 2 (3.3 s in), so it ends at the cycle's end: nothing lost
+    np.testing.assert_array_equal(long_cycle[3][:length - last_step], long_cycle[2][last_step:])
+    assert windowed.lengths[4] == RATE  # the short cycle's own second, padded to the window
+    cut = build_cycle_set(recordings, with_overrides(WINDOWED, "padding", long_cycles="cut"), True, report,
+                          progress=False)
+    assert cut.cycle_ids.tolist() == [0, 1]
+    np.testing.assert_array_equal(cut.waveforms[0], windowed.waveforms[0])  # "cut" keeps the first window

@@ -98,7 +98,7 @@ def test_feature_config_accepts_any_subset_of_maps():
     ("train", {"precision": ["auto"]}, "precision must be one of ['auto', 'float32', 'mixed_bfloat16', "
                                        "'mixed_float16'], got ['auto']"),
     ("train", {"clip_scope": "layer"}, "clip_scope must be one of ['variable', 'global'], got 'layer'"),
-    ("train", {"ema_momentum": 1.0}, "ema_momentum must be a number in [0, 1), got 1.0"),
+    ("train", {"ema_momentum": "0.99"}, "ema_momentum must be a number in [0, 1), got '0.99'"),
     ("tune", {"model_widths": ["0.5"]}, "model_widths entries must be a number > 0, got '0.5'"),
     ("tune", {"map_sets": {"a": "mel"}}, "map_sets.a must be a list of maps, got 'mel'"),
 ])

@@ -7,9 +7,10 @@ The backbone is torchvision's ResNet-34 (the network the authors fine-tune): a 7
 a 3x3/2 max-pool, four stages of basic blocks ([3, 4, 6, 3] blocks, 64/128/256/512 filters,
 stride 2 and a 1x1 projection at the start of stages 2-4) and global average pooling. Padding is
 explicit and symmetric, and BatchNorm uses PyTorch's momentum/epsilon, so weights converted
-from a torchvision checkpoint give the same activations. The backbone reads three channels
-because the authors feed the grey spectrogram as an RGB image (ImageNet weights expect that);
-a one-channel input is repeated to three inside the model.
+from a torchvision checkpoint give the same activations. The backbone reads three channels, as
+ImageNet weights expect: the grey dB-mel spectrogram (one channel) is repeated to three inside
+the model, and the authors' colour-mapped RGB rendering (``[spectrogram] input = "image"``)
+goes in as it is.
 
 The head follows the authors' code: dropout -> Dense(128) -> ReLU -> dropout -> Dense(128) ->
 ReLU -> Dense(classes) -> softmax. The softmax runs in float32 under a mixed precision policy.
@@ -18,7 +19,9 @@ ReLU -> Dense(classes) -> softmax. The softmax runs in float32 under a mixed pre
 ``model_config.initial_weights`` names a local file to start from (nothing is downloaded):
 a ``.weights.h5`` of the backbone (what :func:`save_backbone_weights` writes, e.g. after
 converting ImageNet weights) or a ``.keras`` RespireNet model (e.g. another run's
-``stage1.keras``), whose backbone is taken.
+``stage1.keras``), whose backbone is taken. ``model_config.imagenet_weights`` instead names a
+torchvision ResNet-34 state dict (the ``.pth`` the authors start from), converted by
+:mod:`tfbreath.icbhi.torchvision_weights` (width 1.0 only).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import keras
 import numpy as np
 
 from tfbreath.icbhi.reader import IcbhiError
+from tfbreath.icbhi.torchvision_weights import load_imagenet_weights
 from tfbreath.models.blocks import CONV_INITIALIZER, batch_norm, scaled
 from tfbreath.run_folder import MODEL_SUFFIX
 
@@ -106,8 +110,10 @@ def build_respirenet(input_shape: tuple[int, int, int], num_classes: int,
                      model_config: ModelConfig) -> keras.Model:
     """The RespireNet classifier for ``[H, W, C]`` spectrograms: ``[B, H, W, C] -> [B, num_classes]``.
 
-    ``C`` is 1 (repeated to the backbone's 3 channels) or 3. Loads ``model_config.initial_weights``
-    into the backbone when set; raises :class:`IcbhiError` if that file is missing or does not fit.
+    ``C`` is 1 (the grey dB-mel spectrogram, repeated to the backbone's 3 channels) or 3 (an RGB
+    rendering, ``[spectrogram] input = "image"``). Loads ``model_config.initial_weights`` or
+    converts ``model_config.imagenet_weights`` (a torchvision ``.pth``) into the backbone when set;
+    raises :class:`IcbhiError` if that file is missing or does not fit.
     """
     if model_config.backbone != BACKBONE:
         raise IcbhiError(f"model backbone must be {BACKBONE!r}, got {model_config.backbone!r}")
@@ -121,6 +127,8 @@ def build_respirenet(input_shape: tuple[int, int, int], num_classes: int,
     backbone = build_resnet34_backbone(model_config.width)
     if model_config.initial_weights:
         load_backbone_weights(backbone, Path(model_config.initial_weights))
+    if model_config.imagenet_weights:
+        load_imagenet_weights(backbone, Path(model_config.imagenet_weights))
     x = backbone(x)
     for i in range(1, HEAD_LAYERS + 1):
         x = keras.layers.Dropout(model_config.dropout, name=f"head{i}_dropout")(x)

@@ -12,6 +12,7 @@ from tfbreath.icbhi.dataset import TIE_BREAK, CycleSet, build_cycle_set
 from tfbreath.icbhi.padding import window_starts
 from tfbreath.icbhi.reader import Cycle, read_database
 from tfbreath.icbhi.synthetic import write_recording
+from tfbreath.icbhi.trainer import score_test
 
 RATE = 4000
 WINDOWED = with_overrides(with_overrides(IcbhiConfig(), "audio", cycle_s=2.0), "padding", long_cycles="windows",
@@ -78,3 +79,16 @@ def test_a_long_cycle_becomes_windows_that_cover_it_and_a_short_one_stays_whole(
                           progress=False)
     assert cut.cycle_ids.tolist() == [0, 1]
     np.testing.assert_array_equal(cut.waveforms[0], windowed.waveforms[0])  # "cut" keeps the first window
+
+
+def test_the_test_split_is_scored_per_cycle_after_the_vote(tmp_path):
+    cycles = _cycles([0, 0, 0, 1], [1, 1, 1, 0])
+    p = np.array([[0.1, 0.6, 0.3, 0.0],  # cycle 0: windows say 1, 1, 0 -> crackle, right
+                  [0.2, 0.5, 0.3, 0.0],
+                  [0.9, 0.1, 0.0, 0.0],
+                  [0.7, 0.1, 0.1, 0.1]], np.float32)  # cycle 1: normal, right
+    results = score_test({"stage1": p}, cycles, 4, tmp_path / "test_predictions.csv")
+    assert sum(c["cycles"] for c in results["stage1"]["per_class"].values()) == 2  # cycles, not windows
+    assert results["stage1"]["se"] == 1.0 and results["stage1"]["sp"] == 1.0
+    rows = (tmp_path / "test_predictions.csv").read_text().splitlines()
+    assert rows[1:] == ["r0,Meditron,crackle,crackle", "r3,Meditron,normal,normal"]

@@ -60,6 +60,13 @@ MIN_SPLIT_PATIENTS = 2
 """A patient-wise split needs one patient per side; with fewer than ``PATIENT_FOLDS`` patients
 each patient is a fold and the test side takes at most the scheme's share of them (at least one)."""
 
+VALIDATION_FOLDS = 10
+"""``validation_patients`` holds out ``round(fraction * 10)`` of 10 stratified patient-grouped folds
+of the training patients (one fold per patient when fewer), at least one and never all."""
+
+NORMAL = 0
+"""Label of the normal class (4- and 2-class tasks); every other label is abnormal."""
+
 FALLBACK_SCHEME = "60_40"
 """The patient-wise scheme that replaces ``official`` when its list file is absent (same 60/40 share)."""
 
@@ -391,19 +398,51 @@ def patient_folds(patients: int, scheme: str) -> tuple[int, int]:
     return folds, max(TEST_FOLDS[scheme] * folds // PATIENT_FOLDS, 1)
 
 
+def _grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """Cycle indices of each of ``folds`` folds, stratified by ``labels`` and grouped by ``groups`` (patients)."""
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a class with fewer cycles than folds is normal on small folders
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        return [test for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
+
+
 def _patient_split(recordings: Sequence[Recording], folds: int, test_folds: int,
                    seed: int) -> tuple[list[Recording], list[Recording]]:
     """Stratified (by cycle class), patient-grouped folds; the first ``test_folds`` are the test side."""
     owner = np.concatenate([np.full(len(r.cycles), i) for i, r in enumerate(recordings)])  # [cycles]
     labels = np.concatenate([[c.label4 for c in r.cycles] for r in recordings])  # [cycles]
     groups = np.array([recordings[i].patient for i in owner])  # [cycles]
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():  # a class with fewer cycles than folds is normal on small folders
-        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
-        fold_cycles = [test for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
+    fold_cycles = _grouped_folds(labels, groups, folds, seed)
     test_owners = set(owner[np.concatenate(fold_cycles[:test_folds])].tolist())
     return ([r for i, r in enumerate(recordings) if i not in test_owners],
             [r for i, r in enumerate(recordings) if i in test_owners])
+
+
+def validation_patients(patients: Sequence[str], labels: Sequence[int], fraction: float, seed: int) -> list[str]:
+    """The training patients held out to pick the best epoch (``[train] select = "best"``), sorted.
+
+    ``patients`` and ``labels`` are per training cycle (the task's labels, ``NORMAL`` = 0). The
+    patients fall into ``VALIDATION_FOLDS`` folds stratified by label and grouped by patient (as
+    the patient-wise test splits, shuffled with ``seed``), and ``round(fraction * folds)``
+    consecutive folds are held out: the first such run whose cycles hold both normal and abnormal
+    ones, as the ICBHI score (mean of Se and Sp) needs both. Only training cycles are given, so
+    no test patient can be picked, and each patient is on one side. ``IcbhiError`` with fewer
+    than ``MIN_SPLIT_PATIENTS`` patients or no usable run of folds.
+    """
+    patients, labels = np.asarray(patients).astype(str), np.asarray(labels)
+    count = len(set(patients.tolist()))
+    if count < MIN_SPLIT_PATIENTS:
+        raise IcbhiError(f"need at least {MIN_SPLIT_PATIENTS} training patients to hold some out for validation, "
+                         f"got {count}")
+    folds = min(VALIDATION_FOLDS, count)
+    held = min(max(round(fraction * folds), 1), folds - 1)
+    fold_cycles = _grouped_folds(labels, patients, folds, seed)
+    for start in range(folds):
+        chosen = np.concatenate([fold_cycles[(start + k) % folds] for k in range(held)])  # [cycles]
+        if np.any(labels[chosen] == NORMAL) and np.any(labels[chosen] != NORMAL):
+            return sorted(set(patients[chosen].tolist()))
+    raise IcbhiError(f"no {held} of the {folds} validation folds of {count} training patients hold both normal "
+                     f"and abnormal cycles, so no validation ICBHI score; use select = \"last\" or more patients")
 
 
 def split_recordings(recordings: Sequence[Recording], split_config: SplitConfig, root: str | Path) -> Split:

@@ -12,16 +12,20 @@ recordings (``*.wav`` + ``*.txt`` annotations, and the official split list for
 
 Stage 1 trains on every training cycle; stage 2 fine-tunes one copy per recording device
 (``[train] device_finetune``). Both are scored on the test split, the fine-tuned one with each
-cycle routed to its device's copy. The run folder (default ``saved_models/<pipeline name>``)
-receives the resolved ``pipeline.toml``, ``stage1.keras``, ``device_<DEVICE>.keras``,
+cycle routed to its device's copy. With ``[train] select = "best"``, ``validation_fraction`` of
+the training patients are held out of both stages (``hold_out_validation``) and stage 1 keeps
+its epoch with the best ICBHI score on them; the test split is still only scored at the end.
+The run folder (default ``saved_models/<pipeline name>``) receives the resolved
+``pipeline.toml``, ``stage1.keras`` (and ``stage1_selection.json``), ``device_<DEVICE>.keras``,
 ``metrics.json`` (ICBHI score, Se, Sp, per class and per device, confusion matrices, the split
-scheme used and the precision),
+scheme used, each side's patients, the precision and, with ``select = "best"``, the epoch kept),
 ``confusion_matrix.png``, ``test_predictions.csv`` and ``history_<stage>.csv``. Running the
 same command again resumes an interrupted run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -33,8 +37,10 @@ from tfbreath import artifacts
 from tfbreath.config import ConfigError, with_overrides
 from tfbreath.icbhi.config import IcbhiConfig, dump_icbhi_config, load_icbhi_config, parse_icbhi_config
 from tfbreath.icbhi.dataset import CLASS_NAMES, CycleSet, load_cycle_sets
-from tfbreath.icbhi.finetune import STAGE1, finetune_devices, predict_probabilities, train_stage1
-from tfbreath.icbhi.reader import IcbhiError, parse_recording_name
+from tfbreath.icbhi.finetune import (SELECT_BEST, STAGE1, finetune_devices, predict_probabilities, read_selection,
+                                     train_stage1)
+from tfbreath.icbhi.padding import smart_pad
+from tfbreath.icbhi.reader import IcbhiError, parse_recording_name, validation_patients
 from tfbreath.icbhi.resnet import build_respirenet
 from tfbreath.icbhi.score import icbhi_scores, plot_confusion, to_two_class
 from tfbreath.icbhi.spectrogram import spectrogram_shape
@@ -76,6 +82,18 @@ def evaluate(probabilities: np.ndarray, cycles: CycleSet, classes: int) -> dict[
     return result
 
 
+def score_test(probabilities: dict[str, np.ndarray], test_set: CycleSet, classes: int,
+               predictions_file: Path) -> dict[str, dict[str, Any]]:
+    """Each stage's ``evaluate`` of its ``[N, classes]`` test-row probabilities, one row per
+    annotated cycle: a long cycle's windows vote first (``CycleSet.per_cycle``). Writes the
+    per-cycle predictions to ``predictions_file``.
+    """
+    voted = {stage: test_set.per_cycle(p) for stage, p in probabilities.items()}  # {stage: ([M, C], cycles)}
+    cycles = next(iter(voted.values()))[1]  # the same M cycles for every stage
+    _write_predictions(predictions_file, cycles, classes, {stage: p for stage, (p, _) in voted.items()})
+    return {stage: evaluate(p, cycles, classes) for stage, (p, _) in voted.items()}
+
+
 def _write_predictions(path: Path, cycles: CycleSet, classes: int, probabilities: dict[str, np.ndarray]) -> None:
     """One row per test cycle: recording, device, true class, predicted class per stage."""
     names = CLASS_NAMES[classes]
@@ -87,13 +105,45 @@ def _write_predictions(path: Path, cycles: CycleSet, classes: int, probabilities
     artifacts.write_text(path, "\n".join(lines) + "\n")
 
 
-def _split_summary(train_set: CycleSet, test_set: CycleSet) -> dict[str, Any]:
+def _patients(cycles: CycleSet) -> np.ndarray:
+    """The patient of each cycle's recording. ``[N]``"""
+    return np.array([parse_recording_name(stem)[0] for stem in cycles.recordings.tolist()])
+
+
+def _split_summary(sides: dict[str, CycleSet]) -> dict[str, Any]:
     def counts(cycles: CycleSet) -> dict[str, Any]:
         devices, per_device = np.unique(cycles.devices, return_counts=True)
-        return {"cycles": len(cycles), "recordings": len(set(cycles.recordings.tolist())),
+        return {"cycles": len(np.unique(cycles.cycle_ids)), "windows": len(cycles),
+                "recordings": len(set(cycles.recordings.tolist())),
                 "per_device": {str(d): int(n) for d, n in zip(devices, per_device)},
-                "patients": sorted({parse_recording_name(r)[0] for r in cycles.recordings.tolist()})}
-    return {"train": counts(train_set), "test": counts(test_set)}
+                "patients": sorted(set(_patients(cycles).tolist()))}
+    return {side: counts(cycles) for side, cycles in sides.items()}
+
+
+def _repeat_padded(cycles: CycleSet, length: int) -> CycleSet:
+    """Every cycle padded by repeating itself, as ``smart = false`` pads it."""
+    padded = [smart_pad([waveform[offset:offset + own]], [label], 0, length, smart=False)
+              for waveform, offset, own, label in zip(cycles.waveforms, cycles.offsets, cycles.lengths, cycles.labels)]
+    return dataclasses.replace(cycles, waveforms=np.stack([p.waveform for p in padded]),
+                               offsets=np.array([p.offset for p in padded]),
+                               lengths=np.array([p.cycle_length for p in padded]))
+
+
+def hold_out_validation(train_set: CycleSet, config: IcbhiConfig) -> tuple[CycleSet, CycleSet]:
+    """``(train, validation)``: the training cycles without and with the patients that
+    ``reader.validation_patients`` holds out (``[train] validation_fraction``, ``[split] seed``).
+
+    Only training patients can be held out, so the test split stays unseen until the end. The
+    validation cycles are padded as the test cycles are: smart padding reads the neighbours'
+    labels, so unless ``[padding] smart_test`` they are re-padded by repeating themselves.
+    """
+    patients = _patients(train_set)
+    held = np.isin(patients, validation_patients(patients, train_set.labels, config.train.validation_fraction,
+                                                 config.split.seed))
+    validation = train_set.subset(np.flatnonzero(held))
+    if config.padding.smart and not config.padding.smart_test:
+        validation = _repeat_padded(validation, config.audio.num_samples)
+    return train_set.subset(np.flatnonzero(~held)), validation
 
 
 def run(config: IcbhiConfig, data_dir: Path, run_dir: Path) -> dict[str, Any]:
@@ -119,12 +169,18 @@ def _train_and_score(config: IcbhiConfig, data_dir: Path, run_dir: Path, precisi
     train_set, test_set, report = load_cycle_sets(config, data_dir)
     print(report)
     train = config.train
+    sides = {"train": train_set, "test": test_set}
+    if train.select == SELECT_BEST:
+        train_set, validation_set = hold_out_validation(train_set, config)
+        sides = {"train": train_set, "validation": validation_set, "test": test_set}
+        print(f"validation: {len(validation_set)} cycles of patients "
+              f"{', '.join(sorted(set(_patients(validation_set).tolist())))}, held out of training")
     model = build_respirenet(spectrogram_shape(config), train.classes, config.model)
     print(f"RespireNet: {model.count_params():,} parameters, input {spectrogram_shape(config)}")
     RunFolder(run_dir).claim(dump_icbhi_config(config))  # data read, model built: nothing blocks a rerun
     seconds = {}
     stage_started = time.monotonic()
-    stage1 = train_stage1(model, train_set, config, run_dir, seed, validation=test_set)
+    stage1 = train_stage1(model, train_set, config, run_dir, seed, validation=sides.get("validation", test_set))
     seconds[STAGE1] = time.monotonic() - stage_started
     probabilities = {STAGE1: predict_probabilities(stage1, test_set, config)}
     finetuned_devices = []
@@ -136,10 +192,9 @@ def _train_and_score(config: IcbhiConfig, data_dir: Path, run_dir: Path, precisi
         probabilities[FINETUNED] = devices.predict(test_set, config)
     RunFolder(run_dir).drop_empty_backups()  # each stage removes its own checkpoints once saved
 
-    results = {stage: evaluate(p, test_set, train.classes) for stage, p in probabilities.items()}
+    results = score_test(probabilities, test_set, train.classes, run_dir / "test_predictions.csv")
     plot_confusion({f"{stage}, test split": results[stage]["confusion_matrix"] for stage in results},
                    train.classes, run_dir / "confusion_matrix.png")
-    _write_predictions(run_dir / "test_predictions.csv", test_set, train.classes, probabilities)
     summary = {
         "pipeline": config.name,
         "data": str(data_dir),
@@ -147,9 +202,10 @@ def _train_and_score(config: IcbhiConfig, data_dir: Path, run_dir: Path, precisi
         "stage1_dtype_policy": policy_of(stage1),  # a resumed run may have trained stage 1 elsewhere
         "classes": list(CLASS_NAMES[train.classes]),
         "split": {"scheme": report.split_scheme, "configured_scheme": config.split.scheme, "note": report.split_note,
-                  "seed": seed, **_split_summary(train_set, test_set),
+                  "seed": seed, **_split_summary(sides),
                   "skipped": {"files": len(report.skipped_files), "cycles": len(report.skipped_cycles)}},
         "parameters": int(stage1.count_params()),
+        "selection": {"select": train.select, **read_selection(run_dir, STAGE1)},
         "finetuned_devices": finetuned_devices,
         **results,
         "train_seconds": {stage: round(value, 1) for stage, value in seconds.items()},

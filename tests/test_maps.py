@@ -181,31 +181,6 @@ def test_autocorrelation_by_inverse_fft_refuses_a_tflite_graph():
         spectral.autocorrelation(tf.zeros([1, 100]), 10, spectral.FftMode(tflite_compatible=True))
 
 
-def test_lag_sums_equal_the_sums_over_the_lags():
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((2, 3, 40))  # [2, 3, L]
-    x[1, 2] = 0.0  # silence: all three sums 0
-    power = np.abs(np.fft.rfft(x, 128)) ** 2  # M = 128 >= 2 L - 1
-    lag0, total, squares = (t.numpy() for t in spectral.lag_sums(tf.constant(power, tf.float32), 40))
-    lags = np.apply_along_axis(lambda row: np.correlate(row, row, "full")[39:], -1, x)  # [2, 3, 40]
-    np.testing.assert_allclose(lag0, lags[..., 0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(total, lags.sum(-1), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(squares, (lags ** 2).sum(-1), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="FFT length >= 2 length - 1 = 79"):
-        spectral.lag_sums(tf.constant(power[..., :33], tf.float32), 40)  # M = 64
-
-
-@pytest.mark.parametrize("n_lags", [1, 128, maps.TEMPOGRAM_WINDOW, 500])
-def test_zscored_tempogram_equals_the_cut_zscore_of_the_whole_map(n_lags):
-    batch = np.stack([breath_like(6), np.zeros(SAMPLE_RATE, np.float32), sine(3.0) * breath_like(7)])
-    shared = maps._Intermediates(spectral.SpectrogramCache(batch), SAMPLE_RATE, FEATURES)
-    want = maps.zscore(maps.tempogram_map(shared), per_band=False).numpy()  # [3, T, W]
-    got = maps.zscored_tempogram(shared, n_lags).numpy()  # [3, T, min(n_lags, W)]
-    assert got.shape == (3, want.shape[1], min(n_lags, maps.TEMPOGRAM_WINDOW))
-    np.testing.assert_allclose(got, want[..., :n_lags], atol=2e-5)
-    np.testing.assert_array_equal(got[1], 0.0)  # silence
-
-
 def test_sliding_windows_equal_tf_signal_frame():
     x = np.random.default_rng(3).standard_normal((2, 3, 50)).astype(np.float32)
     got = spectral.sliding_windows(tf.constant(x), 8, 40).numpy()  # [2, 3, 40, 8]

@@ -284,10 +284,13 @@ def onset_envelope(s: _Intermediates) -> tf.Tensor:
         return padded[..., :n_frames]  # [..., T]
 
 
-def _tempogram_power(s: _Intermediates) -> tf.Tensor:
-    """Power spectra of the tempogram's Hann-weighted onset windows, zero-padded to M >= 2 W - 1
-    (W = ``TEMPOGRAM_WINDOW``): their autocorrelations do not wrap. ``[..., T, M/2 + 1]``"""
-    with tf.name_scope("tempogram_power"):
+def tempogram_map(s: _Intermediates) -> tf.Tensor:
+    """librosa.feature.tempogram: autocorrelation of the Hann-weighted onset windows, lag 0 = 1.
+
+    Each window is zero-padded to M >= 2 W - 1 (W = ``TEMPOGRAM_WINDOW``), so its autocorrelation
+    by the FFT does not wrap. ``[..., T, W]``
+    """
+    with tf.name_scope("tempogram"):
         envelope = onset_envelope(s)  # [..., T]
         n_frames = envelope.shape[-1]
         half = TEMPOGRAM_WINDOW // 2
@@ -295,34 +298,9 @@ def _tempogram_power(s: _Intermediates) -> tf.Tensor:
         windows = spectral.sliding_windows(padded, TEMPOGRAM_WINDOW, n_frames)  # [..., T, W]
         windows = windows * filters.hann_window(TEMPOGRAM_WINDOW)  # [..., T, W]
         fft_length = spectral.fft_length_at_least(2 * TEMPOGRAM_WINDOW - 1)
-        return spectral.fft_power(windows, fft_length, s.cache.fft_mode)  # [..., T, M/2 + 1]
-
-
-def tempogram_map(s: _Intermediates) -> tf.Tensor:
-    with tf.name_scope("tempogram"):
-        lags = spectral.inverse_rfft(_tempogram_power(s), None, TEMPOGRAM_WINDOW, s.cache.fft_mode)  # [..., T, W]
+        power = spectral.fft_power(windows, fft_length, s.cache.fft_mode)  # [..., T, M/2 + 1]
+        lags = spectral.inverse_rfft(power, None, TEMPOGRAM_WINDOW, s.cache.fft_mode)  # [..., T, W]
         return lags / _safe_norm(lags[..., :1])  # [..., T, W]: lag 0 is the max |r|
-
-
-def zscored_tempogram(s: _Intermediates, n_lags: int) -> tf.Tensor:
-    """``zscore(tempogram_map(s), per_band=False)[..., :n_lags]``, computing only those lags.
-
-    ``[..., T, min(n_lags, W)]``. The map's mean and std over all W lags come from the
-    spectra (``spectral.lag_sums``), and only the first n_lags lags are normalised. |r[k]| <=
-    r[0] = 1, so max |x| (the z-score's constant-map test) is the same over them as over all W.
-    """
-    with tf.name_scope("zscored_tempogram"):
-        n_lags = min(n_lags, TEMPOGRAM_WINDOW)
-        power = _tempogram_power(s)  # [..., T, M/2 + 1]
-        lag0, total, squares = spectral.lag_sums(power, TEMPOGRAM_WINDOW)  # 3 x [..., T]
-        norm = _safe_norm(lag0)  # [..., T]
-        lags = spectral.inverse_rfft(power, None, n_lags, s.cache.fft_mode)  # [..., T, n_lags]
-        normalised = lags / tf.expand_dims(norm, -1)  # [..., T, n_lags]
-        count = float(power.shape[-2] * TEMPOGRAM_WINDOW)
-        mean = tf.reduce_sum(total / norm, -1, keepdims=True) / count  # [..., 1]
-        mean_square = tf.reduce_sum(squares / tf.square(norm), -1, keepdims=True) / count  # [..., 1]
-        std = tf.sqrt(tf.maximum(mean_square - tf.square(mean), 0.0))  # [..., 1]
-        return standardise(normalised, tf.expand_dims(mean, -1), tf.expand_dims(std, -1))  # [..., T, n_lags]
 
 
 def lpc_decimation(sample_rate: int, features: FeatureConfig) -> int:
@@ -373,14 +351,8 @@ def raw_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig,
         return {name: MAP_BUILDERS[name](shared) for name in features.maps}
 
 
-ZSCORED_SHORTCUTS = {"tempogram": zscored_tempogram}
-"""Maps whose z-scored first bands come cheaper than through their whole raw map."""
-
-
-def _zscored_map(shared: _Intermediates, name: str, n_bands: int) -> tf.Tensor:
-    """One z-scored map, time-major; at least its first ``n_bands`` bands. ``[..., T, bands]``"""
-    if name in ZSCORED_SHORTCUTS:
-        return ZSCORED_SHORTCUTS[name](shared, n_bands)
+def _zscored_map(shared: _Intermediates, name: str) -> tf.Tensor:
+    """One z-scored map, time-major. ``[..., T, bands]``"""
     return zscore(MAP_BUILDERS[name](shared), per_band=name in PER_BAND_ZSCORE)
 
 
@@ -391,7 +363,7 @@ def maps_from_cache(cache: spectral.SpectrogramCache, sample_rate: int, features
         shared = _Intermediates(cache, sample_rate, features)
         n_bands, n_maps = features.n_mels, len(features.maps)
         pieces = [piece for name in features.maps
-                  for piece in fit_bands(_zscored_map(shared, name, n_bands), n_bands)]
+                  for piece in fit_bands(_zscored_map(shared, name), n_bands)]
         joined = tf.concat(pieces, -1)  # [..., T, C * n_mels], map after map
         n_frames = joined.shape[-2]
         # Row t C + c of [N, T C, n_mels] is map c at frame t, so turning the maps freq-major

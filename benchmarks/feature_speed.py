@@ -69,6 +69,19 @@ def time_librosa(files: list[Path], workers: int) -> float:
         return done / (time.perf_counter() - start)
 
 
+def clips_per_second(batched) -> float:
+    """Clips/s of reading a batched feature dataset (``data.feature_dataset(...).batch(...)``) to
+    its end, after ``WARM_UP_BATCHES`` untimed batches. Also used by ``speed_tricks.py``."""
+    from tfbreath import data
+
+    batches = iter(batched)
+    for _ in range(WARM_UP_BATCHES):
+        next(batches)
+    start = time.perf_counter()
+    count = sum(len(batch[data.STATUS]) for batch in batches)
+    return count / (time.perf_counter() - start)
+
+
 def time_in_graph(files: list[Path], feature_batch: int) -> float:
     from tfbreath import data
     from tfbreath.config import PipelineConfig
@@ -76,12 +89,7 @@ def time_in_graph(files: list[Path], feature_batch: int) -> float:
     # Consumed in batches, as training reads its cache: a Python step per clip would time the
     # iterator, not the graph.
     examples = data.unlabelled(files)
-    batches = iter(data.feature_dataset(examples, PipelineConfig(), feature_batch).batch(data.FEATURE_BATCH))
-    for _ in range(WARM_UP_BATCHES):
-        next(batches)
-    start = time.perf_counter()
-    count = sum(len(batch[data.STATUS]) for batch in batches)
-    return count / (time.perf_counter() - start)
+    return clips_per_second(data.feature_dataset(examples, PipelineConfig(), feature_batch).batch(data.FEATURE_BATCH))
 
 
 def main() -> None:

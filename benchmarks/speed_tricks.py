@@ -10,13 +10,17 @@ tf.data graph training reads (``data.feature_dataset``: read -> decode -> nine m
 ``data.FEATURE_BATCH`` clips per feature call, batched as training reads it) are traced, one
 with each implementation patched into the library; everything else is the library's own. ``all``
 patches every trick at once against every plain version; ``before`` every trick against the
-library as it is: the features before vs after the simplification. Timing: in every round each copy reads the same ``--clips`` clips once, uncached,
-after ``WARM_UP_BATCHES`` untimed batches (tracing happens before the rounds, when the datasets
-are built). The two copies of a trick run back to back, in alternating order from round to round
-(A B, B A, ...), so drift in the shared machine's speed hits both alike. Prints, per trick, the
-median clips/s of each, the ratio of the medians (trick / plain: > 1 means the trick is faster),
-the range of the per-round ratios, and the largest difference between the two copies' features
-on the first batch (a check that the plain version computes the same thing).
+library as it is: the features before vs after the simplification. Timing: in every round each
+copy reads the same ``--clips`` clips once, uncached, after ``feature_speed.WARM_UP_BATCHES``
+untimed batches (tracing happens before the rounds, when the datasets are built). The two copies
+of a trick run back to back, in alternating order from round to round (A B, B A, ...), so drift
+in the shared machine's speed hits both alike. Prints, per trick, the median clips/s of each, the
+ratio of the medians (trick / plain: > 1 means the trick is faster), the range of the per-round
+ratios, and the largest difference between the two copies' features on the first batch (a check
+that the plain version computes the same thing).
+
+``fft_threads`` and the FFT part of ``all`` and ``before`` time a trick no longer in the library
+(the one-thread FFT split, removed as not paying): its code here is that "before" variant.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import time
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -33,12 +37,13 @@ import tensorflow as tf
 
 from tfbreath import data, filters, maps, scalars, spectral
 from tfbreath.config import PipelineConfig
+from tfbreath.features import extract_features
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from feature_speed import clips_per_second  # noqa: E402  (a sibling benchmark script)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "breath"
-
-WARM_UP_BATCHES = 2
-"""Untimed batches at the start of every pass: the iterator's start-up and the first runs."""
 
 KEEP_RATIO = 1.10
 """A trick stays in the library only if the whole pipeline is at least 10 % faster with it."""
@@ -75,22 +80,32 @@ def _largest_pair(x, k):
         return pair[:, 0], pair[:, 1]
 
 
+def _interpolated(n, quantiles, neighbours):
+    """np.percentile's linear interpolation over rows of n values: ``neighbours(q, below)`` gives
+    each row's values of ascending rank ``below`` and ``below + 1`` (2 x ``[B]``). -> ``[B]`` per q"""
+    results = []
+    for q in quantiles:
+        position = (n - 1) * q
+        below = int(np.floor(position))
+        fraction = np.float32(position - below)
+        lower, upper = neighbours(q, below)  # 2 x [B]
+        results.append(lower + (upper - lower) * fraction)  # [B]
+    return results
+
+
 def percentiles_trick(y, quantiles):
     """np.percentile(|y|, 100 q) from ``_largest_pair`` counted from the nearer end."""
     with tf.name_scope("abs_percentiles"):
         magnitude = tf.abs(y)  # [B, n]
         n = y.shape[-1]
-        results = []
-        for q in quantiles:
-            position = (n - 1) * q
-            below = int(np.floor(position))
-            fraction = np.float32(position - below)
+
+        def neighbours(q, below):
             if q >= 0.5:
-                lower, upper = _largest_pair(magnitude, n - below)  # 2 x [B]
-            else:
-                upper, lower = (-v for v in _largest_pair(-magnitude, below + 2))  # 2 x [B]
-            results.append(lower + (upper - lower) * fraction)  # [B]
-        return results
+                return _largest_pair(magnitude, n - below)  # 2 x [B]
+            upper, lower = (-v for v in _largest_pair(-magnitude, below + 2))  # 2 x [B]
+            return lower, upper
+
+        return _interpolated(n, quantiles, neighbours)
 
 
 def percentiles_plain(y, quantiles):
@@ -98,14 +113,8 @@ def percentiles_plain(y, quantiles):
     with tf.name_scope("abs_percentiles"):
         ascending = tf.sort(tf.abs(y), axis=-1)  # [B, n]
         n = y.shape[-1]
-        results = []
-        for q in quantiles:
-            position = (n - 1) * q
-            below = int(np.floor(position))
-            fraction = np.float32(position - below)
-            lower, upper = ascending[:, below], ascending[:, min(below + 1, n - 1)]  # 2 x [B]
-            results.append(lower + (upper - lower) * fraction)  # [B]
-        return results
+        return _interpolated(n, quantiles,
+                             lambda q, below: (ascending[:, below], ascending[:, min(below + 1, n - 1)]))
 
 
 # ----------------------------------------------------------------------------- spectral contrast
@@ -176,20 +185,32 @@ def rolloff_plain(magnitude, sample_rate):
 
 
 # ----------------------------------------------------------------------------- FFT threading
+# The "before" variant only: the library had this split (``FftMode(one_thread=True)``, passed by
+# the tf.data feature map, which padded a short last batch to a static row count for it) until it
+# was measured not to pay (benchmarks/RESULTS.md, "speed tricks") and removed. This local copy
+# keeps that measurement reproducible.
 
 FFT_LANES = 8
+"""float32 transforms TF's CPU FFT (DUCC) computes side by side: one AVX vector's worth."""
+
 FFT_LONG = 1000
+"""DUCC counts a vector of transforms of at least this length as a thread's worth of work, a
+vector of shorter ones as a quarter."""
+
 MIN_SPLIT_SAMPLES = 16384
+"""Samples (transforms x length) a one-thread call must hold to be worth its own call."""
 
 
 def _single_thread_rows(fft_length):
+    """Transforms of this length per call that DUCC keeps on the calling thread, in whole vectors."""
     vectors_per_thread = 1 if fft_length >= FFT_LONG else 4
     return (2 * vectors_per_thread - 1) * FFT_LANES
 
 
 def rfft_trick(x, fft_length, reduce, fft_mode=spectral.FftMode()):
-    """Static rows split into calls small enough for TF's CPU FFT to keep on the calling thread.
-    (The graph timed here is the tf.data map's, which asks for that; TFLite graphs are not timed.)"""
+    """Static rows split into calls small enough for TF's CPU FFT to keep on the calling thread,
+    each reduced while in cache. (The graph timed here is the tf.data map's, where each core runs
+    a feature call of its own; TFLite graphs are not timed.)"""
     leading = x.shape[:-1]
     per_call = _single_thread_rows(fft_length)
     if not (leading.is_fully_defined() and leading.num_elements() > per_call
@@ -206,6 +227,17 @@ def rfft_trick(x, fft_length, reduce, fft_mode=spectral.FftMode()):
 def rfft_plain(x, fft_length, reduce, fft_mode=spectral.FftMode()):
     """One rFFT call for all rows."""
     return reduce(tf.signal.rfft(x, [fft_length]))
+
+
+def padded_features(y, pipeline):
+    """``extract_features`` of the map's batch padded to ``data.FEATURE_BATCH`` clips, cut back:
+    the static row count the split needs, as the feature map had it when the split was measured
+    (both sides of ``fft_threads``, so only the split differs)."""
+    count = tf.shape(y)[0]
+    full = tf.pad(y, [[0, data.FEATURE_BATCH - count], [0, 0]])  # [FEATURE_BATCH, n]
+    full.set_shape([data.FEATURE_BATCH, y.shape[-1]])
+    features = extract_features(full, pipeline)  # [FEATURE_BATCH, ...] each
+    return {key: value[:count] for key, value in features.items()}  # [B, ...] each
 
 
 # ----------------------------------------------------------------------------- filterbanks
@@ -304,7 +336,8 @@ TRICKS = {
     "percentiles": [(scalars, "_abs_percentiles", percentiles_trick, percentiles_plain)],
     "contrast": [(scalars, "_mean_of_extremes", extremes_trick, extremes_plain)],
     "rolloff": [(scalars, "_rolloff", rolloff_trick, rolloff_plain)],
-    "fft_threads": [(spectral, "reduced_rfft", rfft_trick, rfft_plain)],
+    "fft_threads": [(spectral, "reduced_rfft", rfft_trick, rfft_plain),
+                    (data, "extract_features", padded_features, padded_features)],
     "filterbank": [(spectral, "apply_filterbank", filterbank_trick, filterbank_plain)],
     "tempogram": [(maps, "_zscored_map", zscored_map_trick, zscored_map_plain)],
 }
@@ -329,15 +362,6 @@ def _first_batch(ds):
     return {key: batch[key].numpy() for key in ("spectral", "scalars")}
 
 
-def _rate(ds) -> float:
-    batches = iter(ds)
-    for _ in range(WARM_UP_BATCHES):
-        next(batches)
-    start = time.perf_counter()
-    count = sum(len(batch[data.STATUS]) for batch in batches)
-    return count / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Kaggle-layout folder with train/")
@@ -360,7 +384,7 @@ def main() -> None:
         for name, datasets in pairs.items():
             order = (0, 1) if round_index % 2 == 0 else (1, 0)
             for side in order:
-                rates[name][side].append(_rate(datasets[side]))
+                rates[name][side].append(clips_per_second(datasets[side]))
         print(f"round {round_index + 1}: " + ", ".join(
             f"{name} {rates[name][0][-1]:.0f}/{rates[name][1][-1]:.0f}" for name in pairs), flush=True)
 

@@ -148,34 +148,6 @@ def test_smooth_fft_length_is_the_next_length_of_small_prime_factors():
     assert [spectral.smooth_fft_length(n) for n in (1, 7, 16000, 16799)] == [1, 8, 16000, 16875]
 
 
-def test_single_thread_rows_stay_below_two_vectors_of_long_transforms_or_eight_of_short_ones():
-    assert [spectral.single_thread_rows(n) for n in (16000, 2048, 1000, 999, 512)] == [8, 8, 8, 56, 56]
-
-
-def _traced(fn, shape):
-    graph = tf.function(fn).get_concrete_function(tf.TensorSpec(shape, tf.float32)).graph
-    return sum(op.type == "RFFT" for op in graph.get_operations())
-
-
-@pytest.mark.parametrize("shape, fft_length, calls", [
-    ((3, 7, 2048), 2048, 3),  # 21 rows: 8 + 8 + 5
-    ((2, 63, 512), 512, 3),  # 126 rows: 56 + 56 + 14
-    ((2, 63, 384), 1024, 1),  # 8 x 1024 samples per call: below MIN_SPLIT_SAMPLES
-    ((8, 2048), 2048, 1),  # no more rows than one call takes
-])
-def test_one_thread_mode_splits_large_static_ffts_into_equal_results(shape, fft_length, calls):
-    x = tf.constant(np.random.default_rng(3).standard_normal(shape), tf.float32)
-    whole_power, (whole_real, whole_imag) = spectral.fft_power(x, fft_length), spectral.real_fft(x, fft_length)
-    one_thread = spectral.FftMode(one_thread=True)
-    assert _traced(lambda v: spectral.fft_power(v, fft_length, one_thread), shape) == calls
-    assert _traced(lambda v: spectral.fft_power(v, fft_length, one_thread), (None, *shape[1:])) == 1  # rows not static
-    np.testing.assert_allclose(spectral.fft_power(x, fft_length, one_thread), whole_power, rtol=1e-6, atol=1e-6)
-    real, imag = spectral.real_fft(x, fft_length, one_thread)
-    np.testing.assert_allclose(real, whole_real, atol=1e-5)
-    np.testing.assert_allclose(imag, whole_imag, atol=1e-5)
-    assert _traced(lambda v: spectral.fft_power(v, fft_length), shape) == 1  # the default mode
-
-
 def test_autocorrelation_by_inverse_fft_refuses_a_tflite_graph():
     with pytest.raises(ValueError, match="tflite_compatible FftMode use autocorrelation_of_spectrum"):
         spectral.autocorrelation(tf.zeros([1, 100]), 10, spectral.FftMode(tflite_compatible=True))

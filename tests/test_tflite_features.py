@@ -13,7 +13,6 @@ import tensorflow as tf
 from conftest import breath_like, sine
 from tfbreath import serving, spectral
 from tfbreath.config import PipelineConfig, with_overrides
-from tfbreath.data import FEATURE_BATCH
 from tfbreath.features import SCALARS, SPECTRAL, FeatureExtractor, extract_features, tflite_compatible_copy
 from tfbreath.config import SCALAR_NAMES
 
@@ -22,7 +21,6 @@ N_SAMPLES = PIPELINE.audio.num_samples
 
 DEFAULT = spectral.FftMode()
 TFLITE = spectral.FftMode(tflite_compatible=True)
-ONE_THREAD = spectral.FftMode(one_thread=True)
 
 TONE_NOISE = 1e-3
 """White noise under the test tone (-54 dB). A mathematically pure tone leaves its LPC map (order
@@ -170,31 +168,28 @@ def test_band_limited_pipeline_converts_and_matches_tf():
 
 def _fft_ops(fft_mode: spectral.FftMode) -> collections.Counter:
     """How many FFT ops of each (type, length) ``extract_features`` has, traced in ``fft_mode`` on a
-    static batch as the tf.data map traces it."""
-    spec = tf.TensorSpec([FEATURE_BATCH, N_SAMPLES], tf.float32)
+    batch of any size, as the tf.data map traces it."""
+    spec = tf.TensorSpec([None, N_SAMPLES], tf.float32)
     graph = tf.function(lambda y: extract_features(y, PIPELINE, fft_mode)).get_concrete_function(spec).graph
     return collections.Counter((op.type, int(tf.get_static_value(op.inputs[1])[0]))
                                for op in graph.get_operations() if op.type.endswith("FFT"))
 
 
-@pytest.mark.parametrize("order", [(DEFAULT, TFLITE, ONE_THREAD), (ONE_THREAD, TFLITE, DEFAULT)],
+@pytest.mark.parametrize("order", [(DEFAULT, TFLITE), (TFLITE, DEFAULT)],
                          ids=["default-first", "default-last"])
 def test_each_fft_mode_gives_its_own_graph_whatever_was_traced_before(order):
     ops = {fft_mode: _fft_ops(fft_mode) for fft_mode in order}
-    portable, default, one_thread = ops[TFLITE], ops[DEFAULT], ops[ONE_THREAD]
+    portable, default = ops[TFLITE], ops[DEFAULT]
     assert {kind for kind, _ in portable} == {"RFFT"}  # TFLite has no inverse FFT
     assert all(spectral.fft_length_at_least(length) == length for _, length in portable)
     assert ("IRFFT", N_SAMPLES) in default  # the Hilbert transform's n-point inverse
     assert any(spectral.fft_length_at_least(length) != length for _, length in default)
-    assert one_thread.keys() == default.keys()
-    assert sum(one_thread.values()) > sum(default.values())  # large FFTs split into one-thread calls
 
 
 def test_every_fft_mode_gives_the_same_features(expected):
     clips, want = expected  # the default mode's
-    for fft_mode in (TFLITE, ONE_THREAD):
-        got = {key: value.numpy() for key, value in extract_features(clips, PIPELINE, fft_mode).items()}
-        _assert_close(got, want, NAMES)
+    got = {key: value.numpy() for key, value in extract_features(clips, PIPELINE, TFLITE).items()}
+    _assert_close(got, want, NAMES)
 
 
 def test_tflite_compatible_copy_rebuilds_the_feature_layer_only():

@@ -35,7 +35,7 @@ import tensorflow as tf
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
 
-from tfbreath import audio, spectral
+from tfbreath import audio
 from tfbreath.config import PipelineConfig
 from tfbreath.errors import TfbreathError
 from tfbreath.features import extract_features
@@ -313,13 +313,7 @@ def feature_dataset(examples: Examples, pipeline: PipelineConfig,
         return waveform, {STATUS: status, LABEL: label, INDEX: tf.cast(index, tf.int32)}
 
     def featurize(waveforms, extras):
-        # Each core runs a call of its own, so the FFTs stay on the calling thread; their split
-        # needs a static row count, so a short last batch is padded to batch_size.
-        count = tf.shape(waveforms)[0]
-        full = tf.pad(waveforms, [[0, batch_size - count], [0, 0]])  # [batch_size, n]
-        full.set_shape([batch_size, n])
-        features = extract_features(full, pipeline, spectral.FftMode(one_thread=True))  # [batch_size, ...] each
-        return {**{key: value[:count] for key, value in features.items()}, **extras}  # [B, ...] each
+        return {**extract_features(waveforms, pipeline), **extras}  # [B, ...] each
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size).map(featurize, num_parallel_calls=tf.data.AUTOTUNE)

@@ -7,11 +7,10 @@ Keras dtype policy, so features are identical under mixed precision.
 How FFTs are built is the caller's choice, an ``FftMode`` passed down explicitly from
 ``features.extract_features`` (through ``SpectrogramCache``) to the primitive that builds them;
 no module state is read while a graph is traced, so the same function traced in two modes gives
-two graphs. The default mode suits a graph TF runs itself (training, prediction);
-``FftMode(tflite_compatible=True)`` (the export) keeps every op a TFLite builtin, so the feature
-graph converts without Flex ops; ``FftMode(one_thread=True)`` (the tf.data feature map) keeps
-large FFTs on the calling thread. Whatever the mode, complex spectra are at once reduced to
-float32 (power, or real and imaginary parts: ``reduced_rfft``).
+two graphs. The default mode suits a graph TF runs itself (training, prediction, the tf.data
+feature map); ``FftMode(tflite_compatible=True)`` (the export) keeps every op a TFLite builtin,
+so the feature graph converts without Flex ops. Whatever the mode, complex spectra are at once
+reduced to float32 (power, or real and imaginary parts: ``reduced_rfft``).
 """
 
 from __future__ import annotations
@@ -44,25 +43,13 @@ BAND_GROUP = 16
 MAX_BLOCK_FILL = 0.5
 """Block by block only when the blocks hold at most this share of the dense matrix."""
 
-FFT_LANES = 8
-"""float32 transforms TF's CPU FFT (DUCC) computes side by side: one AVX vector's worth."""
-
-FFT_LONG = 1000
-"""DUCC's threading rule counts a vector of transforms of at least this length as a thread's worth
-of work, and a vector of shorter ones as a quarter."""
-
-MIN_SPLIT_SAMPLES = 16384
-"""Samples (transforms x length) a one-thread FFT call must hold to be worth its own call. Measured
-in the feature pipeline: calls of 8 x 2048 and 56 x 512 samples gain, 8 x 1024 loses to the
-per-call cost."""
-
 
 @dataclasses.dataclass(frozen=True)
 class FftMode:
     """How a feature graph builds its FFTs: chosen by whoever traces it, for where it will run.
 
-    The default suits a graph TF runs itself, one call at a time (training, ``predict``). Every
-    function here that builds an FFT takes one and passes it on.
+    The default suits a graph TF runs itself (training, ``predict``, the tf.data feature map).
+    Every function here that builds an FFT takes one and passes it on.
     """
 
     tflite_compatible: bool = False
@@ -72,13 +59,6 @@ class FftMode:
     TF's FFT of any length and its inverse: the Hilbert envelope and the autocorrelation of a
     16000-sample clip then cost two FFTs of about 16000 points each instead of about 32768
     (about 2x less time for those two features)."""
-
-    one_thread: bool = False
-    """Large FFTs run on the calling thread (``reduced_rfft``), for a tf.data map: there every
-    core already runs a feature call of its own. Given an intra-op pool, TF's CPU FFT hands part
-    of a large call to it, and the caller then waits for a core that is busy with the other call:
-    in the feature pipeline the calls' threads sat idle about 17 % of the time. Split FFTs made
-    the pipeline about 12 % faster."""
 
 
 def as_float32(x: tf.Tensor) -> tf.Tensor:
@@ -161,35 +141,10 @@ def stft_magnitude(y: tf.Tensor, n_fft: int, hop_length: int, fft_mode: FftMode 
         return tf.sqrt(stft_power(y, n_fft, hop_length, fft_mode))  # [..., T, n_fft // 2 + 1]
 
 
-def single_thread_rows(fft_length: int) -> int:
-    """Transforms of this length per call that TF's CPU FFT keeps on the calling thread, in whole vectors.
-
-    DUCC gives a call of v vectors of FFT_LANES transforms min(pool size, v / k) threads, with
-    k = 1 from FFT_LONG points on and 4 below: under 2 k vectors, one thread.
-    """
-    vectors_per_thread = 1 if fft_length >= FFT_LONG else 4
-    return (2 * vectors_per_thread - 1) * FFT_LANES  # whole vectors short of a second thread
-
-
 def reduced_rfft(x: tf.Tensor, fft_length: int, reduce, fft_mode: FftMode = FftMode()):
     """``reduce(tf.signal.rfft(x, [fft_length]))`` for a bin-wise ``reduce`` of the complex spectrum
-    to float32: ``[..., L]`` -> ``[..., M/2 + 1]``, or a tuple of such.
-
-    With ``fft_mode.one_thread`` and a static row count, the rows go through calls of
-    ``single_thread_rows`` transforms when such a call holds at least ``MIN_SPLIT_SAMPLES``; each
-    call's spectrum is reduced while in cache and the reduced parts are joined.
-    """
-    leading = x.shape[:-1]
-    per_call = single_thread_rows(fft_length)
-    if not (fft_mode.one_thread and leading.is_fully_defined() and leading.num_elements() > per_call
-            and per_call * fft_length >= MIN_SPLIT_SAMPLES):
-        return reduce(tf.signal.rfft(x, [fft_length]))  # [..., M/2 + 1] each
-    rows = leading.num_elements()
-    flat = tf.reshape(x, [rows, x.shape[-1]])  # [R, L]
-    sizes = [per_call] * (rows // per_call) + [rows % per_call] * (rows % per_call > 0)
-    parts = [reduce(tf.signal.rfft(part, [fft_length])) for part in tf.split(flat, sizes)]  # [<= per_call, F] each
-    return tf.nest.map_structure(
-        lambda *pieces: tf.reshape(tf.concat(pieces, 0), [*leading, pieces[0].shape[-1]]), *parts)  # [..., F] each
+    to float32: ``[..., L]`` -> ``[..., M/2 + 1]``, or a tuple of such."""
+    return reduce(tf.signal.rfft(x, [fft_length]))  # [..., M/2 + 1] each
 
 
 def inverse_rfft(real: tf.Tensor, imag: tf.Tensor | None, n_out: int, fft_mode: FftMode = FftMode()) -> tf.Tensor:

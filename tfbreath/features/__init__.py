@@ -23,7 +23,7 @@ def extract_features(y: tf.Tensor, pipeline: PipelineConfig,
     """Waveforms at the pipeline's rate to model inputs. ``[..., n]`` -> dict of ``[..., ...]``
 
     ``fft_mode`` builds every FFT of the graph (``spectral.FftMode``): the default for a graph TF
-    runs itself, ``tflite_compatible`` for a TFLite conversion, ``one_thread`` in a tf.data map.
+    runs itself (a tf.data map too), ``tflite_compatible`` for a TFLite conversion.
     """
     with tf.name_scope("extract_features"):
         rate = pipeline.audio.sample_rate

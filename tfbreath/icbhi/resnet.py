@@ -10,7 +10,8 @@ explicit and symmetric, and BatchNorm uses PyTorch's momentum/epsilon, so weight
 from a torchvision checkpoint give the same activations. The backbone reads three channels, as
 ImageNet weights expect: the grey dB-mel spectrogram (one channel) is repeated to three inside
 the model, and the authors' colour-mapped RGB rendering (``[spectrogram] input = "image"``)
-goes in as it is.
+goes in as it is, normalised per channel by the training set's mean and std in the model's first
+layer (``channel_statistics``), so a saved model carries its normalisation.
 
 The head follows the authors' code: dropout -> Dense(128) -> ReLU -> dropout -> Dense(128) ->
 ReLU -> Dense(classes) -> softmax. The softmax runs in float32 under a mixed precision policy.
@@ -60,6 +61,10 @@ HEAD_LAYERS = 2
 BACKBONE_CHANNELS = 3
 """The backbone reads RGB-like input, so ImageNet-trained weights fit its first conv."""
 PROBABILITIES_DTYPE = "float32"
+NORMALIZATION = "channel_normalization"
+"""Name of the per-channel normalisation layer of an image-input model."""
+NORMALIZATION_DTYPE = "float32"
+"""The normalisation subtracts the mean in float32 whatever the policy (bfloat16 keeps 3 digits)."""
 WEIGHTS_SUFFIX = ".weights.h5"
 SHAPE_MISMATCH = re.compile(r"variable\.shape=\([^)]*\), Received: value\.shape=\([^)]*\)")
 """The informative part of Keras' error for a weight of the wrong shape."""
@@ -106,12 +111,14 @@ def build_resnet34_backbone(width: float = 1.0) -> keras.Model:
     return keras.Model(inputs, outputs, name=BACKBONE)
 
 
-def build_respirenet(input_shape: tuple[int, int, int], num_classes: int,
-                     model_config: ModelConfig) -> keras.Model:
+def build_respirenet(input_shape: tuple[int, int, int], num_classes: int, model_config: ModelConfig,
+                     channel_statistics: tuple[np.ndarray, np.ndarray] | None = None) -> keras.Model:
     """The RespireNet classifier for ``[H, W, C]`` spectrograms: ``[B, H, W, C] -> [B, num_classes]``.
 
     ``C`` is 1 (the grey dB-mel spectrogram, repeated to the backbone's 3 channels) or 3 (an RGB
-    rendering, ``[spectrogram] input = "image"``). Loads ``model_config.initial_weights`` or
+    rendering, ``[spectrogram] input = "image"``). ``channel_statistics`` = ``(mean [C], std [C])``
+    (``image.channel_statistics``) puts ``(x - mean) / std`` per channel at the input, as a
+    ``keras.layers.Normalization`` saved with the model. Loads ``model_config.initial_weights`` or
     converts ``model_config.imagenet_weights`` (a torchvision ``.pth``) into the backbone when set;
     raises :class:`IcbhiError` if that file is missing or does not fit.
     """
@@ -122,8 +129,15 @@ def build_respirenet(input_shape: tuple[int, int, int], num_classes: int,
         raise IcbhiError(f"spectrogram input must have 1 or {BACKBONE_CHANNELS} channels, got shape {input_shape}")
     inputs = keras.Input(tuple(input_shape), name=SPECTROGRAM_INPUT)
     x = inputs
+    if channel_statistics is not None:
+        mean, std = (np.asarray(s, np.float32) for s in channel_statistics)
+        if mean.shape != (channels,) or std.shape != (channels,):
+            raise IcbhiError(f"channel statistics must be {channels} means and stds, "
+                             f"got shapes {mean.shape} and {std.shape}")
+        x = keras.layers.Normalization(mean=mean, variance=np.square(std), name=NORMALIZATION,
+                                       dtype=NORMALIZATION_DTYPE)(x)
     if channels == 1:
-        x = keras.layers.Concatenate(name="grey_to_rgb")([inputs] * BACKBONE_CHANNELS)
+        x = keras.layers.Concatenate(name="grey_to_rgb")([x] * BACKBONE_CHANNELS)
     backbone = build_resnet34_backbone(model_config.width)
     if model_config.initial_weights:
         load_backbone_weights(backbone, Path(model_config.initial_weights))

@@ -19,6 +19,11 @@ with ``H = n_mels`` rows and ``W = 1 + samples // hop_length`` frames (64 x 219 
    top row, or with every row blank (silence), is left as it is. Unlike the public code, which
    also drops the first non-blank row (``[(row+1)*3:]``), only blank rows are dropped, as the
    paper says ("no useful information gets pruned").
+
+With ``[spectrogram] input = "image"`` the clipped [0, 1] image is then rendered as the authors'
+code draws its model input (``tfbreath.icbhi.image``: 256 grey levels, magma colour map, bilinear
+resize by ``image_scale``): ``[..., samples] -> [..., H s, W s, 3]`` float32 RGB in [0, 1], not
+yet normalised (the model's first layer does that, with the training set's channel statistics).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import tensorflow as tf
 
 from tfbreath import spectral
 from tfbreath.filters import mel_filterbank
+from tfbreath.icbhi import image as rendering
 from tfbreath.icbhi.config import IcbhiConfig, SpectrogramConfig
 
 
@@ -36,8 +42,12 @@ def num_frames(config: IcbhiConfig) -> int:
 
 
 def spectrogram_shape(config: IcbhiConfig) -> tuple[int, int, int]:
-    """``(H, W, 1)`` of every cycle's spectrogram, blank-region clipping included (it keeps the shape)."""
-    return config.spectrogram.n_mels, num_frames(config), 1
+    """``(H, W, 1)`` of every cycle's spectrogram, or ``(H s, W s, 3)`` of its image with ``input = "image"``
+    (``s = image_scale``); blank-region clipping keeps the shape."""
+    spec = config.spectrogram
+    if spec.input == rendering.INPUT:
+        return spec.n_mels * spec.image_scale, num_frames(config) * spec.image_scale, rendering.CHANNELS
+    return spec.n_mels, num_frames(config), 1
 
 
 def mel_db(waveforms: tf.Tensor, config: IcbhiConfig) -> tf.Tensor:
@@ -92,10 +102,14 @@ def clip_blank_rows(image: tf.Tensor, spec: SpectrogramConfig) -> tf.Tensor:
 
 
 def cycle_spectrogram(waveforms: tf.Tensor, config: IcbhiConfig) -> tf.Tensor:
-    """Model input of padded cycles, in-graph, batched or not. ``[..., samples] -> [..., H, W, 1]``"""
+    """Model input of padded cycles, in-graph, batched or not: ``[..., samples] -> [..., H, W, 1]``, or
+    with ``input = "image"`` the rendered image ``[..., H s, W s, 3]`` (see ``spectrogram_shape``)."""
+    spec = config.spectrogram
     with tf.name_scope("cycle_spectrogram"):
         flat, restore = spectral.flatten_batch(waveforms)  # [B, n]
         image = scaled_image(flat, config)  # [B, H, W]
-        if config.spectrogram.clip_blank:
-            image = clip_blank_rows(image, config.spectrogram)  # [B, H, W]
+        if spec.clip_blank:
+            image = clip_blank_rows(image, spec)  # [B, H, W]
+        if spec.input == rendering.INPUT:
+            return restore(rendering.render(image, spec.image_scale))  # [..., H s, W s, 3]
         return restore(image[..., tf.newaxis])  # [..., H, W, 1]

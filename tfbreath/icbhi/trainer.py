@@ -39,6 +39,7 @@ from tfbreath.icbhi.config import IcbhiConfig, dump_icbhi_config, load_icbhi_con
 from tfbreath.icbhi.dataset import CLASS_NAMES, CycleSet, load_cycle_sets
 from tfbreath.icbhi.finetune import (SELECT_BEST, STAGE1, finetune_devices, predict_probabilities, read_selection,
                                      train_stage1)
+from tfbreath.icbhi.image import INPUT as IMAGE_INPUT, channel_statistics
 from tfbreath.icbhi.padding import smart_pad
 from tfbreath.icbhi.reader import IcbhiError, parse_recording_name, validation_patients
 from tfbreath.icbhi.resnet import build_respirenet
@@ -175,7 +176,12 @@ def _train_and_score(config: IcbhiConfig, data_dir: Path, run_dir: Path, precisi
         sides = {"train": train_set, "validation": validation_set, "test": test_set}
         print(f"validation: {len(validation_set)} cycles of patients "
               f"{', '.join(sorted(set(_patients(validation_set).tolist())))}, held out of training")
-    model = build_respirenet(spectrogram_shape(config), train.classes, config.model)
+    statistics = None
+    if config.spectrogram.input == IMAGE_INPUT:  # deterministic, so a resumed run builds the same model
+        statistics = channel_statistics(train_set, config)
+        mean, std = (np.array2string(values, precision=4) for values in statistics)
+        print(f"image channels over {len(train_set)} training cycles: mean {mean}, std {std}")
+    model = build_respirenet(spectrogram_shape(config), train.classes, config.model, statistics)
     print(f"RespireNet: {model.count_params():,} parameters, input {spectrogram_shape(config)}")
     RunFolder(run_dir).claim(dump_icbhi_config(config))  # data read, model built: nothing blocks a rerun
     seconds = {}

@@ -14,8 +14,12 @@ per-cycle probability (``tfbreath.icbhi.config.AugmentConfig``), in this order:
    an epoch keeps its length and every epoch sees fresh pairs.
 2. ``change_speed``: resample by a factor U(speed_min, speed_max) (tempo and pitch move together,
    linear interpolation; the padded waveform is read circularly).
-3. ``shift``: circular shift by a random number of samples (the public code's ``rollAudio``).
-4. ``add_noise``: white noise at a random SNR U(noise_snr_db_min, noise_snr_db_max) dB relative
+3. ``vtlp`` (only when ``vtlp_probability > 0``): vocal-tract-length perturbation (Jaitly &
+   Hinton 2013; RespireNet's authors use nlpaug's ``VtlpAug``): the frequency axis is warped by a
+   factor U(vtlp_alpha_min, vtlp_alpha_max), piecewise linearly with 0 and Nyquist fixed, in the
+   STFT domain, so pitch moves and duration stays.
+4. ``shift``: circular shift by a random number of samples (the public code's ``rollAudio``).
+5. ``add_noise``: white noise at a random SNR U(noise_snr_db_min, noise_snr_db_max) dB relative
    to the cycle's RMS, clipped back to [-1, 1].
 
 Randomness is stateless (``tf.random.stateless_*``) from seed pairs that a seeded
@@ -37,6 +41,15 @@ from tfbreath.icbhi.config import AugmentConfig
 
 _DB_PER_AMPLITUDE_DECADE = 20.0
 """SNR in dB = 20 log10(signal RMS / noise RMS)."""
+
+VTLP_FRAME_LENGTH = 256
+"""STFT frame (= FFT) length of ``vtlp``: 129 bins, 15.6 Hz apart at ICBHI's 4 kHz (64-ms frames)."""
+VTLP_HOP = VTLP_FRAME_LENGTH // 4
+"""A quarter frame: periodic Hann windows at 75 % overlap, so ``inverse_stft`` round-trips and the
+per-hop phase advance tells a bin's frequency within +-2 bins (the Hann main lobe)."""
+VTLP_HIGH_FRACTION = 0.6
+"""``F_HI`` of the warp as a fraction of Nyquist: nlpaug's ``fhi = 4800`` Hz at 16 kHz (Nyquist
+8 kHz). Stated against Nyquist, the warp needs no sample rate (1200 Hz at ICBHI's 4 kHz)."""
 
 
 def _seed_pair(seed: int | tf.Tensor) -> tf.Tensor:
@@ -93,6 +106,85 @@ def change_speed(waveforms: tf.Tensor, probability: float, low: float, high: flo
         return tf.where(_chosen(batch, probability, seeds[1])[:, None], resampled, waveforms)
 
 
+def vtlp_warp(frequency: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
+    """VTLP's piecewise-linear frequency warp, frequencies as fractions of Nyquist. ``[..., F] -> [..., F]``
+
+    ``f' = alpha f`` up to ``f_boundary = F_HI min(alpha, 1) / alpha`` (``F_HI =
+    VTLP_HIGH_FRACTION``), then the straight line from ``(f_boundary, alpha f_boundary)`` to
+    ``(1, 1)``: 0 and Nyquist stay, and the warp is increasing for every ``alpha > 0``.
+    ``alpha`` broadcasts against ``frequency`` (e.g. ``[B, 1]``); the lines extend beyond [0, 1].
+    """
+    with tf.name_scope("vtlp_warp"):
+        frequency = tf.cast(frequency, tf.float32)
+        alpha = tf.cast(alpha, tf.float32)
+        corner = VTLP_HIGH_FRACTION * tf.minimum(alpha, 1.0)  # alpha f_boundary
+        boundary = corner / alpha
+        slope = (1.0 - corner) / (1.0 - boundary)  # of the upper line
+        return tf.where(frequency <= boundary, alpha * frequency, 1.0 - slope * (1.0 - frequency))
+
+
+def vtlp(waveforms: tf.Tensor, probability: float, alpha_min: float, alpha_max: float,
+         seed: int | tf.Tensor) -> tf.Tensor:
+    """Vocal-tract-length perturbation, warp factor ``U(alpha_min, alpha_max)`` per chosen cycle. ``[B, L] -> [B, L]``
+
+    In the STFT (``VTLP_FRAME_LENGTH``, ``VTLP_HOP``, periodic Hann) the content of bin k moves to
+    the fractional bin ``vtlp_warp(k)``, split linearly between its two neighbours (nlpaug's
+    ``VtlpAug``); DC and Nyquist stay. Two corrections make it a pitch shift, which moving bins
+    alone is not (measured: a 300 Hz tone with alpha 1.1 came out at 362 Hz, not 330 Hz):
+
+    * phase is referred to each frame's centre, not its first sample, so a warp scales each
+      windowed grain about its centre and the Hann lobe's bins stay in phase when they merge;
+    * as in a phase vocoder, each bin's frequency is read from its phase advance between frames
+      and the phase advanced by the extra ``warp(frequency) - frequency`` from frame to frame,
+      else overlap-add brings the original pitch back.
+
+    The padded waveform is read circularly (as ``change_speed`` and ``shift`` do) around the
+    STFT, and the inverse STFT is cut back to the L samples. float32 inside; returns the input's
+    dtype. ``alpha = 1`` returns the input up to float32 round-off. Levels (measured, alpha 0.9 and
+    1.1): a tone keeps its RMS within 1.5 dB; white noise comes out ~4 dB quieter (bins split
+    between neighbours and re-phased frames add partly incoherently).
+    """
+    with tf.name_scope("vtlp"):
+        seeds = tf.random.experimental.stateless_split(_seed_pair(seed), num=2)
+        x = tf.cast(waveforms, tf.float32)
+        batch, length = tf.shape(x)[0], tf.shape(x)[1]
+        alpha = tf.random.stateless_uniform([batch, 1, 1], seed=seeds[0], minval=alpha_min,
+                                            maxval=alpha_max)  # [B, 1, 1]
+        margin = VTLP_FRAME_LENGTH - VTLP_HOP  # the first samples lack full frame overlap: pad each side
+        around = tf.range(-margin, length + margin) % length  # [L + 2 margin]
+        stft = tf.signal.stft(tf.gather(x, around, axis=1), VTLP_FRAME_LENGTH, VTLP_HOP,
+                              pad_end=True)  # [B, T, F], Hann window
+        bins = stft.shape[-1]
+        top = float(bins - 1)  # Nyquist, in bins
+        k = tf.range(bins, dtype=tf.float32)  # [F]
+        centre = tf.complex(1.0 - 2.0 * (k % 2.0), 0.0)  # [F]: (-1)^k moves phase 0 to the frame centre
+        stft = stft * centre  # [B, T, F]
+
+        cycles_per_bin_hop = VTLP_HOP / VTLP_FRAME_LENGTH  # phase advance, in cycles, per bin per hop
+        phase = tf.math.angle(stft) / (2.0 * np.pi)  # [B, T, F] cycles
+        deviation = phase[:, 1:] - phase[:, :-1] - k * cycles_per_bin_hop  # [B, T-1, F]
+        deviation -= tf.round(deviation)  # wrapped to [-1/2, 1/2]
+        frequency = k + deviation / cycles_per_bin_hop  # [B, T-1, F] instantaneous, in bins
+        extra = (vtlp_warp(frequency / top, alpha) * top - frequency) * cycles_per_bin_hop  # [B, T-1, F]
+        interior = tf.cast((k > 0.0) & (k < top), tf.float32)  # [F]: DC and Nyquist stay real
+        extra = tf.math.floormod(extra, 1.0) * interior
+        advance = tf.concat([tf.zeros_like(extra[:, :1]), tf.cumsum(extra, axis=1)], axis=1)  # [B, T, F]
+        stft = stft * tf.exp(tf.complex(0.0, 2.0 * np.pi * tf.math.floormod(advance, 1.0)))  # [B, T, F]
+
+        target = vtlp_warp(k / top, alpha[:, 0]) * top  # [B, F] fractional target bins
+        below = tf.floor(target)
+        upper = target - below  # [B, F] share of the upper neighbour
+        below = tf.cast(below, tf.int32)
+        moves = (tf.one_hot(below, bins) * (1.0 - upper)[..., None]
+                 + tf.one_hot(below + 1, bins) * upper[..., None])  # [B, F, F] source -> target
+        warped = tf.matmul(stft, tf.complex(moves, 0.0)) * centre  # [B, T, F]
+        restored = tf.signal.inverse_stft(warped, VTLP_FRAME_LENGTH, VTLP_HOP,
+                                          window_fn=tf.signal.inverse_stft_window_fn(VTLP_HOP))
+        restored = restored[:, margin:margin + length]  # [B, L]
+        out = tf.where(_chosen(batch, probability, seeds[1])[:, None], restored, x)
+        return tf.cast(out, waveforms.dtype)
+
+
 def shift(waveforms: tf.Tensor, probability: float, seed: int | tf.Tensor) -> tf.Tensor:
     """Roll each chosen cycle by a random number of samples. ``[B, L] -> [B, L]``"""
     with tf.name_scope("shift"):
@@ -129,10 +221,13 @@ class CycleAugmenter:
     def __call__(self, waveforms: tf.Tensor, labels: tf.Tensor, offsets: tf.Tensor,
                  lengths: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         cfg = self.config
-        seeds = tf.random.experimental.stateless_split(self.rng.make_seeds(1)[:, 0], num=4)
+        # seeds[4] (vtlp) comes last: splitting into 5 keeps the first 4, so runs without vtlp draw as before
+        seeds = tf.random.experimental.stateless_split(self.rng.make_seeds(1)[:, 0], num=5)
         if cfg.concat:
             waveforms = concat_same_class(waveforms, labels, offsets, lengths, cfg.concat_probability, seeds[0])
         waveforms = change_speed(waveforms, cfg.speed_probability, cfg.speed_min, cfg.speed_max, seeds[1])
+        if cfg.vtlp_probability > 0:
+            waveforms = vtlp(waveforms, cfg.vtlp_probability, cfg.vtlp_alpha_min, cfg.vtlp_alpha_max, seeds[4])
         waveforms = shift(waveforms, cfg.shift_probability, seeds[2])
         waveforms = add_noise(waveforms, cfg.noise_probability, cfg.noise_snr_db_min, cfg.noise_snr_db_max, seeds[3])
         return waveforms, labels, offsets, lengths

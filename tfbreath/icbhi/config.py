@@ -171,7 +171,9 @@ class AugmentConfig:
     shift_probability: float = 0.5
     vtlp_probability: float = 0.0
     """Vocal-tract-length perturbation: the spectrum's frequency axis warped by a factor drawn
-    from U(``vtlp_alpha_min``, ``vtlp_alpha_max``), duration kept (pitch shift without speed change)."""
+    from U(``vtlp_alpha_min``, ``vtlp_alpha_max``), duration kept (pitch shift without speed change);
+    piecewise linear with 0 and Nyquist fixed, applied after the speed change
+    (``tfbreath.icbhi.augment.vtlp``). 0 leaves it out of the graph."""
     vtlp_alpha_min: float = 0.9
     vtlp_alpha_max: float = 1.1
     balanced_sampler: bool = True

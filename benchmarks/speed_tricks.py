@@ -119,26 +119,8 @@ def percentiles_plain(y, quantiles):
 
 # ----------------------------------------------------------------------------- spectral contrast
 
-CONTRAST_BLOCK = 8
-
-
-def extremes_trick(band, k, largest):
-    """Mean of the k largest (smallest) values, searching only the k blocks with the most extreme maxima."""
-    sign = 1.0 if largest else -1.0
-    values = sign * band  # [B, T, W]
-    width = band.shape[-1]
-    if k == 1:
-        return sign * tf.reduce_max(values, -1)  # [B, T]
-    n_blocks = -(-width // CONTRAST_BLOCK)
-    if n_blocks <= 2 * k:
-        return sign * tf.reduce_mean(tf.math.top_k(values, k).values, -1)  # [B, T]
-    padded = tf.pad(values, [[0, 0], [0, 0], [0, n_blocks * CONTRAST_BLOCK - width]],
-                    constant_values=-np.inf)  # [B, T, K*C]
-    blocks = tf.reshape(padded, tf.concat([tf.shape(band)[:2], [n_blocks, CONTRAST_BLOCK]], 0))  # [B, T, K, C]
-    _, best_blocks = tf.math.top_k(tf.reduce_max(blocks, -1), k)  # [B, T, k]
-    pool = tf.gather(blocks, best_blocks, batch_dims=2)  # [B, T, k, C]
-    pool = tf.reshape(pool, tf.concat([tf.shape(band)[:2], [k * CONTRAST_BLOCK]], 0))  # [B, T, k*C]
-    return sign * tf.reduce_mean(tf.math.top_k(pool, k).values, -1)  # [B, T]
+extremes_trick = scalars._mean_of_extremes
+"""The library keeps this trick (block-pruned top-k); taken before any patch replaces it."""
 
 
 def extremes_plain(band, k, largest):

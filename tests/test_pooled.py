@@ -15,7 +15,8 @@ from tfbreath import data, train
 from tfbreath.config import PipelineConfig, with_overrides
 from tfbreath.models import build_model_for_pipeline
 from tfbreath.models.pooled import (MAX_GROUPS, MODULATION_BLOCK, POOLED_STATS, STATISTICS, PooledStatistics,
-                                    band_groups, build_pooled, legendre_basis, statistic_names)
+                                    band_groups, build_pooled, gradient_safe_sqrt, legendre_basis,
+                                    statistic_names)
 from tfbreath.precision import global_policy
 from tfbreath.synthetic import write_synthetic_breath
 
@@ -81,6 +82,24 @@ def test_known_answers_constant_ramp_and_parabola_in_time():
         inputs = {"spectral": np.repeat(spectral[..., None], 3, axis=-1), "scalars": np.zeros((1, N_SCALARS), np.float32)}
         first_group = _layer()(inputs).numpy()[0, :len(STATISTICS)]
         np.testing.assert_allclose(first_group, want, atol=ATOL)
+
+
+def test_a_band_constant_in_time_leaves_every_gradient_finite():
+    """A constant band's std is sqrt(0): its gradient must not turn the whole map's into NaN."""
+    x = np.array([0.0, 1e-30, 2.0], np.float32)
+    with tf.GradientTape() as tape:
+        xs = tf.constant(x)
+        tape.watch(xs)
+        roots = gradient_safe_sqrt(xs)
+    np.testing.assert_array_equal(roots.numpy(), np.sqrt(x))
+    assert tape.gradient(roots, xs).numpy()[0] == 0.0
+    inputs = {key: tf.constant(value) for key, value in _inputs(1).items()}
+    inputs["spectral"] = tf.concat([tf.fill([1, 3, SHAPE[1], SHAPE[2]], 1.5), inputs["spectral"][:, 3:]], axis=1)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs["spectral"])
+        total = tf.reduce_sum(_layer()(inputs))
+    gradient = tape.gradient(total, inputs["spectral"]).numpy()
+    assert np.isfinite(gradient).all() and np.abs(gradient[..., 0]).sum() > 0
 
 
 def test_padding_rows_are_never_read():

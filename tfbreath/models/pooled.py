@@ -79,6 +79,19 @@ def statistic_names(maps: Sequence[str], map_rows: Sequence[int], scalar_names: 
     return names + list(scalar_names)
 
 
+def gradient_safe_sqrt(x):
+    """sqrt(x) for x >= 0, with gradient 0 instead of NaN at x = 0 (same values).
+
+    A band constant over the clip (a mel band above the band limit) has variance 0; the plain
+    square root's derivative there is inf, which backpropagates as inf * 0 = NaN into every cell
+    of the map (through the group average's zero weights), so no gradient of the map survives
+    (``tfbreath.explain``). 0 is a subgradient of the standard deviation at a constant series.
+    """
+    positive = x > 0
+    return keras.ops.where(positive, keras.ops.sqrt(keras.ops.where(positive, x, keras.ops.ones_like(x))),
+                           keras.ops.zeros_like(x))
+
+
 @keras.saving.register_keras_serializable(package="tfbreath")
 class PooledStatistics(keras.layers.Layer):
     """``{"spectral": [B, M, T, C], "scalars": [B, S]}`` -> ``[B, D]`` pooled statistics, float32.
@@ -104,7 +117,8 @@ class PooledStatistics(keras.layers.Layer):
         average = group_average(rows, x.shape[1])  # [G, M]
         grouped = keras.ops.einsum("gm,bmt->bgt", average, x)  # [B, G, T]
         mean = keras.ops.mean(grouped, axis=-1, keepdims=True)  # [B, G, 1]
-        std = keras.ops.sqrt(keras.ops.mean(keras.ops.square(grouped - mean), axis=-1, keepdims=True))  # [B, G, 1]
+        variance = keras.ops.mean(keras.ops.square(grouped - mean), axis=-1, keepdims=True)  # [B, G, 1]
+        std = gradient_safe_sqrt(variance)  # [B, G, 1]
         trend = keras.ops.einsum("bgt,kt->bgk", grouped, legendre_basis(x.shape[2]))  # [B, G, 2]
         stats = keras.ops.concatenate([mean, std, trend], axis=-1)  # [B, G, 4]
         return keras.ops.reshape(stats, (-1, average.shape[0] * len(STATISTICS)))  # [B, 4 G]

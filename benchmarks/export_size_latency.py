@@ -12,6 +12,11 @@ the float32 feature graph alone (waveform -> maps + scalars as TFLite), which ev
 shares: the floor under any quantization of the classifier. A second table times the classifier
 alone on precomputed features (Keras fp32 vs TFLite fp32 vs TFLite int8, same clips): what int8
 buys on this CPU once the features are out of the way.
+
+It starts with the CPU's int8-relevant flags (``/proc/cpuinfo``: x86 VNNI/AMX, ARM dot-product
+and int8 matrix multiply), since int8 kernels only beat float ones with them, and ends with a
+summary in Markdown (each latency with its speed-up over Keras fp32) and the int8 model's
+accuracy against the float ones on the held-out clips, issue 23's targets beside them.
 """
 
 from __future__ import annotations
@@ -35,6 +40,22 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 from tfbreath import export, serving  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
 
+CPUINFO = Path("/proc/cpuinfo")
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
+              "asimddp", "i8mm")
+"""CPU flags that decide how fast int8 (and bfloat16) kernels run: x86 AVX2, AVX-512, the VNNI
+int8 dot-product instructions and AMX tiles (from a ``flags`` line); ARM's int8 dot product
+``asimddp`` and int8 matrix multiply ``i8mm`` (from a ``Features`` line)."""
+FAST_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+"""Any of these makes int8 kernels faster than float ones: issue 23's "VNNI or ARM dot-product"."""
+SPEEDUP_TARGET = {"fast int8": 3.0, "no fast int8": 2.0}
+"""Issue 23: end-to-end int8 over Keras fp32 with fast int8 instructions, and without (AVX2 only)."""
+FP32_SPEEDUP_TARGET = 1.5
+"""Issue 23: end-to-end TFLite fp32 over Keras fp32."""
+MAX_INT8_DROP_POINTS = 100 * export.MAX_INT8_ACCURACY_DROP
+"""Issue 23: int8 accuracy within 0.5 points of float (the export's own limit)."""
+SUMMARY_COLUMNS = ("Keras fp32", "TFLite fp32", "TFLite float16", "TFLite int8")
+
 WARMUP_CALLS = 3
 PASSES = 3
 """Each clip is timed this many times per variant."""
@@ -56,6 +77,65 @@ def median_latencies_ms(predictors: dict, inputs) -> dict[str, float]:
                 predict(x)
                 times[name].append(time.perf_counter() - started)
     return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+
+def cpu_description(cpuinfo: Path = CPUINFO) -> dict:
+    """``{"model": name, "cores": n, "int8_flags": [...], "fast_int8_flags": [...]}`` of this machine's CPU;
+    ``model`` is ``"unknown"`` and no flags where ``cpuinfo`` cannot be read (not Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        text = ""
+    lines = [line.partition(":") for line in text.splitlines()]
+    names = [value.strip() for key, _, value in lines if key.strip() in ("model name", "Hardware", "Model")]
+    words = {word for key, _, value in lines if key.strip() in ("flags", "Features") for word in value.split()}
+    flags = [flag for flag in INT8_FLAGS if flag in words]
+    return {"model": names[0] if names else "unknown", "cores": os.cpu_count(), "int8_flags": flags,
+            "fast_int8_flags": [flag for flag in flags if flag in FAST_INT8_FLAGS]}
+
+
+def summary_cells(latency_ms: dict[str, float]) -> list[str]:
+    """One summary row: each ``SUMMARY_COLUMNS`` variant's latency, with its speed-up over the
+    row's Keras fp32 where the row has one; empty for a variant the row lacks."""
+    base = latency_ms.get("Keras fp32")
+
+    def cell(name: str) -> str:
+        if name not in latency_ms:
+            return ""
+        ratio = "" if base is None or name == "Keras fp32" else f" ({base / latency_ms[name]:.2f}x)"
+        return f"{latency_ms[name]:.2f} ms{ratio}"
+
+    return [cell(name) for name in SUMMARY_COLUMNS]
+
+
+def summary_table(rows: list[dict], head_rows: list[dict]) -> str:
+    """Issue 23's table in Markdown: end to end, classifier alone and feature graph alone."""
+    end_to_end = {row["model"]: row["latency_ms"] for row in rows}
+    table = {"end to end (waveform -> P)": {name: end_to_end[name] for name in SUMMARY_COLUMNS},
+             "classifier alone (features given)": {row["model"]: row["latency_ms"] for row in head_rows},
+             "feature graph alone": {"TFLite fp32": end_to_end["features only"]}}
+    lines = ["| | " + " | ".join(SUMMARY_COLUMNS) + " |", "|---" * (len(SUMMARY_COLUMNS) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(summary_cells(latency)) + " |" for label, latency in table.items()]
+    return "\n".join(lines)
+
+
+def target_lines(rows: list[dict], cpu: dict) -> list[tuple[str, bool]]:
+    """Issue 23's end-to-end targets, each as ``(measurement and target, met)``: int8 speed-up
+    (3x with fast int8 instructions, else 2x), TFLite fp32 speed-up, and int8 accuracy against
+    Keras fp32 and TFLite fp32 on the held-out clips, in points."""
+    found = {row["model"]: row for row in rows}
+    speedup = {name: found[name]["speedup_vs_keras"] for name in ("TFLite fp32", "TFLite int8")}
+    kind = "fast int8" if cpu["fast_int8_flags"] else "no fast int8"
+    drops = {name: 100 * (found[name]["accuracy"] - found["TFLite int8"]["accuracy"])
+             for name in ("Keras fp32", "TFLite fp32")}
+    checks = [(f"int8 end to end {speedup['TFLite int8']:.2f}x Keras fp32 (target >= {SPEEDUP_TARGET[kind]:g}x, "
+               f"CPU with {kind})", speedup["TFLite int8"] >= SPEEDUP_TARGET[kind]),
+              (f"TFLite fp32 end to end {speedup['TFLite fp32']:.2f}x Keras fp32 (target >= {FP32_SPEEDUP_TARGET:g}x)",
+               speedup["TFLite fp32"] >= FP32_SPEEDUP_TARGET)]
+    checks += [(f"int8 accuracy {found['TFLite int8']['accuracy']:.4f} vs {name} {found[name]['accuracy']:.4f}: "
+                f"{-drop:+.2f} points (target: at most {MAX_INT8_DROP_POINTS:g} points lower)",
+                drop <= MAX_INT8_DROP_POINTS) for name, drop in drops.items()]
+    return checks
 
 
 def one_clip_batches(clips: np.ndarray) -> list[np.ndarray]:
@@ -95,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, type=Path, help="run folder from python -m tfbreath.fit")
     parser.add_argument("--member", default="cnn8", choices=export.MEMBERS)
     parser.add_argument("--data", type=Path, help="the run's data folder, if it moved")
-    parser.add_argument("--latency-clips", type=int, default=50)
+    parser.add_argument("--latency-clips", type=int, default=50, help="held-out clips timed (default 50)")
     parser.add_argument("--json", type=Path, help="also write the table as JSON")
     args = parser.parse_args(argv)
 
@@ -134,8 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             row["latency_ms"] = latencies[row["model"]]
         head_rows = classifier_rows(parts, timed)
 
+    cpu = cpu_description()
+    fast = " ".join(cpu["fast_int8_flags"]) or f"none ({', '.join(FAST_INT8_FLAGS)} absent)"
+    print(f"CPU: {cpu['model']}, {cpu['cores']} cores; int8-relevant flags: {' '.join(cpu['int8_flags']) or 'none'}; "
+          f"fast int8 instructions: {fast}\n")
     base = rows[0]["latency_ms"]
-    print(f"{args.member} end-to-end (waveform -> P(exhale)), {len(labels)} validation clips, "
+    print(f"{args.member} end-to-end (waveform -> P(exhale)), {len(labels)} held-out clips, "
           f"latency: median of {PASSES} x {len(timed)} interleaved calls at batch 1, 1 thread")
     print(f"{'model':<14}{'size MB':>9}{'ms/clip':>9}{'speed-up':>10}{'accuracy':>10}{'max |dP|':>11}")
     for row in rows:
@@ -148,9 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     for row in head_rows:
         row["speedup_vs_keras"] = head_rows[0]["latency_ms"] / row["latency_ms"]
         print(f"{row['model']:<14}{row['latency_ms']:>9.2f}{row['speedup_vs_keras']:>9.2f}x")
+    print(f"\n{args.member}, batch 1, 1 thread, speed-up over Keras fp32 in brackets:")
+    print(summary_table(rows, head_rows))
+    targets = target_lines(rows, cpu)
+    print("\n" + "\n".join(f"{'met    ' if met else 'not met'}  {line}" for line, met in targets))
     if args.json:
-        args.json.write_text(json.dumps({"end_to_end": rows, "classifier": head_rows}, indent=2) + "\n",
-                             encoding="utf-8")
+        summary = {"cpu": cpu, "end_to_end": rows, "classifier": head_rows,
+                   "targets": [{"target": line, "met": met} for line, met in targets]}
+        args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

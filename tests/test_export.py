@@ -13,6 +13,7 @@ import tensorflow as tf
 from tfbreath import export, fit, serving
 from tfbreath.config import PipelineConfig, with_overrides
 from tfbreath.synthetic import write_synthetic_breath
+from tfbreath.tflite_metadata import describe, read_metadata, with_metadata
 
 TINY = with_overrides(with_overrides(PipelineConfig(), "train", model_width=0.125, epochs=40, models=("cnn8",),
                                      learning_rates={"cnn8": 3e-3}, precision="float32"), "data", batch_size=16)
@@ -79,6 +80,10 @@ def test_each_quantization_passes_its_self_check_and_runs_without_flex(tiny_run,
     assert export.main(["--model", str(tiny_run), "--quantize", quantize, "--out", str(out)]) == 0
     assert "PASS" in capsys.readouterr().out
     classifier = serving.TFLiteClassifier(out)  # builtin op resolver: a Flex op would fail to allocate
+    metadata = read_metadata(out)
+    assert metadata == export.app_metadata(export.Run.load(tiny_run), "ensemble", quantize)
+    assert (metadata["model"]["quantize"], metadata["model"]["run"]) == (quantize, "run")
+    assert (classifier.input["name"], classifier.output["name"]) == ("waveform", "p_exhale")
     waveforms, labels = validation_clips
     probabilities = classifier(waveforms)
     assert probabilities.shape == (len(labels),)
@@ -109,6 +114,25 @@ def test_keras_waveform_model_and_savedmodel_agree_with_the_feature_model(tiny_r
     signature = served.signatures["serving_default"]
     got = signature(waveform=tf.constant(waveforms))[serving.PROBABILITY].numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_the_self_check_fails_a_model_an_app_would_misread(tmp_path):
+    waveform = keras.Input((PipelineConfig().audio.num_samples,), name="waveform")
+    model = keras.Model(waveform, keras.layers.Reshape(())(keras.layers.Dense(1)(waveform)))
+    plain = _tflite(model, tmp_path / "model")
+    identity = {"run": "r", "member": "cnn8", "quantize": "none", "weights_sha256": "0" * 64}
+    metadata = describe(PipelineConfig(), identity)
+    tagged = with_metadata(plain, metadata)
+    assert export.metadata_problem(tagged, serving.TFLiteClassifier(tagged), metadata) is None
+    assert export.metadata_problem(plain, serving.TFLiteClassifier(plain), metadata) == "metadata missing"
+    other = describe(PipelineConfig(), {**identity, "run": "s"})
+    assert export.metadata_problem(tagged, serving.TFLiteClassifier(tagged), other) == (
+        "metadata read back differs from the one written")
+    half_second = describe(with_overrides(PipelineConfig(), "audio", duration_s=0.5), identity)
+    mislabelled = with_metadata(plain, half_second)
+    assert export.metadata_problem(mislabelled, serving.TFLiteClassifier(mislabelled), half_second) == (
+        "the interpreter shows (input, output, samples) ('waveform', 'p_exhale', 16000), "
+        "the metadata ('waveform', 'p_exhale', 8000)")
 
 
 def test_a_failed_self_check_writes_nothing_and_exits_1(tiny_run, monkeypatch, capsys):

@@ -45,6 +45,9 @@ LABELS = {"I": 0, "E": 1}
 
 LABEL_NAMES = tuple(LABELS)
 
+LABEL_WORDS = {"I": "inhale", "E": "exhale"}
+"""Target letter -> the phase it names, for people and apps reading a model's labels."""
+
 UNLABELLED = -1.0
 """Label stored for files without one."""
 

@@ -6,7 +6,9 @@
 The exported graph holds the feature extraction: input ``[batch, samples]`` float32 audio at the
 pipeline's rate (one clip, e.g. 16,000 samples), output ``[batch]`` P(exhale). Writes
 
-- ``FILE.tflite`` (default ``RUN_DIR/<member>[_<quantize>].tflite``), TFLite builtin ops only;
+- ``FILE.tflite`` (default ``RUN_DIR/<member>[_<quantize>].tflite``), TFLite builtin ops only,
+  input ``waveform``, output ``p_exhale``, with a JSON description for apps inside (labels,
+  sample rate, clip length, input/output meaning, version, threshold; ``tfbreath.tflite_metadata``);
 - ``RUN_DIR/<member>_waveform.keras``, the same graph as a Keras model;
 - ``RUN_DIR/<member>_savedmodel/``, a SavedModel with a ``serving_default`` signature for
   TF Serving (input ``waveform``, output ``probability``).
@@ -17,7 +19,9 @@ float32 (see ``classifier_weights_to_float16``). ``int8`` quantizes the classifi
 (see ``int8_parts``). After converting, the export checks itself on the clips ``fit`` held out
 (its validation split, or a K-fold run's first fold):
 TFLite vs Keras probabilities (max abs diff <= 1e-3 float32, <= 1e-2 float16; int8 may lose at
-most 0.5 accuracy points). It prints the table and exits 1, writing nothing, if a check fails.
+most 0.5 accuracy points), and the description read back from the flatbuffer must be the one
+written, its input and output names and clip length those the interpreter shows. It prints the
+table and exits 1, writing nothing, if a check fails.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import hashlib
 import re
 import shutil
 import sys
@@ -48,6 +53,7 @@ from tfbreath.run_folder import (NO_QUANTIZATION, OOF_PREDICTIONS, PIPELINE_FILE
                                  VALIDATION_PREDICTIONS, RunFolder)
 from tfbreath.serving import (PROBABILITY, TFLiteClassifier, feature_model, load_trained_model, load_waveforms,
                               probability_model, waveform_model)
+from tfbreath.tflite_metadata import INPUT_NAME, OUTPUT_NAME, describe, read_metadata, with_metadata
 
 FLOAT_QUANTIZATIONS = (NO_QUANTIZATION, "float16")
 QUANTIZATIONS = (*FLOAT_QUANTIZATIONS, "int8")
@@ -336,30 +342,51 @@ def classifier_weights_to_float16(flatbuffer: bytes) -> bytes:
 
 
 def check(tflite: bytes, keras_model: keras.Model, quantize: str, waveforms: np.ndarray,
-          labels: np.ndarray) -> dict:
-    """TFLite vs Keras on the same clips; ``passed`` says whether the quantization's limit holds."""
+          labels: np.ndarray, metadata: dict) -> dict:
+    """TFLite vs Keras on the same clips, and the app's view of the file (``metadata_problem``);
+    ``passed`` says whether the quantization's limit holds and the metadata round-trips."""
     expected = np.asarray(keras_model.predict(waveforms, batch_size=64, verbose=0), np.float32).reshape(-1)
-    got = TFLiteClassifier(tflite)(waveforms)
+    classifier = TFLiteClassifier(tflite)
+    got = classifier(waveforms)
     keras_accuracy = float(np.mean((expected >= THRESHOLD) == labels))
     tflite_accuracy = float(np.mean((got >= THRESHOLD) == labels))
     row = {"quantize": quantize, "clips": len(labels), "max_abs_diff": float(np.max(np.abs(got - expected))),
            "keras_accuracy": keras_accuracy, "tflite_accuracy": tflite_accuracy,
-           "bytes": len(tflite)}
+           "bytes": len(tflite), "metadata_problem": metadata_problem(tflite, classifier, metadata)}
     if quantize == "int8":
         row["limit"] = f"accuracy drop <= {100 * MAX_INT8_ACCURACY_DROP:g} points"
-        row["passed"] = keras_accuracy - tflite_accuracy <= MAX_INT8_ACCURACY_DROP
+        within = keras_accuracy - tflite_accuracy <= MAX_INT8_ACCURACY_DROP
     else:
         row["limit"] = f"max abs diff <= {MAX_PROBABILITY_DIFF[quantize]:g}"
-        row["passed"] = row["max_abs_diff"] <= MAX_PROBABILITY_DIFF[quantize]
+        within = row["max_abs_diff"] <= MAX_PROBABILITY_DIFF[quantize]
+    row["passed"] = within and row["metadata_problem"] is None
     return row
+
+
+def metadata_problem(tflite: bytes, classifier: TFLiteClassifier, metadata: dict) -> str | None:
+    """What an app would read wrongly from ``tflite``, or ``None``: the description read back
+    must be ``metadata``, and the interpreter must show its input and output names and clip length."""
+    read = read_metadata(tflite)
+    if read != metadata:
+        return "metadata missing" if read is None else "metadata read back differs from the one written"
+    shown = (classifier.input["name"], classifier.output["name"], classifier.num_samples)
+    described = (INPUT_NAME, OUTPUT_NAME, metadata["clip_samples"])
+    if shown != described:
+        return f"the interpreter shows (input, output, samples) {shown}, the metadata {described}"
+    return None
 
 
 def format_check(row: dict) -> str:
     header = f"{'quantize':<9}{'clips':>6}{'max |dP|':>11}{'Keras acc':>11}{'TFLite acc':>12}{'size':>11}  check"
     line = (f"{row['quantize']:<9}{row['clips']:>6}{row['max_abs_diff']:>11.2e}{row['keras_accuracy']:>11.4f}"
             f"{row['tflite_accuracy']:>12.4f}{row['bytes'] / 1e6:>9.2f}MB  "
-            f"{'PASS' if row['passed'] else 'FAIL'} ({row['limit']})")
+            f"{'PASS' if row['passed'] else 'FAIL'} ({checked(row)})")
     return header + "\n" + line
+
+
+def checked(row: dict) -> str:
+    """What the self-check of ``row`` tested: the quantization's limit, and the metadata's fate."""
+    return f"{row['limit']}; {row['metadata_problem'] or 'metadata round-trips'}"
 
 
 def calibration_features(features: keras.Model, pipeline: PipelineConfig,
@@ -405,6 +432,14 @@ def int8_parts(trained: keras.Model, pipeline: PipelineConfig, train_examples: d
     return Int8Parts(extractor, head, head_saved, features, head_int8)
 
 
+def app_metadata(run: Run, member: str, quantize: str) -> dict:
+    """The description an exported member carries for apps (``tflite_metadata.describe``): the run
+    folder's name, the member, the quantization and the SHA-256 of the trained ``.keras`` file."""
+    weights = hashlib.sha256(run.model_path(member).read_bytes()).hexdigest()
+    return describe(run.pipeline, {"run": run.path.name, "member": member, "quantize": quantize,
+                                   "weights_sha256": weights})
+
+
 def export(run: Run, member: str, quantize: str, out: Path) -> dict:
     """Convert one member and check it; only if it passes, write ``out`` (the ``.tflite``),
     ``<member>_waveform.keras`` and ``<member>_savedmodel/`` into the run. Returns the check's row.
@@ -422,7 +457,9 @@ def export(run: Run, member: str, quantize: str, out: Path) -> dict:
             flatbuffer = int8_parts(trained, run.pipeline, train_examples, Path(tmp)).flatbuffer
         else:
             flatbuffer = convert(saved_model, quantize)
-        row = check(flatbuffer, model, quantize, waveforms, val_examples.labels)
+        metadata = app_metadata(run, member, quantize)
+        flatbuffer = with_metadata(flatbuffer, metadata)
+        row = check(flatbuffer, model, quantize, waveforms, val_examples.labels, metadata)
         if row["passed"]:
             artifacts.save_model(model, RunFolder(run.path).waveform_model_file(member))
             artifacts.write_folder(RunFolder(run.path).savedmodel_dir(member),
@@ -459,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(err)
     print(format_check(row))
     if not row["passed"]:
-        print(f"error: {out}: not written, the converted model failed its self-check ({row['limit']})",
+        print(f"error: {out}: not written, the converted model failed its self-check ({checked(row)})",
               file=sys.stderr)
         return 1
     print(f"wrote {out} ({row['bytes'] / 1e6:.2f} MB), {RunFolder(args.model).savedmodel_dir(args.member)} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import shutil
@@ -18,7 +19,7 @@ import soundfile as sf
 from tensorflow.lite.python import schema_py_generated as tflite_schema
 
 from conftest import breath_like
-from tfbreath import artifacts, export, predict, serving
+from tfbreath import artifacts, export, predict, serving, tflite_metadata
 from tfbreath.audio import load_audio
 from tfbreath.config import PipelineConfig, dump_config, with_overrides
 from tfbreath.ensemble import build_ensemble
@@ -43,6 +44,8 @@ SAME_MODEL_ATOL = 1e-5
 """The CLI and a direct Keras call on the same model and audio."""
 EXPORT_ATOL = export.MAX_PROBABILITY_DIFF["none"]
 """Two formats of the same model: the export's own float32 limit."""
+PIPELINE_NOTE = "no pipeline.toml beside"
+"""What predict says when it falls back to the default pipeline's rate for a ``.tflite``."""
 
 
 def _write(path, seconds, rate=RATE, subtype="PCM_16", seed=0):
@@ -172,8 +175,10 @@ def test_long_recording_is_windowed_and_plotted(capsys, tmp_path, run_dir, wavef
     windows = np.stack([audio[int(round(s * RATE)):int(round(s * RATE)) + CLIP] for _, s, _ in spans[:-1]])
     np.testing.assert_allclose([float(r["Probability"]) for r in rows[:-1]],
                                waveform.predict(windows, verbose=0).reshape(-1), atol=SAME_MODEL_ATOL)
+    assert {r["Smoothed"] for r in rows} <= {"I", "E"}
     for name in ("long", "short"):
         assert (plots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "pass --summary FILE.csv" in err[-1], err  # the CSV went to stdout: no summary, said why
 
     code, out, err = _run(capsys, "--model", run_dir, long_wav, "--hop", 0.8)
     assert code == predict.EXIT_OK, err
@@ -308,6 +313,33 @@ def test_tflite_gives_the_run_folder_probabilities(capsys, tmp_path, waveform, t
     assert "assuming" not in capsys.readouterr().err
 
 
+def test_tflite_metadata_gives_the_sample_rate_without_a_pipeline(capsys, tmp_path, waveform, tflite_bytes, clips):
+    files = sorted(clips.rglob("*.wav"))
+    identity = {"run": "run", "member": "ensemble", "quantize": "none", "weights_sha256": "0" * 64}
+    tagged = tflite_metadata.with_metadata(tflite_bytes, tflite_metadata.describe(PIPELINE, identity))
+    tflite = artifacts.write_bytes(tmp_path / "alone" / "ensemble.tflite", tagged)
+    code, out, err = _run(capsys, "--model", tflite, *files)
+    assert code == predict.EXIT_OK, err
+    assert not any(PIPELINE_NOTE in line for line in err), err
+    np.testing.assert_allclose([float(r["Probability"]) for r in _rows(out)], _reference(waveform, files),
+                               atol=EXPORT_ATOL)
+
+    # a rate only the metadata states wins over the pipeline.toml beside the file ...
+    custom_rate = with_overrides(PIPELINE, "audio", sample_rate=2 * RATE, duration_s=0.5)
+    beside = tmp_path / "beside" / "ensemble.tflite"
+    artifacts.write_bytes(beside, tflite_metadata.with_metadata(tflite_bytes,
+                                                                tflite_metadata.describe(custom_rate, identity)))
+    artifacts.write_text(beside.parent / "pipeline.toml", dump_config(PIPELINE))
+    classifier = predict.load_classifier(beside)
+    assert (classifier.sample_rate, classifier.num_samples) == (2 * RATE, CLIP)
+    assert capsys.readouterr().err == ""
+    # ... and an explicit --pipeline at another rate is refused
+    code, out, err = _run(capsys, "--model", beside, "--pipeline", beside.parent / "pipeline.toml", files[0])
+    assert (code, out) == (predict.EXIT_USAGE, "")
+    assert err == [f"error: {beside}: its metadata says {2 * RATE} Hz but {beside.parent / 'pipeline.toml'} "
+                   f"gives {RATE} Hz; the model carries its own rate, so leave out --pipeline"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad inputs: one error line, the promised exit code, nothing half-written (issue 18)
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +449,8 @@ def test_bad_output_paths_are_refused_before_any_work(capsys, tmp_path, run_dir,
     folder = tmp_path / "existing_folder"
     folder.mkdir()
     bad = [("--out", output_clash / "predictions.csv"), ("--out", folder),
-           ("--plot", output_clash), ("--plot", output_clash / "plots")]
+           ("--plot", output_clash), ("--plot", output_clash / "plots"),
+           ("--summary", output_clash / "summary.csv"), ("--summary", folder)]
     unwritable = Path("/sys/tfbreath_predict_test.csv")
     try:
         tempfile.NamedTemporaryFile(dir=unwritable.parent).close()
@@ -493,3 +526,83 @@ def test_no_decodable_file_exits_1_and_writes_nothing(capsys, tmp_path, run_dir)
     assert code == predict.EXIT_SKIPPED
     assert out == "" and not out_csv.exists()
     assert not any(line.startswith("error:") for line in err) and "nothing written" in err[-1], err
+
+
+BREATH_WINDOWS = (3, 4)
+"""A scripted timeline: 3 inhale windows then 4 exhale windows, every 0.5 s (a 3.5-s breath)."""
+BREATHING_S = 20.0
+
+
+def _scripted_classify(classifier, recordings, batch_size):
+    """``predict.classify`` with known P(exhale): the ``BREATH_WINDOWS`` pattern from the first window,
+    or sure exhale all along for a ``steady`` recording."""
+    inhale, exhale = BREATH_WINDOWS
+    pattern = np.r_[np.full(inhale, 0.1), np.full(exhale, 0.9)]
+    return [dataclasses.replace(r, probabilities=np.resize([0.9] if r.id.startswith("steady") else pattern,
+                                                           len(r.starts)).astype(np.float32))
+            for r in recordings]
+
+
+def test_the_summary_gives_the_known_rate_beside_out_or_at_summary(capsys, monkeypatch, tmp_path, run_dir):
+    monkeypatch.setattr(predict, "classify", _scripted_classify)
+    wavs = [_write(tmp_path / "wavs" / "breathing.wav", BREATHING_S, seed=1),
+            _write(tmp_path / "wavs" / "one_second.wav", 1.0, seed=2),
+            _write(tmp_path / "wavs" / "steady.wav", BREATHING_S, seed=3)]
+    out_csv = tmp_path / "out" / "windows.csv"
+    code, _, err = _run(capsys, "--model", run_dir, *wavs, "--out", out_csv)
+    assert code == predict.EXIT_OK, err
+    default = tmp_path / "out" / "windows_summary.csv"
+    rows = _rows(default.read_text())
+    assert list(rows[0]) == list(predict.SUMMARY_COLUMNS)
+    inhale, exhale = BREATH_WINDOWS
+    breath_s = (inhale + exhale) * 0.5
+    assert rows[0] == {"ID": "breathing.wav", "duration_s": f"{BREATHING_S:.3f}",
+                       "breaths_per_min": f"{60 / breath_s:.2f}", "ie_ratio": f"{inhale / exhale:.2f}",
+                       "n_inhale": "6", "n_exhale": "6"}
+    assert rows[1] == {"ID": "one_second.wav", "duration_s": "1.000", "breaths_per_min": "", "ie_ratio": "",
+                       "n_inhale": "1", "n_exhale": "0"}
+    assert rows[2]["ID"] == "steady.wav" and rows[2]["breaths_per_min"] == rows[2]["ie_ratio"] == ""
+    notes = [line for line in err if line.startswith("note: ")]
+    assert len(notes) == 2 and notes[0].startswith(f"note: {wavs[1]}: breaths_per_min and ie_ratio left empty"), err
+    assert notes[1].startswith(f"note: {wavs[2]}: breaths_per_min and ie_ratio left empty: its windows show "
+                               f"one phase only"), err
+    smoothed = [r["Smoothed"] for r in _rows(out_csv.read_text()) if r["ID"] == "breathing.wav"]
+    assert smoothed == [r["Target"] for r in _rows(out_csv.read_text()) if r["ID"] == "breathing.wav"]
+
+    elsewhere = tmp_path / "elsewhere" / "rates.csv"
+    code, out, err = _run(capsys, "--model", run_dir, wavs[0], "--summary", elsewhere)  # CSV on stdout
+    assert code == predict.EXIT_OK, err
+    assert _rows(elsewhere.read_text())[0]["breaths_per_min"] == f"{60 / breath_s:.2f}"
+    assert len(_rows(out)) == len(predict.window_starts(int(BREATHING_S * RATE), CLIP, CLIP // 2))
+
+
+def test_no_recording_for_a_summary_is_said_not_an_error(capsys, tmp_path, run_dir):
+    summary = tmp_path / "summary.csv"
+    short = _write(tmp_path / "short.wav", 1.0)
+    code, out, err = _run(capsys, "--model", run_dir, short, "--summary", summary)
+    assert code == predict.EXIT_OK, err
+    assert list(_rows(out)[0]) == list(predict.CLIP_COLUMNS) and not summary.exists()
+    assert err[-1].startswith("--summary: no recording is longer than one clip (1 s)"), err
+
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, np.float32), RATE)
+    long_wav = _write(tmp_path / "long.wav", LONG_S, seed=1)
+    code, out, err = _run(capsys, "--model", run_dir, empty, long_wav, "--summary", summary)
+    assert code == predict.EXIT_SKIPPED
+    assert any(line.startswith(f"skipped {empty}: no samples") for line in err), err
+    assert [r["ID"] for r in _rows(summary.read_text())] == ["long.wav"]
+
+
+def test_bad_summary_options_are_one_error_line(capsys, tmp_path, run_dir):
+    wav = _write(tmp_path / "long.wav", LONG_S)
+    out_csv = tmp_path / "windows.csv"
+    for argv, message in ((["--inhale-s", 0, 2], "error: --inhale-s/--exhale-s: inhale_low_s must be > 0, got 0.0"),
+                          (["--exhale-s", 3, 1], "error: --inhale-s/--exhale-s: exhale_high_s must be > "
+                                                 "exhale_low_s = 3.0, got 1.0"),
+                          (["--out", out_csv, "--summary", out_csv], "error: --summary and --out name the same "),
+                          (["--kaggle", tmp_path / "test.csv", "--summary", tmp_path / "s.csv"],
+                           "error: --plot, --hop and --summary apply to WAV inputs")):
+        code, out, err = _run(capsys, "--model", run_dir, *([] if "--kaggle" in argv else [wav]), *argv)
+        _assert_one_error_line(code, out, err)
+        assert err[0].startswith(message), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav"]

@@ -1,7 +1,9 @@
 """``python -m tfbreath.predict``: P(exhale) for WAV files, long recordings or a Kaggle test set.
 
     python -m tfbreath.predict [--model PATH] INPUT... [--out FILE.csv] [--threshold T]
-                               [--hop SECONDS] [--plot DIR] [--batch-size N] [--pipeline FILE]
+                               [--hop SECONDS] [--plot DIR] [--summary FILE.csv]
+                               [--inhale-s LOW HIGH] [--exhale-s LOW HIGH]
+                               [--batch-size N] [--pipeline FILE]
     python -m tfbreath.predict [--model PATH] --kaggle TEST_CSV [--out submission.csv]
 
 ``INPUT`` is WAV files or folders of them (searched recursively), at any rate and bit depth
@@ -14,8 +16,9 @@ the decoder takes. ``PATH`` is one of
   under that one, and ``--pipeline FILE`` or ``pipeline.toml`` beside it must make the same
   features (else exit 2); one saved without needs ``pipeline.toml`` beside it or ``--pipeline FILE``;
 - a ``.tflite`` file written by ``python -m tfbreath.export``; its input length is the clip
-  size, its sample rate comes from ``--pipeline FILE``, else ``pipeline.toml`` beside it, else
-  the default pipeline's (said on stderr). The file is checked before TFLite reads it: a cut or
+  size, its sample rate comes from the metadata it carries (``tfbreath.tflite_metadata``; a
+  ``--pipeline FILE`` at another rate is an error), or for a file without, from ``--pipeline
+  FILE``, else ``pipeline.toml`` beside it, else the default pipeline's (said on stderr). The file is checked before TFLite reads it: a cut or
   corrupt one is an error, not a crash.
 
 Without ``--model``, the pretrained model that installs with the package is used
@@ -28,18 +31,36 @@ file name, ``E`` when P(exhale) >= ``--threshold`` (default 0.5) else ``I``, P(e
 model saw mostly zero padding (also warned on stderr, with the file's duration). If any
 recording is longer than one clip, every file is classified window by window instead: clip-long
 windows every ``--hop`` seconds (default: half a clip), the last one ending with the recording,
-rows ``ID,start_s,end_s,Target,Probability,Padded`` (a short file gives one zero-padded window).
-``--plot DIR`` then draws each recording's phase timeline to ``DIR/<file stem>.png``.
+rows ``ID,start_s,end_s,Target,Probability,Padded,Smoothed`` (a short file gives one zero-padded
+window). ``Target`` is the window's own phase; ``Smoothed`` is its phase in the recording's most
+probable phase sequence (``tfbreath.timeline``: a two-state hidden semi-Markov model whose
+duration prior puts 80 % of inhales in ``--inhale-s LOW HIGH``, default 0.8 2.0 s, and of
+exhales in ``--exhale-s LOW HIGH``, default 1.0 3.0 s). ``--plot DIR`` then draws each
+recording's smoothed phase timeline, its breathing rate in the title, to ``DIR/<file stem>.png``.
+
+Windowed runs also write a summary, one row per recording,
+``ID,duration_s,breaths_per_min,ie_ratio,n_inhale,n_exhale`` (``tfbreath.timeline.summarize``:
+one breath is an inhale followed by an exhale, the rate counted between the first and last
+inhale onsets; the I:E ratio is inhale over exhale time of the phases seen whole; the counts are
+of smoothed phases), to ``--summary FILE.csv``, by default ``<stem>_summary.csv`` beside
+``--out``. With the CSV on stdout and no ``--summary``, no summary is written (said on stderr).
+A recording too short to show a whole breath (two inhale onsets; e.g. a 1-s file among long
+ones) or a whole inhale and exhale, or whose windows show one phase only (the classifier hears
+no inhale, say: ``timeline.MAX_UNSUPPORTED_FRACTION``), keeps its row, with the rate or ratio
+empty and a note on stderr; without any recording longer than one clip there is no timeline, so no summary either
+(said on stderr).
 
 ``--kaggle TEST_CSV`` writes the competition's submission instead: ``ID,Target`` in the CSV's
 order and spelling, the WAVs read from ``test/`` beside it, each as one clip (trimmed or padded,
 as in training; a mostly padded one is warned about on stderr only).
 
-``--out`` and ``--plot`` are checked before any work. The timelines appear in ``DIR`` together or
-not at all, and the CSV is written last: a run that fails leaves no CSV.
+``--out``, ``--plot`` and the summary path are checked before any work. The timelines appear in
+``DIR`` together or not at all, the summary after them, and the CSV is written last: a run that
+fails leaves no CSV.
 
-Messages go to stderr, each one line. A file that cannot be decoded is reported
-(``skipped <file>: <problem>``) and skipped (it has no row, in a submission either).
+Messages go to stderr, each one line. A file that cannot be decoded, an empty one too, is
+reported (``skipped <file>: <problem>``) and skipped (it has no row, in a summary or a
+submission either).
 Exit code: 0 every file predicted; 1 some or all skipped (nothing written if all);
 2 bad arguments, model or output path (``error: <file or value>: <problem>``; no CSV).
 """
@@ -70,7 +91,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from tfbreath import artifacts, data, pretrained, serving  # noqa: E402
+from tfbreath import artifacts, data, pretrained, serving, timeline  # noqa: E402
 from tfbreath.audio import AudioError, load_audio  # noqa: E402
 from tfbreath.config import ENSEMBLE, ConfigError, PipelineConfig, first_difference, load_config, parse_config  # noqa: E402
 from tfbreath.errors import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, TfbreathError, one_line, print_error  # noqa: E402
@@ -78,6 +99,7 @@ from tfbreath.evaluation import THRESHOLD  # noqa: E402
 from tfbreath.features import FeatureExtractor  # noqa: E402
 from tfbreath.run_folder import MODEL_SUFFIX, PIPELINE_FILE, TFLITE_SUFFIX, RunFolder  # noqa: E402
 from tfbreath.tflite_file import TFLiteFileError  # noqa: E402
+from tfbreath.tflite_metadata import read_metadata  # noqa: E402
 
 KAGGLE_CSV = "test.csv"
 
@@ -100,7 +122,11 @@ PROBABILITY_DECIMALS = 6
 TIME_DECIMALS = 3
 
 CLIP_COLUMNS = ("ID", "Target", "Probability", "Padded")
-WINDOW_COLUMNS = ("ID", "start_s", "end_s", "Target", "Probability", "Padded")
+WINDOW_COLUMNS = ("ID", "start_s", "end_s", "Target", "Probability", "Padded", "Smoothed")
+SUMMARY_COLUMNS = ("ID", "duration_s", "breaths_per_min", "ie_ratio", "n_inhale", "n_exhale")
+SUMMARY_SUFFIX = "_summary"
+"""The default summary is ``<stem of --out>_summary.csv`` beside ``--out``."""
+RATE_DECIMALS = 2
 KAGGLE_COLUMNS = ("ID", "Target")
 
 INHALE, EXHALE = data.LABEL_NAMES
@@ -223,7 +249,9 @@ def load_keras_file(path: Path, pipeline_arg: Path | None, description: str | No
 
 
 def load_tflite(path: Path, pipeline_arg: Path | None) -> Classifier:
-    """A waveform ``.tflite``: clip size from its input, sample rate from the pipeline.
+    """A waveform ``.tflite``: clip size from its input; sample rate from the metadata it carries
+    (``tflite_metadata.read_metadata``), where an explicit ``--pipeline`` must agree, else from
+    the pipeline (``--pipeline``, ``pipeline.toml`` beside it, or the default one, said on stderr).
 
     The model is checked (``tflite_file.verify_tflite``) and run once on a silent clip, so that a model
     TFLite cannot prepare fails here, before any input is read.
@@ -231,10 +259,18 @@ def load_tflite(path: Path, pipeline_arg: Path | None) -> Classifier:
     try:
         interpreter = serving.TFLiteClassifier(path)  # checked first (tflite_file.verify_tflite)
         interpreter(np.zeros((1, interpreter.num_samples), np.float32))
+        metadata = read_metadata(path)
     except TFLiteFileError as err:
         raise PredictError(str(err)) from None
     except (ValueError, RuntimeError, IndexError) as err:
         raise PredictError(f"{path}: cannot run the TFLite model ({one_line(err)})") from None
+    if metadata is not None:
+        rate = metadata["sample_rate"]
+        given_rate = None if pipeline_arg is None else load_config(pipeline_arg).audio.sample_rate
+        if given_rate not in (None, rate):
+            raise PredictError(f"{path}: its metadata says {rate} Hz but {pipeline_arg} gives {given_rate} Hz; "
+                               f"the model carries its own rate, so leave out --pipeline")
+        return Classifier(interpreter, rate, interpreter.num_samples, f"{path} (TFLite)")
     given = _given_pipeline(path, pipeline_arg)
     pipeline = PipelineConfig() if given is None else given[1]
     if given is None:
@@ -293,6 +329,8 @@ class Recording:
     audio: np.ndarray
     starts: np.ndarray
     probabilities: np.ndarray | None = None
+    smoothed: np.ndarray | None = None
+    """Per window: the decoded phase (``True`` exhale) of ``tfbreath.timeline.decode_phases``."""
 
 
 def decode(files: Sequence[Path], sample_rate: int) -> list[np.ndarray | None]:
@@ -361,6 +399,23 @@ def sample_probability(recording: Recording, clip: int) -> np.ndarray:
     return (total / np.maximum(count, 1))[:length]
 
 
+def window_centres_s(recording: Recording, clip: int, sample_rate: int) -> np.ndarray:
+    """Each window's centre in seconds (the one window of a short recording: its audio's middle). ``-> [T]``"""
+    return (recording.starts + min(clip, len(recording.audio)) / 2) / sample_rate
+
+
+def smooth(recordings: Sequence[Recording], hop_s: float, config: timeline.TimelineConfig) -> list[Recording]:
+    """The recordings with each window's phase in their most probable phase sequence."""
+    return [dataclasses.replace(r, smoothed=timeline.decode_phases(r.probabilities, hop_s, config))
+            for r in recordings]
+
+
+def breathing(recording: Recording, clip: int, sample_rate: int) -> timeline.BreathingSummary:
+    """Rate, I:E ratio and phase counts of a smoothed recording (``timeline.summarize``)."""
+    return timeline.summarize(recording.smoothed, window_centres_s(recording, clip, sample_rate),
+                              len(recording.audio) / sample_rate, recording.probabilities)
+
+
 # ---------------------------------------------------------------------------------------------
 # CSV rows
 # ---------------------------------------------------------------------------------------------
@@ -377,12 +432,27 @@ def clip_rows(recordings: Sequence[Recording], clip: int, threshold: float) -> l
              str(is_padded(r, clip))] for r in recordings]
 
 
+def _phase(exhale: bool) -> str:
+    return EXHALE if exhale else INHALE
+
+
 def window_rows(recordings: Sequence[Recording], clip: int, sample_rate: int,
                 threshold: float) -> list[list[str]]:
-    """One row per window; a window past the end of a short recording stops at its end."""
+    """One row per window, its own phase and its smoothed one; a window past the end of a short
+    recording stops at its end."""
     return [[r.id, _seconds(start, sample_rate), _seconds(min(start + clip, len(r.audio)), sample_rate),
-             target(p, threshold), _probability(p), str(is_padded(r, clip))]
-            for r in recordings for start, p in zip(r.starts, r.probabilities)]
+             target(p, threshold), _probability(p), str(is_padded(r, clip)), _phase(smoothed)]
+            for r in recordings for start, p, smoothed in zip(r.starts, r.probabilities, r.smoothed)]
+
+
+def _optional(value: float | None) -> str:
+    """A rate or ratio, empty when the recording shows none."""
+    return "" if value is None else f"{value:.{RATE_DECIMALS}f}"
+
+
+def summary_rows(recordings: Sequence[Recording], summaries: Sequence[timeline.BreathingSummary]) -> list[list[str]]:
+    return [[r.id, f"{s.duration_s:.{TIME_DECIMALS}f}", _optional(s.breaths_per_min), _optional(s.ie_ratio),
+             str(s.n_inhale), str(s.n_exhale)] for r, s in zip(recordings, summaries)]
 
 
 def kaggle_rows(recordings: Sequence[Recording], threshold: float) -> list[list[str]]:
@@ -400,33 +470,38 @@ def format_csv(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Timeline plot
 # ---------------------------------------------------------------------------------------------
-def _phase_runs(phase: np.ndarray) -> list[tuple[int, int, bool]]:
-    """Maximal runs of equal values: ``(start, end, value)`` in samples."""
-    edges = np.flatnonzero(np.diff(phase)) + 1
-    starts, ends = np.append(0, edges), np.append(edges, len(phase))
-    return [(int(s), int(e), bool(phase[s])) for s, e in zip(starts, ends)]
+def _rate_words(summary: timeline.BreathingSummary) -> str:
+    """The plot title's breathing: rate and I:E ratio, or why there is none."""
+    if summary.unsupported:
+        return "no rate (the windows show one phase only)"
+    if summary.breaths_per_min is None:
+        return "no whole breath"
+    ratio = "" if summary.ie_ratio is None else f", I:E {summary.ie_ratio:.{RATE_DECIMALS}f}"
+    return f"{summary.breaths_per_min:.1f} breaths/min{ratio}"
 
 
 def plot_timeline(recording: Recording, classifier: Classifier, threshold: float, hop: int, path: Path) -> Path:
-    """Waveform coloured by phase over phase-coloured spans, and the P(exhale) curves below."""
+    """Waveform coloured by smoothed phase over phase-coloured spans, the rate in the title, and the
+    P(exhale) curves below."""
     rate, clip = classifier.sample_rate, classifier.num_samples
     probability = sample_probability(recording, clip)
-    phase = probability >= threshold
     time = np.arange(len(recording.audio)) / rate
+    centres = window_centres_s(recording, clip, rate)
+    spans = timeline.phase_spans_s(recording.smoothed, centres, len(recording.audio) / rate)
+    phase = np.zeros(len(time), bool)
     figure, (wave_ax, prob_ax) = plt.subplots(2, 1, figsize=FIGURE_SIZE, sharex=True,
                                               gridspec_kw={"height_ratios": [WAVEFORM_HEIGHT_RATIO, 1]})
-    for start, end, is_exhale in _phase_runs(phase):
-        letter = EXHALE if is_exhale else INHALE
+    for start, end, is_exhale in spans:
+        phase[(time >= start) & (time < end)] = is_exhale
         for ax in (wave_ax, prob_ax):
-            ax.axvspan(start / rate, end / rate, color=PHASE_COLOURS[letter], alpha=SPAN_ALPHA, linewidth=0)
+            ax.axvspan(start, end, color=PHASE_COLOURS[_phase(is_exhale)], alpha=SPAN_ALPHA, linewidth=0)
     for letter, mask in ((INHALE, ~phase), (EXHALE, phase)):
         wave_ax.plot(time, np.where(mask, recording.audio, np.nan), color=PHASE_COLOURS[letter], linewidth=0.5,
-                     label=f"{PHASE_WORDS[letter]} ({letter})")
+                     label=f"{PHASE_WORDS[letter]} ({letter}), smoothed")
     wave_ax.set(ylabel="amplitude",
-                title=f"{recording.path.name}: breathing phase, {len(recording.starts)} window(s) of "
-                      f"{clip / rate:g} s every {hop / rate:g} s")
+                title=f"{recording.path.name}: {_rate_words(breathing(recording, clip, rate))}; smoothed phase "
+                      f"of {len(recording.starts)} window(s) of {clip / rate:g} s every {hop / rate:g} s")
     wave_ax.legend(**LEGEND_OUTSIDE)
-    centres = (recording.starts + min(clip, len(recording.audio)) / 2) / rate
     prob_ax.plot(time, probability, color="black", linewidth=1, label="mean over windows")
     prob_ax.plot(centres, recording.probabilities, "o", color="grey", markersize=3, label="window (at its centre)")
     prob_ax.axhline(threshold, color="red", linestyle="--", linewidth=0.8, label=f"threshold {threshold:g}")
@@ -461,6 +536,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hop", type=float, metavar="SECONDS",
                         help="hop between windows of long recordings (default: half a clip)")
     parser.add_argument("--plot", type=Path, metavar="DIR", help="phase timeline PNG per windowed recording")
+    parser.add_argument("--summary", type=Path, metavar="FILE.csv",
+                        help=f"breathing rate and I:E ratio per windowed recording (default: "
+                             f"<stem>{SUMMARY_SUFFIX}.csv beside --out; none when the CSV goes to stdout)")
+    parser.add_argument("--inhale-s", type=float, nargs=2, metavar=("LOW", "HIGH"), default=timeline.TYPICAL_INHALE_S,
+                        help="typical inhale duration, the central 80 %% of the smoothing's prior "
+                             "(default %(default)s s)")
+    parser.add_argument("--exhale-s", type=float, nargs=2, metavar=("LOW", "HIGH"), default=timeline.TYPICAL_EXHALE_S,
+                        help="typical exhale duration (default %(default)s s)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
                         help=f"clips per model call (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--pipeline", type=Path, metavar="FILE",
@@ -469,8 +552,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if bool(args.inputs) == bool(args.kaggle):
         parser.error("give WAV inputs or --kaggle TEST_CSV (one of the two)")
-    if args.kaggle and (args.plot or args.hop):
-        parser.error("--plot and --hop apply to WAV inputs, not to --kaggle (one clip per file)")
+    if args.kaggle and (args.plot or args.hop or args.summary):
+        parser.error("--plot, --hop and --summary apply to WAV inputs, not to --kaggle (one clip per file)")
+    if args.summary is not None and args.out is not None and args.summary.resolve() == args.out.resolve():
+        parser.error(f"--summary and --out name the same file, {args.out}")
     if not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold must be in [0, 1], got {args.threshold:g}")
     if args.batch_size < 1:
@@ -502,15 +587,63 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
     return list(zip(ids, examples.files))
 
 
-def _write(text: str, out: Path | None) -> None:
+def _write(text: str, out: Path | None, what: str = "the CSV") -> None:
     if out is None:
         sys.stdout.write(text)
         return
     try:
         artifacts.write_text(out, text)
     except OSError as err:
-        raise PredictError(f"{out}: cannot write the CSV ({err.strerror})") from None
+        raise PredictError(f"{out}: cannot write {what} ({err.strerror})") from None
     print(f"wrote {out}", file=sys.stderr)
+
+
+def _timeline_config(args: argparse.Namespace) -> timeline.TimelineConfig:
+    """The smoothing's duration prior from ``--inhale-s`` and ``--exhale-s``."""
+    try:
+        return timeline.TimelineConfig(inhale_low_s=args.inhale_s[0], inhale_high_s=args.inhale_s[1],
+                                       exhale_low_s=args.exhale_s[0], exhale_high_s=args.exhale_s[1])
+    except ConfigError as err:
+        raise PredictError(f"--inhale-s/--exhale-s: {err}") from None
+
+
+def _summary_path(args: argparse.Namespace) -> Path | None:
+    """``--summary``, else ``<stem>_summary.csv`` beside ``--out``; ``None`` with neither (or ``--kaggle``)."""
+    if args.kaggle is not None or args.summary is not None:
+        return args.summary
+    return None if args.out is None else args.out.with_name(f"{args.out.stem}{SUMMARY_SUFFIX}.csv")
+
+
+def _note_incomplete(recordings: Sequence[Recording], summaries: Sequence[timeline.BreathingSummary]) -> None:
+    """One stderr line per recording whose rate or I:E ratio stays empty, saying why."""
+    reasons = {"breaths_per_min": "fewer than two inhale onsets (no whole breath)",
+               "ie_ratio": "no inhale and exhale seen whole"}
+    for recording, summary in zip(recordings, summaries):
+        empty = [name for name in reasons if getattr(summary, name) is None]
+        if summary.unsupported:
+            print(f"note: {recording.path}: breaths_per_min and ie_ratio left empty: its windows show one phase "
+                  f"only (most smoothed spans of the other run against their P(exhale)), so its breaths would "
+                  f"come from the smoothing's duration prior, not from the audio", file=sys.stderr)
+        elif empty:
+            print(f"note: {recording.path}: {' and '.join(empty)} left empty: its {summary.duration_s:.3f} s "
+                  f"show {' and '.join(reasons[name] for name in empty)}", file=sys.stderr)
+
+
+def _write_summary(path: Path | None, explicit: bool, recordings: Sequence[Recording],
+                   classifier: Classifier) -> None:
+    """The breathing summary of the windowed ``recordings`` to ``path``; a stderr note when there is
+    none to write (no windowed recording, or the CSV on stdout and no ``--summary``)."""
+    if not recordings:
+        if explicit:
+            print(f"--summary: no recording is longer than one clip ({classifier.clip_s:g} s), so none has a "
+                  f"breathing timeline; no summary written", file=sys.stderr)
+        return
+    if path is None:
+        print("note: the CSV goes to stdout; pass --summary FILE.csv for the breathing summary", file=sys.stderr)
+        return
+    summaries = [breathing(r, classifier.num_samples, classifier.sample_rate) for r in recordings]
+    _note_incomplete(recordings, summaries)
+    _write(format_csv(SUMMARY_COLUMNS, summary_rows(recordings, summaries)), path, "the summary")
 
 
 def _csv_text(recordings: Sequence[Recording], kaggle: bool, windowed: bool, classifier: Classifier,
@@ -541,12 +674,16 @@ def _warn_padded(recordings: Sequence[Recording], classifier: Classifier) -> Non
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the outputs, load, decode, classify, draw, write; return the exit code
-    (``PredictError`` for usage problems). The CSV comes last: it exists only if all else did."""
+    """Check the outputs, load, decode, classify, smooth, draw, summarise, write; return the exit
+    code (``PredictError`` for usage problems). The CSV comes last: it exists only if all else did."""
     if args.out is not None:
         artifacts.check_writable(args.out)
     if args.plot is not None:
         artifacts.check_writable(args.plot, folder=True)
+    summary_path = _summary_path(args)
+    if summary_path is not None:
+        artifacts.check_writable(summary_path)
+    config = _timeline_config(args)
     classifier = load_classifier(args.model, args.pipeline)
     clip, hop = classifier.num_samples, _hop_samples(args.hop, classifier)
     inputs = _inputs(args)
@@ -566,8 +703,11 @@ def run(args: argparse.Namespace) -> int:
               f"{hop / classifier.sample_rate:g} s", file=sys.stderr)
     recordings = classify(classifier, _recordings(inputs, audios, windowed, clip, hop), args.batch_size)
     _warn_padded(recordings, classifier)
+    if windowed:
+        recordings = smooth(recordings, hop / classifier.sample_rate, config)
     text = _csv_text(recordings, kaggle, windowed, classifier, args.threshold)
     _plot(args.plot, recordings if windowed else [], classifier, args.threshold, hop)
+    _write_summary(summary_path, args.summary is not None, recordings if windowed else [], classifier)
     _write(text, args.out)
     return EXIT_SKIPPED if skipped else EXIT_OK
 

@@ -1,0 +1,126 @@
+"""Phase decoding and breathing summaries on probability sequences with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfbreath import timeline
+from tfbreath.config import ConfigError
+
+HOP_S = 0.5
+INHALE_WINDOWS, EXHALE_WINDOWS = 3, 4
+"""A 1.5-s inhale and a 2-s exhale: a 3.5-s breath, inside the default typical ranges."""
+BREATHS = 8
+SURE, UNSURE = 0.1, 0.4
+"""P(exhale) of a clear inhale window; an inhale window that is only mildly sure."""
+
+
+def _breathing(breaths: int = BREATHS, inhale: int = INHALE_WINDOWS, exhale: int = EXHALE_WINDOWS) -> np.ndarray:
+    """Phases (``True`` exhale) of ``breaths`` whole breaths, inhale first. ``-> [breaths * (inhale + exhale)]``"""
+    return np.tile(np.r_[np.zeros(inhale, bool), np.ones(exhale, bool)], breaths)
+
+
+def _probabilities(phases: np.ndarray, sure: float = SURE) -> np.ndarray:
+    return np.where(phases, 1.0 - sure, sure)
+
+
+def _centres(count: int) -> np.ndarray:
+    """Window centres of 1-s windows every ``HOP_S``."""
+    return 0.5 + HOP_S * np.arange(count)
+
+
+def test_a_clean_alternating_sequence_decodes_exactly():
+    phases = _breathing()
+    np.testing.assert_array_equal(timeline.decode_phases(_probabilities(phases), HOP_S), phases)
+    np.testing.assert_array_equal(timeline.decode_phases(_probabilities(~phases), HOP_S), ~phases)
+    unsure = np.where(phases, 1.0 - UNSURE, UNSURE)
+    np.testing.assert_array_equal(timeline.decode_phases(unsure, HOP_S), phases)
+
+
+def test_isolated_flicker_windows_are_removed():
+    phases = _breathing()
+    period = INHALE_WINDOWS + EXHALE_WINDOWS
+    # inside runs, not next to their ends: a flipped window next to a phase change is a shifted change
+    flicker = [period + 1, 3 * period + INHALE_WINDOWS + 1, 5 * period + INHALE_WINDOWS + 2]
+    noisy = _probabilities(phases)
+    noisy[flicker] = 1.0 - noisy[flicker]
+    assert ((noisy >= 0.5) != phases).sum() == len(flicker)
+    np.testing.assert_array_equal(timeline.decode_phases(noisy, HOP_S), phases)
+
+
+def test_a_run_longer_than_the_longest_phase_is_cut():
+    config = timeline.TimelineConfig(longest_phase_s=4.0)
+    decoded = timeline.decode_phases(np.full(20, 0.9), HOP_S, config)  # 10 s of sure exhale
+    longest = max(end - start for start, end, _ in timeline.phase_runs(decoded))
+    assert longest <= config.longest_phase_s / HOP_S and not decoded.all()
+
+
+def test_the_rate_and_ratio_of_a_known_period_are_right():
+    phases = _breathing()
+    count = len(phases)
+    summary = timeline.summarize(phases, _centres(count), count * HOP_S + HOP_S, _probabilities(phases))
+    breath_s = (INHALE_WINDOWS + EXHALE_WINDOWS) * HOP_S
+    assert summary.breaths_per_min == pytest.approx(60.0 / breath_s)
+    assert summary.ie_ratio == pytest.approx(INHALE_WINDOWS / EXHALE_WINDOWS)
+    assert (summary.n_inhale, summary.n_exhale) == (BREATHS, BREATHS)
+    shifted = np.roll(phases, 2)  # starts mid-exhale: the edges are cut phases, the rate is the same
+    assert timeline.summarize(shifted, _centres(count), count * HOP_S,
+                              _probabilities(shifted)).breaths_per_min == pytest.approx(60.0 / breath_s)
+
+
+def test_phases_the_windows_never_show_give_no_rate():
+    steady = np.full(60, 0.9)  # 30 s of sure exhale: the longest phase forces inhales in
+    phases = timeline.decode_phases(steady, HOP_S)
+    assert 0 < (~phases).sum() < len(phases)
+    summary = timeline.summarize(phases, _centres(len(phases)), 30.5, steady)
+    assert summary.unsupported and summary.breaths_per_min is None and summary.ie_ratio is None
+    breathing = _breathing()
+    one_against = _probabilities(breathing)
+    one_against[:INHALE_WINDOWS] = 1.0 - SURE  # one inhale of eight the windows call exhale: still a rate
+    kept = timeline.summarize(breathing, _centres(len(breathing)), len(breathing) * HOP_S, one_against)
+    assert not kept.unsupported and kept.breaths_per_min is not None
+
+
+def test_the_spans_change_halfway_between_window_centres_and_cover_the_recording():
+    spans = timeline.phase_spans_s(np.array([False, False, True, True, False]), _centres(5), duration_s=3.0)
+    assert spans == [(0.0, 1.25, False), (1.25, 2.25, True), (2.25, 3.0, False)]
+
+
+def test_too_short_for_a_breath_leaves_rate_and_ratio_empty():
+    one_window = timeline.summarize(timeline.decode_phases([0.3], HOP_S), _centres(1), 1.0, [0.3])
+    assert (one_window.breaths_per_min, one_window.ie_ratio, one_window.n_inhale, one_window.n_exhale) == (
+        None, None, 1, 0)
+    one_breath = np.array([True] * 4 + [False] * 3 + [True] * 4)
+    one_onset = timeline.summarize(one_breath, _centres(11), 6.0, _probabilities(one_breath))
+    assert one_onset.breaths_per_min is None and one_onset.ie_ratio is None  # the inhale is whole, no exhale
+    with pytest.raises(ConfigError, match="non-empty"):
+        timeline.decode_phases([], HOP_S)
+    with pytest.raises(ConfigError, match=r"probabilities must be in \[0, 1\], got nan"):
+        timeline.decode_phases([0.2, float("nan")], HOP_S)
+    with pytest.raises(ConfigError, match="hop_s must be > 0, got 0"):
+        timeline.decode_phases([0.2], 0)
+    with pytest.raises(ConfigError, match="non-empty"):
+        timeline.summarize(np.zeros(0, bool), np.zeros(0), 0.0, np.zeros(0))
+
+
+def test_the_duration_prior_is_normalised_and_centred_on_the_typical_range():
+    log_pmf, log_survival = timeline.duration_log_prior((0.8, 2.0), HOP_S, longest=16)
+    pmf = np.exp(log_pmf)
+    assert pmf.sum() == pytest.approx(1.0) and np.exp(log_survival[0]) == pytest.approx(1.0)
+    inside = pmf[1:4].sum()  # 1.0, 1.5 and 2.0 s: bins (0.75, 2.25] s, a little more than 80 %
+    assert 0.8 < inside < 0.9
+    assert int(np.argmax(pmf)) + 1 == 2  # the mode near the median sqrt(0.8 * 2.0) = 1.26 s
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("inhale_low_s", 0, "inhale_low_s must be > 0, got 0"),
+    ("exhale_high_s", 0.5, "exhale_high_s must be > exhale_low_s = 1.0, got 0.5"),
+    ("longest_phase_s", 2.5, "longest_phase_s must be >= exhale_high_s = 3.0, got 2.5"),
+    ("probability_floor", 0.5, "probability_floor must be in (0, 0.5), got 0.5"),
+    ("inhale_high_s", float("nan"), "inhale_high_s must be a number > 0, got nan"),
+])
+def test_invalid_config_values_raise_with_the_value(field, value, message):
+    with pytest.raises(ConfigError) as raised:
+        timeline.TimelineConfig(**{field: value})
+    assert str(raised.value) == message

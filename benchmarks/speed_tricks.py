@@ -134,9 +134,10 @@ def extremes_plain(band, k, largest):
 ROLLOFF_BLOCK = 32
 
 
-def rolloff_trick(magnitude, sample_rate):
+def rolloff_trick(magnitude, sample_rate, live_bins):
     """Rolloff bin by a two-level running sum: per block of bins, then inside the crossing block."""
     with tf.name_scope("rolloff"):
+        magnitude = magnitude[..., :live_bins]  # [B, T, F'] the bins that can be nonzero
         freq = tf.constant(filters.fft_frequencies(sample_rate, scalars.LIBROSA_N_FFT))  # [F]
         n_bins = magnitude.shape[-1]
         n_blocks = -(-n_bins // ROLLOFF_BLOCK)
@@ -155,9 +156,10 @@ def rolloff_trick(magnitude, sample_rate):
         return tf.gather(freq, tf.minimum(below, n_bins - 1))  # [B, T]
 
 
-def rolloff_plain(magnitude, sample_rate):
+def rolloff_plain(magnitude, sample_rate, live_bins):
     """Rolloff bin: how many bins of the running sum stay below the threshold."""
     with tf.name_scope("rolloff"):
+        magnitude = magnitude[..., :live_bins]  # [B, T, F'] the bins that can be nonzero
         freq = tf.constant(filters.fft_frequencies(sample_rate, scalars.LIBROSA_N_FFT))  # [F]
         n_bins = magnitude.shape[-1]
         running = tf.cumsum(magnitude, axis=-1)  # [B, T, F]
@@ -189,7 +191,11 @@ def _single_thread_rows(fft_length):
     return (2 * vectors_per_thread - 1) * FFT_LANES
 
 
-def rfft_trick(x, fft_length, reduce, fft_mode=spectral.FftMode()):
+def _parts(spectrum):
+    return tf.math.real(spectrum), tf.math.imag(spectrum)
+
+
+def rfft_trick(x, fft_length, fft_mode=spectral.FftMode(), reduce=_parts):
     """Static rows split into calls small enough for TF's CPU FFT to keep on the calling thread,
     each reduced while in cache. (The graph timed here is the tf.data map's, where each core runs
     a feature call of its own; TFLite graphs are not timed.)"""
@@ -206,7 +212,7 @@ def rfft_trick(x, fft_length, reduce, fft_mode=spectral.FftMode()):
         lambda *pieces: tf.reshape(tf.concat(pieces, 0), [*leading, pieces[0].shape[-1]]), *parts)
 
 
-def rfft_plain(x, fft_length, reduce, fft_mode=spectral.FftMode()):
+def rfft_plain(x, fft_length, fft_mode=spectral.FftMode(), reduce=_parts):
     """One rFFT call for all rows."""
     return reduce(tf.signal.rfft(x, [fft_length]))
 
@@ -318,7 +324,7 @@ TRICKS = {
     "percentiles": [(scalars, "_abs_percentiles", percentiles_trick, percentiles_plain)],
     "contrast": [(scalars, "_mean_of_extremes", extremes_trick, extremes_plain)],
     "rolloff": [(scalars, "_rolloff", rolloff_trick, rolloff_plain)],
-    "fft_threads": [(spectral, "reduced_rfft", rfft_trick, rfft_plain),
+    "fft_threads": [(spectral, "real_fft", rfft_trick, rfft_plain),
                     (data, "extract_features", padded_features, padded_features)],
     "filterbank": [(spectral, "apply_filterbank", filterbank_trick, filterbank_plain)],
     "tempogram": [(maps, "_zscored_map", zscored_map_trick, zscored_map_plain)],

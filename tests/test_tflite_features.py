@@ -1,6 +1,9 @@
 """extract_features as a TFLite model of builtin ops only: conversion, and the interpreter
-against TF on synthetic clips, one at a time and as a resized batch; the FFT mode as an explicit
-argument: each mode's graph whatever was traced before, and the same features in every mode."""
+against TF on synthetic clips, one at a time and as a resized batch, for the default pipeline
+and the shipped model's band-limited, level-normalised one; the FFT mode as an explicit
+argument: each mode's graph whatever was traced before, and the same features in every mode;
+the TFLite graph's short transforms as matrix products (``tfbreath.dft``), only whole-clip
+transforms left to TFLite's FFT kernel."""
 
 from __future__ import annotations
 
@@ -158,8 +161,20 @@ def test_mel_only_pipeline_without_scalars_converts():
     _assert_close(got, want, ["breath", "sine"])
 
 
+def _builtin_op_counts(model: bytes) -> collections.Counter:
+    return collections.Counter(op["op_name"] for op in tf.lite.Interpreter(model_content=model)._get_ops_details())
+
+
+def test_tflite_graph_leaves_only_whole_clip_transforms_to_its_fft_kernel(converted):
+    _, model = converted
+    ops = _builtin_op_counts(model)
+    # The whole clip's spectrum, the Hilbert transform's and the autocorrelation's inverses.
+    assert ops["RFFT2D"] == 3
+    assert ops["FULLY_CONNECTED"] > 0 and "CONV_2D" in ops  # the STFTs by blocks (dft.stft_power)
+
+
 def test_band_limited_pipeline_converts_and_matches_tf():
-    pipeline = with_overrides(PIPELINE, "features", band_limit_hz=2000.0)
+    pipeline = with_overrides(PIPELINE, "features", band_limit_hz=2000.0, level_rms=0.05)
     features, model = _convert(pipeline)
     clips = np.stack([SIGNALS["breath"], SIGNALS["quiet"], SIGNALS["silence"]])
     want = {key: value.numpy() for key, value in features(clips).items()}
@@ -182,6 +197,8 @@ def test_each_fft_mode_gives_its_own_graph_whatever_was_traced_before(order):
     portable, default = ops[TFLITE], ops[DEFAULT]
     assert {kind for kind, _ in portable} == {"RFFT"}  # TFLite has no inverse FFT
     assert all(spectral.fft_length_at_least(length) == length for _, length in portable)
+    # STFTs and tempogram lags are DFT matrix products: the only FFTs left transform whole clips.
+    assert all(length >= 2 * N_SAMPLES - 1 for _, length in portable)
     assert ("IRFFT", N_SAMPLES) in default  # the Hilbert transform's n-point inverse
     assert any(spectral.fft_length_at_least(length) != length for _, length in default)
 

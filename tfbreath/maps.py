@@ -119,7 +119,7 @@ def standardise(x: tf.Tensor, mean: tf.Tensor, std: tf.Tensor) -> tf.Tensor:
     """
     with tf.name_scope("standardise"):
         scale = tf.reduce_max(tf.abs(x), axis=[-2, -1], keepdims=True)  # [..., 1, 1]
-        varies = std > ZSCORE_RESOLUTION * scale  # shape of std
+        varies = spectral.broadcast_like(std > ZSCORE_RESOLUTION * scale, x)  # [..., T, F]
         return tf.where(varies, (x - mean) / (std + spectral.EPS), tf.zeros_like(x))  # [..., T, F]
 
 
@@ -174,26 +174,30 @@ def chroma_cens(chroma: tf.Tensor) -> tf.Tensor:
 
 
 def burg_lpc(frames: tf.Tensor, order: int) -> tf.Tensor:
-    """Burg's method per frame, as librosa.lpc; returns a[1..order]. ``[..., L]`` -> ``[..., order]``"""
+    """Burg's method per frame, as librosa.lpc; returns a[1..order]. ``[..., L]`` -> ``[..., order]``
+
+    The coefficients are one tensor: step i adds k a[i + 1 - j] to every a[j], j <= i + 1 (a
+    reversed head), three ops where a list of scalars per coefficient took 2 (i + 1).
+    """
     with tf.name_scope("burg_lpc"):
         forward = frames[..., 1:]  # [..., L-1]
         backward = frames[..., :-1]  # [..., L-1]
         energy = tf.reduce_sum(forward ** 2 + backward ** 2, axis=-1)  # [...]
-        coeffs = [tf.ones_like(energy)] + [tf.zeros_like(energy)] * order  # order+1 x [...]
+        ones = tf.expand_dims(tf.ones_like(energy), -1)  # [..., 1]
+        coeffs = tf.concat([ones, tf.zeros_like(ones)], -1)  # [..., 2]  a[0] = 1, a[1] = 0
         for i in range(order):
             reflection = -2.0 * tf.reduce_sum(backward * forward, axis=-1) / (energy + TINY)  # [...]
-            previous = coeffs
-            coeffs = list(previous)
-            for j in range(1, i + 2):
-                coeffs[j] = previous[j] + reflection * previous[i - j + 1]  # [...]
             # expand_dims, not [..., tf.newaxis]: TFLite slices take no new axis after an ellipsis.
             k = tf.expand_dims(reflection, -1)  # [..., 1]
+            coeffs = coeffs + k * tf.reverse(coeffs, [-1])  # [..., i + 2]  a[j] + k a[i + 1 - j]
+            if i + 1 < order:
+                coeffs = tf.concat([coeffs, tf.zeros_like(k)], -1)  # [..., i + 3]  a[i + 2] = 0
             forward, backward = forward + k * backward, backward + k * forward  # [..., L-1-i]
             forward, backward = forward[..., 1:], backward[..., :-1]  # [..., L-2-i]
             # Marple's DEN_M, summed afresh: his running update loses float32 precision on
             # nearly singular frames.
             energy = tf.reduce_sum(forward ** 2 + backward ** 2, axis=-1)  # [...]
-        return tf.stack(coeffs[1:], axis=-1)  # [..., order]
+        return coeffs[..., 1:]  # [..., order]
 
 
 def linear_ramp_pad(x: tf.Tensor, pad: int) -> tf.Tensor:
@@ -287,8 +291,8 @@ def onset_envelope(s: _Intermediates) -> tf.Tensor:
 def tempogram_map(s: _Intermediates) -> tf.Tensor:
     """librosa.feature.tempogram: autocorrelation of the Hann-weighted onset windows, lag 0 = 1.
 
-    Each window is zero-padded to M >= 2 W - 1 (W = ``TEMPOGRAM_WINDOW``), so its autocorrelation
-    by the FFT does not wrap. ``[..., T, W]``
+    The lags come from ``spectral.autocorrelation`` of each window (no wrap-around), as the
+    cache's FFT mode builds it. ``[..., T, W]``
     """
     with tf.name_scope("tempogram"):
         envelope = onset_envelope(s)  # [..., T]
@@ -297,9 +301,7 @@ def tempogram_map(s: _Intermediates) -> tf.Tensor:
         padded = linear_ramp_pad(envelope, half)  # [..., T + W]
         windows = spectral.sliding_windows(padded, TEMPOGRAM_WINDOW, n_frames)  # [..., T, W]
         windows = windows * filters.hann_window(TEMPOGRAM_WINDOW)  # [..., T, W]
-        fft_length = spectral.fft_length_at_least(2 * TEMPOGRAM_WINDOW - 1)
-        power = spectral.fft_power(windows, fft_length, s.cache.fft_mode)  # [..., T, M/2 + 1]
-        lags = spectral.inverse_rfft(power, None, TEMPOGRAM_WINDOW, s.cache.fft_mode)  # [..., T, W]
+        lags = spectral.autocorrelation(windows, TEMPOGRAM_WINDOW, s.cache.fft_mode)  # [..., T, W]
         return lags / _safe_norm(lags[..., :1])  # [..., T, W]: lag 0 is the max |r|
 
 

@@ -1,0 +1,102 @@
+"""DFTs as products with constant matrices (tfbreath.dft) against NumPy's FFT, and the
+``tflite_compatible`` spectral primitives built from them against the default ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfbreath import dft, filters, spectral
+
+TFLITE = spectral.FftMode(tflite_compatible=True)
+
+RELATIVE_ATOL = 2e-6
+"""|product - float64 FFT| / the largest value. Measured worst 7e-7 (|STFT|^2 of white noise)."""
+
+_rng = np.random.default_rng(0)
+
+
+def _numpy_stft_power(y: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """librosa's |STFT|^2 (centred, zero-padded, periodic Hann) in float64. ``[B, n]`` -> ``[B, T, F]``"""
+    padded = np.pad(y.astype(np.float64), [(0, 0), (n_fft // 2, n_fft // 2)])
+    n_frames = 1 + y.shape[-1] // hop
+    frames = np.stack([padded[:, t * hop:t * hop + n_fft] for t in range(n_frames)], 1)  # [B, T, N]
+    return np.abs(np.fft.rfft(frames * filters.hann_window(n_fft), axis=-1)) ** 2
+
+
+def _assert_close(got, want) -> None:
+    worst = float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
+    assert worst <= RELATIVE_ATOL, f"relative error {worst:.2e}"
+
+
+def test_real_dft_equals_rfft_of_the_zero_padded_signal():
+    x = _rng.standard_normal((2, 3, 300))
+    real, imag = dft.real_dft(tf.constant(x, tf.float32), 512)
+    want = np.fft.rfft(x, 512)
+    _assert_close(real, want.real)
+    _assert_close(imag, want.imag)
+    real, _ = dft.real_dft(tf.constant(x, tf.float32), 512, n_bins=40)
+    assert real.shape == (2, 3, 40)
+    with pytest.raises(ValueError, match="longer than fft_length 256"):
+        dft.real_dft(tf.constant(x, tf.float32), 256)
+
+
+@pytest.mark.parametrize("n_fft, hop, n_bins", [(2048, 256, 256), (2048, 256, 1025), (512, 256, 257), (512, 160, 65)],
+                         ids=["8-blocks-band", "8-blocks-all", "2-blocks", "gcd-blocks"])
+def test_blocked_stft_power_equals_the_frame_by_frame_fft(n_fft, hop, n_bins):
+    y = _rng.standard_normal((2, 4000)).astype(np.float32)
+    padded = np.pad(y, [(0, 0), (n_fft // 2, n_fft // 2)])
+    n_frames = 1 + y.shape[-1] // hop
+    got = dft.stft_power(tf.constant(padded), n_fft, hop, n_frames, n_bins)
+    assert got.shape == (2, n_frames, n_bins)
+    _assert_close(got, _numpy_stft_power(y, n_fft, hop)[..., :n_bins])
+
+
+def test_stft_by_blocks_needs_few_blocks_per_frame_and_whole_frames():
+    assert dft.block_layout(2048, 256) == (256, 8, 1)
+    assert dft.block_layout(512, 160) == (32, 16, 5)
+    assert not dft.blocked(512, 1)  # 512 one-sample blocks per frame
+    with pytest.raises(ValueError, match="need 2304 samples, got 2000"):
+        dft.stft_power(tf.zeros([1, 2000]), 2048, 256, 2, 10)
+
+
+def test_dft_autocorrelation_equals_numpy_correlate():
+    x = _rng.standard_normal((2, 5, 384))
+    got = dft.autocorrelation(tf.constant(x, tf.float32), 384)
+    want = np.apply_along_axis(lambda row: np.correlate(row, row, "full")[383:], -1, x)
+    _assert_close(got, want)
+    assert dft.autocorrelation_length(384, 384) == 768  # even, >= 2 L - 1
+
+
+def test_tflite_stft_power_equals_the_default_and_zeroes_dead_bins():
+    y = _rng.standard_normal((3, 2000)).astype(np.float32)
+    default = spectral.stft_power(y, 2048, 256).numpy()
+    portable = spectral.stft_power(y, 2048, 256, TFLITE, n_bins=100).numpy()  # blocked
+    assert portable.shape == default.shape
+    _assert_close(portable[..., :100], default[..., :100])
+    np.testing.assert_array_equal(portable[..., 100:], 0.0)
+
+
+def test_tflite_stft_power_frame_by_frame_where_blocks_do_not_pay():
+    y = _rng.standard_normal((1, 600)).astype(np.float32)
+    default = spectral.stft_power(y, 512, 1).numpy()  # 512 blocks per frame: each frame's own product
+    _assert_close(spectral.stft_power(y, 512, 1, TFLITE).numpy(), default)
+
+
+def test_tflite_autocorrelation_of_short_signals_equals_the_default():
+    x = _rng.standard_normal((4, 384)).astype(np.float32)
+    _assert_close(spectral.autocorrelation(x, 384, TFLITE), spectral.autocorrelation(x, 384).numpy())
+
+
+def test_fir_block_matrix_holds_the_reversed_taps_on_its_band():
+    taps = np.arange(1.0, 8.0, dtype=np.float32)  # 7 taps: blocks of ceil(6 / 5) = 2 samples
+    matrix = spectral.fir_block_matrix(taps)
+    assert matrix.shape == (spectral.FIR_SPAN_BLOCKS * 2, 2)
+    np.testing.assert_array_equal(matrix[:7, 0], taps[::-1])
+    np.testing.assert_array_equal(matrix[1:8, 1], taps[::-1])
+    y = _rng.standard_normal((2, 37)).astype(np.float32)  # not a whole number of blocks
+    want = np.stack([np.convolve(row, taps, "same") for row in y])
+    np.testing.assert_allclose(spectral.fir_filter(y, taps).numpy(), want, atol=1e-5)
+    with pytest.raises(ValueError, match="odd number of taps"):
+        spectral.fir_block_matrix(np.ones(4, np.float32))

@@ -57,6 +57,7 @@ import tensorflow as tf
 
 from tfbreath import data, predict, synthetic, timeline
 from tfbreath.audio import load_audio
+from tfbreath.classifier import Classifier, load_classifier
 from tfbreath.config import ENSEMBLE
 from tfbreath.evaluation import THRESHOLD
 from tfbreath.icbhi.reader import read_annotations
@@ -164,7 +165,7 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def classify_audio(classifier: predict.Classifier, audios: dict[str, np.ndarray], hop: int,
+def classify_audio(classifier: Classifier, audios: dict[str, np.ndarray], hop: int,
                    config: timeline.TimelineConfig) -> list[predict.Recording]:
     """Each audio windowed, classified and smoothed as ``predict --hop`` does."""
     clip = classifier.num_samples
@@ -173,7 +174,7 @@ def classify_audio(classifier: predict.Classifier, audios: dict[str, np.ndarray]
     return predict.smooth(predict.classify(classifier, recordings, BATCH), hop / classifier.sample_rate, config)
 
 
-def summaries(recording: predict.Recording, classifier: predict.Classifier) -> dict[str, timeline.BreathingSummary]:
+def summaries(recording: predict.Recording, classifier: Classifier) -> dict[str, timeline.BreathingSummary]:
     """The breathing of the raw (P >= threshold) and of the smoothed phases."""
     raw = dataclasses.replace(recording, smoothed=recording.probabilities >= THRESHOLD)
     return {"raw": predict.breathing(raw, classifier.num_samples, classifier.sample_rate),
@@ -188,7 +189,7 @@ def rate_error(rate: float | None, truth: float) -> float:
 
 
 def score_set(recordings: list[predict.Recording], labels: dict[str, np.ndarray], rates: dict[str, float],
-              classifier: predict.Classifier) -> dict:
+              classifier: Classifier) -> dict:
     """Window accuracy and median rate error, raw and smoothed, over one set's recordings."""
     clip = classifier.num_samples
     correct = {"raw": 0, "smoothed": 0}
@@ -231,7 +232,7 @@ def f1(matched: int, predicted: int, annotated: int) -> tuple[float, float, floa
 
 
 def icbhi_scores(recordings: list[predict.Recording], starts: dict[str, np.ndarray], spans: dict[str, tuple],
-                 classifier: predict.Classifier, rng: np.random.Generator) -> dict:
+                 classifier: Classifier, rng: np.random.Generator) -> dict:
     """Onset F1 (raw, smoothed, chance) over all recordings and the rates per recording."""
     clip, rate = classifier.num_samples, classifier.sample_rate
     totals = {"raw": [0, 0], "smoothed": [0, 0]}                          # matched, predicted
@@ -322,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run = None if args.run is None else RunFolder(args.run)
     pools = clip_pools(args.data, run)
-    classifiers = ([predict.load_classifier(args.model)] if run is None else
-                   [predict.load_classifier(fold_model_file(run, k), run.pipeline_file) for k in range(len(pools))])
+    classifiers = ([load_classifier(args.model)] if run is None else
+                   [load_classifier(fold_model_file(run, k), run.pipeline_file) for k in range(len(pools))])
     first = classifiers[0]
     rate, clip = first.sample_rate, first.num_samples
     hop = int(round(args.hop * rate))

@@ -21,7 +21,7 @@ A perturbed clip that would clip in 16 bits (+6 dB of a loud one) is written as 
 instead, which cannot clip; the table's note counts them.
 
 Every file, the originals included, goes through the package's own prediction path
-(``tfbreath.audio.load_audio`` at the model's rate and clip length, then the ``tfbreath.predict``
+(``tfbreath.audio.load_audio`` at the model's rate and clip length, then the ``tfbreath.classifier``
 classifier: features in-graph, then the model). The table gives, per perturbation, how many clips
 change predicted label (P(exhale) crossing 0.5) against the original files, mean and max
 |delta P(exhale)|, and the accuracy; the first row is the accuracy on the originals. The clips are
@@ -63,7 +63,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -71,6 +71,7 @@ import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
+from tfbreath.console import OneLineParser  # noqa: E402
 from tfbreath.errors import EXIT_OK, EXIT_USAGE  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402  (P(exhale) at or above which the label is E)
 
@@ -329,12 +330,12 @@ def load_waveforms(files: Sequence[Path], sample_rate: int, clip_s: float, band_
 # Label flips
 # ---------------------------------------------------------------------------------------------
 def load_classifier(model: Path | None):
-    """``tfbreath.predict``'s classifier of ``--model`` (default: the shipped run folder's ensemble)."""
-    from tfbreath import predict
+    """``tfbreath.classifier``'s classifier of ``--model`` (default: the shipped run folder's ensemble)."""
+    from tfbreath import classifier
 
     try:
-        return predict.load_classifier(predict.DEFAULT_MODEL_DIR if model is None else model)
-    except predict.PredictError as err:
+        return classifier.load_classifier(classifier.DEFAULT_MODEL_DIR if model is None else model)
+    except classifier.ClassifierError as err:
         raise RobustnessError(str(err)) from None
 
 
@@ -490,21 +491,21 @@ def stability(pipeline, original: dict[str, np.ndarray], perturbed: dict[str, np
 
 def feature_pipeline(args: argparse.Namespace):
     """``--pipeline FILE``, else the model's pipeline (as ``python -m tfbreath.predict`` finds it); ``--fmax`` applied."""
-    from tfbreath import config, predict, run_folder
+    from tfbreath import classifier, config, run_folder
 
     try:
         if args.pipeline is not None:
             pipeline = config.load_config(args.pipeline)
         else:
-            model = predict.DEFAULT_MODEL_DIR if args.model is None else args.model
+            model = classifier.DEFAULT_MODEL_DIR if args.model is None else args.model
             if not model.exists():
                 raise RobustnessError(f"{model}: no such model file or run folder")
             if model.suffix == run_folder.MODEL_SUFFIX:
-                pipeline = predict.feature_pipeline(model, None)  # the one it carries, else the file beside it
+                pipeline = classifier.feature_pipeline(model, None)  # the one it carries, else the file beside it
             else:  # a run folder, or a .tflite with its pipeline beside it
                 pipeline = config.load_config((model if model.is_dir() else model.parent) / run_folder.PIPELINE_FILE)
         return config.with_overrides(pipeline, "features", fmax=args.fmax)
-    except (config.ConfigError, predict.PredictError) as err:
+    except (config.ConfigError, classifier.ClassifierError) as err:
         raise RobustnessError(str(err)) from None
 
 
@@ -570,16 +571,8 @@ def run_features(args: argparse.Namespace, clips: Clips, folder: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line ``error: ...`` and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="python benchmarks/robustness.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python benchmarks/robustness.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, metavar="PATH",
                         help="run folder or .keras / .tflite model (default: saved_models/breath_phase)")
     parser.add_argument("--data", type=Path, metavar="DIR",

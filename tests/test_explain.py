@@ -13,7 +13,7 @@ import soundfile as sf
 import tensorflow as tf
 
 from conftest import breath_like
-from tfbreath import artifacts, explain, export, predict, serving, synthetic
+from tfbreath import artifacts, classifier, explain, export, serving, synthetic
 from tfbreath.config import SCALAR_NAMES, SCALARS, SPECTRAL, PipelineConfig, dump_config, with_overrides
 from tfbreath.ensemble import build_ensemble
 from tfbreath.errors import EXIT_USAGE
@@ -209,8 +209,8 @@ def test_cli_on_the_shipped_model_writes_a_figure_and_masses(capsys, tmp_path, s
     result = json.loads((tmp_path / "out" / "exhale_like.json").read_text())
     assert tuple(result["maps"]) == shipped.map_names and tuple(result["scalars"]) == SCALAR_NAMES
     assert result["target"] == explain.TARGET and result["label"] in ("I", "E")
-    shipped_tflite = predict.load_classifier(None)  # what predict runs without --model: the exported ensemble
-    expected = shipped_tflite(np.stack([predict._window(a, 0, CLIP) for a in predict.decode([clip], RATE)]))
+    shipped_tflite = classifier.load_classifier(None)  # what predict runs without --model: the exported ensemble
+    expected = shipped_tflite(np.stack([classifier.window(a, 0, CLIP) for a in classifier.decode([clip], RATE)]))
     assert result["probability"] == pytest.approx(float(expected[0]), abs=TFLITE_ATOL)
     total = sum(m["mass"] for m in result["maps"].values()) + sum(result["scalars"].values())
     assert total == pytest.approx(result["attribution_total"], abs=1e-6)
@@ -326,7 +326,7 @@ def test_missing_model_is_an_error(capsys, tmp_path):
 
 
 def test_tflite_is_an_error_naming_it(capsys, tmp_path):
-    tflite = predict.DEFAULT_MODEL_DIR / "ensemble.tflite"
+    tflite = classifier.DEFAULT_MODEL_DIR / "ensemble.tflite"
     code, err = _run(capsys, "--model", tflite, _wav(tmp_path / "c.wav", breath_like(0)), "--out", tmp_path / "out")
     assert code == EXIT_USAGE
     _one_error_line(err, str(tflite), "needs a feature-input Keras model")

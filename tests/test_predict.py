@@ -21,8 +21,10 @@ from tensorflow.lite.python import schema_py_generated as tflite_schema
 from conftest import breath_like
 from tfbreath import artifacts, export, predict, serving, tflite_metadata
 from tfbreath.audio import load_audio
+from tfbreath.classifier import default_model_path, load_classifier
 from tfbreath.config import PipelineConfig, dump_config, with_overrides
 from tfbreath.ensemble import build_ensemble
+from tfbreath.errors import EXIT_USAGE
 from tfbreath.models import build_model_for_pipeline
 
 PIPELINE = with_overrides(PipelineConfig(), "features", maps=("mel",), scalars=False)
@@ -226,7 +228,7 @@ def bad_models(tmp_path, run_dir):
 
 
 def _assert_one_error_line(code, out, err):
-    assert code == predict.EXIT_USAGE
+    assert code == EXIT_USAGE
     assert out == ""
     assert len(err) == 1 and err[0].startswith("error: "), err
 
@@ -245,20 +247,20 @@ def test_usage_errors_are_one_line_and_exit_2(capsys, monkeypatch, tmp_path, run
     empty.mkdir()
     for argv in ([empty], [], [tmp_path / "absent.wav"], ["--threshold", 1.5, empty], ["--hop", 2.0, empty]):
         _assert_one_error_line(*_run(capsys, "--model", run_dir, *argv))
-    monkeypatch.setattr(predict, "DEFAULT_MODEL_DIR", tmp_path / "no_pretrained_model")
+    monkeypatch.setattr("tfbreath.classifier.DEFAULT_MODEL_DIR", tmp_path / "no_pretrained_model")
     code, out, err = _run(capsys, empty)
     _assert_one_error_line(code, out, err)
     assert "--model" in err[0]
 
 
 def test_the_default_model_prefers_its_tflite(monkeypatch, tmp_path, run_dir):
-    monkeypatch.setattr(predict, "DEFAULT_MODEL_DIR", run_dir)
-    assert predict.default_model_path() == run_dir
+    monkeypatch.setattr("tfbreath.classifier.DEFAULT_MODEL_DIR", run_dir)
+    assert default_model_path() == run_dir
     shipped = tmp_path / "breath_phase"
     shutil.copytree(run_dir, shipped)
     (shipped / "ensemble.tflite").write_bytes(b"")
-    monkeypatch.setattr(predict, "DEFAULT_MODEL_DIR", shipped)
-    assert predict.default_model_path() == shipped / "ensemble.tflite"
+    monkeypatch.setattr("tfbreath.classifier.DEFAULT_MODEL_DIR", shipped)
+    assert default_model_path() == shipped / "ensemble.tflite"
 
 
 def test_kaggle_submission_keeps_the_csv_order_and_spelling(capsys, tmp_path, run_dir, waveform):
@@ -289,7 +291,7 @@ def test_keras_files_give_the_run_folder_probabilities(tmp_path, run_dir, wavefo
     waveform_keras = artifacts.save_model(waveform, tmp_path / "ensemble_waveform.keras")
     expected = _reference(waveform, files)  # what the run folder gives (first test)
     for model in (waveform_keras, run_dir / "ensemble.keras"):
-        classifier = predict.load_classifier(model)
+        classifier = load_classifier(model)
         assert (classifier.sample_rate, classifier.num_samples) == (RATE, CLIP)
         np.testing.assert_allclose(_probabilities(classifier, files), expected, atol=EXPORT_ATOL)
 
@@ -307,8 +309,8 @@ def test_tflite_gives_the_run_folder_probabilities(capsys, tmp_path, waveform, t
     shutil.copy(tflite, beside)
     custom_rate = with_overrides(PIPELINE, "audio", sample_rate=2 * RATE, duration_s=0.5)
     artifacts.write_text(beside.parent / "pipeline.toml", dump_config(custom_rate))
-    explicit = predict.load_classifier(tflite, pipeline_arg=beside.parent / "pipeline.toml")
-    for classifier in (predict.load_classifier(beside), explicit):
+    explicit = load_classifier(tflite, pipeline_arg=beside.parent / "pipeline.toml")
+    for classifier in (load_classifier(beside), explicit):
         assert (classifier.sample_rate, classifier.num_samples) == (2 * RATE, CLIP)
     assert "assuming" not in capsys.readouterr().err
 
@@ -330,12 +332,12 @@ def test_tflite_metadata_gives_the_sample_rate_without_a_pipeline(capsys, tmp_pa
     artifacts.write_bytes(beside, tflite_metadata.with_metadata(tflite_bytes,
                                                                 tflite_metadata.describe(custom_rate, identity)))
     artifacts.write_text(beside.parent / "pipeline.toml", dump_config(PIPELINE))
-    classifier = predict.load_classifier(beside)
+    classifier = load_classifier(beside)
     assert (classifier.sample_rate, classifier.num_samples) == (2 * RATE, CLIP)
     assert capsys.readouterr().err == ""
     # ... and an explicit --pipeline at another rate is refused
     code, out, err = _run(capsys, "--model", beside, "--pipeline", beside.parent / "pipeline.toml", files[0])
-    assert (code, out) == (predict.EXIT_USAGE, "")
+    assert (code, out) == (EXIT_USAGE, "")
     assert err == [f"error: {beside}: its metadata says {2 * RATE} Hz but {beside.parent / 'pipeline.toml'} "
                    f"gives {RATE} Hz; the model carries its own rate, so leave out --pipeline"]
 
@@ -403,7 +405,7 @@ def test_cut_or_corrupt_tflite_is_an_error_line_not_a_crash(tmp_path, tflite_byt
     for name, path in paths.items():
         code, err = results[str(path)]
         if name in bad or code != predict.EXIT_OK:
-            assert code == predict.EXIT_USAGE, (name, err)
+            assert code == EXIT_USAGE, (name, err)
             assert len(err) == 1 and err[0].startswith(f"error: {path}: "), (name, err)
     for name in bad:
         assert "not a valid TFLite model" in results[str(paths[name])][1][0], name
@@ -478,7 +480,7 @@ def test_a_failed_plot_leaves_no_csv_and_no_timeline(capsys, monkeypatch, tmp_pa
     monkeypatch.setattr(predict, "plot_timeline", disk_full_on_the_second)
     out_csv, plots = tmp_path / "out" / "windows.csv", tmp_path / "plots"
     code, out, err = _run(capsys, "--model", run_dir, *wavs, "--out", out_csv, "--plot", plots)
-    assert code == predict.EXIT_USAGE
+    assert code == EXIT_USAGE
     assert err[-1].startswith(f"error: {plots}: ") and "No space left" in err[-1], err
     assert len(drawn) == 1
     assert not out_csv.exists() and not plots.exists()

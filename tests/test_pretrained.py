@@ -15,7 +15,8 @@ import pytest
 
 import tfbreath
 from conftest import REPO
-from tfbreath import predict, pretrained
+from tfbreath import pretrained
+from tfbreath.classifier import DEFAULT_MODEL_DIR, default_model_path, load_classifier
 from tfbreath.config import load_config
 from tfbreath.tflite_file import verify_tflite
 
@@ -25,9 +26,9 @@ IN_WHEEL = f"tfbreath/pretrained/{pretrained.BREATH_PHASE}/"
 
 def test_the_default_model_is_package_data_found_with_importlib_resources():
     folder = importlib.resources.files("tfbreath.pretrained") / pretrained.BREATH_PHASE
-    assert predict.DEFAULT_MODEL_DIR == pretrained.model_dir() == Path(str(folder))
-    assert predict.DEFAULT_MODEL_DIR.parent == Path(tfbreath.__file__).parent / "pretrained"
-    assert predict.default_model_path() == predict.DEFAULT_MODEL_DIR / "ensemble.tflite"
+    assert DEFAULT_MODEL_DIR == pretrained.model_dir() == Path(str(folder))
+    assert DEFAULT_MODEL_DIR.parent == Path(tfbreath.__file__).parent / "pretrained"
+    assert default_model_path() == DEFAULT_MODEL_DIR / "ensemble.tflite"
 
 
 def test_the_default_model_is_complete():
@@ -37,7 +38,7 @@ def test_the_default_model_is_complete():
     pipeline = load_config(folder / "pipeline.toml")
     verify_tflite(folder / "ensemble.tflite")
     verify_tflite(folder / "ensemble_float16.tflite")
-    classifier = predict.load_classifier(None)  # the TFLite file, run once on silence
+    classifier = load_classifier(None)  # the TFLite file, run once on silence
     assert (classifier.sample_rate, classifier.num_samples) == (pipeline.audio.sample_rate,
                                                                  pipeline.audio.num_samples)
     probability = classifier(np.zeros((2, classifier.num_samples), np.float32))

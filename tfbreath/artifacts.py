@@ -2,18 +2,20 @@
 
 ``check_writable`` refuses, before any work, an output path that cannot be written. A ``.keras``
 file can carry the pipeline TOML its model was trained with (``save_model(..., pipeline_toml)``,
-read back by ``model_pipeline_toml``).
+read back by ``model_pipeline_toml``). ``format_csv`` makes a table's text for ``write_text``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tfbreath.errors import TfbreathError
 
@@ -36,6 +38,15 @@ def _atomically(path: Path, write: Callable[[Path], None]) -> Path:
 
 def write_text(path: str | Path, text: str) -> Path:
     return _atomically(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def format_csv(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A header line of ``columns``, then one line per row, ``\\n``-terminated (the csv module's quoting)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def write_bytes(path: str | Path, payload: bytes) -> Path:

@@ -7,6 +7,9 @@ reads ``TF_CPP_MIN_LOG_LEVEL`` once, when TensorFlow loads, so the choice is mad
 (``python -m tfbreath.<tool>`` or a ``tfbreath-<tool>`` script) without ``--verbose`` hides
 them. A library user importing ``tfbreath`` keeps TensorFlow's settings, and an explicit
 ``TF_CPP_MIN_LOG_LEVEL`` always wins. The tools' own messages and errors are unaffected.
+
+A tool's argument errors are one line too (``OneLineParser``): ``error: <problem> (see --help)``,
+exit code 2, as every other error a tool reports (``tfbreath.errors``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
+
+from tfbreath.errors import EXIT_USAGE
 
 VERBOSE_FLAG = "--verbose"
 TF_LOG_LEVEL_ENV = "TF_CPP_MIN_LOG_LEVEL"
@@ -53,3 +59,11 @@ def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
     """The ``--verbose`` flag every tool takes (read before parsing, by ``quiet_unless_verbose``)."""
     parser.add_argument(VERBOSE_FLAG, action="store_true",
                         help="also show TensorFlow's own log lines (hidden by default)")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line ``error: ...`` (no usage block) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)

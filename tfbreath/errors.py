@@ -4,10 +4,11 @@ Each module keeps its own subclass, named for what went wrong: ``ConfigError`` (
 ``DataError`` (a data folder or CSV), ``AudioError`` (one audio file), ``IcbhiError`` (the ICBHI
 data), ``CrossValidationError`` (clips that cannot be split into the folds), ``StrategyError``
 (a distribution strategy), ``OutputPathError`` (an output that cannot be written),
-``TFLiteFileError`` (a ``.tflite`` file), ``ExportError``, ``PredictError`` and ``TuneError``
-(a command that cannot do its job). Every message is one line naming the file or value and the
-problem, so a command line catches ``TfbreathError`` alone and prints ``error: <message>``
-(``print_error``), while a bug still shows its traceback.
+``TFLiteFileError`` (a ``.tflite`` file), ``ClassifierError`` (a model that cannot be loaded or
+run), ``ExportError``, ``PredictError``, ``ExplainError`` and ``TuneError`` (a command that cannot
+do its job). Every message is one line naming the file or value and the problem, so a command
+line catches ``TfbreathError`` alone and prints ``error: <message>`` (``print_error``), while a
+bug still shows its traceback.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class TfbreathError(Exception):
     Not itself a ``ValueError``: an export whose model fails its self-check or a search that
     produced nothing is not a bad value. Each subclass also derives from the built-in exception
     that fits it, ``ValueError`` for bad input (``ConfigError``, ``DataError``, ``AudioError``,
-    ...) and ``RuntimeError`` for a command that cannot finish (``ExportError``, ``PredictError``,
-    ``TuneError``), so code written against the built-ins (``except ValueError``) catches them too.
+    ...) and ``RuntimeError`` for a model or a command that cannot finish (``ClassifierError``,
+    ``ExportError``, ``PredictError``, ``ExplainError``, ``TuneError``), so code written against
+    the built-ins (``except ValueError``) catches them too.
     """
 
 

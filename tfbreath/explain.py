@@ -48,12 +48,12 @@ Files of one stem (from different folders) share their outputs: the last one exp
 
 ``--model`` takes what predict takes (a run folder, a ``.keras`` file) as long as it is a Keras
 model whose feature inputs can be reached: a run folder's ``ensemble.keras``, a member such as
-``cnn8.keras`` from ``fit`` (with its pipeline, as predict finds it: ``predict.feature_pipeline``),
+``cnn8.keras`` from ``fit`` (with its pipeline, as predict finds it: ``classifier.feature_pipeline``),
 or a waveform-input ``.keras`` from ``export`` (explained through the feature-input model inside
 it). Without ``--model``: the shipped model's ``ensemble.keras``. A ``.tflite`` has no gradients:
 an error. The model is loaded in float32 whatever it was trained under
 (``serving.load_trained_model``), so gradients are float32. Each file is one clip: decoded and
-resampled as predict decodes (``predict.decode``), its first clip-length kept, zero-padded if short.
+resampled as predict decodes (``classifier.decode``), its first clip-length kept, zero-padded if short.
 
 Messages go to stderr, one line each. A file that cannot be decoded is reported
 (``skipped <file>: <problem>``) and skipped; a clip whose gradient is not finite stops the run
@@ -81,8 +81,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from tfbreath import artifacts, data, predict, serving  # noqa: E402
-from tfbreath.console import add_verbose_argument  # noqa: E402
+from tfbreath import artifacts, classifier, data, serving  # noqa: E402
+from tfbreath.console import OneLineParser, add_verbose_argument  # noqa: E402
 from tfbreath.config import ENSEMBLE, SCALAR_NAMES, SCALARS, SPECTRAL, ConfigError, PipelineConfig  # noqa: E402
 from tfbreath.errors import EXIT_OK, EXIT_SKIPPED, TfbreathError, print_error  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
@@ -140,7 +140,7 @@ SUMMARY_WIDTH, SUMMARY_MARGIN = 8.0, 1.5
 """Inches: the summary plot's width, and its height beyond the bars (title, axis)."""
 COLOURBAR_FRACTION = 0.03
 """Share of the figure's width the attribution colour bar takes."""
-LABELS = (predict.INHALE, predict.EXHALE)
+LABELS = (classifier.INHALE, classifier.EXHALE)
 KIND_COLOURS = {MAP: "tab:purple", SCALAR: "tab:green"}
 
 
@@ -242,9 +242,9 @@ def baseline_features(model: keras.Model) -> dict[str, np.ndarray]:
 def _keras_model(path: Path, pipeline_arg: Path | None, description: str) -> Explained:
     """A ``.keras`` file as a feature-input model and its pipeline (carried, beside it, or inside
     a waveform model's ``FeatureExtractor``)."""
-    model = predict._load_keras(path)
-    extractor = predict._feature_extractor(model)
-    pipeline = extractor.pipeline if extractor is not None else predict.feature_pipeline(path, pipeline_arg)
+    model = classifier.load_keras_model(path)
+    extractor = classifier.feature_extractor(model)
+    pipeline = extractor.pipeline if extractor is not None else classifier.feature_pipeline(path, pipeline_arg)
     core = feature_input_core(model)
     if not isinstance(core.input, dict) or SPECTRAL not in core.input:
         raise ExplainError(f"{path}: explain needs a Keras model taking {{{SPECTRAL!r}, {SCALARS!r}}} "
@@ -260,7 +260,7 @@ def _keras_model(path: Path, pipeline_arg: Path | None, description: str) -> Exp
 
 def load_explained(path: Path | None, pipeline_arg: Path | None = None) -> Explained:
     """What ``--model`` names (default: the shipped ``ensemble.keras``) as an ``Explained``."""
-    path = predict.DEFAULT_MODEL_DIR if path is None else Path(path)
+    path = classifier.DEFAULT_MODEL_DIR if path is None else Path(path)
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -373,11 +373,11 @@ def masses(explanation: Explanation, explained: Explained) -> dict[str, tuple[st
 
 def explanation_json(explanation: Explanation, explained: Explained) -> dict:
     """The per-clip JSON: prediction, target, baseline and every input's mass."""
-    label = predict.target(explanation.probability, THRESHOLD)
+    label = classifier.target(explanation.probability, THRESHOLD)
     by_name = masses(explanation, explained)
     return {
         "id": explanation.id, "file": str(explanation.path), "model": explained.description,
-        "label": label, "probability": round(explanation.probability, predict.PROBABILITY_DECIMALS),
+        "label": label, "probability": round(explanation.probability, classifier.PROBABILITY_DECIMALS),
         "target": TARGET, "logit": explanation.logit, "baseline": BASELINE,
         "baseline_logit": explanation.baseline_logit, "attribution_total": explanation.total,
         "completeness_gap": explanation.completeness_gap,
@@ -425,8 +425,8 @@ def _overlay(attribution: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _title(explanation: Explanation) -> str:
-    label = predict.target(explanation.probability, THRESHOLD)
-    return (f"{explanation.id}: predicted {predict.PHASE_WORDS[label]} ({label}), P(exhale) = "
+    label = classifier.target(explanation.probability, THRESHOLD)
+    return (f"{explanation.id}: predicted {data.LABEL_WORDS[label]} ({label}), P(exhale) = "
             f"{explanation.probability:.3f}\nintegrated gradients on the {TARGET}: {explanation.logit:+.2f} vs "
             f"{explanation.baseline_logit:+.2f} at the baseline; attributions sum to {explanation.total:+.2f}")
 
@@ -489,7 +489,7 @@ class ClipSummary:
 
     @classmethod
     def of(cls, explanation: Explanation, explained: Explained) -> "ClipSummary":
-        return cls(explanation.id, predict.target(explanation.probability, THRESHOLD), explanation.probability,
+        return cls(explanation.id, classifier.target(explanation.probability, THRESHOLD), explanation.probability,
                    explanation.logit, explanation.baseline_logit, explanation.completeness_gap,
                    masses(explanation, explained))
 
@@ -529,16 +529,16 @@ def _number(value: float | None) -> str:
 def clips_csv(clips: Sequence[ClipSummary]) -> str:
     """One row per clip: ``ID,Target,Probability,logit,baseline_logit,completeness_gap`` then every input's mass."""
     names = list(clips[0].masses)
-    rows = [[c.id, c.label, f"{c.probability:.{predict.PROBABILITY_DECIMALS}f}", _number(c.logit),
+    rows = [[c.id, c.label, f"{c.probability:.{classifier.PROBABILITY_DECIMALS}f}", _number(c.logit),
              _number(c.baseline_logit), _number(c.completeness_gap), *(_number(c.masses[n][1]) for n in names)]
             for c in clips]
-    return predict.format_csv(["ID", "Target", "Probability", "logit", "baseline_logit", "completeness_gap", *names],
+    return artifacts.format_csv(["ID", "Target", "Probability", "logit", "baseline_logit", "completeness_gap", *names],
                               rows)
 
 
 def summary_csv(ranking: Sequence[Ranked]) -> str:
     """``rank,name,kind,mean_abs_mass,mean_mass,mean_mass_I,mean_mass_E`` (empty: no clip predicted that label)."""
-    return predict.format_csv(
+    return artifacts.format_csv(
         ["rank", "name", "kind", SUMMARY_KEY, "mean_mass", *(f"mean_mass_{label}" for label in LABELS)],
         [[str(i), r.name, r.kind, _number(r.mean_abs_mass), _number(r.mean_mass),
           *(_number(r.mean_mass_by_label[label]) for label in LABELS)] for i, r in enumerate(ranking, start=1)])
@@ -560,8 +560,8 @@ def plot_summary(ranking: Sequence[Ranked], n_clips: int, description: str, path
     ax.barh(y, [r.mean_abs_mass for r in order], color=[KIND_COLOURS[r.kind] for r in order])
     for label in LABELS:
         means = [np.nan if r.mean_mass_by_label[label] is None else r.mean_mass_by_label[label] for r in order]
-        ax.plot(means, y, "o", color=predict.PHASE_COLOURS[label], markersize=3,
-                label=f"mean signed mass, clips predicted {predict.PHASE_WORDS[label]} ({label})")
+        ax.plot(means, y, "o", color=classifier.PHASE_COLOURS[label], markersize=3,
+                label=f"mean signed mass, clips predicted {data.LABEL_WORDS[label]} ({label})")
     ax.set_yticks(y, [r.name for r in order], fontsize=7)
     ax.axvline(0.0, color="black", linewidth=0.5)
     handles = [matplotlib.patches.Patch(color=colour, label=f"{kind}: mean |mass|") for kind, colour in KIND_COLOURS.items()]
@@ -577,11 +577,11 @@ def plot_summary(ranking: Sequence[Ranked], n_clips: int, description: str, path
 # Command line
 # ---------------------------------------------------------------------------------------------
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = predict._Parser(prog="python -m tfbreath.explain", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m tfbreath.explain", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="WAV files or folders of WAV files")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--model", type=Path, metavar="PATH",
-                        help=f"run folder or {MODEL_SUFFIX} (default: {predict.DEFAULT_MODEL_DIR})")
+                        help=f"run folder or {MODEL_SUFFIX} (default: {classifier.DEFAULT_MODEL_DIR})")
     parser.add_argument("--summary", action="store_true",
                         help="rank maps and scalars over all clips (clips.csv, summary.csv/.json/.png) "
                              "instead of one PNG and JSON per clip")
@@ -599,13 +599,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _decoded(files: Sequence[Path], pipeline: PipelineConfig) -> tuple[list[Path], np.ndarray]:
     """The files that decode, and their first clip each (zero-padded if short). ``-> [N, samples]``"""
     clip = pipeline.audio.num_samples
-    audios = predict.decode(files, pipeline.audio.sample_rate)
+    audios = classifier.decode(files, pipeline.audio.sample_rate)
     kept = [(path, audio) for path, audio in zip(files, audios) if audio is not None]
     for path, audio in kept:
         if len(audio) > clip:
             print(f"note: {path}: longer than one clip; explaining its first {pipeline.audio.duration_s:g} s",
                   file=sys.stderr)
-    waveforms = np.stack([predict._window(audio, 0, clip) for _, audio in kept]) if kept else np.zeros((0, clip))
+    waveforms = np.stack([classifier.window(audio, 0, clip) for _, audio in kept]) if kept else np.zeros((0, clip))
     return [path for path, _ in kept], waveforms.astype(np.float32)
 
 

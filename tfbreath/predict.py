@@ -7,19 +7,11 @@
     python -m tfbreath.predict [--model PATH] --kaggle TEST_CSV [--out submission.csv]
 
 ``INPUT`` is WAV files or folders of them (searched recursively), at any rate and bit depth
-the decoder takes. ``PATH`` is one of
-
-- a run folder of ``python -m tfbreath.fit`` (its ``ensemble.keras`` + ``pipeline.toml``);
-- a ``.keras`` file: a waveform-input model (``python -m tfbreath.export`` writes
-  ``<member>_waveform.keras``; it holds its feature extraction) or a feature-input model such as
-  ``cnn8.keras``. A feature-input model saved with its pipeline (``artifacts.save_model``) runs
-  under that one, and ``--pipeline FILE`` or ``pipeline.toml`` beside it must make the same
-  features (else exit 2); one saved without needs ``pipeline.toml`` beside it or ``--pipeline FILE``;
-- a ``.tflite`` file written by ``python -m tfbreath.export``; its input length is the clip
-  size, its sample rate comes from the metadata it carries (``tfbreath.tflite_metadata``; a
-  ``--pipeline FILE`` at another rate is an error), or for a file without, from ``--pipeline
-  FILE``, else ``pipeline.toml`` beside it, else the default pipeline's (said on stderr). The file is checked before TFLite reads it: a cut or
-  corrupt one is an error, not a crash.
+the decoder takes. ``PATH`` is a run folder of ``python -m tfbreath.fit``, a ``.keras`` file
+(waveform- or feature-input) or a ``.tflite`` file written by ``python -m tfbreath.export``,
+loaded by ``tfbreath.classifier.load_classifier``, whose docstring says how each finds its
+pipeline and sample rate (``--pipeline FILE`` gives them to a model that neither carries its own
+nor has ``pipeline.toml`` beside it). A cut or corrupt file is an error, not a crash.
 
 Without ``--model``, the pretrained model that installs with the package is used
 (``tfbreath.pretrained``: ``saved_models/breath_phase/`` of the repository; its ``ensemble.tflite``
@@ -68,21 +60,15 @@ Exit code: 0 every file predicted; 1 some or all skipped (nothing written if all
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import math
 import os
 import shutil
-import stat
 import sys
 import tempfile
-import zipfile
-import zlib
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn, Sequence
+from typing import Iterator, Sequence
 
-import keras
 import matplotlib
 
 matplotlib.use("Agg")
@@ -91,21 +77,16 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from tfbreath import artifacts, data, pretrained, serving, timeline  # noqa: E402
-from tfbreath.audio import AudioError, load_audio  # noqa: E402
-from tfbreath.config import ENSEMBLE, ConfigError, PipelineConfig, first_difference, load_config, parse_config  # noqa: E402
-from tfbreath.errors import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, TfbreathError, one_line, print_error  # noqa: E402
+from tfbreath import artifacts, data, timeline  # noqa: E402
+from tfbreath.classifier import (DEFAULT_MODEL_DIR, EXHALE, INHALE, PHASE_COLOURS, PROBABILITY_DECIMALS,  # noqa: E402
+                                 Classifier, decode, load_classifier, target, window)
+from tfbreath.config import ConfigError  # noqa: E402
+from tfbreath.console import OneLineParser  # noqa: E402
+from tfbreath.errors import EXIT_OK, EXIT_SKIPPED, TfbreathError, print_error  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
-from tfbreath.features import FeatureExtractor  # noqa: E402
-from tfbreath.run_folder import MODEL_SUFFIX, PIPELINE_FILE, TFLITE_SUFFIX, RunFolder  # noqa: E402
-from tfbreath.tflite_file import TFLiteFileError  # noqa: E402
-from tfbreath.tflite_metadata import read_metadata  # noqa: E402
+from tfbreath.run_folder import MODEL_SUFFIX, PIPELINE_FILE, TFLITE_SUFFIX  # noqa: E402
 
 KAGGLE_CSV = "test.csv"
-
-DEFAULT_MODEL_DIR = pretrained.model_dir()
-"""The shipped pretrained model, package data (``tfbreath.pretrained``): a run folder's
-``ensemble.keras`` and ``pipeline.toml``, with ``ensemble.tflite``."""
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_HOP_CLIPS = 0.5
@@ -118,7 +99,6 @@ prediction is flagged (``Padded``) and warned about."""
 ONE_CLIP = np.zeros(1, np.int64)
 """Window starts of a file classified as one clip (trimmed or zero-padded)."""
 
-PROBABILITY_DECIMALS = 6
 TIME_DECIMALS = 3
 
 CLIP_COLUMNS = ("ID", "Target", "Probability", "Padded")
@@ -129,9 +109,6 @@ SUMMARY_SUFFIX = "_summary"
 RATE_DECIMALS = 2
 KAGGLE_COLUMNS = ("ID", "Target")
 
-INHALE, EXHALE = data.LABEL_NAMES
-PHASE_COLOURS = {INHALE: "tab:blue", EXHALE: "tab:orange"}
-PHASE_WORDS = {INHALE: "inhale", EXHALE: "exhale"}
 SPAN_ALPHA = 0.15
 FIGURE_SIZE = (12, 5)
 WAVEFORM_HEIGHT_RATIO = 2
@@ -140,180 +117,8 @@ LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize"
 
 
 class PredictError(TfbreathError, RuntimeError):
-    """Bad arguments or an unusable model: reported as one ``error:`` line, exit code 2."""
-
-
-# ---------------------------------------------------------------------------------------------
-# The classifier: any model as [N, samples] audio -> [N] P(exhale)
-# ---------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Classifier:
-    """A model as one callable: ``[N, num_samples]`` float32 audio at ``sample_rate`` -> ``[N]`` P(exhale)."""
-
-    predict: Callable[[np.ndarray], np.ndarray]
-    sample_rate: int
-    num_samples: int
-    description: str
-
-    def __call__(self, waveforms: np.ndarray) -> np.ndarray:
-        return np.asarray(self.predict(np.asarray(waveforms, np.float32)), np.float32).reshape(-1)
-
-    @property
-    def clip_s(self) -> float:
-        return self.num_samples / self.sample_rate
-
-
-def _load_keras(path: Path) -> keras.Model:
-    """The model of a ``.keras`` file, whose zip archive is checked first (Keras calls a cut
-    archive "file not found")."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            corrupt = archive.testzip()
-    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-        raise PredictError(f"{path}: not a valid {MODEL_SUFFIX} file (cut short or corrupt zip archive: "
-                           f"{one_line(err)})") from None
-    except OSError as err:
-        raise PredictError(f"{path}: cannot read the file ({err.strerror})") from None
-    if corrupt is not None:
-        raise PredictError(f"{path}: not a valid {MODEL_SUFFIX} file (its {corrupt} is corrupt)")
-    try:
-        return serving.load_trained_model(path)
-    except (ValueError, TypeError, KeyError, OSError) as err:
-        raise PredictError(f"{path}: cannot load the Keras model ({one_line(err)})") from None
-
-
-def _feature_extractor(model: keras.Model) -> FeatureExtractor | None:
-    return next((layer for layer in model.layers if isinstance(layer, FeatureExtractor)), None)
-
-
-def keras_classifier(model: keras.Model, description: str) -> Classifier:
-    """A waveform-input Keras model (it holds a ``FeatureExtractor``, hence its pipeline)."""
-    audio = _feature_extractor(model).pipeline.audio
-    return Classifier(model.predict_on_batch, audio.sample_rate, int(model.input.shape[-1]), description)
-
-
-def _wrap(model: keras.Model, pipeline: PipelineConfig, description: str) -> Classifier:
-    """A feature-input model behind the pipeline's feature extraction."""
-    try:
-        return keras_classifier(serving.waveform_model(model, pipeline), description)
-    except ConfigError as err:
-        raise PredictError(f"{description}: {err}") from None
-
-
-def _given_pipeline(path: Path, pipeline_arg: Path | None) -> tuple[Path, PipelineConfig] | None:
-    """``--pipeline FILE`` if given, else ``pipeline.toml`` beside the model, else ``None``; with its file."""
-    source = RunFolder(path.parent).pipeline_file if pipeline_arg is None else pipeline_arg
-    if pipeline_arg is None and not source.is_file():
-        return None
-    return source, load_config(source)
-
-
-def feature_pipeline(path: Path, pipeline_arg: Path | None) -> PipelineConfig:
-    """The pipeline a feature-input ``.keras`` runs under: the one it carries
-    (``artifacts.save_model``), which ``--pipeline FILE`` or ``pipeline.toml`` beside it must match;
-    for a model carrying none, that file."""
-    given = _given_pipeline(path, pipeline_arg)
-    try:
-        carried_toml = artifacts.model_pipeline_toml(path)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise PredictError(f"{path}: cannot read its archive ({one_line(err)})") from None
-    if carried_toml is None:
-        if given is None:
-            raise PredictError(f"{path}: a feature-input model needs its {PIPELINE_FILE} beside it "
-                               f"(or pass --pipeline FILE)")
-        return given[1]
-    carried = parse_config(carried_toml, source=f"{path} ({artifacts.MODEL_PIPELINE_ENTRY})")
-    difference = None if given is None else first_difference(carried, given[1])
-    if difference is not None:
-        fix = "leave out --pipeline" if pipeline_arg is not None else f"move the model away from {given[0]}"
-        raise PredictError(f"{path}: trained with pipeline {carried.name!r} but {given[0]} gives a different "
-                           f"one ({difference}, model first); the model carries its own, so {fix}")
-    return carried
-
-
-def load_run(path: Path, pipeline_arg: Path | None) -> Classifier:
-    """A run folder: its ensemble with its pipeline's feature extraction in front."""
-    ensemble = RunFolder(path).model_file(ENSEMBLE)
-    if not ensemble.is_file():
-        raise PredictError(f"{path}: not a run folder (no {ensemble.name}); --model takes a run folder of "
-                           f"python -m tfbreath.fit, a {MODEL_SUFFIX} or a {TFLITE_SUFFIX} file")
-    return load_keras_file(ensemble, pipeline_arg, f"run {path} ({ENSEMBLE})")
-
-
-def load_keras_file(path: Path, pipeline_arg: Path | None, description: str | None = None) -> Classifier:
-    """A waveform-input ``.keras`` as is; a feature-input one behind its pipeline (``feature_pipeline``)."""
-    model = _load_keras(path)
-    if _feature_extractor(model) is not None:
-        return keras_classifier(model, description or f"{path} (waveform input)")
-    return _wrap(model, feature_pipeline(path, pipeline_arg), description or f"{path} (feature input)")
-
-
-def load_tflite(path: Path, pipeline_arg: Path | None) -> Classifier:
-    """A waveform ``.tflite``: clip size from its input; sample rate from the metadata it carries
-    (``tflite_metadata.read_metadata``), where an explicit ``--pipeline`` must agree, else from
-    the pipeline (``--pipeline``, ``pipeline.toml`` beside it, or the default one, said on stderr).
-
-    The model is checked (``tflite_file.verify_tflite``) and run once on a silent clip, so that a model
-    TFLite cannot prepare fails here, before any input is read.
-    """
-    try:
-        interpreter = serving.TFLiteClassifier(path)  # checked first (tflite_file.verify_tflite)
-        interpreter(np.zeros((1, interpreter.num_samples), np.float32))
-        metadata = read_metadata(path)
-    except TFLiteFileError as err:
-        raise PredictError(str(err)) from None
-    except (ValueError, RuntimeError, IndexError) as err:
-        raise PredictError(f"{path}: cannot run the TFLite model ({one_line(err)})") from None
-    if metadata is not None:
-        rate = metadata["sample_rate"]
-        given_rate = None if pipeline_arg is None else load_config(pipeline_arg).audio.sample_rate
-        if given_rate not in (None, rate):
-            raise PredictError(f"{path}: its metadata says {rate} Hz but {pipeline_arg} gives {given_rate} Hz; "
-                               f"the model carries its own rate, so leave out --pipeline")
-        return Classifier(interpreter, rate, interpreter.num_samples, f"{path} (TFLite)")
-    given = _given_pipeline(path, pipeline_arg)
-    pipeline = PipelineConfig() if given is None else given[1]
-    if given is None:
-        print(f"note: no {PIPELINE_FILE} beside {path} and no --pipeline: assuming the default "
-              f"pipeline's {pipeline.audio.sample_rate} Hz", file=sys.stderr)
-    if pipeline.audio.num_samples != interpreter.num_samples:
-        print(f"warning: {path} takes {interpreter.num_samples} samples per clip, the pipeline "
-              f"{pipeline.audio.num_samples}; using {interpreter.num_samples} at "
-              f"{pipeline.audio.sample_rate} Hz", file=sys.stderr)
-    return Classifier(interpreter, pipeline.audio.sample_rate, interpreter.num_samples, f"{path} (TFLite)")
-
-
-def default_model_path() -> Path:
-    """The shipped model: its ``ensemble.tflite``, else its folder (a run folder: ``ensemble.keras``)."""
-    tflite = RunFolder(DEFAULT_MODEL_DIR).tflite_file(ENSEMBLE)
-    if tflite.is_file():
-        return tflite
-    if RunFolder(DEFAULT_MODEL_DIR).model_file(ENSEMBLE).is_file():
-        return DEFAULT_MODEL_DIR
-    raise PredictError(f"no pretrained model at {DEFAULT_MODEL_DIR} yet; pass --model RUN_DIR, "
-                       f"FILE{MODEL_SUFFIX} or FILE{TFLITE_SUFFIX}")
-
-
-def load_classifier(path: Path | None, pipeline_arg: Path | None = None) -> Classifier:
-    """Whatever ``--model`` names (default: the shipped model) as a ``Classifier``."""
-    path = default_model_path() if path is None else Path(path)
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise PredictError(f"{path}: no such model file or run folder") from None
-    except OSError as err:
-        raise PredictError(f"{path}: cannot read it ({err.strerror})") from None
-    try:
-        if stat.S_ISDIR(mode):
-            return load_run(path, pipeline_arg)
-        if stat.S_ISREG(mode) and path.suffix == MODEL_SUFFIX:
-            return load_keras_file(path, pipeline_arg)
-        if stat.S_ISREG(mode) and path.suffix == TFLITE_SUFFIX:
-            return load_tflite(path, pipeline_arg)
-    except ConfigError as err:
-        raise PredictError(str(err)) from None
-    raise PredictError(f"{path}: not a model; --model takes a run folder, a {MODEL_SUFFIX} or a "
-                       f"{TFLITE_SUFFIX} file")
+    """Bad arguments, inputs or outputs: reported as one ``error:`` line, exit code 2 (an unusable
+    model is a ``classifier.ClassifierError``, reported alike)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,18 +138,6 @@ class Recording:
     """Per window: the decoded phase (``True`` exhale) of ``tfbreath.timeline.decode_phases``."""
 
 
-def decode(files: Sequence[Path], sample_rate: int) -> list[np.ndarray | None]:
-    """Each file at ``sample_rate``, whole; ``None`` for a file that fails (said on stderr)."""
-    audios = []
-    for path in tqdm(files, desc="decode", unit="file", leave=False, disable=None):
-        try:
-            audios.append(load_audio(path, sample_rate, None))
-        except AudioError as err:
-            audios.append(None)
-            tqdm.write(f"skipped {err}", file=sys.stderr)
-    return audios
-
-
 def window_starts(length: int, clip: int, hop: int) -> np.ndarray:
     """Starts of clip-long windows every ``hop`` samples, the last one ending at ``length``.
 
@@ -355,17 +148,11 @@ def window_starts(length: int, clip: int, hop: int) -> np.ndarray:
     return np.append(np.arange(0, length - clip, hop), length - clip)
 
 
-def _window(audio: np.ndarray, start: int, clip: int) -> np.ndarray:
-    """``audio[start:start + clip]``, zero-padded at the end. ``-> [clip]``"""
-    piece = audio[start:start + clip]
-    return np.pad(piece, (0, clip - len(piece)))
-
-
 def _batches(recordings: Sequence[Recording], clip: int, batch_size: int) -> Iterator[np.ndarray]:
     """Every window of every recording, in order, as ``[<= batch_size, clip]`` arrays."""
     windows = [(r.audio, int(s)) for r in recordings for s in r.starts]
     for first in range(0, len(windows), batch_size):
-        yield np.stack([_window(audio, start, clip) for audio, start in windows[first:first + batch_size]])
+        yield np.stack([window(audio, start, clip) for audio, start in windows[first:first + batch_size]])
 
 
 def classify(classifier: Classifier, recordings: Sequence[Recording], batch_size: int) -> list[Recording]:
@@ -377,10 +164,6 @@ def classify(classifier: Classifier, recordings: Sequence[Recording], batch_size
     ends = np.cumsum([len(r.starts) for r in recordings])
     return [dataclasses.replace(r, probabilities=p)
             for r, p in zip(recordings, np.split(probabilities, ends[:-1]))]
-
-
-def target(probability: float, threshold: float) -> str:
-    return EXHALE if probability >= threshold else INHALE
 
 
 def is_padded(recording: Recording, clip: int) -> bool:
@@ -459,14 +242,6 @@ def kaggle_rows(recordings: Sequence[Recording], threshold: float) -> list[list[
     return [[r.id, target(r.probabilities[0], threshold)] for r in recordings]
 
 
-def format_csv(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 # ---------------------------------------------------------------------------------------------
 # Timeline plot
 # ---------------------------------------------------------------------------------------------
@@ -497,7 +272,7 @@ def plot_timeline(recording: Recording, classifier: Classifier, threshold: float
             ax.axvspan(start, end, color=PHASE_COLOURS[_phase(is_exhale)], alpha=SPAN_ALPHA, linewidth=0)
     for letter, mask in ((INHALE, ~phase), (EXHALE, phase)):
         wave_ax.plot(time, np.where(mask, recording.audio, np.nan), color=PHASE_COLOURS[letter], linewidth=0.5,
-                     label=f"{PHASE_WORDS[letter]} ({letter}), smoothed")
+                     label=f"{data.LABEL_WORDS[letter]} ({letter}), smoothed")
     wave_ax.set(ylabel="amplitude",
                 title=f"{recording.path.name}: {_rate_words(breathing(recording, clip, rate))}; smoothed phase "
                       f"of {len(recording.starts)} window(s) of {clip / rate:g} s every {hop / rate:g} s")
@@ -515,16 +290,8 @@ def plot_timeline(recording: Recording, classifier: Classifier, threshold: float
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line ``error: ...`` (no usage block) and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="python -m tfbreath.predict", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m tfbreath.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="WAV files or folders of WAV files")
     parser.add_argument("--model", type=Path, metavar="PATH",
                         help=f"run folder, {MODEL_SUFFIX} or {TFLITE_SUFFIX} (default: {DEFAULT_MODEL_DIR})")
@@ -643,18 +410,18 @@ def _write_summary(path: Path | None, explicit: bool, recordings: Sequence[Recor
         return
     summaries = [breathing(r, classifier.num_samples, classifier.sample_rate) for r in recordings]
     _note_incomplete(recordings, summaries)
-    _write(format_csv(SUMMARY_COLUMNS, summary_rows(recordings, summaries)), path, "the summary")
+    _write(artifacts.format_csv(SUMMARY_COLUMNS, summary_rows(recordings, summaries)), path, "the summary")
 
 
 def _csv_text(recordings: Sequence[Recording], kaggle: bool, windowed: bool, classifier: Classifier,
               threshold: float) -> str:
     """The submission, the window table or the clip table, as CSV text."""
     if kaggle:
-        return format_csv(KAGGLE_COLUMNS, kaggle_rows(recordings, threshold))
+        return artifacts.format_csv(KAGGLE_COLUMNS, kaggle_rows(recordings, threshold))
     if windowed:
         rows = window_rows(recordings, classifier.num_samples, classifier.sample_rate, threshold)
-        return format_csv(WINDOW_COLUMNS, rows)
-    return format_csv(CLIP_COLUMNS, clip_rows(recordings, classifier.num_samples, threshold))
+        return artifacts.format_csv(WINDOW_COLUMNS, rows)
+    return artifacts.format_csv(CLIP_COLUMNS, clip_rows(recordings, classifier.num_samples, threshold))
 
 
 def _recordings(inputs: Sequence[tuple[str, Path]], audios: Sequence[np.ndarray | None], windowed: bool,
@@ -675,7 +442,7 @@ def _warn_padded(recordings: Sequence[Recording], classifier: Classifier) -> Non
 
 def run(args: argparse.Namespace) -> int:
     """Check the outputs, load, decode, classify, smooth, draw, summarise, write; return the exit
-    code (``PredictError`` for usage problems). The CSV comes last: it exists only if all else did."""
+    code (a ``TfbreathError`` for usage problems). The CSV comes last: it exists only if all else did."""
     if args.out is not None:
         artifacts.check_writable(args.out)
     if args.plot is not None:

@@ -266,50 +266,11 @@ def filterbank_plain(spectrogram, matrix):
 
 # ----------------------------------------------------------------------------- tempogram
 
-def _tempogram_power(s):
-    """Power spectra of the tempogram's Hann-weighted onset windows, zero-padded to M >= 2 W - 1."""
-    with tf.name_scope("tempogram_power"):
-        envelope = maps.onset_envelope(s)  # [..., T]
-        padded = maps.linear_ramp_pad(envelope, maps.TEMPOGRAM_WINDOW // 2)  # [..., T + W]
-        windows = spectral.sliding_windows(padded, maps.TEMPOGRAM_WINDOW, envelope.shape[-1])  # [..., T, W]
-        windows = windows * filters.hann_window(maps.TEMPOGRAM_WINDOW)  # [..., T, W]
-        fft_length = spectral.fft_length_at_least(2 * maps.TEMPOGRAM_WINDOW - 1)
-        return spectral.fft_power(windows, fft_length, s.cache.fft_mode)  # [..., T, M/2 + 1]
-
-
-def _full_spectrum_sum(half):
-    return 2.0 * tf.reduce_sum(half, -1) - half[..., 0] - half[..., -1]
-
-
-def _lag_sums(power, length):
-    """r[0], sum r and sum r^2 over the lags of each window's autocorrelation, from its spectrum."""
-    fft_length = 2 * (power.shape[-1] - 1)
-    lag0 = _full_spectrum_sum(power) / fft_length  # [..., T]
-    total = (power[..., 0] + lag0) / 2.0  # [..., T]
-    squares = (_full_spectrum_sum(tf.square(power)) / fft_length + tf.square(lag0)) / 2.0  # [..., T]
-    return lag0, total, squares
-
-
-def _zscored_tempogram(s, n_lags):
-    """The z-scored tempogram's first n_lags lags, its mean and std over all lags from the spectra."""
-    with tf.name_scope("zscored_tempogram"):
-        n_lags = min(n_lags, maps.TEMPOGRAM_WINDOW)
-        power = _tempogram_power(s)  # [..., T, M/2 + 1]
-        lag0, total, squares = _lag_sums(power, maps.TEMPOGRAM_WINDOW)  # 3 x [..., T]
-        norm = maps._safe_norm(lag0)  # [..., T]
-        lags = spectral.inverse_rfft(power, None, n_lags, s.cache.fft_mode)  # [..., T, n_lags]
-        normalised = lags / tf.expand_dims(norm, -1)  # [..., T, n_lags]
-        count = float(power.shape[-2] * maps.TEMPOGRAM_WINDOW)
-        mean = tf.reduce_sum(total / norm, -1, keepdims=True) / count  # [..., 1]
-        mean_square = tf.reduce_sum(squares / tf.square(norm), -1, keepdims=True) / count  # [..., 1]
-        std = tf.sqrt(tf.maximum(mean_square - tf.square(mean), 0.0))  # [..., 1]
-        return maps.standardise(normalised, tf.expand_dims(mean, -1), tf.expand_dims(std, -1))
-
-
 def zscored_map_trick(shared, name):
-    """The tempogram's z-scored first n_mels lags without its other lags; the other maps the plain way."""
+    """The tempogram's z-scored first n_mels lags without its other lags (the library's own
+    ``maps.zscored_tempogram``, kept for the TFLite graph's size); the other maps the plain way."""
     if name == "tempogram":
-        return _zscored_tempogram(shared, shared.features.n_mels)
+        return maps.zscored_tempogram(shared, min(shared.features.n_mels, maps.TEMPOGRAM_WINDOW))
     return zscored_map_plain(shared, name)
 
 

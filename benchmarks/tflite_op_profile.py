@@ -15,7 +15,8 @@ and called subgraphs, e.g. a WHILE's body, kept, so indices stay valid) fed thos
 and its ``invoke`` is timed (median of ``--repeats``, after warm-up, default delegates as the
 exported model runs with). Prints the whole graph's median latency, the sum of the op times (a
 check: the two should roughly agree; per-invoke overhead adds a few microseconds per op), the
-time per op type and the top ops by time with their output shapes.
+time per op type and the top ops by time with their output shapes. Before them, the graph's
+size and its largest constants (DFT matrices, filterbanks: most of a feature graph's bytes).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from tensorflow.lite.tools import flatbuffer_utils  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "saved_models" / "breath_phase"
 WARMUP_CALLS = 3
+LARGEST_CONSTANTS = 5
+"""How many of the largest constants the size line lists."""
 
 OPCODE_NAMES = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
 
@@ -164,6 +167,22 @@ def feature_scope(name: str) -> str:
     return "/".join(inside[:2]) or "(other)"
 
 
+def constant_bytes(flatbuffer: bytes) -> list[tuple[int, str]]:
+    """Size and tensor name of every constant of subgraph 0, largest first."""
+    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
+    graph = model.subgraphs[0]
+    sizes = [(len(model.buffers[tensor.buffer].data), tensor.name.decode(errors="replace"))
+             for tensor in graph.tensors if model.buffers[tensor.buffer].data is not None]
+    return sorted(sizes, reverse=True)
+
+
+def print_size(flatbuffer: bytes) -> None:
+    constants = constant_bytes(flatbuffer)
+    largest = ", ".join(f"{size / 1e6:.2f}" for size, _ in constants[:LARGEST_CONSTANTS])
+    print(f"size: {len(flatbuffer) / 1e6:.2f} MB, constants {sum(size for size, _ in constants) / 1e6:.2f} MB "
+          f"(largest: {largest} MB)")
+
+
 def print_tables(latency: float, rows: list[dict], top: int) -> None:
     total = sum(row["ms"] for row in rows)
     print(f"whole graph: {latency:.3f} ms median at batch 1, 1 thread; {len(rows)} ops, "
@@ -204,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     n_samples = int(interpreter(flatbuffer).get_input_details()[0]["shape"][-1])
     clip = real_clip(args.wav, args.model) if args.wav else test_clip(n_samples)
     latency, values = whole_graph(flatbuffer, clip, args.repeats)
+    print_size(flatbuffer)
     print_tables(latency, profile_ops(flatbuffer, values, args.repeats), args.top)
     return 0
 

@@ -100,3 +100,47 @@ def test_fir_block_matrix_holds_the_reversed_taps_on_its_band():
     np.testing.assert_allclose(spectral.fir_filter(y, taps).numpy(), want, atol=1e-5)
     with pytest.raises(ValueError, match="odd number of taps"):
         spectral.fir_block_matrix(np.ones(4, np.float32))
+
+
+def test_real_dft_of_all_bins_splits_into_even_and_odd_samples():
+    x = _rng.standard_normal((2, 3, 383))  # odd length: the odd half gets a zero
+    assert dft.splits(383, 768, 385) and not dft.splits(383, 768, 40) and not dft.splits(383, 770, 386)
+    signal = tf.constant(x, tf.float32)
+    for got in (dft.real_dft(signal, 768), dft.split_real_dft(signal, 768)):
+        want = np.fft.rfft(x, 768)
+        assert got[0].shape == (2, 3, 385)
+        _assert_close(got[0], want.real)
+        _assert_close(got[1], want.imag)
+
+
+def test_hop_one_windows_are_the_sliding_windows():
+    x = _rng.standard_normal((2, 50)).astype(np.float32)
+    got = dft.hop_one_windows(tf.constant(x), 8, 40).numpy()  # [2, 40, 8]
+    np.testing.assert_array_equal(got, tf.signal.frame(x, 8, 1)[:, :40].numpy())
+
+
+@pytest.mark.parametrize("width, count", [(384, 63), (8, 10)])
+def test_sliding_hann_power_equals_the_fft_of_each_weighted_window(width, count):
+    x = _rng.standard_normal((2, count + width - 1)).astype(np.float32)  # the shortest signal it takes
+    got = dft.sliding_hann_power(tf.constant(x), width, count)
+    frames = np.stack([x[:, t:t + width] for t in range(count)], 1)  # [2, count, W]
+    frames = frames * filters.hann_window(width).astype(np.float64)
+    _assert_close(got, np.abs(np.fft.rfft(frames, 2 * width, axis=-1)) ** 2)
+    with pytest.raises(ValueError, match="need an even width"):
+        dft.sliding_hann_power(tf.constant(x), width - 1, count)
+
+
+def test_lags_of_power_by_a_product_equal_tf_inverse_fft():
+    power = np.abs(np.fft.rfft(_rng.standard_normal((3, 200)), 512)) ** 2  # [3, 257]
+    default = spectral.lags_of_power(tf.constant(power, tf.float32), 512, 100).numpy()
+    _assert_close(spectral.lags_of_power(tf.constant(power, tf.float32), 512, 100, TFLITE), default)
+    _assert_close(default, np.fft.irfft(power, 512)[:, :100])
+    with pytest.raises(ValueError, match="even fft_length, got 513"):
+        spectral.lags_of_power(tf.constant(power, tf.float32), 513, 100, TFLITE)
+
+
+def test_tflite_hann_window_power_equals_the_default():
+    x = _rng.standard_normal((2, 3, 100)).astype(np.float32)  # leading axes kept
+    default = spectral.hann_window_power(x, 32, 60).numpy()
+    assert default.shape == (2, 3, 60, 33)
+    _assert_close(spectral.hann_window_power(x, 32, 60, TFLITE), default)

@@ -226,3 +226,16 @@ def test_maps_stay_float32_under_mixed_precision():
         keras.mixed_precision.set_global_policy(previous)
     assert out.dtype == tf.float32
     np.testing.assert_allclose(out.numpy(), _maps(breath_like(5)), atol=1e-5)
+
+
+@pytest.mark.parametrize("fft_mode", [spectral.FftMode(), spectral.FftMode(tflite_compatible=True)],
+                         ids=["default", "tflite"])
+def test_zscored_tempogram_equals_the_whole_map_zscored_then_cut(fft_mode):
+    # Its mean and std over all 384 lags come from the spectrum (Parseval), only n_mels lags are built.
+    y = tf.constant(np.stack([breath_like(0), sine(), np.zeros(SAMPLE_RATE, np.float32)]))
+    shared = maps._Intermediates(spectral.SpectrogramCache(y, fft_mode=fft_mode), SAMPLE_RATE, FEATURES)
+    want = maps.zscore(maps.tempogram_map(shared), per_band=False)[..., :FEATURES.n_mels].numpy()
+    got = maps.zscored_tempogram(shared, FEATURES.n_mels).numpy()
+    assert got.shape == want.shape == (3, 63, FEATURES.n_mels)
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_array_equal(got[2], 0.0)  # silence stays 0

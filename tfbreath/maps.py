@@ -53,6 +53,11 @@ ONSET_N_MELS = 128
 TEMPOGRAM_WINDOW = 384
 """librosa.feature.tempogram's autocorrelation window (frames)."""
 
+TEMPOGRAM_FFT_LENGTH = 2 * TEMPOGRAM_WINDOW
+"""DFT length of the tempogram's windows (``spectral.hann_window_power`` pads them to 2W): >= 2W - 1,
+so that no lag wraps around and the z-score's sums over all lags follow from the spectrum
+(``zscored_tempogram``)."""
+
 CHROMA_CENS_THRESHOLDS = (0.4, 0.2, 0.1, 0.05)
 """CENS quantisation steps; each step crossed adds ``CHROMA_CENS_STEP``."""
 
@@ -288,21 +293,52 @@ def onset_envelope(s: _Intermediates) -> tf.Tensor:
         return padded[..., :n_frames]  # [..., T]
 
 
+def tempogram_power(s: _Intermediates) -> tf.Tensor:
+    """|DFT|^2 (length ``TEMPOGRAM_FFT_LENGTH``) of the Hann-weighted onset windows of
+    librosa.feature.tempogram, as the cache's FFT mode builds it. ``[..., T, M/2 + 1]``"""
+    with tf.name_scope("tempogram_power"):
+        envelope = onset_envelope(s)  # [..., T]
+        padded = linear_ramp_pad(envelope, TEMPOGRAM_WINDOW // 2)  # [..., T + W]
+        return spectral.hann_window_power(padded, TEMPOGRAM_WINDOW, envelope.shape[-1],
+                                          s.cache.fft_mode)  # [..., T, M/2 + 1]
+
+
 def tempogram_map(s: _Intermediates) -> tf.Tensor:
     """librosa.feature.tempogram: autocorrelation of the Hann-weighted onset windows, lag 0 = 1.
 
-    The lags come from ``spectral.autocorrelation`` of each window (no wrap-around), as the
-    cache's FFT mode builds it. ``[..., T, W]``
+    The lags are the inverse DFT of ``tempogram_power`` (no wrap-around). ``[..., T, W]``
     """
     with tf.name_scope("tempogram"):
-        envelope = onset_envelope(s)  # [..., T]
-        n_frames = envelope.shape[-1]
-        half = TEMPOGRAM_WINDOW // 2
-        padded = linear_ramp_pad(envelope, half)  # [..., T + W]
-        windows = spectral.sliding_windows(padded, TEMPOGRAM_WINDOW, n_frames)  # [..., T, W]
-        windows = windows * filters.hann_window(TEMPOGRAM_WINDOW)  # [..., T, W]
-        lags = spectral.autocorrelation(windows, TEMPOGRAM_WINDOW, s.cache.fft_mode)  # [..., T, W]
+        power = tempogram_power(s)  # [..., T, M/2 + 1]
+        lags = spectral.lags_of_power(power, TEMPOGRAM_FFT_LENGTH, TEMPOGRAM_WINDOW,
+                                      s.cache.fft_mode)  # [..., T, W]
         return lags / _safe_norm(lags[..., :1])  # [..., T, W]: lag 0 is the max |r|
+
+
+def zscored_tempogram(s: _Intermediates, n_lags: int) -> tf.Tensor:
+    """``zscore(tempogram_map(s), per_band=False)[..., :n_lags]`` without the other lags. ``[..., T, n_lags]``
+
+    The z-score's mean and std over all W lags of every frame come from the power spectrum P of
+    the frame's window (length M >= 2W - 1, so its circular lags are the lags -(W-1) .. W-1 and
+    zeros): the sum of r over them is P[0] and the sum of r^2 is sum_f P_f^2 / M over all M bins
+    (Parseval); r is even, so lags 0 .. W-1 hold half of each plus half of r[0] (resp. r[0]^2).
+    The map's largest |value|, which ``standardise`` compares the std with, is lag 0's.
+    """
+    with tf.name_scope("zscored_tempogram"):
+        power = tempogram_power(s)  # [..., T, M/2 + 1]
+        lags = spectral.lags_of_power(power, TEMPOGRAM_FFT_LENGTH, n_lags, s.cache.fft_mode)  # [..., T, n_lags]
+        lag0 = lags[..., 0]  # [..., T]
+        norm = _safe_norm(lag0)  # [..., T]
+        dc, nyquist = power[..., 0], power[..., -1]  # 2 x [..., T]
+        all_squares = ((2.0 * tf.reduce_sum(tf.square(power), -1) - tf.square(dc) - tf.square(nyquist))
+                       / TEMPOGRAM_FFT_LENGTH)  # [..., T]  sum of r^2 over the lags -(W-1) .. W-1
+        lag_sums = (dc + lag0) / (2.0 * norm)  # [..., T]  sum of the normalised lags 0 .. W-1
+        square_sums = (all_squares + tf.square(lag0)) / (2.0 * tf.square(norm))  # [..., T]  of their squares
+        count = float(lags.shape[-2] * TEMPOGRAM_WINDOW)
+        mean = tf.reduce_sum(lag_sums, -1)[..., tf.newaxis, tf.newaxis] / count  # [..., 1, 1]
+        mean_square = tf.reduce_sum(square_sums, -1)[..., tf.newaxis, tf.newaxis] / count  # [..., 1, 1]
+        std = tf.sqrt(tf.maximum(mean_square - tf.square(mean), 0.0))  # [..., 1, 1]
+        return standardise(lags / norm[..., tf.newaxis], mean, std)  # [..., T, n_lags]
 
 
 def lpc_decimation(sample_rate: int, features: FeatureConfig) -> int:
@@ -354,7 +390,10 @@ def raw_maps(y: tf.Tensor, sample_rate: int, features: FeatureConfig,
 
 
 def _zscored_map(shared: _Intermediates, name: str) -> tf.Tensor:
-    """One z-scored map, time-major. ``[..., T, bands]``"""
+    """One z-scored map, time-major; the tempogram only as far as ``fit_bands`` keeps it
+    (``zscored_tempogram``: its lags cost most of the map). ``[..., T, bands]``"""
+    if name == "tempogram":
+        return zscored_tempogram(shared, min(shared.features.n_mels, TEMPOGRAM_WINDOW))  # [..., T, <= n_mels]
     return zscore(MAP_BUILDERS[name](shared), per_band=name in PER_BAND_ZSCORE)
 
 

@@ -10,7 +10,7 @@ no module state is read while a graph is traced, so the same function traced in 
 two graphs. The default mode suits a graph TF runs itself (training, prediction, the tf.data
 feature map): TF's FFTs of any length and their inverses. ``FftMode(tflite_compatible=True)``
 (the export) keeps every op a TFLite builtin that TFLite runs fast: short transforms (the STFTs,
-the tempogram's lags) are products with constant DFT matrices (``tfbreath.dft``), and only
+the tempogram's windows and lags) are products with constant DFT matrices (``tfbreath.dft``), and only
 whole-clip transforms stay FFTs, of power-of-two length (``real_fft``). Whatever the mode,
 spectra are at once float32 real and imaginary parts.
 """
@@ -63,7 +63,7 @@ class FftMode:
     tflite_compatible: bool = False
     """Only ops with a TFLite builtin kernel, chosen for TFLite's speed, for a TFLite conversion
     (the export). Transforms whose DFT matrix is small (``dft.fits``) are matrix products
-    (``dft``): the STFTs by blocks, the tempogram's autocorrelation, any short ``real_fft``;
+    (``dft``): the STFTs by blocks, the tempogram's windows and lags, any short ``real_fft``;
     TFLite's RFFT2D took 0.85 ms for the 63 frames of 2048 points, the products about 0.3 ms.
     Longer ones are forward real FFTs of power-of-two length (TFLite's RFFT2D takes no other
     size) and inverse FFTs go through ``inverse_rfft``, one more forward real FFT. Off, TF's FFT
@@ -204,6 +204,21 @@ def _blocked_stft_power(y: tf.Tensor, n_fft: int, hop_length: int, n_bins: int |
     return restore(power)  # [..., T, n_fft // 2 + 1]
 
 
+def hann_window_power(x: tf.Tensor, width: int, count: int, fft_mode: FftMode = FftMode()) -> tf.Tensor:
+    """|rFFT|^2, zero-padded to 2 ``width`` samples, of the windows ``x[..., t : t + width]`` at
+    hop 1, t < ``count``, weighted by a periodic Hann window. ``[..., n]`` -> ``[..., count, width + 1]``
+
+    TF's FFT of the windows, or with ``fft_mode.tflite_compatible`` one product whose radix-2
+    halves neighbouring windows share (``dft.sliding_hann_power``, ``width`` even).
+    """
+    with tf.name_scope("hann_window_power"):
+        if fft_mode.tflite_compatible:
+            flat, restore = flatten_batch(x)  # [B, n]
+            return restore(dft.sliding_hann_power(flat, width, count))  # [..., count, width + 1]
+        windows = sliding_windows(x, width, count) * filters.hann_window(width)  # [..., count, width]
+        return fft_power(windows, 2 * width, fft_mode)  # [..., count, width + 1]
+
+
 def inverse_rfft(real: tf.Tensor, imag: tf.Tensor | None, n_out: int, fft_mode: FftMode = FftMode()) -> tf.Tensor:
     """The first ``n_out`` samples of irfft(real + i imag), by one forward real FFT.
 
@@ -294,6 +309,19 @@ def autocorrelation(x: tf.Tensor, n_lags: int, fft_mode: FftMode = FftMode()) ->
     with tf.name_scope("autocorrelation"):
         fft_length = smooth_fft_length(x.shape[-1] + n_lags - 1)
         power = fft_power(x, fft_length, fft_mode)  # [..., M/2 + 1]
+        return lags_of_power(power, fft_length, n_lags, fft_mode)  # [..., n_lags]
+
+
+def lags_of_power(power: tf.Tensor, fft_length: int, n_lags: int, fft_mode: FftMode = FftMode()) -> tf.Tensor:
+    """The first ``n_lags`` samples of the length-``fft_length`` inverse rFFT of a power spectrum:
+    TF's inverse FFT, or with ``fft_mode.tflite_compatible`` (M even) one product with a cosine
+    matrix (``dft.power_lags``). ``[..., M//2 + 1]`` -> ``[..., n_lags]``"""
+    with tf.name_scope("lags_of_power"):
+        if fft_mode.tflite_compatible:
+            if fft_length != 2 * (power.shape[-1] - 1):
+                raise ValueError(f"a tflite_compatible inverse needs an even fft_length, got {fft_length} "
+                                 f"for {power.shape[-1]} bins")
+            return dft.power_lags(power, n_lags)  # [..., n_lags]
         lags = tf.signal.irfft(tf.complex(power, tf.zeros_like(power)), [fft_length])  # [..., M]
         return lags[..., :n_lags]  # [..., n_lags]
 

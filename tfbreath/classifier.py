@@ -217,15 +217,20 @@ def default_model_path() -> Path:
                           f"FILE{MODEL_SUFFIX} or FILE{TFLITE_SUFFIX}")
 
 
-def load_classifier(path: Path | None, pipeline_arg: Path | None = None) -> Classifier:
-    """Whatever ``--model`` names (default: the shipped model) as a ``Classifier``."""
-    path = default_model_path() if path is None else Path(path)
+def model_path_mode(path: Path) -> int:
+    """``path``'s ``st_mode``, or a one-line ``ClassifierError`` when a ``--model`` path is missing or unreadable."""
     try:
-        mode = path.stat().st_mode
+        return path.stat().st_mode
     except FileNotFoundError:
         raise ClassifierError(f"{path}: no such model file or run folder") from None
     except OSError as err:
         raise ClassifierError(f"{path}: cannot read it ({err.strerror})") from None
+
+
+def load_classifier(path: Path | None, pipeline_arg: Path | None = None) -> Classifier:
+    """Whatever ``--model`` names (default: the shipped model) as a ``Classifier``."""
+    path = default_model_path() if path is None else Path(path)
+    mode = model_path_mode(path)
     try:
         if stat.S_ISDIR(mode):
             return load_run(path, pipeline_arg)

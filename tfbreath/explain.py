@@ -261,12 +261,7 @@ def _keras_model(path: Path, pipeline_arg: Path | None, description: str) -> Exp
 def load_explained(path: Path | None, pipeline_arg: Path | None = None) -> Explained:
     """What ``--model`` names (default: the shipped ``ensemble.keras``) as an ``Explained``."""
     path = classifier.DEFAULT_MODEL_DIR if path is None else Path(path)
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ExplainError(f"{path}: no such model file or run folder") from None
-    except OSError as err:
-        raise ExplainError(f"{path}: cannot read it ({err.strerror})") from None
+    mode = classifier.model_path_mode(path)
     try:
         if stat.S_ISDIR(mode):
             ensemble = RunFolder(path).model_file(ENSEMBLE)

@@ -82,7 +82,14 @@ def model_pipeline_toml(path: str | Path) -> str | None:
 
 
 def save_figure(figure, path: str | Path) -> Path:
-    return _atomically(Path(path), lambda tmp: figure.savefig(tmp, dpi=120, bbox_inches="tight"))
+    """Write a matplotlib ``figure`` to ``path`` atomically, then close it (written or not), so a
+    tool drawing many figures does not keep them all open."""
+    import matplotlib.pyplot as plt  # only where figures are drawn: the callers chose the backend
+
+    try:
+        return _atomically(Path(path), lambda tmp: figure.savefig(tmp, dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(figure)
 
 
 def nearest_existing(path: str | Path) -> Path:

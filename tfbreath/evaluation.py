@@ -73,7 +73,6 @@ def plot_training_curves(history_csvs: dict[str, Path], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     artifacts.save_figure(figure, path)
-    plt.close(figure)
 
 
 def plot_confusion_matrix(labels: np.ndarray, probabilities: np.ndarray, path: Path, title: str) -> None:
@@ -83,7 +82,6 @@ def plot_confusion_matrix(labels: np.ndarray, probabilities: np.ndarray, path: P
     metrics.ConfusionMatrixDisplay(matrix, display_labels=list(LABEL_NAMES)).plot(ax=ax, colorbar=False)
     ax.set_title(title)
     artifacts.save_figure(figure, path)
-    plt.close(figure)
 
 
 def plot_roc(labels: np.ndarray, probabilities: dict[str, np.ndarray], path: Path, clips: str) -> None:
@@ -94,7 +92,6 @@ def plot_roc(labels: np.ndarray, probabilities: dict[str, np.ndarray], path: Pat
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set_title(f"ROC, {clips}")
     artifacts.save_figure(figure, path)
-    plt.close(figure)
 
 
 def write_predictions(path: Path, files, labels: np.ndarray, probabilities: dict[str, np.ndarray],

@@ -461,9 +461,7 @@ def plot_explanation(explanation: Explanation, explained: Explained, path: Path)
         ax.set_ylabel("attribution", fontsize=8)
         ax.set_title("scalars", fontsize=9)
     figure.suptitle(_title(explanation), fontsize=10)
-    artifacts.save_figure(figure, path)
-    plt.close(figure)
-    return path
+    return artifacts.save_figure(figure, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,9 +561,7 @@ def plot_summary(ranking: Sequence[Ranked], n_clips: int, description: str, path
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="lower right")
     ax.set(xlabel=f"attribution mass ({TARGET} units)",
            title=f"integrated gradients over {n_clips} clip(s)\n{description}")
-    artifacts.save_figure(figure, path)
-    plt.close(figure)
-    return path
+    return artifacts.save_figure(figure, path)
 
 
 # ---------------------------------------------------------------------------------------------

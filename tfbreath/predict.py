@@ -282,9 +282,7 @@ def plot_timeline(recording: Recording, classifier: Classifier, threshold: float
     prob_ax.axhline(threshold, color="red", linestyle="--", linewidth=0.8, label=f"threshold {threshold:g}")
     prob_ax.set(xlabel="time (s)", ylabel="P(exhale)", ylim=(0, 1), xlim=(0, time[-1]))
     prob_ax.legend(**LEGEND_OUTSIDE)
-    artifacts.save_figure(figure, path)
-    plt.close(figure)
-    return path
+    return artifacts.save_figure(figure, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -199,7 +199,6 @@ def plot_objective(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set(xlabel="trial", ylabel=f"{OBJECTIVE} (session-grouped split)", title="hyperparameter search")
     ax.grid(alpha=0.3)
     artifacts.save_figure(figure, path)
-    plt.close(figure)
 
 
 def write_summary(tuner: kt.Tuner, out: Path) -> dict[str, Any]:

@@ -99,6 +99,4 @@ def plot_confusion(matrices: dict[str, Sequence[Sequence[int]]], classes: int, p
     for ax, (title, matrix) in zip(axes[0], matrices.items()):
         ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names)).plot(ax=ax, colorbar=False)
         ax.set_title(title)
-    path = artifacts.save_figure(figure, path)
-    plt.close(figure)
-    return path
+    return artifacts.save_figure(figure, path)

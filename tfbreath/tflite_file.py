@@ -130,6 +130,24 @@ def _check_model(model) -> None:
         _check_indices([m.tensorIndex for m in maps], tensors, "signature tensor")
 
 
+def model_bytes(model: bytes | str | Path) -> tuple[str, bytes]:
+    """``(source, bytes)`` of a ``.tflite`` path or its bytes; ``source`` names it in messages.
+
+    Raises ``TFLiteFileError`` (``<path>: cannot read the file (...)``) for an unreadable path.
+    """
+    if isinstance(model, bytes):
+        return "<bytes>", model
+    try:
+        return str(model), Path(model).read_bytes()
+    except OSError as err:
+        raise TFLiteFileError(f"{model}: cannot read the file ({err.strerror})") from None
+
+
+def corrupt(source: str, err: Exception) -> TFLiteFileError:
+    """The one-line error for bytes TFLite's flatbuffer reader could not parse."""
+    return TFLiteFileError(f"{source}: not a valid TFLite model (cut short or corrupt: {' '.join(str(err).split())})")
+
+
 def verify_tflite(model: bytes | str | Path) -> bytes:
     """A ``.tflite`` file or its bytes, checked, as the flatbuffer to hand to ``tf.lite.Interpreter``.
 
@@ -144,12 +162,7 @@ def verify_tflite(model: bytes | str | Path) -> bytes:
     TFLiteFileError
         ``<path>: not a valid TFLite model (<problem>)``, or the file cannot be read.
     """
-    source = "<bytes>" if isinstance(model, bytes) else str(model)
-    if not isinstance(model, bytes):
-        try:
-            model = Path(model).read_bytes()
-        except OSError as err:
-            raise TFLiteFileError(f"{source}: cannot read the file ({err.strerror})") from None
+    source, model = model_bytes(model)
     try:
         _check(model[TFLITE_IDENTIFIER_AT] == TFLITE_IDENTIFIER,
                f"no {TFLITE_IDENTIFIER.decode()} identifier at bytes 4-7")
@@ -158,6 +171,5 @@ def verify_tflite(model: bytes | str | Path) -> bytes:
     except TFLiteFileError as err:  # before TFLITE_PARSE_ERRORS, which holds ValueError
         raise TFLiteFileError(f"{source}: not a valid TFLite model ({err})") from None
     except TFLITE_PARSE_ERRORS as err:
-        raise TFLiteFileError(f"{source}: not a valid TFLite model "
-                              f"(cut short or corrupt: {' '.join(str(err).split())})") from None
+        raise corrupt(source, err) from None
     return bytes(flatbuffer_utils.convert_object_to_bytearray(parsed))

@@ -46,7 +46,7 @@ import tfbreath
 from tfbreath.config import PipelineConfig
 from tfbreath.data import LABEL_WORDS, LABELS
 from tfbreath.evaluation import THRESHOLD
-from tfbreath.tflite_file import TFLITE_PARSE_ERRORS, TFLiteFileError
+from tfbreath.tflite_file import TFLITE_PARSE_ERRORS, TFLiteFileError, corrupt, model_bytes
 
 METADATA_NAME = b"tfbreath"
 """Name of the ``Model.metadata`` entry holding the JSON description."""
@@ -144,16 +144,11 @@ def read_metadata(model: bytes | str | Path) -> dict | None:
         ``<path>: ...`` when the file cannot be read, is no TFLite model, or its ``tfbreath``
         entry is not a description this version understands.
     """
-    source = "<bytes>" if isinstance(model, bytes) else str(model)
-    try:
-        flatbuffer = model if isinstance(model, bytes) else Path(model).read_bytes()
-    except OSError as err:
-        raise TFLiteFileError(f"{source}: cannot read the file ({err.strerror})") from None
+    source, flatbuffer = model_bytes(model)
     try:
         data = _entry_data(flatbuffer)
     except TFLITE_PARSE_ERRORS as err:
-        raise TFLiteFileError(f"{source}: not a valid TFLite model (cut short or corrupt: "
-                              f"{' '.join(str(err).split())})") from None
+        raise corrupt(source, err) from None
     if data is None:
         return None
     try:

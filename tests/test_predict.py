@@ -19,7 +19,7 @@ import soundfile as sf
 from tensorflow.lite.python import schema_py_generated as tflite_schema
 
 from conftest import breath_like
-from tfbreath import artifacts, export, predict, serving, tflite_metadata
+from tfbreath import artifacts, export, predict, serving, timeline, tflite_metadata
 from tfbreath.audio import load_audio
 from tfbreath.classifier import default_model_path, load_classifier
 from tfbreath.config import PipelineConfig, dump_config, with_overrides
@@ -598,9 +598,10 @@ def test_no_recording_for_a_summary_is_said_not_an_error(capsys, tmp_path, run_d
 def test_bad_summary_options_are_one_error_line(capsys, tmp_path, run_dir):
     wav = _write(tmp_path / "long.wav", LONG_S)
     out_csv = tmp_path / "windows.csv"
-    for argv, message in ((["--inhale-s", 0, 2], "error: --inhale-s/--exhale-s: inhale_low_s must be > 0, got 0.0"),
-                          (["--exhale-s", 3, 1], "error: --inhale-s/--exhale-s: exhale_high_s must be > "
-                                                 "exhale_low_s = 3.0, got 1.0"),
+    prefix = "error: --inhale-s/--exhale-s/--rate-bpm: "
+    for argv, message in ((["--inhale-s", 0, 2], prefix + "inhale_low_s must be > 0, got 0.0"),
+                          (["--exhale-s", 3, 1], prefix + "exhale_high_s must be > exhale_low_s = 3.0, got 1.0"),
+                          (["--rate-bpm", 20, 12], prefix + "rate_high_bpm must be > rate_low_bpm = 20.0, got 12.0"),
                           (["--out", out_csv, "--summary", out_csv], "error: --summary and --out name the same "),
                           (["--kaggle", tmp_path / "test.csv", "--summary", tmp_path / "s.csv"],
                            "error: --plot, --hop and --summary apply to WAV inputs")):
@@ -608,3 +609,10 @@ def test_bad_summary_options_are_one_error_line(capsys, tmp_path, run_dir):
         _assert_one_error_line(code, out, err)
         assert err[0].startswith(message), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav"]
+
+
+def test_the_smoothing_options_reach_the_decoders_config():
+    args = predict._parse_args(["x.wav", "--inhale-s", "1", "2.5", "--exhale-s", "1.5", "4", "--rate-bpm", "6", "10"])
+    assert predict._timeline_config(args) == timeline.TimelineConfig(
+        inhale_low_s=1.0, inhale_high_s=2.5, exhale_low_s=1.5, exhale_high_s=4.0, rate_low_bpm=6.0, rate_high_bpm=10.0)
+    assert predict._timeline_config(predict._parse_args(["x.wav"])) == timeline.TimelineConfig()

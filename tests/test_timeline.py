@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,82 @@ def test_isolated_flicker_windows_are_removed():
     noisy[flicker] = 1.0 - noisy[flicker]
     assert ((noisy >= 0.5) != phases).sum() == len(flicker)
     np.testing.assert_array_equal(timeline.decode_phases(noisy, HOP_S), phases)
+
+
+SLOW_INHALE, SLOW_EXHALE = 4, 6
+"""A 2-s inhale and a 3-s exhale: 12 breaths/min, the bottom of the typical rate range, whereas the
+default phase ranges' nominal breath is 3 s (20/min)."""
+DOUBTFUL, FLICKER = 0.35, 0.2
+"""P(exhale) of a doubtful inhale window (1 - of an exhale one); of a wrong window inside an exhale."""
+TEMPO_TOLERANCE = 0.15
+FIXED_20_PER_MIN = timeline.TimelineConfig(rate_low_bpm=19.5, rate_high_bpm=20.5)
+"""A rate prior so narrow that the tempo is fixed at the nominal 20 breaths/min."""
+
+
+def _rate_of_tempo(tempo: float, config: timeline.TimelineConfig = timeline.TimelineConfig()) -> float:
+    return 60.0 / (tempo * config.nominal_breath_s())
+
+
+@pytest.mark.parametrize("inhale, exhale", [(SLOW_INHALE, SLOW_EXHALE), (INHALE_WINDOWS, EXHALE_WINDOWS), (3, 3)])
+def test_the_tempo_follows_the_recordings_rate(inhale, exhale):
+    phases = _breathing(inhale=inhale, exhale=exhale)
+    true_rate = 60.0 / ((inhale + exhale) * HOP_S)
+    rate = _rate_of_tempo(timeline.most_probable_tempo(_probabilities(phases), HOP_S))
+    # within 15 %: the rate prior pulls towards the middle of its range (15.5/min), and a 1:1 breath
+    # has another shape than the nominal one (I:E 1.26 : 1.73 s)
+    assert abs(rate / true_rate - 1.0) < TEMPO_TOLERANCE
+
+
+def test_slow_breathing_with_doubtful_windows_keeps_its_long_exhales():
+    """A wrong window inside an exhale looks like a short inhale to a prior fixed at 20/min; at the
+    recording's own tempo the exhale stays whole."""
+    phases = _breathing(inhale=SLOW_INHALE, exhale=SLOW_EXHALE)
+    noisy = np.where(phases, 1.0 - DOUBTFUL, DOUBTFUL)
+    period = SLOW_INHALE + SLOW_EXHALE
+    noisy[[k * period + SLOW_INHALE + SLOW_EXHALE // 2 for k in range(0, BREATHS, 2)]] = FLICKER
+    np.testing.assert_array_equal(timeline.decode_phases(noisy, HOP_S), phases)
+    fixed = timeline.decode_phases(noisy, HOP_S, FIXED_20_PER_MIN)
+    assert (fixed != phases).sum() > 0
+    count = len(phases)
+    rate = timeline.summarize(timeline.decode_phases(noisy, HOP_S), _centres(count), count * HOP_S + HOP_S,
+                              noisy).breaths_per_min
+    assert rate == pytest.approx(60.0 / (period * HOP_S))
+
+
+def _brute_force_scores(probabilities: np.ndarray, config: timeline.TimelineConfig, tempo: float,
+                        longest: int) -> tuple[float, float, np.ndarray]:
+    """Log marginal and best score over every phase sequence, by enumeration, and the best sequence."""
+    p = np.clip(probabilities, config.probability_floor, 1.0 - config.probability_floor)
+    priors = [timeline.duration_log_prior(config.typical_s(bool(s), tempo), HOP_S, longest) for s in (0, 1)]
+    scores, sequences = [], []
+    for sequence in itertools.product((False, True), repeat=len(p)):
+        runs = timeline.phase_runs(np.array(sequence))
+        if max(end - start for start, end, _ in runs) > longest:
+            continue
+        score = sum(np.where(sequence, np.log(p), np.log1p(-p)))
+        for index, (start, end, exhale) in enumerate(runs):
+            log_pmf, log_survival = priors[exhale]
+            edge = index == 0 or index == len(runs) - 1
+            score += (log_survival if edge else log_pmf)[end - start - 1]
+        scores.append(score)
+        sequences.append(sequence)
+    scores = np.array(scores)
+    return float(np.log(np.sum(np.exp(scores)))), float(scores.max()), np.array(sequences[int(np.argmax(scores))])
+
+
+def test_forward_and_viterbi_agree_with_enumerating_every_phase_sequence():
+    rng = np.random.default_rng(0)
+    probabilities = rng.uniform(0.05, 0.95, 9)
+    config = timeline.TimelineConfig(longest_phase_s=3.0)
+    longest = int(config.longest_phase_s / HOP_S)
+    cumulative, _ = timeline._cumulative_evidence(probabilities, HOP_S, config)
+    for tempo in timeline.tempo_candidates(config)[0][::8]:
+        marginal, best, best_sequence = _brute_force_scores(probabilities, config, tempo, longest)
+        log_pmf, log_survival = timeline._duration_priors(np.array([tempo]), HOP_S, longest, config)
+        assert timeline._log_marginal(cumulative, log_pmf, log_survival, longest)[0] == pytest.approx(marginal)
+        np.testing.assert_array_equal(timeline._viterbi(cumulative, log_pmf[0], log_survival[0], longest),
+                                      best_sequence)
+        assert np.isfinite(best)
 
 
 def test_a_run_longer_than_the_longest_phase_is_cut():
@@ -119,6 +197,8 @@ def test_the_duration_prior_is_normalised_and_centred_on_the_typical_range():
     ("longest_phase_s", 2.5, "longest_phase_s must be >= exhale_high_s = 3.0, got 2.5"),
     ("probability_floor", 0.5, "probability_floor must be in (0, 0.5), got 0.5"),
     ("inhale_high_s", float("nan"), "inhale_high_s must be a number > 0, got nan"),
+    ("rate_low_bpm", -1.0, "rate_low_bpm must be > 0, got -1.0"),
+    ("rate_high_bpm", 10.0, "rate_high_bpm must be > rate_low_bpm = 12.0, got 10.0"),
 ])
 def test_invalid_config_values_raise_with_the_value(field, value, message):
     with pytest.raises(ConfigError) as raised:

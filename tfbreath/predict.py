@@ -2,7 +2,7 @@
 
     python -m tfbreath.predict [--model PATH] INPUT... [--out FILE.csv] [--threshold T]
                                [--hop SECONDS] [--plot DIR] [--summary FILE.csv]
-                               [--inhale-s LOW HIGH] [--exhale-s LOW HIGH]
+                               [--inhale-s LOW HIGH] [--exhale-s LOW HIGH] [--rate-bpm LOW HIGH]
                                [--batch-size N] [--pipeline FILE]
     python -m tfbreath.predict [--model PATH] --kaggle TEST_CSV [--out submission.csv]
 
@@ -27,7 +27,9 @@ rows ``ID,start_s,end_s,Target,Probability,Padded,Smoothed`` (a short file gives
 window). ``Target`` is the window's own phase; ``Smoothed`` is its phase in the recording's most
 probable phase sequence (``tfbreath.timeline``: a two-state hidden semi-Markov model whose
 duration prior puts 80 % of inhales in ``--inhale-s LOW HIGH``, default 0.8 2.0 s, and of
-exhales in ``--exhale-s LOW HIGH``, default 1.0 3.0 s). ``--plot DIR`` then draws each
+exhales in ``--exhale-s LOW HIGH``, default 1.0 3.0 s, both stretched to the recording's own
+tempo, chosen under a prior that puts 80 % of breathing rates in ``--rate-bpm LOW HIGH``,
+default 12 20 breaths/min). ``--plot DIR`` then draws each
 recording's smoothed phase timeline, its breathing rate in the title, to ``DIR/<file stem>.png``.
 
 Windowed runs also write a summary, one row per recording,
@@ -309,6 +311,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default %(default)s s)")
     parser.add_argument("--exhale-s", type=float, nargs=2, metavar=("LOW", "HIGH"), default=timeline.TYPICAL_EXHALE_S,
                         help="typical exhale duration (default %(default)s s)")
+    parser.add_argument("--rate-bpm", type=float, nargs=2, metavar=("LOW", "HIGH"), default=timeline.TYPICAL_RATE_BPM,
+                        help="typical breathing rate, the central 80 %% of the prior that chooses each recording's "
+                             "tempo (default %(default)s breaths/min)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
                         help=f"clips per model call (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--pipeline", type=Path, metavar="FILE",
@@ -364,12 +369,13 @@ def _write(text: str, out: Path | None, what: str = "the CSV") -> None:
 
 
 def _timeline_config(args: argparse.Namespace) -> timeline.TimelineConfig:
-    """The smoothing's duration prior from ``--inhale-s`` and ``--exhale-s``."""
+    """The smoothing's priors from ``--inhale-s``, ``--exhale-s`` and ``--rate-bpm``."""
     try:
         return timeline.TimelineConfig(inhale_low_s=args.inhale_s[0], inhale_high_s=args.inhale_s[1],
-                                       exhale_low_s=args.exhale_s[0], exhale_high_s=args.exhale_s[1])
+                                       exhale_low_s=args.exhale_s[0], exhale_high_s=args.exhale_s[1],
+                                       rate_low_bpm=args.rate_bpm[0], rate_high_bpm=args.rate_bpm[1])
     except ConfigError as err:
-        raise PredictError(f"--inhale-s/--exhale-s: {err}") from None
+        raise PredictError(f"--inhale-s/--exhale-s/--rate-bpm: {err}") from None
 
 
 def _summary_path(args: argparse.Namespace) -> Path | None:

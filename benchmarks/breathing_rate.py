@@ -26,13 +26,13 @@ seen by its model. A pooled-member run takes about 80 s on 2 cores:
 default, the shipped one, which was refit on all 3,200 labelled clips: its ``clips`` rows smooth
 the output of a classifier that has seen those clips (an optimistic window accuracy).
 
-Each recording is classified as ``python -m tfbreath.predict --hop`` does (its windows, batches
-and ``smooth``); a window's truth is the phase of most of its samples (a window half inhale,
-half exhale is left out of the accuracy). Per set: the window accuracy of the raw (P >= 0.5)
-and smoothed phases, the median breathing-rate error ``|rate - true| / true``, both rates
-counted alike (``tfbreath.timeline.summarize``; a recording without a rate, too short or with
-one phase the classifier never shows, counts as 100 %), and the median signed error of the
-smoothed rate (> 0: too many breaths). The decoder runs with its defaults (``TimelineConfig()``;
+Each recording is classified as ``python -m tfbreath.predict --hop`` does (``tfbreath.recording``'s
+windows, batches and ``smooth``); a window's truth is the phase of most of its samples (a window
+half inhale, half exhale is left out of the accuracy). Per set: the window accuracy of the raw
+(P >= 0.5) and smoothed phases, the median breathing-rate error ``|rate - true| / true``, both rates
+counted alike (``tfbreath.timeline.summarize``; a recording without a rate, too short or with one
+phase the classifier never shows, counts as 100 %), and the median signed error of the smoothed
+rate (> 0: too many breaths). The decoder runs with its defaults (``TimelineConfig()``;
 ``--rate-bpm`` changes its rate prior), no parameter fitted to these recordings; but its
 per-recording tempo with a 12-20/min rate prior was added after this benchmark had shown the
 fixed-tempo prior's high bias (README, "Breathing rate and I:E ratio"), and the ``clips`` sets'
@@ -61,12 +61,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfbreath import data, predict, synthetic, timeline
+from tfbreath import data, synthetic, timeline
 from tfbreath.audio import load_audio
 from tfbreath.classifier import Classifier, load_classifier
 from tfbreath.config import ENSEMBLE
 from tfbreath.evaluation import THRESHOLD
 from tfbreath.icbhi.reader import read_annotations
+from tfbreath.recording import Recording, breathing, classify, smooth, window_centres_s, window_starts
 from tfbreath.run_folder import MODEL_SUFFIX, RunFolder
 
 STEADY, VARIED, FAST, SLOW = ((2,), (3,)), ((1, 2), (2, 3)), ((1,), (1,)), ((3,), (4,))
@@ -176,19 +177,19 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def classify_audio(classifier: Classifier, audios: dict[str, np.ndarray], hop: int,
-                   config: timeline.TimelineConfig) -> list[predict.Recording]:
+                   config: timeline.TimelineConfig) -> list[Recording]:
     """Each audio windowed, classified and smoothed as ``predict --hop`` does."""
     clip = classifier.num_samples
-    recordings = [predict.Recording(name, Path(name), audio, predict.window_starts(len(audio), clip, hop))
+    recordings = [Recording(name, Path(name), audio, window_starts(len(audio), clip, hop))
                   for name, audio in audios.items()]
-    return predict.smooth(predict.classify(classifier, recordings, BATCH), hop / classifier.sample_rate, config)
+    return smooth(classify(classifier, recordings, BATCH), hop / classifier.sample_rate, config)
 
 
-def summaries(recording: predict.Recording, classifier: Classifier) -> dict[str, timeline.BreathingSummary]:
+def summaries(recording: Recording, classifier: Classifier) -> dict[str, timeline.BreathingSummary]:
     """The breathing of the raw (P >= threshold) and of the smoothed phases."""
     raw = dataclasses.replace(recording, smoothed=recording.probabilities >= THRESHOLD)
-    return {"raw": predict.breathing(raw, classifier.num_samples, classifier.sample_rate),
-            "smoothed": predict.breathing(recording, classifier.num_samples, classifier.sample_rate)}
+    return {"raw": breathing(raw, classifier.num_samples, classifier.sample_rate),
+            "smoothed": breathing(recording, classifier.num_samples, classifier.sample_rate)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ def rate_error(rate: float | None, truth: float) -> float:
     return FULL_ERROR if rate is None else abs(rate - truth) / truth
 
 
-def score_set(recordings: list[predict.Recording], labels: dict[str, np.ndarray], rates: dict[str, float],
+def score_set(recordings: list[Recording], labels: dict[str, np.ndarray], rates: dict[str, float],
               classifier: Classifier) -> dict:
     """Window accuracy and median rate error, raw and smoothed, over one set's recordings."""
     clip = classifier.num_samples
@@ -241,7 +242,7 @@ def f1(matched: int, predicted: int, annotated: int) -> tuple[float, float, floa
     return precision, recall, (2 * precision * recall / (precision + recall) if matched else 0.0)
 
 
-def icbhi_scores(recordings: list[predict.Recording], starts: dict[str, np.ndarray], spans: dict[str, tuple],
+def icbhi_scores(recordings: list[Recording], starts: dict[str, np.ndarray], spans: dict[str, tuple],
                  classifier: Classifier, rng: np.random.Generator) -> dict:
     """Onset F1 (raw, smoothed, chance) over all recordings and the rates per recording."""
     clip, rate = classifier.num_samples, classifier.sample_rate
@@ -251,7 +252,7 @@ def icbhi_scores(recordings: list[predict.Recording], starts: dict[str, np.ndarr
         low, high = spans[r.id]
         found = starts[r.id][starts[r.id] >= TOLERANCE_S]
         annotated_total += len(found)
-        centres, duration = predict.window_centres_s(r, clip, rate), len(r.audio) / rate
+        centres, duration = window_centres_s(r, clip, rate), len(r.audio) / rate
         row = {"recording": r.id, "cycles": len(starts[r.id]),
                "annotated_rate": timeline.SECONDS_PER_MINUTE * (len(starts[r.id]) - 1)
                / (starts[r.id][-1] - starts[r.id][0])}

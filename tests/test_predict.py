@@ -26,6 +26,7 @@ from tfbreath.config import PipelineConfig, dump_config, with_overrides
 from tfbreath.ensemble import build_ensemble
 from tfbreath.errors import EXIT_USAGE
 from tfbreath.models import build_model_for_pipeline
+from tfbreath.recording import window_starts
 
 PIPELINE = with_overrides(PipelineConfig(), "features", maps=("mel",), scalars=False)
 RATE = PIPELINE.audio.sample_rate
@@ -141,24 +142,6 @@ def test_a_folder_is_searched_and_the_csv_written_to_out(capsys, tmp_path, run_d
     rows = _rows(out_csv.read_text())
     assert sorted(r["ID"] for r in rows) == sorted(CLIP_FORMATS)
     assert {r["Target"] for r in rows} <= {"I", "E"}
-
-
-def test_window_starts_end_with_the_recording():
-    assert predict.window_starts(CLIP // 2, CLIP, CLIP // 2).tolist() == [0]
-    assert predict.window_starts(CLIP, CLIP, CLIP // 2).tolist() == [0]
-    assert predict.window_starts(3 * CLIP, CLIP, CLIP // 2).tolist() == [0, 8000, 16000, 24000, 32000]
-    assert predict.window_starts(51200, CLIP, 12800).tolist() == [0, 12800, 25600, 35200]
-
-
-def _recording(length, starts, probabilities):
-    return predict.Recording("x.wav", None, np.zeros(length), np.array(starts), np.array(probabilities))
-
-
-def test_sample_probability_averages_the_covering_windows():
-    probability = predict.sample_probability(_recording(30, [0, 10, 20], [0.2, 0.4, 0.9]), clip=10)
-    np.testing.assert_allclose(probability, [0.2] * 10 + [0.4] * 10 + [0.9] * 10)
-    overlapping = predict.sample_probability(_recording(15, [0, 5], [0.2, 0.6]), clip=10)
-    np.testing.assert_allclose(overlapping, [0.2] * 5 + [0.4] * 5 + [0.6] * 5)
 
 
 def test_long_recording_is_windowed_and_plotted(capsys, tmp_path, run_dir, waveform):
@@ -536,8 +519,8 @@ BREATHING_S = 20.0
 
 
 def _scripted_classify(classifier, recordings, batch_size):
-    """``predict.classify`` with known P(exhale): the ``BREATH_WINDOWS`` pattern from the first window,
-    or sure exhale all along for a ``steady`` recording."""
+    """``tfbreath.recording.classify``, as predict calls it, with known P(exhale): the ``BREATH_WINDOWS``
+    pattern from the first window, or sure exhale all along for a ``steady`` recording."""
     inhale, exhale = BREATH_WINDOWS
     pattern = np.r_[np.full(inhale, 0.1), np.full(exhale, 0.9)]
     return [dataclasses.replace(r, probabilities=np.resize([0.9] if r.id.startswith("steady") else pattern,
@@ -575,7 +558,7 @@ def test_the_summary_gives_the_known_rate_beside_out_or_at_summary(capsys, monke
     code, out, err = _run(capsys, "--model", run_dir, wavs[0], "--summary", elsewhere)  # CSV on stdout
     assert code == predict.EXIT_OK, err
     assert _rows(elsewhere.read_text())[0]["breaths_per_min"] == f"{60 / breath_s:.2f}"
-    assert len(_rows(out)) == len(predict.window_starts(int(BREATHING_S * RATE), CLIP, CLIP // 2))
+    assert len(_rows(out)) == len(window_starts(int(BREATHING_S * RATE), CLIP, CLIP // 2))
 
 
 def test_no_recording_for_a_summary_is_said_not_an_error(capsys, tmp_path, run_dir):

@@ -19,11 +19,12 @@ if present, else its ``ensemble.keras``).
 
 The CSV (``--out``, else stdout) has one row per file, ``ID,Target,Probability,Padded``: the
 file name, ``E`` when P(exhale) >= ``--threshold`` (default 0.5) else ``I``, P(exhale), and
-``True`` when the file holds less than half a clip of audio (``MIN_AUDIO_FRACTION``), so the
-model saw mostly zero padding (also warned on stderr, with the file's duration). If any
-recording is longer than one clip, every file is classified window by window instead: clip-long
-windows every ``--hop`` seconds (default: half a clip), the last one ending with the recording,
-rows ``ID,start_s,end_s,Target,Probability,Padded,Smoothed`` (a short file gives one zero-padded
+``True`` when the file holds less than half a clip of audio
+(``tfbreath.recording.MIN_AUDIO_FRACTION``), so the model saw mostly zero padding (also warned
+on stderr, with the file's duration). If any recording is longer than one clip, every file is
+classified window by window instead (``tfbreath.recording``): clip-long windows every ``--hop``
+seconds (default: half a clip), the last one ending with the recording, rows
+``ID,start_s,end_s,Target,Probability,Padded,Smoothed`` (a short file gives one zero-padded
 window). ``Target`` is the window's own phase; ``Smoothed`` is its phase in the recording's most
 probable phase sequence (``tfbreath.timeline``: a two-state hidden semi-Markov model whose
 duration prior puts 80 % of inhales in ``--inhale-s LOW HIGH``, default 0.8 2.0 s, and of
@@ -62,14 +63,13 @@ Exit code: 0 every file predicted; 1 some or all skipped (nothing written if all
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import matplotlib
 
@@ -77,15 +77,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
 from tfbreath import artifacts, data, timeline  # noqa: E402
 from tfbreath.classifier import (DEFAULT_MODEL_DIR, EXHALE, INHALE, PHASE_COLOURS, PROBABILITY_DECIMALS,  # noqa: E402
-                                 Classifier, decode, load_classifier, target, window)
+                                 Classifier, decode, load_classifier, target)
 from tfbreath.config import ConfigError  # noqa: E402
 from tfbreath.console import OneLineParser  # noqa: E402
 from tfbreath.errors import EXIT_OK, EXIT_SKIPPED, TfbreathError, print_error  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
+from tfbreath.recording import (MIN_AUDIO_FRACTION, ONE_CLIP, Recording, breathing, classify,  # noqa: E402
+                                is_padded, sample_probability, smooth, window_centres_s, window_starts)
 from tfbreath.run_folder import MODEL_SUFFIX, PIPELINE_FILE, TFLITE_SUFFIX  # noqa: E402
 
 KAGGLE_CSV = "test.csv"
@@ -93,13 +94,6 @@ KAGGLE_CSV = "test.csv"
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_HOP_CLIPS = 0.5
 """Default hop between windows, in clip lengths."""
-
-MIN_AUDIO_FRACTION = 0.5
-"""A recording with less audio than this fraction of a clip is mostly zero padding: its
-prediction is flagged (``Padded``) and warned about."""
-
-ONE_CLIP = np.zeros(1, np.int64)
-"""Window starts of a file classified as one clip (trimmed or zero-padded)."""
 
 TIME_DECIMALS = 3
 
@@ -121,84 +115,6 @@ LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize"
 class PredictError(TfbreathError, RuntimeError):
     """Bad arguments, inputs or outputs: reported as one ``error:`` line, exit code 2 (an unusable
     model is a ``classifier.ClassifierError``, reported alike)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Recordings and their windows
-# ---------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Recording:
-    """One decoded file at the classifier's rate, its window starts and their P(exhale)."""
-
-    id: str
-    """The CSV's ID: the file name, or the competition's ID with ``--kaggle``."""
-    path: Path
-    audio: np.ndarray
-    starts: np.ndarray
-    probabilities: np.ndarray | None = None
-    smoothed: np.ndarray | None = None
-    """Per window: the decoded phase (``True`` exhale) of ``tfbreath.timeline.decode_phases``."""
-
-
-def window_starts(length: int, clip: int, hop: int) -> np.ndarray:
-    """Starts of clip-long windows every ``hop`` samples, the last one ending at ``length``.
-
-    ``[0]`` when the recording fits in one clip (it is then zero-padded).
-    """
-    if length <= clip:
-        return ONE_CLIP
-    return np.append(np.arange(0, length - clip, hop), length - clip)
-
-
-def _batches(recordings: Sequence[Recording], clip: int, batch_size: int) -> Iterator[np.ndarray]:
-    """Every window of every recording, in order, as ``[<= batch_size, clip]`` arrays."""
-    windows = [(r.audio, int(s)) for r in recordings for s in r.starts]
-    for first in range(0, len(windows), batch_size):
-        yield np.stack([window(audio, start, clip) for audio, start in windows[first:first + batch_size]])
-
-
-def classify(classifier: Classifier, recordings: Sequence[Recording], batch_size: int) -> list[Recording]:
-    """The recordings with the P(exhale) of each window, from batched model calls."""
-    batches = _batches(recordings, classifier.num_samples, batch_size)
-    total = sum(len(r.starts) for r in recordings)
-    probabilities = np.concatenate([classifier(batch) for batch in tqdm(
-        batches, desc="classify", unit="batch", total=-(-total // batch_size), leave=False, disable=None)])
-    ends = np.cumsum([len(r.starts) for r in recordings])
-    return [dataclasses.replace(r, probabilities=p)
-            for r, p in zip(recordings, np.split(probabilities, ends[:-1]))]
-
-
-def is_padded(recording: Recording, clip: int) -> bool:
-    """Whether the recording fills less than ``MIN_AUDIO_FRACTION`` of a clip (only a recording
-    shorter than a clip is padded: the windows of a longer one are all full)."""
-    return len(recording.audio) < MIN_AUDIO_FRACTION * clip
-
-
-def sample_probability(recording: Recording, clip: int) -> np.ndarray:
-    """Per sample: the mean P(exhale) of the windows covering it. ``-> [len(audio)]``"""
-    length = len(recording.audio)
-    total, count = np.zeros(length + clip), np.zeros(length + clip)
-    for start, probability in zip(recording.starts, recording.probabilities):
-        total[start:start + clip] += probability
-        count[start:start + clip] += 1
-    return (total / np.maximum(count, 1))[:length]
-
-
-def window_centres_s(recording: Recording, clip: int, sample_rate: int) -> np.ndarray:
-    """Each window's centre in seconds (the one window of a short recording: its audio's middle). ``-> [T]``"""
-    return (recording.starts + min(clip, len(recording.audio)) / 2) / sample_rate
-
-
-def smooth(recordings: Sequence[Recording], hop_s: float, config: timeline.TimelineConfig) -> list[Recording]:
-    """The recordings with each window's phase in their most probable phase sequence."""
-    return [dataclasses.replace(r, smoothed=timeline.decode_phases(r.probabilities, hop_s, config))
-            for r in recordings]
-
-
-def breathing(recording: Recording, clip: int, sample_rate: int) -> timeline.BreathingSummary:
-    """Rate, I:E ratio and phase counts of a smoothed recording (``timeline.summarize``)."""
-    return timeline.summarize(recording.smoothed, window_centres_s(recording, clip, sample_rate),
-                              len(recording.audio) / sample_rate, recording.probabilities)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,114 @@
+"""Long recordings cut into clip-long windows: their P(exhale) and their smoothed breathing phases.
+
+A ``Recording`` is one decoded file at the classifier's rate: its ``audio`` (``[samples]``), the
+``starts`` of its windows (``[T]`` sample indices, in time order), then, once ``classify`` has run,
+each window's P(exhale) (``probabilities``, ``[T]``) and, once ``smooth`` has, each window's phase
+in the recording's most probable phase sequence (``smoothed``, ``[T]`` bool, ``True`` exhale).
+
+Windows are one clip long (the classifier's ``num_samples``), placed by ``window_starts``: every
+``hop`` samples from the recording's start, the last one ending with the recording (so the last
+step may be shorter than ``hop``). A recording of at most one clip has the one window ``ONE_CLIP``,
+zero-padded at its end (``classifier.window``); so is any file classified as one clip. Such a
+recording holding less than ``MIN_AUDIO_FRACTION`` of a clip is mostly padding (``is_padded``).
+
+``classify`` calls a ``tfbreath.classifier.Classifier`` on every window of every recording in
+batches; ``smooth`` decodes the phases (``tfbreath.timeline.decode_phases``), ``breathing``
+summarises them (rate, I:E ratio, ``tfbreath.timeline.summarize``); ``window_centres_s`` places each
+window in time, ``sample_probability`` spreads the windows' P(exhale) over the samples they cover.
+``python -m tfbreath.predict`` classifies long recordings this way (``--hop``), as does
+``benchmarks/breathing_rate.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from tfbreath import timeline
+from tfbreath.classifier import Classifier, window
+
+MIN_AUDIO_FRACTION = 0.5
+"""A recording with less audio than this fraction of a clip is mostly zero padding (predict flags
+its prediction ``Padded`` and warns about it)."""
+
+ONE_CLIP = np.zeros(1, np.int64)
+"""Window starts of a file classified as one clip (trimmed or zero-padded)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recording:
+    """One decoded file at the classifier's rate, its window starts and their P(exhale)."""
+
+    id: str
+    """Its name: in predict's CSV, the file name or the competition's ID (``--kaggle``)."""
+    path: Path
+    audio: np.ndarray
+    starts: np.ndarray
+    probabilities: np.ndarray | None = None
+    smoothed: np.ndarray | None = None
+    """Per window: the decoded phase (``True`` exhale) of ``tfbreath.timeline.decode_phases``."""
+
+
+def window_starts(length: int, clip: int, hop: int) -> np.ndarray:
+    """Starts of clip-long windows every ``hop`` samples, the last one ending at ``length``.
+
+    ``[0]`` when the recording fits in one clip (it is then zero-padded).
+    """
+    if length <= clip:
+        return ONE_CLIP
+    return np.append(np.arange(0, length - clip, hop), length - clip)
+
+
+def _batches(recordings: Sequence[Recording], clip: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Every window of every recording, in order, as ``[<= batch_size, clip]`` arrays."""
+    windows = [(r.audio, int(s)) for r in recordings for s in r.starts]
+    for first in range(0, len(windows), batch_size):
+        yield np.stack([window(audio, start, clip) for audio, start in windows[first:first + batch_size]])
+
+
+def classify(classifier: Classifier, recordings: Sequence[Recording], batch_size: int) -> list[Recording]:
+    """The recordings with the P(exhale) of each window, from batched model calls."""
+    batches = _batches(recordings, classifier.num_samples, batch_size)
+    total = sum(len(r.starts) for r in recordings)
+    probabilities = np.concatenate([classifier(batch) for batch in tqdm(
+        batches, desc="classify", unit="batch", total=-(-total // batch_size), leave=False, disable=None)])
+    ends = np.cumsum([len(r.starts) for r in recordings])
+    return [dataclasses.replace(r, probabilities=p)
+            for r, p in zip(recordings, np.split(probabilities, ends[:-1]))]
+
+
+def is_padded(recording: Recording, clip: int) -> bool:
+    """Whether the recording fills less than ``MIN_AUDIO_FRACTION`` of a clip (only a recording
+    shorter than a clip is padded: the windows of a longer one are all full)."""
+    return len(recording.audio) < MIN_AUDIO_FRACTION * clip
+
+
+def sample_probability(recording: Recording, clip: int) -> np.ndarray:
+    """Per sample: the mean P(exhale) of the windows covering it. ``-> [len(audio)]``"""
+    length = len(recording.audio)
+    total, count = np.zeros(length + clip), np.zeros(length + clip)
+    for start, probability in zip(recording.starts, recording.probabilities):
+        total[start:start + clip] += probability
+        count[start:start + clip] += 1
+    return (total / np.maximum(count, 1))[:length]
+
+
+def window_centres_s(recording: Recording, clip: int, sample_rate: int) -> np.ndarray:
+    """Each window's centre in seconds (the one window of a short recording: its audio's middle). ``-> [T]``"""
+    return (recording.starts + min(clip, len(recording.audio)) / 2) / sample_rate
+
+
+def smooth(recordings: Sequence[Recording], hop_s: float, config: timeline.TimelineConfig) -> list[Recording]:
+    """The recordings with each window's phase in their most probable phase sequence."""
+    return [dataclasses.replace(r, smoothed=timeline.decode_phases(r.probabilities, hop_s, config))
+            for r in recordings]
+
+
+def breathing(recording: Recording, clip: int, sample_rate: int) -> timeline.BreathingSummary:
+    """Rate, I:E ratio and phase counts of a smoothed recording (``timeline.summarize``)."""
+    return timeline.summarize(recording.smoothed, window_centres_s(recording, clip, sample_rate),
+                              len(recording.audio) / sample_rate, recording.probabilities)

@@ -201,9 +201,8 @@ def decode_phases(probabilities: np.ndarray, hop_s: float, config: TimelineConfi
     segment, then to inhale.
     """
     cumulative, longest = _cumulative_evidence(probabilities, hop_s, config)
-    tempo = most_probable_tempo(probabilities, hop_s, config)
-    log_pmf, log_survival = _duration_priors(np.array([tempo]), hop_s, longest, config)
-    return _viterbi(cumulative, log_pmf[0], log_survival[0], longest)
+    _, log_pmf, log_survival = _best_tempo(cumulative, longest, hop_s, config)
+    return _viterbi(cumulative, log_pmf, log_survival, longest)
 
 
 def most_probable_tempo(probabilities: np.ndarray, hop_s: float, config: TimelineConfig = TimelineConfig()) -> float:
@@ -211,11 +210,19 @@ def most_probable_tempo(probabilities: np.ndarray, hop_s: float, config: Timelin
     highest posterior: the windows' likelihood summed over all segmentations times the rate
     prior (module docstring). ``[T] -> float``; breaths per minute are ``60 / (tempo *
     config.nominal_breath_s())``."""
-    cumulative, longest = _cumulative_evidence(probabilities, hop_s, config)
+    tempo, _, _ = _best_tempo(*_cumulative_evidence(probabilities, hop_s, config), hop_s, config)
+    return tempo
+
+
+def _best_tempo(cumulative: np.ndarray, longest: int, hop_s: float,
+                config: TimelineConfig) -> tuple[float, np.ndarray, np.ndarray]:
+    """``most_probable_tempo`` from the running evidence, with its duration priors.
+    ``[2, T + 1] -> float, [2, longest] x 2``"""
     tempi, log_tempo_prior = tempo_candidates(config)                   # [K], [K]
     log_pmf, log_survival = _duration_priors(tempi, hop_s, longest, config)   # [K, 2, longest] each
     marginal = _log_marginal(cumulative, log_pmf, log_survival, longest)      # [K]
-    return float(tempi[int(np.argmax(marginal + log_tempo_prior))])
+    pick = int(np.argmax(marginal + log_tempo_prior))
+    return float(tempi[pick]), log_pmf[pick], log_survival[pick]
 
 
 def _cumulative_evidence(probabilities: np.ndarray, hop_s: float, config: TimelineConfig) -> tuple[np.ndarray, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from tfbreath.config import PipelineConfig, dump_config, parse_config, with_over
 
 PIPELINE = with_overrides(PipelineConfig(), "features", fmax=3000.0)
 INPUT_SIZE = 8
+WRITERS = 4
+ROUNDS = 50
 
 
 @pytest.fixture
@@ -63,3 +66,13 @@ def test_check_writable_tries_a_write_as_permission_bits_do_not_tell_root():
     unwritable = Path("/sys/tfbreath_artifacts_test") / "out.csv"
     with pytest.raises(artifacts.OutputPathError, match=r"cannot write in /sys \("):
         artifacts.check_writable(unwritable)
+
+
+def test_writers_of_one_file_at_once_do_not_collide(tmp_path):
+    """Each write stages under its own name (a search's chief and workers write its pipeline together)."""
+    path = tmp_path / "search_pipeline.toml"
+    texts = [f"writer = {i}\n" for i in range(WRITERS)]
+    with concurrent.futures.ThreadPoolExecutor(WRITERS) as pool:
+        list(pool.map(lambda text: artifacts.write_text(path, text), texts * ROUNDS))
+    assert path.read_text() in texts
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no partial file left

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,9 +31,15 @@ class OutputPathError(TfbreathError, ValueError):
 def _atomically(path: Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    write(partial)
-    os.replace(partial, path)
+    # A partial name of its own per call: processes writing one file at once (a search's chief
+    # and workers all record its pipeline) must not rename each other's away. Not mkstemp: the
+    # output keeps the partial's mode, and mkstemp's is private to the owner.
+    partial = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.partial{path.suffix}")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 

@@ -12,7 +12,7 @@ import pytest
 import tfbreath
 from conftest import REPO
 import tfbreath.features.__main__ as features_cli
-from tfbreath import errors, export, fit, predict, tune
+from tfbreath import errors, explain, export, fit, predict, tune
 from tfbreath.config import ConfigError
 from tfbreath.errors import TfbreathError
 
@@ -55,6 +55,18 @@ def test_one_line_joins_the_lines_of_a_message():
     assert errors.one_line(ConfigError("a.toml: bad\n  value")) == "a.toml: bad value"
 
 
+def test_reported_passes_the_exit_code_and_turns_a_package_error_into_one_line(capsys):
+    assert errors.reported(lambda: errors.EXIT_SKIPPED) == errors.EXIT_SKIPPED
+
+    def failing() -> int:
+        raise ConfigError("a.toml: n_mels must be > 0, got 0")
+
+    assert errors.reported(failing) == errors.EXIT_USAGE
+    assert capsys.readouterr().err == "error: a.toml: n_mels must be > 0, got 0\n"
+    with pytest.raises(KeyError):  # anything else is a bug: its traceback is kept
+        errors.reported(lambda: {}["missing"])
+
+
 def _bad_pipeline(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("[features]\nn_mels = 0\n")
@@ -68,13 +80,14 @@ def _bad_pipeline(tmp_path):
     ("tune", lambda t: ["--data", t / "absent"], "absent"),
     ("export", lambda t: ["--model", t], "not a run folder"),
     ("predict", lambda t: ["--model", t / "absent.tflite", t / "clip.wav"], "no such model file"),
+    ("explain", lambda t: ["--model", t / "absent.keras", t / "clip.wav", "--out", t / "out"], "clip.wav: no such file"),
     ("features", lambda t: [t / "clip.wav", "--out", t / "x.npz", "--pipeline", _bad_pipeline(t)],
      "n_mels must be > 0, got 0"),
 ])
 def test_a_cli_reports_an_error_as_one_line_and_exit_2(cli, argv, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TFBREATH_DATA", raising=False)
     main = {"fit": fit.main, "tune": tune.main, "export": export.main, "predict": predict.main,
-            "features": features_cli.main}[cli]
+            "explain": explain.main, "features": features_cli.main}[cli]
     code = main([str(arg) for arg in argv(tmp_path)])
     out, err = capsys.readouterr()
     lines = err.splitlines()

@@ -14,6 +14,7 @@ bug still shows its traceback.
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 EXIT_OK = 0
 """Exit code of a command line that did all it was asked."""
@@ -45,3 +46,11 @@ def print_error(err: TfbreathError) -> int:
     """Print ``error: <message>`` as one line on stderr; return ``EXIT_USAGE`` for the CLI to exit with."""
     print(f"error: {one_line(err)}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def reported(run: Callable[[], int]) -> int:
+    """``run()``'s exit code; for a ``TfbreathError`` it raises, ``print_error``'s one line and code."""
+    try:
+        return run()
+    except TfbreathError as err:
+        return print_error(err)

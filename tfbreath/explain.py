@@ -84,7 +84,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from tfbreath import artifacts, classifier, data, serving  # noqa: E402
 from tfbreath.console import OneLineParser, add_verbose_argument  # noqa: E402
 from tfbreath.config import ENSEMBLE, SCALAR_NAMES, SCALARS, SPECTRAL, ConfigError, PipelineConfig  # noqa: E402
-from tfbreath.errors import EXIT_OK, EXIT_SKIPPED, TfbreathError, print_error  # noqa: E402
+from tfbreath.errors import EXIT_OK, EXIT_SKIPPED, TfbreathError, reported  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
 from tfbreath.maps import map_rows  # noqa: E402
 from tfbreath.models import SCALAR_NORM  # noqa: E402
@@ -647,10 +647,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     tf.get_logger().setLevel("ERROR")  # tfio's resampler warns about retracing on every new length
-    try:
-        return run(args)
-    except TfbreathError as err:
-        return print_error(err)
+    return reported(lambda: run(args))
 
 
 if __name__ == "__main__":

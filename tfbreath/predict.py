@@ -83,7 +83,7 @@ from tfbreath.classifier import (DEFAULT_MODEL_DIR, EXHALE, INHALE, PHASE_COLOUR
                                  Classifier, decode, load_classifier, target)
 from tfbreath.config import ConfigError  # noqa: E402
 from tfbreath.console import OneLineParser  # noqa: E402
-from tfbreath.errors import EXIT_OK, EXIT_SKIPPED, TfbreathError, print_error  # noqa: E402
+from tfbreath.errors import EXIT_OK, EXIT_SKIPPED, TfbreathError, reported  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
 from tfbreath.recording import (MIN_AUDIO_FRACTION, ONE_CLIP, Recording, breathing, classify,  # noqa: E402
                                 is_padded, sample_probability, smooth, window_centres_s, window_starts)
@@ -426,10 +426,7 @@ def _plot(folder: Path | None, recordings: Sequence[Recording], classifier: Clas
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     tf.get_logger().setLevel("ERROR")  # tfio's resampler warns about retracing on every new length
-    try:
-        return run(args)
-    except TfbreathError as err:
-        return print_error(err)
+    return reported(lambda: run(args))
 
 
 if __name__ == "__main__":

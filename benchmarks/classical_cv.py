@@ -54,13 +54,14 @@ What it does
    that row is slightly optimistic; the ablation rows are the comparison that matters), each
    map dropped in turn, maps only, scalars only and each map alone, each with its paired change
    vs all maps + scalars at that front end (session bootstrap of the accuracy difference).
-6. ``--cnn-oof``: the CNN run's ``oof_predictions.csv`` (file, session, fold, Target, cnn8, vgg,
-   ensemble), aligned by file name and checked to have the same labels and folds. The CNN
-   ensemble is re-cross-fitted from cnn8 and vgg (and checked against the file's column), then
-   each "all maps + scalars" learner's OOF P is added as a third member with
-   ``crossval.cross_fitted_ensemble``; the table gives its OOF accuracy and interval and the
-   paired session-bootstrap interval of the accuracy gain over the CNN ensemble. A cross-fitted
-   stack (logistic regression on the members' logits, fitted on the other folds) is also given.
+6. ``--cnn-oof``: a ``fit --folds K`` run's ``oof_predictions.csv`` (file, session, fold, Target,
+   one column per member, e.g. cnn8 and pooled, and ensemble), aligned by file name and checked
+   to have the same labels and folds. The run's ensemble is re-cross-fitted from its members
+   (and checked against the file's column), then each "all maps + scalars" learner's OOF P is
+   added as one more member with ``crossval.cross_fitted_ensemble``; the table gives its OOF
+   accuracy and interval and the paired session-bootstrap interval of the accuracy gain over the
+   run's ensemble. A cross-fitted stack (logistic regression on the members' logits, fitted on
+   the other folds) is also given.
 """
 
 from __future__ import annotations
@@ -270,17 +271,18 @@ def compare_with_cnn(cnn: dict[str, np.ndarray], trees: dict[str, np.ndarray], l
     base, _ = crossval.cross_fitted_ensemble(cnn_members, labels, folds)
     if ENSEMBLE in cnn:
         gap = float(np.abs(base - cnn[ENSEMBLE]).max())
-        print(f"  CNN ensemble re-cross-fitted from {list(cnn_members)}: max |diff| vs file {gap:.2e}")
+        print(f"  run ensemble re-cross-fitted from {list(cnn_members)}: max |diff| vs file {gap:.2e}")
 
-    candidates = {"CNN ensemble (cnn8+vgg)": base}
+    names = ", ".join(cnn_members)
+    candidates = {f"run ensemble ({names})": base}
     for name, p in cnn_members.items():
-        candidates[f"CNN {name} alone"] = p
+        candidates[f"run {name} alone"] = p
     for name, p in trees.items():
-        candidates[f"CNN ens. + {name}"], weights = crossval.cross_fitted_ensemble(
+        candidates[f"run ens. + {name}"], weights = crossval.cross_fitted_ensemble(
             {**cnn_members, name: p}, labels, folds)
         print(f"  + {name}: per-fold weights {[np.round(w, 3).tolist() for w in weights]}")
-        candidates[f"stack(cnn8, vgg, {name})"] = stacked({**cnn_members, name: p}, labels, folds)
-    candidates["stack(cnn8, vgg)"] = stacked(cnn_members, labels, folds)
+        candidates[f"stack({names}, {name})"] = stacked({**cnn_members, name: p}, labels, folds)
+    candidates[f"stack({names})"] = stacked(cnn_members, labels, folds)
     summary = crossval.cross_validation_summary(labels, candidates, folds, groups, seed=seed)
     rows = []
     for name, p in candidates.items():
@@ -417,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
           f"'{ALL}' at its front end (same learner); Δ's interval is a paired session bootstrap.")
     if cnn_rows:
         print()
-        print("| combination | OOF accuracy pooled [95 % CI] | per-fold mean ± std | AUC | gain vs CNN ensemble [95 % CI] |")
+        print("| combination | OOF accuracy pooled [95 % CI] | per-fold mean ± std | AUC | gain vs run ensemble [95 % CI] |")
         print("|---|---|---|---|---|")
         for row in cnn_rows:
             acc, g = row["accuracy"], row["gain_vs_cnn_ensemble"]

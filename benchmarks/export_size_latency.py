@@ -19,9 +19,9 @@ variant's block; with ``BLOCK_CLIPS`` calls per block the median is a warm one.)
 Issue 4's target is for the int8 CNN8 (<= 3 MB, >= 3x faster than Keras fp32). The last two
 rows time the float32 feature graph alone (waveform -> maps + scalars), which every variant
 shares, as TFLite (the floor under any quantization of the classifier) and in TF (the Keras
-model's front end): an end-to-end ratio is bounded by the two parts' ratios. A second table times the classifier
-alone on precomputed features (Keras fp32 vs TFLite fp32 vs TFLite int8, same clips): what int8
-buys on this CPU once the features are out of the way.
+model's front end): an end-to-end ratio is bounded by the two parts' ratios. A second table
+times the classifier alone on precomputed features (Keras fp32 vs TFLite fp32 vs TFLite int8,
+same clips): what int8 buys on this CPU once the features are out of the way.
 
 It starts with the CPU's int8-relevant flags (``/proc/cpuinfo``: x86 VNNI/AMX, ARM dot-product
 and int8 matrix multiply), since int8 kernels only beat float ones with them, and ends with a

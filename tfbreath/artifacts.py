@@ -28,13 +28,17 @@ class OutputPathError(TfbreathError, ValueError):
     """An output path that cannot be written: ``<path>: <problem>``."""
 
 
+def _staging_path(path: Path) -> Path:
+    """A hidden name beside ``path``, of its own per call: processes writing one output at once (a
+    search's chief and workers all record its pipeline) must not rename each other's away. Not
+    mkstemp: the output keeps the staged file's mode, and mkstemp's is private to the owner."""
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex}.partial{path.suffix}")
+
+
 def _atomically(path: Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A partial name of its own per call: processes writing one file at once (a search's chief
-    # and workers all record its pipeline) must not rename each other's away. Not mkstemp: the
-    # output keeps the partial's mode, and mkstemp's is private to the owner.
-    partial = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.partial{path.suffix}")
+    partial = _staging_path(path)
     try:
         write(partial)
         os.replace(partial, path)
@@ -138,9 +142,11 @@ def write_folder(path: str | Path, write: Callable[[Path], None]) -> Path:
     """``write(folder)`` into a staging folder, then swap it in for ``path`` (replacing an old one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    write(partial)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(partial, path)
+    partial = _staging_path(path)
+    try:
+        write(partial)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(partial, path)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return path

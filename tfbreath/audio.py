@@ -380,6 +380,7 @@ def _check_args(target_rate: int | None, num_samples: int | None) -> None:
         raise ValueError(f"num_samples must be > 0, got {num_samples!r}")
 
 
+@tf.autograph.experimental.do_not_convert
 def decode_wav(contents: tf.Tensor, target_rate: int | None,
                num_samples: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """Decode a whole WAV file's bytes to mono float32, in-graph. ``[] string -> ([n] float32, [] int32)``
@@ -419,6 +420,7 @@ def decode_wav(contents: tf.Tensor, target_rate: int | None,
         return audio, status
 
 
+@tf.autograph.experimental.do_not_convert
 def read_wav(path: tf.Tensor, target_rate: int | None, num_samples: int | None = None,
              readable: tf.Tensor | bool = True) -> tuple[tf.Tensor, tf.Tensor]:
     """``tf.io.read_file`` + ``decode_wav``, for ``Dataset.map``. ``[] string, [] bool -> ([n], [])``

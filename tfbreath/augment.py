@@ -207,6 +207,7 @@ class Augmenter:
             lambda: (dict(inputs), tf.identity(labels)),
         ])
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, inputs, labels, step: int | tf.Tensor):
         """Batch ``step`` (0-based within the current epoch) augmented; unchanged when disabled."""
         inputs, labels = _as_tensors(inputs, labels)

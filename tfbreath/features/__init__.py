@@ -18,6 +18,7 @@ from tfbreath import filters, maps, scalars, spectral
 from tfbreath.config import NO_BAND_LIMIT, NO_LEVEL, SCALARS, SPECTRAL, PipelineConfig, dump_config, parse_config
 
 
+@tf.autograph.experimental.do_not_convert
 def extract_features(y: tf.Tensor, pipeline: PipelineConfig,
                      fft_mode: spectral.FftMode = spectral.FftMode()) -> dict[str, tf.Tensor]:
     """Waveforms at the pipeline's rate to model inputs. ``[..., n]`` -> dict of ``[..., ...]``

@@ -218,6 +218,7 @@ class CycleAugmenter:
         self.rng = (tf.random.Generator.from_non_deterministic_state() if seed is None
                     else tf.random.Generator.from_seed(seed))
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, waveforms: tf.Tensor, labels: tf.Tensor, offsets: tf.Tensor,
                  lengths: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         cfg = self.config

@@ -114,6 +114,7 @@ def normalize_peak(y: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(y, tf.reduce_max(tf.abs(y)))
 
 
+@tf.autograph.experimental.do_not_convert
 def preprocess_wav(contents: tf.Tensor, config: AudioConfig) -> tuple[tf.Tensor, tf.Tensor]:
     """A whole WAV file's bytes -> the preprocessed recording, in-graph. ``[] -> ([n] float32, [] int32)``
 
@@ -126,6 +127,7 @@ def preprocess_wav(contents: tf.Tensor, config: AudioConfig) -> tuple[tf.Tensor,
         return normalize_peak(zero_phase_filter(decoded, filter_sos(config), edge_pad)), status
 
 
+@tf.autograph.experimental.do_not_convert
 def read_recording(path: tf.Tensor, config: AudioConfig) -> tuple[tf.Tensor, tf.Tensor]:
     """``tf.io.read_file`` + ``preprocess_wav``, for ``Dataset.map``. ``[] string -> ([n], [])``"""
     return preprocess_wav(tf.io.read_file(path), config)

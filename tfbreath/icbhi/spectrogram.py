@@ -101,6 +101,7 @@ def clip_blank_rows(image: tf.Tensor, spec: SpectrogramConfig) -> tf.Tensor:
                 + weight * tf.gather(image, upper, batch_dims=1))  # [B, H, W]
 
 
+@tf.autograph.experimental.do_not_convert
 def cycle_spectrogram(waveforms: tf.Tensor, config: IcbhiConfig) -> tf.Tensor:
     """Model input of padded cycles, in-graph, batched or not: ``[..., samples] -> [..., H, W, 1]``, or
     with ``input = "image"`` the rendered image ``[..., H s, W s, 3]`` (see ``spectrogram_shape``)."""

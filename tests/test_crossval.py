@@ -116,6 +116,26 @@ def test_bootstrap_of_a_perfect_model_is_a_point_and_auc_is_weighted():
     assert np.isnan(crossval.roc_auc(labels, labels.astype(float), weights))  # one class left: undefined
 
 
+def test_bootstrap_draws_do_not_depend_on_how_many_resamples_are_scored_per_call(monkeypatch):
+    labels, groups = _sessions(30, 3)
+    probabilities = np.random.default_rng(1).random(len(labels))
+    whole = crossval.session_bootstrap(labels, probabilities, groups, crossval.roc_auc, resamples=200)
+    monkeypatch.setattr(crossval, "RESAMPLES_PER_CALL", 7)  # 29 calls, the last one shorter
+    assert crossval.session_bootstrap(labels, probabilities, groups, crossval.roc_auc, resamples=200) == whole
+    one_at_a_time = [crossval.roc_auc(labels, probabilities, row)
+                     for row in _resample_weights(groups, resamples=200)]
+    tail = 100 * (1 - crossval.CONFIDENCE) / 2
+    np.testing.assert_allclose(whole, np.percentile(one_at_a_time, [tail, 100 - tail]), atol=1e-12)
+
+
+def _resample_weights(groups: list[str], resamples: int, seed: int = 0) -> np.ndarray:
+    """The clip weights of ``session_bootstrap``'s resamples, drawn one resample at a time. ``-> [resamples, N]``"""
+    _, session_index = np.unique(groups, return_inverse=True)
+    n = session_index.max() + 1
+    draws = np.random.default_rng(seed).integers(0, n, (resamples, n))
+    return np.stack([np.bincount(row, minlength=n)[session_index] for row in draws])
+
+
 def test_summary_reports_mean_folds_pooled_and_interval():
     labels, groups = _sessions(60, 2)
     folds = crossval.session_folds(labels, groups, 3, seed=0)

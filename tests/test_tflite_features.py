@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -222,3 +223,20 @@ def test_tflite_compatible_copy_rebuilds_the_feature_layer_only():
     assert not original.tflite_compatible and rebuilt.tflite_compatible
     assert rebuilt.pipeline == original.pipeline
     assert FeatureExtractor.from_config(rebuilt.get_config()).tflite_compatible
+
+
+@pytest.mark.parametrize("pipeline", [PIPELINE, with_overrides(PIPELINE, "features", maps=("mel", "mfcc"), scalars=False),
+                                      with_overrides(PIPELINE, "features", n_mels=48, band_limit_hz=2000)],
+                         ids=["default", "two maps, no scalars", "48 bands, band-limited"])
+@pytest.mark.parametrize("leading", [(None,), (3,), ()], ids=["batch", "fixed batch", "one clip"])
+def test_the_layers_declared_outputs_are_the_traced_ones(pipeline, leading):
+    """The layer states its output shapes (so building a model around it traces nothing): they
+    must be what the feature graph makes."""
+    layer = FeatureExtractor.for_pipeline(pipeline)
+    waveforms = (*leading, pipeline.audio.num_samples)
+    declared = layer.compute_output_spec(keras.KerasTensor(waveforms, "float32"))
+    traced = tf.function(lambda y: extract_features(y, pipeline)).get_concrete_function(
+        tf.TensorSpec(waveforms, tf.float32)).structured_outputs
+    assert set(declared) == set(traced)
+    for name, tensor in traced.items():
+        assert (tuple(declared[name].shape), declared[name].dtype) == (tuple(tensor.shape), "float32"), name

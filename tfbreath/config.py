@@ -479,6 +479,11 @@ class PipelineConfig:
         """Time frames of every spectral map (centred STFT frames of one clip)."""
         return 1 + self.audio.num_samples // self.features.hop_length
 
+    @property
+    def spectral_shape(self) -> tuple[int, int, int]:
+        """One clip's stacked maps: ``(n_mels, num_frames, len(maps))``."""
+        return self.features.n_mels, self.num_frames, len(self.features.maps)
+
 
 def check_feature_geometry(audio: AudioConfig, features: FeatureConfig) -> None:
     """What the in-graph features need of a clip: enough samples, and a rate that holds their bands.

@@ -250,7 +250,7 @@ def _keras_model(path: Path, pipeline_arg: Path | None, description: str) -> Exp
         raise ExplainError(f"{path}: explain needs a Keras model taking {{{SPECTRAL!r}, {SCALARS!r}}} "
                            f"features (or a waveform model holding one); this one takes "
                            f"{keras.tree.map_structure(lambda x: tuple(x.shape), core.input)}")
-    made = {SPECTRAL: (pipeline.features.n_mels, pipeline.num_frames, len(pipeline.features.maps)),
+    made = {SPECTRAL: pipeline.spectral_shape,
             SCALARS: (pipeline.features.n_scalars,)}
     wanted = {name: tuple(x.shape[1:]) for name, x in core.input.items()}
     if any(made.get(name) != shape for name, shape in wanted.items()):

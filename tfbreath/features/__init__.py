@@ -68,6 +68,15 @@ class FeatureExtractor(keras.layers.Layer):
         fft_mode = spectral.FftMode(tflite_compatible=self.tflite_compatible)
         return extract_features(waveforms, self.pipeline, fft_mode)  # {"spectral": [B, M, T, C], "scalars": [B, 39]}
 
+    def compute_output_spec(self, waveforms):
+        """The outputs' shapes from the pipeline, without tracing ``call`` (a whole feature graph,
+        seconds per trace) each time a model is built or cloned around the layer."""
+        batch = tuple(waveforms.shape[:-1])  # [...] of [..., samples]
+        spec = {SPECTRAL: keras.KerasTensor((*batch, *self.pipeline.spectral_shape), "float32")}
+        if self.pipeline.features.scalars:
+            spec[SCALARS] = keras.KerasTensor((*batch, self.pipeline.features.n_scalars), "float32")
+        return spec
+
     def get_config(self):
         config = super().get_config()
         config.pop("dtype", None)

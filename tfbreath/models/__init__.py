@@ -56,11 +56,10 @@ def build_model_for_pipeline(name: str, pipeline, **kwargs) -> keras.Model:
     """:func:`build_model` with the input sizes of a ``tfbreath.config.PipelineConfig`` (and, for
     the pooled member, its maps' names and own band counts)."""
     features = pipeline.features
-    shape = (features.n_mels, pipeline.num_frames, len(features.maps))
     if name == POOLED_MODEL:
         rows = map_rows(features)
         kwargs = {"maps": tuple(rows), "map_rows": tuple(rows.values()), **kwargs}
-    return build_model(name, shape, features.n_scalars, **kwargs)
+    return build_model(name, pipeline.spectral_shape, features.n_scalars, **kwargs)
 
 
 __all__ = [

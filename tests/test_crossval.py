@@ -120,7 +120,7 @@ def test_bootstrap_draws_do_not_depend_on_how_many_resamples_are_scored_per_call
     labels, groups = _sessions(30, 3)
     probabilities = np.random.default_rng(1).random(len(labels))
     whole = crossval.session_bootstrap(labels, probabilities, groups, crossval.roc_auc, resamples=200)
-    monkeypatch.setattr(crossval, "RESAMPLES_PER_CALL", 7)  # 29 calls, the last one shorter
+    monkeypatch.setattr(crossval, "RESAMPLES_PER_CALL", 7)  # 29 calls of 6 or 7 resamples
     assert crossval.session_bootstrap(labels, probabilities, groups, crossval.roc_auc, resamples=200) == whole
     one_at_a_time = [crossval.roc_auc(labels, probabilities, row)
                      for row in _resample_weights(groups, resamples=200)]

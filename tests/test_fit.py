@@ -139,6 +139,8 @@ def test_fit_without_data_trains_on_synthetic_audio_and_writes_every_artifact(tm
     (["--epochs", "0"], "epochs must be > 0, got 0"),
     (["--models", "cnn8,resnet"], "models has unknown names ['resnet']"),
     (["--no-refit"], "--no-refit needs K-fold cross-validation (--folds K >= 2), got folds = 1"),
+    (["--pseudo-labels", "soft"], "pseudo_labels = 'soft' needs folds >= 2 (the folds' ensembles are the teachers), "
+                                  "got folds = 1"),
 ])
 def test_bad_arguments_give_one_line_errors(argv, message, tmp_path, capsys):
     assert fit.main([*argv, "--out", str(tmp_path / "run"), "--data", str(tmp_path)]

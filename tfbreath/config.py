@@ -276,6 +276,8 @@ ENSEMBLE = "ensemble"
 """The members combined into one model (``tfbreath.ensemble``): its file stem and results key."""
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 CLIP_SCOPES = ("variable", "global")
+NO_PSEUDO_LABELS = "none"
+PSEUDO_LABELS = (NO_PSEUDO_LABELS, "soft")
 
 
 def _default_learning_rates() -> dict[str, float]:
@@ -320,6 +322,10 @@ class TrainConfig:
     scores it (an optimistic score). K >= 2: session-grouped K-fold cross-validation gives an
     out-of-fold estimate with a session-bootstrap interval, then every model is refit on all
     clips for the epoch count the folds chose (``tfbreath.crossval``)."""
+    pseudo_labels: str = "none"
+    """``"soft"`` (needs ``folds >= 2``): the gradient members train a second time, on the
+    labelled clips plus the data folder's unlabelled ones (``test.csv``), each targeted at the
+    P(exhale) its fold's ensemble gives it (``tfbreath.pseudo_labels``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", names("models", self.models, MODEL_NAMES, "model"))
@@ -331,6 +337,13 @@ class TrainConfig:
         in_range("ema_momentum", self.ema_momentum, 0, 1, high_open=True)
         choice("precision", self.precision, PRECISIONS)
         choice("clip_scope", self.clip_scope, CLIP_SCOPES)
+        choice("pseudo_labels", self.pseudo_labels, PSEUDO_LABELS)
+        require(self.pseudo_labels == NO_PSEUDO_LABELS or self.folds >= 2,
+                f"pseudo_labels = {self.pseudo_labels!r} needs folds >= 2 (the folds' ensembles are the "
+                f"teachers), got folds = {self.folds}")
+        require(self.pseudo_labels == NO_PSEUDO_LABELS or any(m in CNN_MODELS for m in self.models),
+                f"pseudo_labels = {self.pseudo_labels!r} needs a gradient member ({list(CNN_MODELS)}) to train "
+                f"on them, got models = {list(self.models)}")
         model_table("learning_rates", self.learning_rates, positive)
         require(isinstance(self.pooled_c, (list, tuple)) and len(self.pooled_c) > 0,
                 f"pooled_c must be a non-empty list of numbers > 0, got {self.pooled_c!r}")

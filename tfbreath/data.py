@@ -272,6 +272,18 @@ class FeatureSet:
         return FeatureSet(kept, self.kept.filter(lambda e: tf.gather(mask, e[INDEX])),
                           SkipReport(len(kept), []), kept, indices)
 
+    def relabelled(self, labels: np.ndarray) -> "FeatureSet":
+        """The same cached features with new labels, one per kept file (soft targets allowed). ``[K]``"""
+        labels = np.asarray(labels, np.float32)
+        if labels.shape != (len(self.kept_examples),):
+            raise ValueError(f"one label per kept file: expected {len(self.kept_examples)}, got shape {labels.shape}")
+        by_index = np.full(int(self.kept_indices.max(initial=-1)) + 1, UNLABELLED, np.float32)
+        by_index[self.kept_indices] = labels
+        table = tf.constant(by_index)
+        kept = Examples(self.kept_examples.files, labels, self.kept_examples.groups)
+        return dataclasses.replace(self, cached=self.cached.map(lambda e: {**e, LABEL: tf.gather(table, e[INDEX])}),
+                                   kept_examples=kept)
+
     def batches(self, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None) -> tf.data.Dataset:
         """``({"spectral", "scalars"}, label)`` batches: cache -> shuffle -> batch -> prefetch."""
         ds = self.kept

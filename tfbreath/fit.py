@@ -2,7 +2,8 @@
 
     python -m tfbreath.fit [--pipeline pipelines/breath_phase.toml] [--data DIR] [--out DIR]
                            [--epochs N] [--models cnn8,vgg] [--precision P] [--seed N] [--folds K]
-                           [--no-refit] [--strategy default|mirrored|multiworker] [--cpu-devices N]
+                           [--pseudo-labels none|soft] [--no-refit]
+                           [--strategy default|mirrored|multiworker] [--cpu-devices N]
 
 Flags override the pipeline file. A pipeline with ``task = "icbhi"`` (e.g.
 ``pipelines/icbhi_respirenet.toml``) runs the ICBHI crackle/wheeze recipe instead, with its own
@@ -20,8 +21,10 @@ cross-validation trains every model once per fold in ``fold_<k>/`` and writes ea
 out-of-fold P(exhale) to ``oof_predictions.csv`` and the estimate (mean, per fold, 95 %
 session-bootstrap interval) to ``metrics.json["cross_validation"]``; then each model is refit
 on every clip (``tfbreath.crossval``), unless ``--no-refit`` asks for the estimate alone.
-Running the same command again resumes an interrupted run (fold by fold, model by model, epoch
-by epoch); ``--seed`` repeats a run exactly on one machine.
+``--pseudo-labels soft`` (with ``--folds K``) trains the CNNs a second time, also on the data
+folder's unlabelled clips (``test.csv``), each targeted at its fold's ensemble's P(exhale)
+(``tfbreath.pseudo_labels``). Running the same command again resumes an interrupted run (fold
+by fold, model by model, epoch by epoch); ``--seed`` repeats a run exactly on one machine.
 
 ``--strategy`` trains under a ``tf.distribute`` strategy (see ``tfbreath.distribute``):
 ``mirrored`` over this machine's GPUs (or ``--cpu-devices`` logical CPUs), ``multiworker``
@@ -40,8 +43,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfbreath import artifacts, crossval, data, distribute, evaluation, run_folder, train
-from tfbreath.config import ENSEMBLE, POOLED_MODEL, ConfigError, PipelineConfig, dump_config, load_config
+from tfbreath import artifacts, crossval, data, distribute, evaluation, pseudo_labels, run_folder, train
+from tfbreath.config import (ENSEMBLE, NO_PSEUDO_LABELS, POOLED_MODEL, PSEUDO_LABELS, ConfigError, PipelineConfig, dump_config,
+                             load_config)
 from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import build_ensemble, softmax_weights
 from tfbreath.errors import TfbreathError, print_error
@@ -63,6 +67,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                   "initialisation): the same seed repeats a run on one machine")
     parser.add_argument("--folds", type=int, help="override [train] folds: K >= 2 estimates accuracy by "
                                                   "session-grouped K-fold cross-validation, then refits on all clips")
+    parser.add_argument("--pseudo-labels", choices=PSEUDO_LABELS,
+                        help="override [train] pseudo_labels: 'soft' also trains the CNNs on the data folder's "
+                             "unlabelled clips (test.csv), labelled by the folds' ensembles (needs --folds K)")
     parser.add_argument("--no-refit", dest="refit", action="store_false",
                         help="with --folds K: stop after the out-of-fold estimate (no models on all clips)")
     distribute.add_strategy_arguments(parser)
@@ -77,7 +84,7 @@ def resolve(args: argparse.Namespace,
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     return run_folder.resolve(args.pipeline, args.data, args.out,
                               {"train": {"epochs": args.epochs, "models": models, "precision": args.precision,
-                                         "folds": args.folds},
+                                         "folds": args.folds, "pseudo_labels": args.pseudo_labels},
                                "data": {"seed": args.seed}}, strategy)
 
 
@@ -138,13 +145,17 @@ def _train_and_report(pipeline: PipelineConfig, data_dir: Path, run_dir: Path, s
 
 def _train_members(pipeline: PipelineConfig, train_set: data.FeatureSet, val_set: data.FeatureSet | None,
                    folder: Path, strategy: tf.distribute.Strategy,
-                   settings: dict[str, float] | None = None) -> tuple[dict[str, keras.Model], dict[str, dict]]:
-    """Every ``[train] models`` member trained (or reloaded) into ``folder``, with what to record of
-    each; ``settings`` are a refit's (``train.refit_setting``)."""
+                   settings: dict[str, float] | None = None,
+                   names: list[str] | None = None,
+                   pooled_set: data.FeatureSet | None = None) -> tuple[dict[str, keras.Model], dict[str, dict]]:
+    """Every ``[train] models`` member (or those ``names``) trained (or reloaded) into ``folder``,
+    with what to record of each; ``settings`` are a refit's (``train.refit_setting``). The pooled
+    member trains on ``pooled_set`` if given: it fits hard labels only, not pseudo-labels."""
     models, records = {}, {}
-    for name in pipeline.train.models:
+    for name in pipeline.train.models if names is None else names:
         started = time.monotonic()
-        models[name] = train.train_member(name, pipeline, train_set, val_set, folder, strategy,
+        own_set = pooled_set if name == POOLED_MODEL and pooled_set is not None else train_set
+        models[name] = train.train_member(name, pipeline, own_set, val_set, folder, strategy,
                                           None if settings is None else settings[name])
         records[name] = {"parameters": int(models[name].count_params()),
                          "dtype_policy": policy_of(models[name]),  # a resumed run may mix machines
@@ -220,12 +231,24 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
     validation split drawn from those clips, and predict fold k: its out-of-fold predictions.
     Each model is then refit on every clip for the median of its folds' best epoch counts; the
     ensemble weights come from out-of-fold accuracies. Each fold trains in ``fold_<k>/``, so an
-    interrupted run resumes fold by fold (and, inside a fold, epoch by epoch).
+    interrupted run resumes fold by fold (and, inside a fold, epoch by epoch). With
+    ``[train] pseudo_labels`` the gradient members train again as students
+    (``tfbreath.pseudo_labels``), and the estimate and refit are theirs.
     """
     n_folds, seed = pipeline.train.folds, pipeline.data.seed
     batch_size = distribute.global_batch_size(pipeline.data.batch_size, strategy)
-    everything = data.extract(examples, None, pipeline, description="features", cache=_cache_of(pipeline, "all"))
-    print(everything.report)
+    pseudo = pipeline.train.pseudo_labels != NO_PSEUDO_LABELS
+    if pseudo:
+        unlabelled = pseudo_labels.read_unlabelled(data_dir)
+        examples = data.Examples(examples.files + unlabelled.files,
+                                 np.concatenate([examples.labels, unlabelled.labels]),
+                                 examples.groups + unlabelled.groups)
+    extracted = data.extract(examples, None, pipeline, description="features",
+                             cache=_cache_of(pipeline, "all_and_unlabelled" if pseudo else "all"))
+    print(extracted.report)
+    labelled_at = np.flatnonzero(extracted.kept_examples.labels != data.UNLABELLED)  # [N] of the kept files
+    unlabelled_at = np.flatnonzero(extracted.kept_examples.labels == data.UNLABELLED)  # [U]
+    everything = extracted.subset(labelled_at) if pseudo else extracted
     _require_both_classes(everything, "labelled", data_dir)
     kept = everything.kept_examples
     try:
@@ -240,6 +263,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
     RunFolder(run_dir).claim(dump_config(pipeline))
 
     out_of_fold = {name: np.zeros(len(kept), np.float64) for name in pipeline.train.models}  # [N] each
+    on_unlabelled = {name: [] for name in pipeline.train.models}  # per fold: [U] each, the teachers' P
     chosen = {name: [] for name in pipeline.train.models}  # per fold: best epoch count, or the pooled member's C
     for fold, (inner_train, inner_val) in enumerate(early_stopping_splits):
         fold_dir = RunFolder(run_dir).fold(fold).path
@@ -251,9 +275,23 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
         for name, model in models.items():
             out_of_fold[name][held_out] = train.predict_probabilities(model, everything.subset(held_out), batch_size)
             chosen[name].append(train.chosen_setting(name, fold_dir))
+            if pseudo:
+                on_unlabelled[name].append(
+                    train.predict_probabilities(model, extracted.subset(unlabelled_at), batch_size))
 
     labels = kept.labels
     ensemble_oof, fold_weights = crossval.cross_fitted_ensemble(out_of_fold, labels, folds)
+    teachers = None
+    if pseudo:
+        teachers = [pseudo_labels.teacher_probabilities({n: p[fold] for n, p in on_unlabelled.items()}, weights)
+                    for fold, weights in enumerate(fold_weights)]  # K x [U]
+        teacher_score = crossval.cross_validation_summary(labels, {ENSEMBLE: ensemble_oof}, folds, kept.groups,
+                                                          seed=seed)[ENSEMBLE]
+        students, used = _train_students(pipeline, extracted, labelled_at, unlabelled_at, folds,
+                                         early_stopping_splits, teachers, run_dir, strategy)
+        for name, (student_oof, student_chosen) in students.items():
+            out_of_fold[name], chosen[name] = student_oof, student_chosen
+        ensemble_oof, fold_weights = crossval.cross_fitted_ensemble(out_of_fold, labels, folds)
     probabilities = {**out_of_fold, ENSEMBLE: ensemble_oof}
     estimate = crossval.cross_validation_summary(labels, probabilities, folds, kept.groups, seed=seed)
     names = list(pipeline.train.models)
@@ -264,7 +302,9 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
         "early_stopping": f"session-grouped {pipeline.data.validation_fraction:.0%} of each fold's training clips",
         "best_epochs": {name: values for name, values in chosen.items() if name != POOLED_MODEL},
         **({"pooled_c": chosen[POOLED_MODEL]} if POOLED_MODEL in chosen else {}),
-        "ensemble_weights_per_fold": [{n: round(float(w), 4) for n, w in zip(names, ws)} for ws in fold_weights]}
+        "ensemble_weights_per_fold": [{n: round(float(w), 4) for n, w in zip(names, ws)} for ws in fold_weights],
+        **({"pseudo_labels": {"mode": pipeline.train.pseudo_labels, "unlabelled_clips": len(unlabelled_at),
+                              "used_per_fold": used, "teacher_ensemble": teacher_score}} if pseudo else {})}
     for name in probabilities:
         accuracy = estimate[name]["accuracy"]
         print(f"{name}: out-of-fold accuracy {accuracy['pooled']:.3f} (95 % interval {accuracy['ci95'][0]:.3f}-"
@@ -274,13 +314,19 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
     evaluation.plot_confusion_matrix(labels, ensemble_oof, run_dir / "confusion_matrix.png",
                                      f"ensemble, out of fold ({n_folds} folds)")
     evaluation.plot_roc(labels, probabilities, run_dir / "roc.png", f"out of fold ({n_folds} folds)")
-    split = {"clips": len(examples), "sessions": len(set(examples.groups)), "skipped": len(everything.report.skipped)}
+    split = {"clips": len(examples), "sessions": len(set(examples.groups)), "skipped": len(extracted.report.skipped)}
     if not refit_all:
         return {"split": split, "cross_validation": estimate}
 
     refit = {name: train.refit_setting(name, values) for name, values in chosen.items()}
     print(f"refit on all {len(kept)} clips with the epochs (and C) the folds chose: {refit}")
-    models, results = _train_members(pipeline, everything, None, run_dir, strategy, refit)
+    if pseudo:  # the students' recipe: all unlabelled clips too, targeted at the mean of the folds' teachers
+        with_unlabelled = _with_pseudo_labels(extracted, labelled_at, unlabelled_at, np.mean(teachers, axis=0),
+                                              np.ones(len(unlabelled_at), bool))
+        models, results = _train_members(pipeline, with_unlabelled, None, run_dir, strategy, refit,
+                                         pooled_set=everything)
+    else:
+        models, results = _train_members(pipeline, everything, None, run_dir, strategy, refit)
     for name in models:
         results[name]["c" if name == POOLED_MODEL else "epochs"] = refit[name]
     alphas = softmax_weights([estimate[name]["accuracy"]["pooled"] for name in models])
@@ -288,6 +334,48 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
     results[ENSEMBLE] = {"weights": {name: float(a) for name, a in zip(models, alphas)}}
     _plot_training_curves(models, run_dir)
     return {"split": split, "cross_validation": estimate, "models": results}
+
+
+def _with_pseudo_labels(extracted: data.FeatureSet, labelled_at: np.ndarray, unlabelled_at: np.ndarray,
+                        targets: np.ndarray, used: np.ndarray, labelled: np.ndarray | None = None) -> data.FeatureSet:
+    """The labelled clips at ``labelled`` (positions among them; default all) and the unlabelled
+    clips ``used`` picks, the latter targeted at ``targets``, as one training set. ``[U] x 2``"""
+    labels = extracted.kept_examples.labels.copy()  # [K]
+    labels[unlabelled_at] = targets
+    chosen = labelled_at if labelled is None else labelled_at[labelled]
+    return extracted.relabelled(labels).subset(np.concatenate([chosen, unlabelled_at[used]]))
+
+
+def _train_students(pipeline: PipelineConfig, extracted: data.FeatureSet, labelled_at: np.ndarray,
+                    unlabelled_at: np.ndarray, folds: np.ndarray, early_stopping_splits: list,
+                    teachers: list[np.ndarray], run_dir: Path, strategy: tf.distribute.Strategy):
+    """Fold k's gradient members trained again on fold k's training clips plus the unlabelled
+    clips of sessions fold k neither holds out nor stops on, targeted at fold k's teacher
+    (``tfbreath.pseudo_labels``): ``({name: (out-of-fold P [N], best epochs per fold)}, clips used per fold)``."""
+    batch_size = distribute.global_batch_size(pipeline.data.batch_size, strategy)
+    kept = extracted.kept_examples
+    labelled_groups = np.array(kept.groups)[labelled_at]  # [N]
+    unlabelled_groups = [kept.groups[i] for i in unlabelled_at]  # [U]
+    names = [name for name in pipeline.train.models if name != POOLED_MODEL]
+    students = {name: (np.zeros(len(labelled_at), np.float64), []) for name in names}
+    used_per_fold = []
+    for fold, (inner_train, inner_val) in enumerate(early_stopping_splits):
+        folder = RunFolder(run_dir).fold(fold).path / pseudo_labels.STUDENT_FOLDER
+        held_out = np.flatnonzero(folds == fold)
+        unheard = pseudo_labels.unheard(unlabelled_groups, set(labelled_groups[held_out])
+                                        | set(labelled_groups[inner_val]))
+        used_per_fold.append(int(unheard.sum()))
+        print(f"fold {fold + 1} of {len(early_stopping_splits)}, students: {len(inner_train)} labelled clips + "
+              f"{unheard.sum()} pseudo-labelled ({pipeline.train.pseudo_labels}) of sessions the fold does not "
+              f"score or stop on")
+        train_set = _with_pseudo_labels(extracted, labelled_at, unlabelled_at, teachers[fold], unheard,
+                                        np.asarray(inner_train))
+        val_set, scored = (extracted.subset(labelled_at[np.asarray(p)]) for p in (inner_val, held_out))
+        models, _ = _train_members(pipeline, train_set, val_set, folder, strategy, names=names)
+        for name, model in models.items():
+            students[name][0][held_out] = train.predict_probabilities(model, scored, batch_size)
+            students[name][1].append(train.chosen_setting(name, folder))
+    return students, used_per_fold
 
 
 def _is_icbhi_run(argv: list[str]) -> bool:

@@ -54,29 +54,44 @@ def synthetic_clip(phase: str, rng: np.random.Generator, sample_rate: int, n_sam
 
 
 def write_synthetic_breath(root: str | Path, n_sessions: int = 48, clips_per_session: int = 4,
-                           sample_rate: int = 16000, duration_s: float = 1.0, seed: int = 0) -> Path:
+                           sample_rate: int = 16000, duration_s: float = 1.0, seed: int = 0,
+                           unlabelled_per_session: int = 0) -> Path:
     """Write a labelled Kaggle-layout folder of synthetic clips and return it.
 
     Session ``k`` is ``steth_20990101_HH_MM_SS``-named like the real data; labels alternate
-    within a session with a random start, so the classes are balanced.
+    within a session with a random start, so the classes are balanced. With
+    ``unlabelled_per_session``, each session also gets that many more clips in ``test.csv`` +
+    ``test/``, unlabelled (the Kaggle test layout).
     """
     root = Path(root)
     (root / "train").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n_samples = int(round(sample_rate * duration_s))
-    rows = []
+    rows, unlabelled = [], []
     for session in range(n_sessions):
         name = f"steth_20990101_{session // 3600:02d}_{session // 60 % 60:02d}_{session % 60:02d}"
         band_shift = rng.uniform(-BAND_JITTER, BAND_JITTER)
         gain_db = rng.uniform(*GAIN_RANGE_DB)
         first = rng.integers(2)
-        for clip in range(clips_per_session):
+        for clip in range(clips_per_session + unlabelled_per_session):
             phase = "IE"[(first + clip) % 2]
             audio = synthetic_clip(phase, rng, sample_rate, n_samples, band_shift, gain_db)
-            sf.write(root / "train" / f"{name}_{clip:03d}.wav", audio, sample_rate, subtype="PCM_16")
-            rows.append((f"{name}_{phase}_{clip:03d}", phase))
-    with (root / "train.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["ID", "Target"])
-        writer.writerows(rows)
+            file_name = f"{name}_{clip:03d}.wav"
+            if clip < clips_per_session:
+                sf.write(root / "train" / file_name, audio, sample_rate, subtype="PCM_16")
+                rows.append((f"{name}_{phase}_{clip:03d}", phase))
+            else:
+                (root / "test").mkdir(exist_ok=True)
+                sf.write(root / "test" / file_name, audio, sample_rate, subtype="PCM_16")
+                unlabelled.append((file_name,))
+    _write_csv(root / "train.csv", ["ID", "Target"], rows)
+    if unlabelled:
+        _write_csv(root / "test.csv", ["ID"], unlabelled)
     return root
+
+
+def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)

@@ -71,6 +71,7 @@ def test_students_train_on_unheard_sessions_and_give_the_estimate_and_the_refit(
     labelled = data.read_kaggle_train(root)
     unlabelled = data.read_kaggle_test(root)[1]
     assert len(rows) == len(labelled) == 40 and len(unlabelled) == 10  # no unlabelled clip is scored
+    assert metrics["split"] == {"clips": 40, "sessions": 10, "skipped": 0, "unlabelled_clips": 10}
 
     protocol = metrics["cross_validation"]["protocol"]
     folds = np.array([int(row["fold"]) for row in rows])

@@ -238,12 +238,12 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
     n_folds, seed = pipeline.train.folds, pipeline.data.seed
     batch_size = distribute.global_batch_size(pipeline.data.batch_size, strategy)
     pseudo = pipeline.train.pseudo_labels != NO_PSEUDO_LABELS
+    to_read = examples
     if pseudo:
         unlabelled = pseudo_labels.read_unlabelled(data_dir)
-        examples = data.Examples(examples.files + unlabelled.files,
-                                 np.concatenate([examples.labels, unlabelled.labels]),
-                                 examples.groups + unlabelled.groups)
-    extracted = data.extract(examples, None, pipeline, description="features",
+        to_read = data.Examples(examples.files + unlabelled.files, np.concatenate([examples.labels, unlabelled.labels]),
+                                examples.groups + unlabelled.groups)
+    extracted = data.extract(to_read, None, pipeline, description="features",
                              cache=_cache_of(pipeline, "all_and_unlabelled" if pseudo else "all"))
     print(extracted.report)
     labelled_at = np.flatnonzero(extracted.kept_examples.labels != data.UNLABELLED)  # [N] of the kept files
@@ -314,7 +314,8 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
     evaluation.plot_confusion_matrix(labels, ensemble_oof, run_dir / "confusion_matrix.png",
                                      f"ensemble, out of fold ({n_folds} folds)")
     evaluation.plot_roc(labels, probabilities, run_dir / "roc.png", f"out of fold ({n_folds} folds)")
-    split = {"clips": len(examples), "sessions": len(set(examples.groups)), "skipped": len(extracted.report.skipped)}
+    split = {"clips": len(examples), "sessions": len(set(examples.groups)), "skipped": len(extracted.report.skipped),
+             **({"unlabelled_clips": len(unlabelled)} if pseudo else {})}
     if not refit_all:
         return {"split": split, "cross_validation": estimate}
 

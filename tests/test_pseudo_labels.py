@@ -35,6 +35,18 @@ def test_relabelled_serves_the_new_labels_with_the_same_features(write_wav):
         feature_set.relabelled(soft[:2])
 
 
+def test_a_training_set_holds_the_chosen_labelled_clips_and_the_used_unlabelled_ones_with_their_targets(write_wav):
+    files = [write_wav(f"clip{i}.wav", breath_like(i)) for i in range(4)]
+    labels = np.array([0, data.UNLABELLED, 1, data.UNLABELLED], np.float32)
+    extracted = data.extract(files, labels, TINY, progress=False)
+    labelled_at, unlabelled_at = np.array([0, 2]), np.array([1, 3])
+
+    chosen = pseudo_labels.training_set(extracted, labelled_at, unlabelled_at, np.array([0.3, 0.9]),
+                                        np.array([False, True]), labelled=np.array([1]))
+    assert [f.name for f in chosen.kept_examples.files] == ["clip2.wav", "clip3.wav"]
+    np.testing.assert_allclose(chosen.to_numpy()["labels"], [1.0, 0.9])
+
+
 def test_the_teacher_is_its_members_weighted_average():
     members = {"cnn8": np.array([0.2, 0.9]), "pooled": np.array([0.6, 0.1])}
     np.testing.assert_allclose(pseudo_labels.teacher_probabilities(members, [0.75, 0.25]), [0.3, 0.7])

@@ -44,8 +44,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfbreath import artifacts, crossval, data, distribute, evaluation, pseudo_labels, run_folder, train
-from tfbreath.config import (ENSEMBLE, NO_PSEUDO_LABELS, POOLED_MODEL, PSEUDO_LABELS, ConfigError, PipelineConfig, dump_config,
-                             load_config)
+from tfbreath.config import (ENSEMBLE, NO_PSEUDO_LABELS, POOLED_MODEL, PSEUDO_LABELS, ConfigError, PipelineConfig,
+                             dump_config, load_config)
 from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import build_ensemble, softmax_weights
 from tfbreath.errors import TfbreathError, print_error
@@ -322,7 +322,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
     refit = {name: train.refit_setting(name, values) for name, values in chosen.items()}
     print(f"refit on all {len(kept)} clips with the epochs (and C) the folds chose: {refit}")
     if pseudo:  # the students' recipe: all unlabelled clips too, targeted at the mean of the folds' teachers
-        with_unlabelled = _with_pseudo_labels(extracted, labelled_at, unlabelled_at, np.mean(teachers, axis=0),
+        with_unlabelled = pseudo_labels.training_set(extracted, labelled_at, unlabelled_at, np.mean(teachers, axis=0),
                                               np.ones(len(unlabelled_at), bool))
         models, results = _train_members(pipeline, with_unlabelled, None, run_dir, strategy, refit,
                                          pooled_set=everything)
@@ -335,16 +335,6 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
     results[ENSEMBLE] = {"weights": {name: float(a) for name, a in zip(models, alphas)}}
     _plot_training_curves(models, run_dir)
     return {"split": split, "cross_validation": estimate, "models": results}
-
-
-def _with_pseudo_labels(extracted: data.FeatureSet, labelled_at: np.ndarray, unlabelled_at: np.ndarray,
-                        targets: np.ndarray, used: np.ndarray, labelled: np.ndarray | None = None) -> data.FeatureSet:
-    """The labelled clips at ``labelled`` (positions among them; default all) and the unlabelled
-    clips ``used`` picks, the latter targeted at ``targets``, as one training set. ``[U] x 2``"""
-    labels = extracted.kept_examples.labels.copy()  # [K]
-    labels[unlabelled_at] = targets
-    chosen = labelled_at if labelled is None else labelled_at[labelled]
-    return extracted.relabelled(labels).subset(np.concatenate([chosen, unlabelled_at[used]]))
 
 
 def _train_students(pipeline: PipelineConfig, extracted: data.FeatureSet, labelled_at: np.ndarray,
@@ -369,7 +359,7 @@ def _train_students(pipeline: PipelineConfig, extracted: data.FeatureSet, labell
         print(f"fold {fold + 1} of {len(early_stopping_splits)}, students: {len(inner_train)} labelled clips + "
               f"{unheard.sum()} pseudo-labelled ({pipeline.train.pseudo_labels}) of sessions the fold does not "
               f"score or stop on")
-        train_set = _with_pseudo_labels(extracted, labelled_at, unlabelled_at, teachers[fold], unheard,
+        train_set = pseudo_labels.training_set(extracted, labelled_at, unlabelled_at, teachers[fold], unheard,
                                         np.asarray(inner_train))
         val_set, scored = (extracted.subset(labelled_at[np.asarray(p)]) for p in (inner_val, held_out))
         models, _ = _train_members(pipeline, train_set, val_set, folder, strategy, names=names)

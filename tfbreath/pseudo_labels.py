@@ -44,3 +44,19 @@ def teacher_probabilities(members: Mapping[str, np.ndarray], weights: Sequence[f
 def unheard(groups: Sequence[str], sessions: set[str]) -> np.ndarray:
     """Which unlabelled clips come from none of ``sessions`` (those a fold scores or stops on). ``[U]``"""
     return np.array([group not in sessions for group in groups], bool)
+
+
+def training_set(extracted: data.FeatureSet, labelled_at: np.ndarray, unlabelled_at: np.ndarray,
+                 targets: np.ndarray, used: np.ndarray, labelled: np.ndarray | None = None) -> data.FeatureSet:
+    """One training set of labelled and pseudo-labelled clips, from the features of both.
+
+    ``labelled_at`` ``[N]`` and ``unlabelled_at`` ``[U]`` are the positions of the labelled and
+    unlabelled clips among ``extracted``'s kept files; the set holds the labelled clips at
+    ``labelled`` (positions among the N; default all) with their labels, and the unlabelled clips
+    that ``used`` ``[U]`` picks, targeted at ``targets`` ``[U]``.
+    """
+    labels = extracted.kept_examples.labels.copy()  # [K]
+    labels[unlabelled_at] = targets
+    chosen = labelled_at if labelled is None else labelled_at[labelled]
+    return extracted.relabelled(labels).subset(np.concatenate([chosen, unlabelled_at[used]]))
+

@@ -11,6 +11,10 @@ Honesty: an unlabelled clip from a recording session that fold k holds out, or s
 is left out of fold k's students, so no student has heard the sessions it is scored or stopped
 on. The refit on every clip trains on all unlabelled clips, targeted at the mean of the folds'
 teachers (no teacher saw all labelled clips; their mean is the fold-average ensemble).
+
+Measured on the 3,200 breath clips with their 1,000 unlabelled ones: no gain out of fold
+(ensemble +0.3 points [-0.9, +1.5]; ``benchmarks/RESULTS.md``, "pseudo-labels"), so the shipped
+recipe leaves it off.
 """
 
 from __future__ import annotations

@@ -322,7 +322,7 @@ class TrainConfig:
     scores it (an optimistic score). K >= 2: session-grouped K-fold cross-validation gives an
     out-of-fold estimate with a session-bootstrap interval, then every model is refit on all
     clips for the epoch count the folds chose (``tfbreath.crossval``)."""
-    pseudo_labels: str = "none"
+    pseudo_labels: str = NO_PSEUDO_LABELS
     """``"soft"`` (needs ``folds >= 2``): the gradient members train a second time, on the
     labelled clips plus the data folder's unlabelled ones (``test.csv``), each targeted at the
     P(exhale) its fold's ensemble gives it (``tfbreath.pseudo_labels``)."""

@@ -28,6 +28,7 @@ import numpy as np
 
 from tfbreath import crossval, data, fit, train
 from tfbreath.config import ENSEMBLE, load_config, with_overrides
+from tfbreath.ensemble import weighted_average
 from tfbreath.run_folder import RunFolder
 
 DEFAULT_RUNS_DIR = Path("/tmp/refit_vs_average")
@@ -59,11 +60,6 @@ def member_probabilities(folder: RunFolder, names: list[str], feature_set: data.
             for name in names}
 
 
-def combined(members: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    """The ensemble's weighted average of member probabilities. ``{name: [N]} -> [N]``"""
-    return sum(weights[name] * p for name, p in members.items())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="Kaggle-layout data folder")
@@ -93,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                     for k in range(inner_recipe.train.folds)]
         average = {name: np.mean([p[name] for p in per_fold], axis=0) for name in names}
         for way, members in (("refit", refit), ("fold_average", average)):
-            for name, p in {**members, ENSEMBLE: combined(members, weights)}.items():
+            for name, p in {**members, ENSEMBLE: weighted_average(members, [weights[n] for n in members])}.items():
                 outcomes[way].setdefault(name, []).append(p)
         labels.append(scored.kept_examples.labels)
         groups.extend(scored.kept_examples.groups)

@@ -15,7 +15,7 @@ import pytest
 from conftest import InterruptAfter
 from tfbreath import artifacts, data, fit, run_folder, train
 from tfbreath.config import PipelineConfig, load_config, parse_config, with_overrides
-from tfbreath.ensemble import WeightedSigmoidAverage, build_ensemble, softmax_weights
+from tfbreath.ensemble import WeightedSigmoidAverage, build_ensemble, softmax_weights, weighted_average
 from tfbreath.precision import choose_precision
 from tfbreath.run_folder import OOF_PREDICTIONS
 from tfbreath.synthetic import write_synthetic_breath
@@ -38,6 +38,11 @@ def test_softmax_weights_follow_the_rule():
     np.testing.assert_allclose(weights, expected)
     assert weights[1] > weights[0]
     np.testing.assert_allclose(softmax_weights([0.7, 0.7, 0.7]), [1 / 3] * 3)
+
+
+def test_the_numpy_weighted_average_weighs_members_in_their_order():
+    members = {"cnn8": np.array([0.2, 0.9]), "pooled": np.array([0.6, 0.1])}
+    np.testing.assert_allclose(weighted_average(members, [0.75, 0.25]), [0.3, 0.7])
 
 
 def test_ensemble_is_the_weighted_sigmoid_average_and_round_trips(tmp_path):

@@ -47,11 +47,6 @@ def test_a_training_set_holds_the_chosen_labelled_clips_and_the_used_unlabelled_
     np.testing.assert_allclose(chosen.to_numpy()["labels"], [1.0, 0.9])
 
 
-def test_the_teacher_is_its_members_weighted_average():
-    members = {"cnn8": np.array([0.2, 0.9]), "pooled": np.array([0.6, 0.1])}
-    np.testing.assert_allclose(pseudo_labels.teacher_probabilities(members, [0.75, 0.25]), [0.3, 0.7])
-
-
 def test_unheard_leaves_out_the_named_sessions():
     np.testing.assert_array_equal(pseudo_labels.unheard(["a", "b", "c", "a"], {"a", "c"}), [False, True, False, False])
 

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from tfbreath.ensemble import softmax_weights
+from tfbreath.ensemble import softmax_weights, weighted_average
 from tfbreath.errors import TfbreathError
 from tfbreath.evaluation import accuracy, roc_auc
 
@@ -81,14 +81,13 @@ def cross_fitted_ensemble(probabilities: dict[str, np.ndarray], labels: np.ndarr
     Fold k's clips are combined with ``softmax_weights`` of the members' accuracies on the
     out-of-fold predictions of all other folds.
     """
-    names = list(probabilities)
-    stacked = np.stack([np.asarray(probabilities[name], np.float64) for name in names])  # [M, N]
+    probabilities = {name: np.asarray(p, np.float64) for name, p in probabilities.items()}  # [N] each
     ensemble = np.zeros(len(labels), np.float64)
     weights = []
     for fold in range(int(folds.max()) + 1):
         others, own = folds != fold, folds == fold
-        alphas = softmax_weights([accuracy(labels[others], row[others]) for row in stacked])  # [M]
-        ensemble[own] = alphas @ stacked[:, own]
+        alphas = softmax_weights([accuracy(labels[others], p[others]) for p in probabilities.values()])  # [M]
+        ensemble[own] = weighted_average({name: p[own] for name, p in probabilities.items()}, alphas)
         weights.append(alphas)
     return ensemble, weights
 

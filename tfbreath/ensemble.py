@@ -7,7 +7,7 @@ exports as one TFLite graph.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import keras
 import numpy as np
@@ -20,6 +20,13 @@ def softmax_weights(accuracies: Sequence[float]) -> np.ndarray:
     scores = np.asarray(accuracies, np.float64)
     exp = np.exp(scores - scores.max())
     return exp / exp.sum()
+
+
+def weighted_average(probabilities: Mapping[str, np.ndarray], alphas: Sequence[float]) -> np.ndarray:
+    """The ensemble's P(exhale) from its members' (``WeightedSigmoidAverage`` in NumPy): sum_i alpha_i * P_i,
+    the members in ``probabilities``' order. ``{M: [N]}, [M] -> [N]``"""
+    stacked = np.stack([np.asarray(p, np.float64) for p in probabilities.values()])  # [M, N]
+    return np.asarray(alphas, np.float64) @ stacked
 
 
 @keras.saving.register_keras_serializable(package="tfbreath")

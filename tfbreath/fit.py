@@ -47,7 +47,7 @@ from tfbreath import artifacts, crossval, data, distribute, evaluation, pseudo_l
 from tfbreath.config import (ENSEMBLE, NO_PSEUDO_LABELS, POOLED_MODEL, PSEUDO_LABELS, ConfigError, PipelineConfig,
                              dump_config, load_config)
 from tfbreath.console import add_verbose_argument
-from tfbreath.ensemble import build_ensemble, softmax_weights
+from tfbreath.ensemble import build_ensemble, softmax_weights, weighted_average
 from tfbreath.errors import TfbreathError, print_error
 from tfbreath.icbhi import trainer as icbhi_trainer
 from tfbreath.icbhi.config import is_icbhi_pipeline
@@ -249,6 +249,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
     labelled_at = np.flatnonzero(extracted.kept_examples.labels != data.UNLABELLED)  # [N] of the kept files
     unlabelled_at = np.flatnonzero(extracted.kept_examples.labels == data.UNLABELLED)  # [U]
     everything = extracted.subset(labelled_at) if pseudo else extracted
+    unlabelled_set = extracted.subset(unlabelled_at) if pseudo else None
     _require_both_classes(everything, "labelled", data_dir)
     kept = everything.kept_examples
     try:
@@ -276,15 +277,14 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
             out_of_fold[name][held_out] = train.predict_probabilities(model, everything.subset(held_out), batch_size)
             chosen[name].append(train.chosen_setting(name, fold_dir))
             if pseudo:
-                on_unlabelled[name].append(
-                    train.predict_probabilities(model, extracted.subset(unlabelled_at), batch_size))
+                on_unlabelled[name].append(train.predict_probabilities(model, unlabelled_set, batch_size))
 
     labels = kept.labels
     ensemble_oof, fold_weights = crossval.cross_fitted_ensemble(out_of_fold, labels, folds)
     teachers = None
     if pseudo:
-        teachers = [pseudo_labels.teacher_probabilities({n: p[fold] for n, p in on_unlabelled.items()}, weights)
-                    for fold, weights in enumerate(fold_weights)]  # K x [U]
+        teachers = [weighted_average({n: p[fold] for n, p in on_unlabelled.items()}, weights)
+                    for fold, weights in enumerate(fold_weights)]  # K x [U]: fold k's ensemble is its teacher
         teacher_score = crossval.cross_validation_summary(labels, {ENSEMBLE: ensemble_oof}, folds, kept.groups,
                                                           seed=seed)[ENSEMBLE]
         students, used = _train_students(pipeline, extracted, labelled_at, unlabelled_at, folds,
@@ -321,13 +321,10 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
 
     refit = {name: train.refit_setting(name, values) for name, values in chosen.items()}
     print(f"refit on all {len(kept)} clips with the epochs (and C) the folds chose: {refit}")
-    if pseudo:  # the students' recipe: all unlabelled clips too, targeted at the mean of the folds' teachers
-        with_unlabelled = pseudo_labels.training_set(extracted, labelled_at, unlabelled_at, np.mean(teachers, axis=0),
-                                              np.ones(len(unlabelled_at), bool))
-        models, results = _train_members(pipeline, with_unlabelled, None, run_dir, strategy, refit,
-                                         pooled_set=everything)
-    else:
-        models, results = _train_members(pipeline, everything, None, run_dir, strategy, refit)
+    # with pseudo-labels, the students' recipe: every unlabelled clip too, targeted at the mean of the folds' teachers
+    refit_set = everything if not pseudo else pseudo_labels.training_set(
+        extracted, labelled_at, unlabelled_at, np.mean(teachers, axis=0), np.ones(len(unlabelled_at), bool))
+    models, results = _train_members(pipeline, refit_set, None, run_dir, strategy, refit, pooled_set=everything)
     for name in models:
         results[name]["c" if name == POOLED_MODEL else "epochs"] = refit[name]
     alphas = softmax_weights([estimate[name]["accuracy"]["pooled"] for name in models])

@@ -20,7 +20,7 @@ recipe leaves it off.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -36,13 +36,6 @@ def read_unlabelled(data_dir: Path) -> data.Examples:
         raise data.DataError(f"{data_dir}: pseudo_labels needs unlabelled clips (test.csv + test/), "
                              f"and there is no test.csv")
     return data.read_kaggle_test(data_dir)[1]
-
-
-def teacher_probabilities(members: Mapping[str, np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """The teacher ensemble's P(exhale): its members' probabilities averaged with its weights.
-    ``{M: [U]}, [M] -> [U]``"""
-    stacked = np.stack([np.asarray(p, np.float64) for p in members.values()])  # [M, U]
-    return np.asarray(weights, np.float64) @ stacked
 
 
 def unheard(groups: Sequence[str], sessions: set[str]) -> np.ndarray:

@@ -65,6 +65,8 @@ def write_synthetic_breath(root: str | Path, n_sessions: int = 48, clips_per_ses
     """
     root = Path(root)
     (root / "train").mkdir(parents=True, exist_ok=True)
+    if unlabelled_per_session:
+        (root / "test").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     n_samples = int(round(sample_rate * duration_s))
     rows, unlabelled = [], []
@@ -81,7 +83,6 @@ def write_synthetic_breath(root: str | Path, n_sessions: int = 48, clips_per_ses
                 sf.write(root / "train" / file_name, audio, sample_rate, subtype="PCM_16")
                 rows.append((f"{name}_{phase}_{clip:03d}", phase))
             else:
-                (root / "test").mkdir(exist_ok=True)
                 sf.write(root / "test" / file_name, audio, sample_rate, subtype="PCM_16")
                 unlabelled.append((file_name,))
     _write_csv(root / "train.csv", ["ID", "Target"], rows)

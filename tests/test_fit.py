@@ -203,7 +203,8 @@ def test_training_accuracy_scores_mixed_labels_by_their_dominant_class():
     np.testing.assert_array_equal(hits, [1, 1, 1, 1, 0])
 
 
-CV_TINY = with_overrides(with_overrides(TINY, "train", models=("cnn8", "pooled"), epochs=2, folds=2),
+CV_TINY = with_overrides(with_overrides(TINY, "train", models=("cnn8", "pooled", "rbf"), epochs=2, folds=2,
+                                        rbf_c=(1.0, 10.0), rbf_landmarks=8),
                          "data", batch_size=8, validation_fraction=0.25)
 
 
@@ -229,9 +230,9 @@ def test_k_fold_run_predicts_every_clip_out_of_fold_and_refits(cv_run, cv_data):
         assert fold_of_session.setdefault(row["session"], row["fold"]) == row["fold"]  # a session in one fold
     assert {row["fold"] for row in rows} == {"0", "1"}
     estimate = metrics["cross_validation"]
-    assert set(estimate) == {"cnn8", "pooled", "ensemble", "protocol"}
+    assert set(estimate) == {"cnn8", "pooled", "rbf", "ensemble", "protocol"}
     labels = np.array([data.LABELS[row["Target"]] for row in rows])
-    for name in ("cnn8", "pooled", "ensemble"):
+    for name in ("cnn8", "pooled", "rbf", "ensemble"):
         probabilities = np.array([float(row[name]) for row in rows])
         assert estimate[name]["accuracy"]["pooled"] == pytest.approx(np.mean((probabilities >= 0.5) == labels),
                                                                      abs=1e-4)
@@ -241,8 +242,11 @@ def test_k_fold_run_predicts_every_clip_out_of_fold_and_refits(cv_run, cv_data):
     assert metrics["models"]["cnn8"]["epochs"] == int(np.ceil(np.median(protocol["best_epochs"]["cnn8"])))
     assert len(protocol["pooled_c"]) == 2 and set(protocol["pooled_c"]) <= set(CV_TINY.train.pooled_c)
     assert metrics["models"]["pooled"]["c"] == min(protocol["pooled_c"])  # the lower middle of two
+    assert len(protocol["rbf_c"]) == 2 and set(protocol["rbf_c"]) <= set(CV_TINY.train.rbf_c)
+    assert metrics["models"]["rbf"]["c"] == min(protocol["rbf_c"]) and "rbf" not in protocol["best_epochs"]
     for artifact in ("fold_0/cnn8.keras", "fold_1/cnn8.keras", "cnn8.keras", "ensemble.keras",
                      "fold_0/pooled.keras", "fold_1/history_pooled.csv", "pooled.keras",
+                     "fold_0/rbf.keras", "fold_1/history_rbf.csv", "rbf.keras",
                      "confusion_matrix.png", "roc.png", "training_curves.png"):
         assert (out / artifact).is_file(), artifact
     with open(out / "history_cnn8.csv", newline="") as handle:  # the refit ran the chosen epochs, unvalidated
@@ -253,8 +257,8 @@ def test_k_fold_run_resumes_without_training_again(cv_run, capsys):
     out, metrics = cv_run
     again = fit.run(CV_TINY, Path(metrics["data"]), out)
     printed = capsys.readouterr().out
-    assert printed.count("already trained") == 3 and printed.count("already fitted") == 3  # two folds, the refit
-    for name in ("cnn8", "pooled"):
+    assert printed.count("already trained") == 3 and printed.count("already fitted") == 6  # two folds, the refit
+    for name in ("cnn8", "pooled", "rbf"):
         assert again["cross_validation"][name] == metrics["cross_validation"][name]
 
 

@@ -133,7 +133,7 @@ def test_pipeline_sizes_set_the_inputs():
 
 
 def test_unknown_model_name_is_rejected():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet'; choose from \['cnn8', 'pooled', 'vgg'\]"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet'; choose from \['cnn8', 'pooled', 'rbf', 'vgg'\]"):
         build_model("resnet", TINY_SHAPE, TINY_SCALARS)
 
 

@@ -148,7 +148,7 @@ def fitted(tmp_path_factory):
     train_set = data.extract(train_examples, None, POOLED, progress=False)
     val_set = data.extract(val_examples, None, POOLED, progress=False)
     out = tmp_path_factory.mktemp("pooled_run")
-    return train.fit_pooled(POOLED, train_set, val_set, out), train_set, val_set, out
+    return train.fit_closed_form("pooled", POOLED, train_set, val_set, out), train_set, val_set, out
 
 
 def test_fit_scores_every_c_keeps_the_lowest_loss_and_separates_the_classes(fitted):
@@ -163,7 +163,7 @@ def test_fit_scores_every_c_keeps_the_lowest_loss_and_separates_the_classes(fitt
 
 def test_saved_member_reloads_with_the_same_outputs_and_is_not_fitted_again(fitted, capsys):
     model, train_set, val_set, out = fitted
-    again = train.fit_pooled(POOLED, train_set, val_set, out)
+    again = train.fit_closed_form("pooled", POOLED, train_set, val_set, out)
     assert "already fitted" in capsys.readouterr().out
     np.testing.assert_allclose(train.predict_probabilities(again, val_set, 8),
                                train.predict_probabilities(model, val_set, 8), atol=1e-6)
@@ -171,12 +171,12 @@ def test_saved_member_reloads_with_the_same_outputs_and_is_not_fitted_again(fitt
 
 def test_a_refit_takes_c_and_refuses_neither_or_both(fitted, tmp_path):
     _, train_set, val_set, _ = fitted
-    model = train.fit_pooled(POOLED, train_set, None, tmp_path, c=1.0)
+    model = train.fit_closed_form("pooled", POOLED, train_set, None, tmp_path, c=1.0)
     assert not (tmp_path / "history_pooled.csv").exists()
     assert isinstance(model, keras.Model) and (tmp_path / "pooled.keras").is_file()
     for val, c in ((None, None), (val_set, 1.0)):
         with pytest.raises(ValueError, match="give val_set"):
-            train.fit_pooled(POOLED, train_set, val, tmp_path / "other", c=c)
+            train.fit_closed_form("pooled", POOLED, train_set, val, tmp_path / "other", c=c)
 
 
 def test_refit_setting_is_a_value_the_folds_tried():

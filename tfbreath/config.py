@@ -270,8 +270,12 @@ class AugmentConfig:
 CNN_MODELS = ("cnn8", "vgg")
 """Members trained by gradient steps (a learning rate each; ``tune`` searches them)."""
 POOLED_MODEL = "pooled"
-"""The member fitted in closed form: logistic regression on pooled map statistics (``tfbreath.models.pooled``)."""
-MODEL_NAMES = (*CNN_MODELS, POOLED_MODEL)
+"""Logistic regression on pooled map statistics (``tfbreath.models.pooled``)."""
+RBF_MODEL = "rbf"
+"""Logistic regression on RBF similarities of the same statistics to landmark clips (``tfbreath.models.rbf``)."""
+CLOSED_FORM_MODELS = (POOLED_MODEL, RBF_MODEL)
+"""Members fitted in closed form (scikit-learn), with a ``C`` each instead of epochs."""
+MODEL_NAMES = (*CNN_MODELS, *CLOSED_FORM_MODELS)
 ENSEMBLE = "ensemble"
 """The members combined into one model (``tfbreath.ensemble``): its file stem and results key."""
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -317,6 +321,10 @@ class TrainConfig:
     pooled_c: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
     """Inverse L2 strengths the ``pooled`` member tries; the lowest log-loss on the early-stopping
     split wins (a refit uses the folds' median choice)."""
+    rbf_c: tuple[float, ...] = (1.0, 10.0, 100.0)
+    """Inverse L2 strengths the ``rbf`` member tries, chosen as ``pooled_c`` is."""
+    rbf_landmarks: int = 1024
+    """Training clips the ``rbf`` member compares every clip with (all of them if fewer)."""
     folds: int = 1
     """1: one session-grouped validation split stops the models early, weights the ensemble and
     scores it (an optimistic score). K >= 2: session-grouped K-fold cross-validation gives an
@@ -329,7 +337,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", names("models", self.models, MODEL_NAMES, "model"))
-        for name in ("epochs", "early_stopping_patience", "folds"):
+        for name in ("epochs", "early_stopping_patience", "folds", "rbf_landmarks"):
             positive(name, getattr(self, name), int)
         for name in ("weight_decay", "min_learning_rate", "clipnorm", "model_width", "warmup_start_factor"):
             positive(name, getattr(self, name))
@@ -345,11 +353,13 @@ class TrainConfig:
                 f"pseudo_labels = {self.pseudo_labels!r} needs a gradient member ({list(CNN_MODELS)}) to train "
                 f"on them, got models = {list(self.models)}")
         model_table("learning_rates", self.learning_rates, positive)
-        require(isinstance(self.pooled_c, (list, tuple)) and len(self.pooled_c) > 0,
-                f"pooled_c must be a non-empty list of numbers > 0, got {self.pooled_c!r}")
-        for value in self.pooled_c:
-            positive("pooled_c", value)
-        object.__setattr__(self, "pooled_c", tuple(float(v) for v in self.pooled_c))
+        for name in ("pooled_c", "rbf_c"):
+            values = getattr(self, name)
+            require(isinstance(values, (list, tuple)) and len(values) > 0,
+                    f"{name} must be a non-empty list of numbers > 0, got {values!r}")
+            for value in values:
+                positive(name, value)
+            object.__setattr__(self, name, tuple(float(v) for v in values))
         missing = [m for m in self.models if m in CNN_MODELS and m not in self.learning_rates]
         require(not missing, f"learning_rates has no entry for {missing!r}, got {dict(self.learning_rates)!r}")
         model_table("dropouts", self.dropouts, lambda name, rate: in_range(name, rate, 0, 1, high_open=True))

@@ -1,6 +1,6 @@
 """``python -m tfbreath.export``: a trained run as a waveform-in, P(exhale)-out model for phones.
 
-    python -m tfbreath.export --model RUN_DIR [--member ensemble|cnn8|vgg|pooled]
+    python -m tfbreath.export --model RUN_DIR [--member ensemble|cnn8|vgg|pooled|rbf]
                               [--quantize none|float16|int8] [--out FILE.tflite] [--data DIR]
 
 The exported graph holds the feature extraction: input ``[batch, samples]`` float32 audio at the
@@ -45,7 +45,7 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
 from tfbreath import artifacts, data
-from tfbreath.config import ENSEMBLE, MODEL_NAMES, POOLED_MODEL, PipelineConfig, load_config
+from tfbreath.config import CLOSED_FORM_MODELS, ENSEMBLE, MODEL_NAMES, PipelineConfig, load_config
 from tfbreath.console import add_verbose_argument
 from tfbreath.errors import TfbreathError, print_error
 from tfbreath.evaluation import THRESHOLD
@@ -225,10 +225,11 @@ INPUT_STAGE_OPS = {schema.BuiltinOperator.ADD, schema.BuiltinOperator.SUB, schem
 """Elementwise ops (normalisation, batch norm) that stay float when they follow a float op."""
 
 
-FLOAT_MEMBERS = (POOLED_MODEL,)
-"""Members whose every op stays float32 in an int8 classifier. The pooled member's statistics
-sit beside the raw scalars in one vector that no single int8 scale holds (measured: its
-validation accuracy fell from 0.745 to 0.584 all-int8), and it costs one matrix-vector product."""
+FLOAT_MEMBERS = CLOSED_FORM_MODELS
+"""Members whose every op stays float32 in an int8 classifier. The pooled statistics both read
+sit beside the raw scalars in one vector that no single int8 scale holds (measured on the pooled
+member: its validation accuracy fell from 0.745 to 0.584 all-int8), and each costs one or two
+matrix products."""
 
 
 def float_member_ops(flatbuffer: bytes) -> list[str]:

@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfbreath import artifacts, crossval, data, distribute, evaluation, pseudo_labels, run_folder, train
-from tfbreath.config import (ENSEMBLE, NO_PSEUDO_LABELS, POOLED_MODEL, PSEUDO_LABELS, ConfigError, PipelineConfig,
+from tfbreath.config import (CLOSED_FORM_MODELS, ENSEMBLE, NO_PSEUDO_LABELS, PSEUDO_LABELS, ConfigError, PipelineConfig,
                              dump_config, load_config)
 from tfbreath.console import add_verbose_argument
 from tfbreath.ensemble import build_ensemble, softmax_weights, weighted_average
@@ -149,12 +149,12 @@ def _train_members(pipeline: PipelineConfig, train_set: data.FeatureSet, val_set
                    names: list[str] | None = None,
                    pooled_set: data.FeatureSet | None = None) -> tuple[dict[str, keras.Model], dict[str, dict]]:
     """Every ``[train] models`` member (or those ``names``) trained (or reloaded) into ``folder``,
-    with what to record of each; ``settings`` are a refit's (``train.refit_setting``). The pooled
-    member trains on ``pooled_set`` if given: it fits hard labels only, not pseudo-labels."""
+    with what to record of each; ``settings`` are a refit's (``train.refit_setting``). The closed-form
+    members train on ``pooled_set`` if given: they fit hard labels only, not pseudo-labels."""
     models, records = {}, {}
     for name in pipeline.train.models if names is None else names:
         started = time.monotonic()
-        own_set = pooled_set if name == POOLED_MODEL and pooled_set is not None else train_set
+        own_set = pooled_set if name in CLOSED_FORM_MODELS and pooled_set is not None else train_set
         models[name] = train.train_member(name, pipeline, own_set, val_set, folder, strategy,
                                           None if settings is None else settings[name])
         records[name] = {"parameters": int(models[name].count_params()),
@@ -165,8 +165,8 @@ def _train_members(pipeline: PipelineConfig, train_set: data.FeatureSet, val_set
 
 
 def _plot_training_curves(models: dict[str, keras.Model], run_dir: Path) -> None:
-    """Loss and accuracy per epoch of the members trained by epochs (the pooled member has none)."""
-    epochs_of = {n: RunFolder(run_dir).history_file(n) for n in models if n != POOLED_MODEL}
+    """Loss and accuracy per epoch of the members trained by epochs (the closed-form ones have none)."""
+    epochs_of = {n: RunFolder(run_dir).history_file(n) for n in models if n not in CLOSED_FORM_MODELS}
     if epochs_of:
         evaluation.plot_training_curves(epochs_of, run_dir / "training_curves.png")
 
@@ -265,7 +265,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
 
     out_of_fold = {name: np.zeros(len(kept), np.float64) for name in pipeline.train.models}  # [N] each
     on_unlabelled = {name: [] for name in pipeline.train.models}  # per fold: [U] each, the teachers' P
-    chosen = {name: [] for name in pipeline.train.models}  # per fold: best epoch count, or the pooled member's C
+    chosen = {name: [] for name in pipeline.train.models}  # per fold: best epoch count, or a closed-form member's C
     for fold, (inner_train, inner_val) in enumerate(early_stopping_splits):
         fold_dir = RunFolder(run_dir).fold(fold).path
         held_out = np.flatnonzero(folds == fold)
@@ -300,8 +300,8 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
         "grouping": "recording session", "interval": f"{crossval.CONFIDENCE:.0%} percentile, "
         f"{crossval.BOOTSTRAP_RESAMPLES} bootstrap resamples of sessions",
         "early_stopping": f"session-grouped {pipeline.data.validation_fraction:.0%} of each fold's training clips",
-        "best_epochs": {name: values for name, values in chosen.items() if name != POOLED_MODEL},
-        **({"pooled_c": chosen[POOLED_MODEL]} if POOLED_MODEL in chosen else {}),
+        "best_epochs": {name: values for name, values in chosen.items() if name not in CLOSED_FORM_MODELS},
+        **{f"{name}_c": values for name, values in chosen.items() if name in CLOSED_FORM_MODELS},
         "ensemble_weights_per_fold": [{n: round(float(w), 4) for n, w in zip(names, ws)} for ws in fold_weights],
         **({"pseudo_labels": {"mode": pipeline.train.pseudo_labels, "unlabelled_clips": len(unlabelled_at),
                               "used_per_fold": used, "teacher_ensemble": teacher_score}} if pseudo else {})}
@@ -326,7 +326,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
         extracted, labelled_at, unlabelled_at, np.mean(teachers, axis=0), np.ones(len(unlabelled_at), bool))
     models, results = _train_members(pipeline, refit_set, None, run_dir, strategy, refit, pooled_set=everything)
     for name in models:
-        results[name]["c" if name == POOLED_MODEL else "epochs"] = refit[name]
+        results[name]["c" if name in CLOSED_FORM_MODELS else "epochs"] = refit[name]
     alphas = softmax_weights([estimate[name]["accuracy"]["pooled"] for name in models])
     _save_ensemble(models, alphas, pipeline, run_dir, strategy)
     results[ENSEMBLE] = {"weights": {name: float(a) for name, a in zip(models, alphas)}}
@@ -344,7 +344,7 @@ def _train_students(pipeline: PipelineConfig, extracted: data.FeatureSet, labell
     kept = extracted.kept_examples
     labelled_groups = np.array(kept.groups)[labelled_at]  # [N]
     unlabelled_groups = [kept.groups[i] for i in unlabelled_at]  # [U]
-    names = [name for name in pipeline.train.models if name != POOLED_MODEL]
+    names = [name for name in pipeline.train.models if name not in CLOSED_FORM_MODELS]
     students = {name: (np.zeros(len(labelled_at), np.float64), []) for name in names}
     used_per_fold = []
     for fold, (inner_train, inner_val) in enumerate(early_stopping_splits):

@@ -8,10 +8,11 @@ after the warm-up epochs; optionally (``[train] ema_momentum``) an exponential m
 the weights, scored and kept in their place. An interrupted ``fit`` resumes from its last finished epoch
 (Keras ``BackupAndRestore``); finished models are saved atomically and not trained again.
 
-The ``pooled`` member (``tfbreath.models.pooled``) is not trained by gradient steps: ``fit_pooled``
-standardises its statistics and fits an L2 logistic regression (scikit-learn, L-BFGS) in
-closed form, its inverse strength chosen by log-loss on the early-stopping split.
-``train_member`` picks the right one of the two for a member name.
+The ``pooled`` and ``rbf`` members (``tfbreath.models.pooled``, ``tfbreath.models.rbf``) are
+not trained by gradient steps: ``fit_closed_form`` standardises their statistics and fits an L2
+logistic regression (scikit-learn, L-BFGS) in closed form, on the statistics themselves or on
+their RBF similarities to landmark clips, its inverse strength chosen by log-loss on the
+early-stopping split. ``train_member`` picks the right one of the two for a member name.
 
 Under a ``tf.distribute`` strategy (``tfbreath.distribute``) the model is built, adapted and
 compiled inside ``strategy.scope()``, so Keras distributes its datasets and gradients;
@@ -34,11 +35,13 @@ import tensorflow as tf
 from tfbreath import artifacts
 from tfbreath.augment import AugmentationSchedule, Augmenter
 from tfbreath.checkpoint import TrainingBackup
-from tfbreath.config import POOLED_MODEL, SCALARS, PipelineConfig, TrainConfig, dump_config
+from tfbreath.config import (CLOSED_FORM_MODELS, POOLED_MODEL, RBF_MODEL, SCALARS, PipelineConfig, TrainConfig,
+                             dump_config)
 from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.evaluation import accuracy, log_loss
 from tfbreath.models import LOGIT, SCALAR_NORM, build_model_for_pipeline
+from tfbreath.models.rbf import RBF_KERNEL
 from tfbreath.models.pooled import POOLED_NORM, POOLED_STATS
 from tfbreath.run_folder import RunFolder
 
@@ -107,11 +110,11 @@ def adapt_scalar_normalisation(model: keras.Model, train_set: FeatureSet) -> Non
     model.get_layer(SCALAR_NORM).adapt(scalars)
 
 
-def new_model(name: str, pipeline: PipelineConfig) -> keras.Model:
+def new_model(name: str, pipeline: PipelineConfig, **kwargs) -> keras.Model:
     """An untrained model of the pipeline's input sizes, ``[train] model_width`` and, when set,
-    ``[train] dropouts`` (the pooled member has neither)."""
-    if name == POOLED_MODEL:
-        return build_model_for_pipeline(name, pipeline)
+    ``[train] dropouts`` (the closed-form members have neither: ``kwargs`` go to their builder)."""
+    if name in CLOSED_FORM_MODELS:
+        return build_model_for_pipeline(name, pipeline, **kwargs)
     dropout = pipeline.train.dropouts.get(name)
     return build_model_for_pipeline(name, pipeline, width=pipeline.train.model_width,
                                     **({} if dropout is None else {"dropout": dropout}))
@@ -239,48 +242,103 @@ def _logistic_regression(z: np.ndarray, labels: np.ndarray, c: float):
     return LogisticRegression(C=c, max_iter=POOLED_MAX_ITERATIONS).fit(z, labels)
 
 
-def fit_pooled(pipeline: PipelineConfig, train_set: FeatureSet, val_set: FeatureSet | None, run_dir: Path,
-               strategy: tf.distribute.Strategy | None = None, c: float | None = None) -> keras.Model:
-    """Fit (or reload) the pooled member and save it as ``run_dir/pooled.keras``.
+class _LinearFit:
+    """The pooled member's learner: logistic regression on the standardised statistics ``z``."""
 
-    Every ``[train] pooled_c`` is fitted on the training clips (standardised by their own
-    statistics) and scored on ``val_set`` (log-loss and accuracy, one row each in
-    ``history_pooled.csv``); with the lowest log-loss's C the member is then fitted on the training
-    and validation clips together (a closed-form fit has no epochs for them to stop). Without
-    ``val_set`` (a refit on every clip) ``c`` is given.
+    def __init__(self, z: np.ndarray, labels: np.ndarray, c: float, train: TrainConfig, seed: int):
+        self.regression = _logistic_regression(z, labels, c)
+        self.build_kwargs: dict = {}
+        self.summary = f"logistic regression on {z.shape[1]} pooled statistics"
+
+    def probability(self, z: np.ndarray) -> np.ndarray:
+        return self.regression.predict_proba(z)[:, 1]
+
+    def set_weights(self, model: keras.Model) -> None:
+        model.get_layer(LOGIT).set_weights([self.regression.coef_.T.astype(np.float32),
+                                            self.regression.intercept_.astype(np.float32)])
+
+
+class _RBFFit:
+    """The rbf member's learner: Nyström features of the RBF kernel (``[train] rbf_landmarks``
+    random training clips as landmarks, gamma = 1 / (D var(z)), scikit-learn's ``"scale"``), then
+    logistic regression on them."""
+
+    def __init__(self, z: np.ndarray, labels: np.ndarray, c: float, train: TrainConfig, seed: int):
+        from sklearn.kernel_approximation import Nystroem
+
+        gamma = 1.0 / (z.shape[1] * z.var())
+        self.nystroem = Nystroem(gamma=gamma, n_components=min(train.rbf_landmarks, len(z)),
+                                 random_state=seed).fit(z)
+        self.regression = _logistic_regression(self.nystroem.transform(z), labels, c)
+        landmarks = len(self.nystroem.components_)
+        self.build_kwargs = {"n_landmarks": landmarks, "gamma": gamma}
+        self.summary = f"kernel logistic regression on {landmarks} landmarks ({z.shape[1]} pooled statistics)"
+
+    def probability(self, z: np.ndarray) -> np.ndarray:
+        return self.regression.predict_proba(self.nystroem.transform(z))[:, 1]
+
+    def set_weights(self, model: keras.Model) -> None:
+        # Nyström's features are k(z, landmarks) @ normalization_.T: fold that matrix into the weights.
+        weights = self.nystroem.normalization_.T @ self.regression.coef_.T  # [L, 1]
+        model.get_layer(RBF_KERNEL).set_weights([self.nystroem.components_.astype(np.float32)])
+        model.get_layer(LOGIT).set_weights([weights.astype(np.float32), self.regression.intercept_.astype(np.float32)])
+
+
+CLOSED_FORM_FITS = {POOLED_MODEL: (_LinearFit, "pooled_c"), RBF_MODEL: (_RBFFit, "rbf_c")}
+"""Closed-form member -> (its learner, the ``[train]`` key of the C values it tries)."""
+
+
+def fit_closed_form(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_set: FeatureSet | None,
+                    run_dir: Path, strategy: tf.distribute.Strategy | None = None,
+                    c: float | None = None) -> keras.Model:
+    """Fit (or reload) the closed-form member ``name`` (``pooled`` or ``rbf``) and save it as
+    ``run_dir/<name>.keras``.
+
+    Every C of its ``[train]`` list (``pooled_c``, ``rbf_c``) is fitted on the training clips
+    (standardised by their own statistics) and scored on ``val_set`` (log-loss and accuracy, one
+    row each in ``history_<name>.csv``); with the lowest log-loss's C the member is then fitted on
+    the training and validation clips together (a closed-form fit has no epochs for them to stop).
+    Without ``val_set`` (a refit on every clip) ``c`` is given.
     """
     strategy = strategy or tf.distribute.get_strategy()
     folder = RunFolder(run_dir)
-    final = folder.model_file(POOLED_MODEL)
+    final = folder.model_file(name)
     finished = _finished_model(final, strategy, "fitted")
     if finished is not None:
         return finished
     if (val_set is None) == (c is None):
         raise ValueError("give val_set (to choose C) or c (a refit), not both or neither")
+    learner, grid = CLOSED_FORM_FITS[name]
+    seed = pipeline.data.seed
     batch_size = global_batch_size(pipeline.data.batch_size, strategy)
     with strategy.scope():
-        model = new_model(POOLED_MODEL, pipeline)
-    x_train, labels = _pooled_statistics(model, train_set, batch_size), train_set.kept_examples.labels
-    norm = model.get_layer(POOLED_NORM)
+        pooled = new_model(POOLED_MODEL, pipeline)  # the statistics and their standardisation
+    x_train, labels = _pooled_statistics(pooled, train_set, batch_size), train_set.kept_examples.labels
+    norm = pooled.get_layer(POOLED_NORM)
     if c is None:
-        x_val, val_labels = _pooled_statistics(model, val_set, batch_size), val_set.kept_examples.labels
+        x_val, val_labels = _pooled_statistics(pooled, val_set, batch_size), val_set.kept_examples.labels
         set_standardisation(norm, x_train)  # each C scored as a model of the training clips alone
         z_train, z_val = (np.asarray(norm(x.astype(np.float32)), np.float64) for x in (x_train, x_val))
         rows = []
-        for candidate in pipeline.train.pooled_c:
-            p = _logistic_regression(z_train, labels, candidate).predict_proba(z_val)[:, 1]
+        for candidate in getattr(pipeline.train, grid):
+            p = learner(z_train, labels, candidate, pipeline.train, seed).probability(z_val)
             rows.append({"c": candidate, "val_loss": log_loss(val_labels, p), "val_accuracy": accuracy(val_labels, p)})
-        artifacts.write_text(folder.history_file(POOLED_MODEL), "c,val_loss,val_accuracy\n" + "".join(
+        artifacts.write_text(folder.history_file(name), "c,val_loss,val_accuracy\n" + "".join(
             f"{r['c']!r},{r['val_loss']!r},{r['val_accuracy']!r}\n" for r in rows))
         c = min(rows, key=lambda r: r["val_loss"])["c"]
         x_train, labels = np.concatenate([x_train, x_val]), np.concatenate([labels, val_labels])
     set_standardisation(norm, x_train)
     z_train = np.asarray(norm(x_train.astype(np.float32)), np.float64)  # [N, D]
-    regression = _logistic_regression(z_train, labels, c)
-    model.get_layer(LOGIT).set_weights([regression.coef_.T.astype(np.float32),
-                                          regression.intercept_.astype(np.float32)])
-    print(f"{POOLED_MODEL}: logistic regression on {z_train.shape[1]} pooled statistics of {len(labels)} clips, "
-          f"C = {c:g}" + ("" if val_set else " (a refit on every clip)"))
+    fitted = learner(z_train, labels, c, pipeline.train, seed)
+    if name == POOLED_MODEL:
+        model = pooled
+    else:
+        with strategy.scope():
+            model = new_model(name, pipeline, **fitted.build_kwargs)
+        model.get_layer(POOLED_NORM).set_weights(norm.get_weights())
+        model.get_layer(POOLED_NORM).finalize_state()
+    fitted.set_weights(model)
+    print(f"{name}: {fitted.summary} of {len(labels)} clips, C = {c:g}" + ("" if val_set else " (a refit on every clip)"))
     artifacts.save_model(model, final, pipeline_toml=dump_config(pipeline))
     return model
 
@@ -296,13 +354,13 @@ def chosen_setting(name: str, folder: Path) -> float:
     """What the early-stopping split chose for a member trained in ``folder``: its best epoch
     count (gradient members) or its ``C`` (the pooled member)."""
     history = RunFolder(folder).history_file(name)
-    return best_c(history) if name == POOLED_MODEL else best_epoch_count(history)
+    return best_c(history) if name in CLOSED_FORM_MODELS else best_epoch_count(history)
 
 
 def refit_setting(name: str, chosen: list[float]) -> float:
     """The setting a refit on every clip uses, from the folds' choices: the median epoch count
     rounded up, or the median ``C`` (the lower middle one of an even count: a value tried)."""
-    if name == POOLED_MODEL:
+    if name in CLOSED_FORM_MODELS:
         return float(sorted(chosen)[(len(chosen) - 1) // 2])
     return int(np.ceil(np.median(chosen)))
 
@@ -310,10 +368,10 @@ def refit_setting(name: str, chosen: list[float]) -> float:
 def train_member(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_set: FeatureSet | None,
                  run_dir: Path, strategy: tf.distribute.Strategy | None = None,
                  setting: float | None = None) -> keras.Model:
-    """``fit_pooled`` or ``train_model`` (augmented as ``[augment]`` says, seeded by ``[data] seed``)
+    """``fit_closed_form`` or ``train_model`` (augmented as ``[augment]`` says, seeded by ``[data] seed``)
     for one member; ``setting`` is a refit's epoch count or ``C`` (``refit_setting``)."""
-    if name == POOLED_MODEL:
-        return fit_pooled(pipeline, train_set, val_set, run_dir, strategy, c=setting)
+    if name in CLOSED_FORM_MODELS:
+        return fit_closed_form(name, pipeline, train_set, val_set, run_dir, strategy, c=setting)
     return train_model(name, pipeline, train_set, val_set, run_dir, strategy=strategy,
                        epochs=None if setting is None else int(setting))
 

@@ -16,9 +16,11 @@ The scalar branch starts with a ``keras.layers.Normalization`` named ``"scalar_n
 Never adapted, it is the identity (mean 0, variance 1). It runs in float32 whatever the
 global policy, so large raw scalars are not rounded to bfloat16 before being standardised.
 
-The building blocks both CNNs share are in :mod:`tfbreath.models.blocks`; the third member,
-``"pooled"`` (:mod:`tfbreath.models.pooled`), is a logistic regression on pooled statistics of
-the same inputs, fitted in closed form (``tfbreath.train.fit_pooled``).
+The building blocks both CNNs share are in :mod:`tfbreath.models.blocks`. Two members are
+fitted in closed form (``tfbreath.train.fit_closed_form``), not by gradient steps: ``"pooled"``
+(:mod:`tfbreath.models.pooled`), a logistic regression on pooled statistics of the same inputs,
+and ``"rbf"`` (:mod:`tfbreath.models.rbf`), one on those statistics' RBF similarities to
+landmark clips.
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ from typing import Callable
 
 import keras
 
-from tfbreath.config import POOLED_MODEL, SCALARS, SPECTRAL
+from tfbreath.config import CLOSED_FORM_MODELS, POOLED_MODEL, RBF_MODEL, SCALARS, SPECTRAL
 from tfbreath.maps import map_rows
 from tfbreath.models.blocks import LOGIT, SCALAR_NORM
 from tfbreath.models.cnn8 import build_cnn8
+from tfbreath.models.rbf import build_rbf
 from tfbreath.models.pooled import build_pooled
 from tfbreath.models.vgg import build_vgg
 
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {"cnn8": build_cnn8, "vgg": build_vgg,
-                                                         POOLED_MODEL: build_pooled}
+                                                         POOLED_MODEL: build_pooled, RBF_MODEL: build_rbf}
 """Model name -> ``builder(spectral_shape, n_scalars, **kwargs) -> keras.Model``."""
 
 
@@ -54,9 +57,9 @@ def build_model(name: str, spectral_shape: tuple[int, int, int], n_scalars: int,
 
 def build_model_for_pipeline(name: str, pipeline, **kwargs) -> keras.Model:
     """:func:`build_model` with the input sizes of a ``tfbreath.config.PipelineConfig`` (and, for
-    the pooled member, its maps' names and own band counts)."""
+    the closed-form members, its maps' names and own band counts)."""
     features = pipeline.features
-    if name == POOLED_MODEL:
+    if name in CLOSED_FORM_MODELS:
         rows = map_rows(features)
         kwargs = {"maps": tuple(rows), "map_rows": tuple(rows.values()), **kwargs}
     return build_model(name, pipeline.spectral_shape, features.n_scalars, **kwargs)
@@ -64,5 +67,5 @@ def build_model_for_pipeline(name: str, pipeline, **kwargs) -> keras.Model:
 
 __all__ = [
     "LOGIT", "MODEL_BUILDERS", "SCALARS", "SCALAR_NORM", "SPECTRAL",
-    "build_cnn8", "build_model", "build_model_for_pipeline", "build_pooled", "build_vgg",
+    "build_cnn8", "build_rbf", "build_model", "build_model_for_pipeline", "build_pooled", "build_vgg",
 ]

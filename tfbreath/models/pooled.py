@@ -10,7 +10,7 @@ well as either CNN out of fold and, averaged with them, add 1.6 points to the en
 (``benchmarks/classical_cv.py``), because they err on different clips.
 
     model = build_pooled((128, 63, 9), 39, maps=MAP_NAMES, map_rows=(128, 128, ...))
-    train.fit_pooled(model, ...)  # closed form (scikit-learn), not gradient steps
+    train.fit_closed_form("pooled", ...)  # closed form (scikit-learn), not gradient steps
 
 Inputs and output are those of every member (``tfbreath.models``): ``{"spectral", "scalars"}``
 -> one float32 logit ``[B, 1]``. Everything runs in float32 under any dtype policy.
@@ -42,7 +42,7 @@ STATISTICS = ("mean", "std", "slope", "curve")
 POOLED_STATS = "pooled_statistics"
 """Name of the ``PooledStatistics`` layer."""
 POOLED_NORM = "pooled_norm"
-"""Name of the ``Normalization`` of the statistics, adapted by ``train.fit_pooled``."""
+"""Name of the ``Normalization`` of the statistics, adapted by ``train.fit_closed_form``."""
 
 
 def band_groups(rows: int) -> list[tuple[int, int]]:

@@ -1,0 +1,89 @@
+"""An RBF-kernel ensemble member: logistic regression on RBF similarities to landmark clips.
+
+It reads the ``pooled`` member's statistics (``PooledStatistics``, standardised), but where
+that member weighs them linearly, this one compares the clip with ``n_landmarks`` training clips
+(the landmarks) by the Gaussian (RBF) kernel ``exp(-gamma ||z - l||^2)`` and weighs those
+similarities: a Nyström approximation of kernel logistic regression (Williams & Seeger, 2001),
+fitted in closed form by ``train.fit_closed_form``. On the breath clips it scores as well as either
+other member out of fold and, added to CNN8 + pooled, raises the ensemble by 0.8 points
+(``benchmarks/RESULTS.md``, "rbf member").
+
+    stats  = PooledStatistics(...)(inputs)         [B, D]
+    z      = Normalization("pooled_norm")(stats)    [B, D]
+    k      = RBFKernel(n_landmarks, gamma)(z)      [B, L]
+    logit  = Dense(1)(k)                           [B, 1] float32
+
+Nyström maps ``z`` to ``k(z) K_LL^{-1/2}`` before its linear model ``w``; the model folds
+``K_LL^{-1/2} w`` into the dense kernel, so no matrix square root is stored. Everything runs in
+float32 under any dtype policy.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+
+from tfbreath.config import SCALARS, SPECTRAL
+from tfbreath.models.blocks import LOGIT, LOGIT_DTYPE
+from tfbreath.models.pooled import POOLED_NORM, POOLED_STATS, PooledStatistics
+
+RBF_KERNEL = "rbf_kernel"
+"""Name of the ``RBFKernel`` layer, whose landmarks ``train.fit_closed_form`` sets."""
+
+
+@keras.saving.register_keras_serializable(package="tfbreath")
+class RBFKernel(keras.layers.Layer):
+    """``[B, D]`` -> ``[B, L]``: ``exp(-gamma ||z - l||^2)`` for each of the ``L`` landmarks ``l``, float32.
+
+    The landmarks are a non-trainable ``[L, D]`` weight (zeros until set). The squared distance is
+    expanded as ``|z|^2 - 2 z.l + |l|^2`` (one matrix product) and floored at 0 against round-off.
+    """
+
+    def __init__(self, n_landmarks: int, gamma: float, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        if int(n_landmarks) <= 0:
+            raise ValueError(f"n_landmarks must be > 0, got {n_landmarks!r}")
+        if not float(gamma) > 0:
+            raise ValueError(f"gamma must be > 0, got {gamma!r}")
+        self.n_landmarks = int(n_landmarks)
+        self.gamma = float(gamma)
+
+    def build(self, input_shape):
+        self.landmarks = self.add_weight(shape=(self.n_landmarks, int(input_shape[-1])), initializer="zeros",
+                                         trainable=False, name="landmarks")  # [L, D]
+
+    def call(self, z):
+        z = keras.ops.cast(z, "float32")  # [B, D]
+        landmarks = keras.ops.convert_to_tensor(self.landmarks)  # [L, D]
+        cross = keras.ops.matmul(z, keras.ops.transpose(landmarks))  # [B, L]
+        z_norm = keras.ops.sum(keras.ops.square(z), axis=-1, keepdims=True)  # [B, 1]
+        l_norm = keras.ops.sum(keras.ops.square(landmarks), axis=-1)  # [L]
+        distance = keras.ops.maximum(z_norm - 2.0 * cross + l_norm, 0.0)  # [B, L]
+        return keras.ops.exp(-self.gamma * distance)  # [B, L]
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("dtype", None)
+        return {**config, "n_landmarks": self.n_landmarks, "gamma": self.gamma}
+
+
+def build_rbf(spectral_shape: tuple[int, int, int], n_scalars: int, *, maps: Sequence[str],
+                 map_rows: Sequence[int], n_landmarks: int, gamma: float = 1.0,
+                 name: str = "rbf") -> keras.Model:
+    """Pooled statistics -> standardised -> RBF similarity to ``n_landmarks`` landmarks -> one logit.
+
+    Untrained, the logit is 0 (P = 0.5); ``train.fit_closed_form`` sets the normalisation, the
+    landmarks, ``gamma`` (a rebuilt layer's, as it is fitted to the data) and the weights.
+    """
+    if len(maps) != spectral_shape[-1]:
+        raise ValueError(f"need one name per map channel: {spectral_shape[-1]} channels, {len(maps)} names")
+    inputs = {SPECTRAL: keras.Input(shape=spectral_shape, name=SPECTRAL)}
+    if n_scalars:
+        inputs[SCALARS] = keras.Input(shape=(n_scalars,), name=SCALARS)
+    stats = PooledStatistics(maps, map_rows, name=POOLED_STATS)(inputs)  # [B, D]
+    normalised = keras.layers.Normalization(axis=-1, dtype="float32", name=POOLED_NORM)(stats)  # [B, D]
+    similarity = RBFKernel(n_landmarks, gamma, name=RBF_KERNEL)(normalised)  # [B, L]
+    logit = keras.layers.Dense(1, kernel_initializer="zeros", dtype=LOGIT_DTYPE, name=LOGIT)(similarity)  # [B, 1]
+    return keras.Model(inputs, logit, name=name)

@@ -36,9 +36,9 @@ LINEAR_TOL = 1e-5
 """A linear model's attributions are exact, w * (x - x'), up to float32 round-off."""
 SHIPPED_GAP_TOL = 0.1
 """|completeness gap| allowed on the shipped ensemble with ``explain.IG_STEPS`` (logit units).
-Measured 0.009 - 0.031 on the synthetic clips of ``SHIPPED_CLIPS`` and their neighbours, 0.008 -
-0.028 on real clips: the ReLU network's gradient along the path is piecewise constant, so the
-midpoint sum converges only as 1/steps."""
+Measured 0.042 - 0.072 on the synthetic clips of ``SHIPPED_CLIPS`` and their neighbours, at most
+0.062 on 40 real clips: the CNN8 member's gradient along the path is piecewise constant, so the
+midpoint sum converges slowly (``explain.IG_STEPS``)."""
 TFLITE_ATOL = export.MAX_PROBABILITY_DIFF["none"]
 """explain's P(exhale) (the Keras ensemble) and predict's default (its TFLite export) on one file."""
 CLI_STEPS = "8"
@@ -172,9 +172,9 @@ def test_shipped_model_is_the_float32_feature_input_ensemble(shipped):
     assert not baseline[SPECTRAL].any() and baseline[SCALARS].any()  # scalars at the training mean
 
 
-SHIPPED_CLIPS = {"I": 2, "E": 1}
+SHIPPED_CLIPS = {"I": 5, "E": 1}
 """Phase -> seed of the synthetic clips explained with the shipped model: the logit of each moves
-by over 1 from the baseline (measured +1.2 and -2.8), so the completeness check can fail."""
+by over 1 from the baseline (measured +1.04 and -2.50), so the completeness check can fail."""
 
 
 @pytest.fixture(scope="module")

@@ -91,13 +91,15 @@ from tfbreath.models import SCALAR_NORM  # noqa: E402
 from tfbreath.models.pooled import POOLED_NORM  # noqa: E402
 from tfbreath.run_folder import MODEL_SUFFIX, TFLITE_SUFFIX, RunFolder  # noqa: E402
 
-IG_STEPS = 128
-"""Points of the midpoint Riemann sum along the path. On 200 real training clips with the shipped
-ensemble the sum of the attributions then matches logit(x) - logit(baseline) to a median 0.017
-(1.6 % of that difference), at most 0.047 (``completeness_gap``); on six of them 64 steps left
-gaps up to 0.055, 128 up to 0.028. The ReLU network's gradient is piecewise constant along the
-path, so the sum converges only as 1/steps, at a cost linear in the steps (200 clips took 3 to
-4.6 min at 128 on two shared CPU cores)."""
+IG_STEPS = 256
+"""Points of the midpoint Riemann sum along the path. On 40 real training clips with the shipped
+ensemble (CNN8 + pooled + rbf) the sum of the attributions then matches logit(x) - logit(baseline)
+to a median 0.047 logit, at most 0.062 (``completeness_gap``); 128 steps left a median 0.12, at
+most 0.18. The gap is the CNN8 member's: alone, on a synthetic exhale, it left 0.60 at 128 steps
+and 0.31 at 512 (its ReLU gradient along the path is piecewise constant and, in this refit,
+rough), where the rbf member left 1e-4 and the pooled member 0. The cost is linear in the steps
+(the two-member ensemble's 200 clips took 3 to 4.6 min at 128 on two shared CPU cores, when
+128 steps left it a median 0.017)."""
 
 IG_BATCH = 32
 """Path points per gradient call: bounds memory (a point of the shipped pipeline is ~0.3 MB of

@@ -2,7 +2,7 @@
 
     python benchmarks/classical_cv.py [--data ../shared/data/breath] [--folds 5] [--seed 42]
         [--pipeline pipelines/breath_phase_cpu.toml] [--json OUT.json] [--cnn-oof PATH]
-        [--cache-dir /tmp] [--no-ablation]
+        [--cache-dir /tmp] [--no-ablation] [--learners hgb logreg ...] [--pair-with logreg]
 
 Results (tables, readings, the command lines used): ``benchmarks/RESULTS.md``.
 
@@ -46,14 +46,29 @@ What it does
    - ``logreg``: ``StandardScaler`` + L2 ``LogisticRegression``; C from the declared grid
      {1e-3, 1e-2, 1e-1, 1} by the lowest log-loss on the inner split, then refit on the whole
      training fold.
+   - ``svm``: ``StandardScaler`` + ``SVC(kernel="rbf", gamma="scale", probability=True)`` (Platt
+     scaling by scikit-learn's internal 5-fold CV), C from {0.3, 1, 3} as logreg's.
+   - ``mlp``: ``StandardScaler`` + ``MLPClassifier((256,), early_stopping=True, max_iter=300)``,
+     the L2 alpha from {1e-2, 1e-1, 1} as logreg's C.
+   - ``knn``: ``StandardScaler`` + ``PCA(64)`` + ``KNeighborsClassifier(weights="distance")``, k
+     from {15, 31, 63} as logreg's C.
+   - ``et``: ``ExtraTreesClassifier(500, max_features=0.1, min_samples_leaf=3)``, no tuning.
+   - ``nystroem``: the shipped ``rbf`` member's own learner (``tfbreath.train.CLOSED_FORM_FITS``:
+     Nyström RBF features, gamma = 1 / (D var(z)), ``[train] rbf_landmarks`` landmarks, then
+     logistic regression) behind a ``StandardScaler``, C from the ``[train] rbf_c`` defaults as
+     logreg's.
+
+   ``--learners`` picks which run (default hgb logreg); each one's settings are part of its OOF
+   cache key.
 
 5. Variants (rows): all nine maps + scalars at each front end (the fmax 2000 row's Δ column is
    its paired change vs fmax 4500, same learner); the hgb rows on all features again with two
-   other ``random_state``s (same folds and inner split: the spread a change must beat); then,
-   at the front end whose hgb pooled OOF accuracy is higher (a choice made on these folds, so
-   that row is slightly optimistic; the ablation rows are the comparison that matters), each
-   map dropped in turn, maps only, scalars only and each map alone, each with its paired change
-   vs all maps + scalars at that front end (session bootstrap of the accuracy difference).
+   other ``random_state``s (same folds and inner split: the spread a change must beat; only if
+   hgb runs); then, at the front end whose hgb (without hgb: the first of ``--learners``) pooled
+   OOF accuracy is higher (a choice made on these folds, so that row is slightly optimistic; the
+   ablation rows are the comparison that matters), each map dropped in turn, maps only, scalars
+   only and each map alone, each with its paired change vs all maps + scalars at that front end
+   (session bootstrap of the accuracy difference).
 6. ``--cnn-oof``: a ``fit --folds K`` run's ``oof_predictions.csv`` (file, session, fold, Target,
    one column per member, e.g. cnn8 and pooled, and ensemble), aligned by file name and checked
    to have the same labels and folds. The run's ensemble is re-cross-fitted from its members
@@ -62,6 +77,11 @@ What it does
    accuracy and interval and the paired session-bootstrap interval of the accuracy gain over the
    run's ensemble. A cross-fitted stack (logistic regression on the members' logits, fitted on
    the other folds) is also given.
+7. ``--pair-with LEARNER`` (e.g. logreg, which must run too): at each front end, every other
+   learner's "all maps + scalars" OOF P cross-fitted into an ensemble with LEARNER's
+   (``crossval.cross_fitted_ensemble``), with its OOF accuracy and the paired session-bootstrap
+   accuracy gain over LEARNER alone: a check of a learner's added value that needs no CNN run,
+   so it works at any ``--seed``.
 """
 
 from __future__ import annotations
@@ -73,12 +93,15 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from tfbreath.config import TrainConfig  # noqa: E402  (after the path insert)
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "breath"
 DEFAULT_PIPELINE = REPO / "pipelines" / "breath_phase_cpu.toml"
@@ -96,6 +119,22 @@ HGB_PARAMS = dict(learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=20, l2_
                   max_features=0.5)
 HGB_MAX_TREES = 250
 LOGREG_C = (1e-3, 1e-2, 1e-1, 1.0)
+SVM_C = (0.3, 1.0, 3.0)
+MLP_HIDDEN = (256,)
+MLP_MAX_ITER = 300
+MLP_ALPHA = (1e-2, 1e-1, 1.0)
+KNN_COMPONENTS = 64
+"""PCA components the neighbours are found in."""
+KNN_K = (15, 31, 63)
+ET_PARAMS = dict(n_estimators=500, max_features=0.1, min_samples_leaf=3)
+NYSTROEM_TRAIN = TrainConfig()
+"""The ``[train]`` defaults whose ``rbf_c`` and ``rbf_landmarks`` the nystroem learner uses, as the rbf member does."""
+NYSTROEM_C = NYSTROEM_TRAIN.rbf_c
+LEARNER_SETTINGS = {"svm": {"C": SVM_C}, "mlp": {"hidden": MLP_HIDDEN, "max_iter": MLP_MAX_ITER, "alpha": MLP_ALPHA},
+                    "knn": {"pca": KNN_COMPONENTS, "k": KNN_K}, "et": ET_PARAMS,
+                    "nystroem": {"C": NYSTROEM_C, "landmarks": NYSTROEM_TRAIN.rbf_landmarks, "gamma": "scale"}}
+"""Each added learner's settings, part of its OOF cache key (hgb's and logreg's are in every key, as before)."""
+DEFAULT_LEARNERS = ("hgb", "logreg")
 
 SCALARS = "scalars"
 ALL = "9 maps + scalars"
@@ -179,6 +218,15 @@ def log_loss(labels: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
+def tuned(model, grid: tuple, x_train, y_train, x_inner, y_inner) -> tuple[object, object]:
+    """``model(value)`` for the ``grid`` value with the lowest log-loss on the inner split, refit on
+    the whole training fold, and that value."""
+    losses = [log_loss(y_inner[1], model(v).fit(x_inner[0], y_inner[0]).predict_proba(x_inner[1])[:, 1])
+              for v in grid]
+    value = grid[int(np.argmin(losses))]
+    return model(value).fit(x_train, y_train), value
+
+
 def fit_hgb(x_train, y_train, x_inner, y_inner, seed: int) -> tuple[object, dict]:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -200,13 +248,98 @@ def fit_logreg(x_train, y_train, x_inner, y_inner, seed: int) -> tuple[object, d
     def model(c):
         return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
 
-    losses = [log_loss(y_inner[1], model(c).fit(x_inner[0], y_inner[0]).predict_proba(x_inner[1])[:, 1])
-              for c in LOGREG_C]
-    c = LOGREG_C[int(np.argmin(losses))]
-    return model(c).fit(x_train, y_train), {"C": c}
+    model, c = tuned(model, LOGREG_C, x_train, y_train, x_inner, y_inner)
+    return model, {"C": c}
 
 
-LEARNERS = {"hgb": fit_hgb, "logreg": fit_logreg}
+class _QuietSVC:
+    """``SVC(probability=True)`` whose fit does not repeat scikit-learn 1.9's deprecation warning
+    of ``probability`` (kept: its results are the exploratory run's)."""
+
+    def __init__(self, c: float, seed: int):
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.svm import SVC
+
+        self.model = make_pipeline(StandardScaler(), SVC(C=c, gamma="scale", probability=True, random_state=seed))
+
+    def fit(self, x, y) -> "_QuietSVC":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The `probability` parameter", category=FutureWarning)
+            self.model.fit(x, y)
+        return self
+
+    def predict_proba(self, x) -> np.ndarray:
+        return self.model.predict_proba(x)
+
+
+def fit_svm(x_train, y_train, x_inner, y_inner, seed: int) -> tuple[object, dict]:
+    model, c = tuned(lambda c: _QuietSVC(c, seed), SVM_C, x_train, y_train, x_inner, y_inner)
+    return model, {"C": c}
+
+
+def fit_mlp(x_train, y_train, x_inner, y_inner, seed: int) -> tuple[object, dict]:
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def model(alpha):
+        return make_pipeline(StandardScaler(), MLPClassifier(MLP_HIDDEN, alpha=alpha, early_stopping=True,
+                                                             max_iter=MLP_MAX_ITER, random_state=seed))
+
+    model, alpha = tuned(model, MLP_ALPHA, x_train, y_train, x_inner, y_inner)
+    return model, {"alpha": alpha}
+
+
+def fit_knn(x_train, y_train, x_inner, y_inner, seed: int) -> tuple[object, dict]:
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def model(k):
+        return make_pipeline(StandardScaler(), PCA(KNN_COMPONENTS, random_state=seed),
+                             KNeighborsClassifier(k, weights="distance"))
+
+    model, k = tuned(model, KNN_K, x_train, y_train, x_inner, y_inner)
+    return model, {"k": k}
+
+
+def fit_et(x_train, y_train, x_inner, y_inner, seed: int) -> tuple[object, dict]:
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    return ExtraTreesClassifier(random_state=seed, n_jobs=1, **ET_PARAMS).fit(x_train, y_train), {}
+
+
+class _StandardisedRBF:
+    """The rbf member's learner (``CLOSED_FORM_FITS["rbf"]``) on standardised statistics, as a
+    classifier with ``fit`` and ``predict_proba``."""
+
+    def __init__(self, c: float, seed: int):
+        self.c, self.seed = c, seed
+
+    def fit(self, x, y) -> "_StandardisedRBF":
+        from sklearn.preprocessing import StandardScaler
+
+        from tfbreath.config import RBF_MODEL
+        from tfbreath.train import CLOSED_FORM_FITS
+
+        self.scaler = StandardScaler().fit(x)
+        self.fitted = CLOSED_FORM_FITS[RBF_MODEL][0](self.scaler.transform(x), y, self.c, NYSTROEM_TRAIN, self.seed)
+        return self
+
+    def predict_proba(self, x) -> np.ndarray:
+        p = self.fitted.probability(self.scaler.transform(x))  # [N]
+        return np.stack([1.0 - p, p], axis=1)
+
+
+def fit_nystroem(x_train, y_train, x_inner, y_inner, seed: int) -> tuple[object, dict]:
+    model, c = tuned(lambda c: _StandardisedRBF(c, seed), NYSTROEM_C, x_train, y_train, x_inner, y_inner)
+    return model, {"C": c}
+
+
+LEARNERS = {"hgb": fit_hgb, "logreg": fit_logreg, "svm": fit_svm, "mlp": fit_mlp, "knn": fit_knn, "et": fit_et,
+            "nystroem": fit_nystroem}
 
 
 def out_of_fold(fit, x: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: np.ndarray,
@@ -291,6 +424,25 @@ def compare_with_cnn(cnn: dict[str, np.ndarray], trees: dict[str, np.ndarray], l
     return rows
 
 
+def pair_with(base: str, learners: dict[str, np.ndarray], labels, folds, groups, seed: int) -> list[dict]:
+    """For every learner but ``base``: the cross-fitted ensemble of its and ``base``'s OOF P, scored,
+    with the paired accuracy gain over ``base`` alone."""
+    from tfbreath import crossval
+
+    candidates, weights = {}, {}
+    for name, p in learners.items():
+        if name != base:
+            pair = f"{base} + {name}"
+            candidates[pair], weights[pair] = crossval.cross_fitted_ensemble({base: learners[base], name: p},
+                                                                             labels, folds)
+    if not candidates:
+        return []
+    summary = crossval.cross_validation_summary(labels, candidates, folds, groups, seed=seed)
+    return [{"combination": pair, **summary[pair], "weights_per_fold": [np.round(w, 3).tolist() for w in weights[pair]],
+             "gain_vs_base": crossval.paired_accuracy_gain(labels, p, learners[base], groups, seed)}
+            for pair, p in candidates.items()]
+
+
 # ----------------------------------------------------------------------------- report
 
 def fmt_row(variant: str, learner: str, entry: dict, features: int, delta: dict | None = None) -> str:
@@ -299,6 +451,13 @@ def fmt_row(variant: str, learner: str, entry: dict, features: int, delta: dict 
     change = "" if delta is None else f" {delta['pooled']:+.3f} [{delta['ci95'][0]:+.3f}, {delta['ci95'][1]:+.3f}] |"
     return (f"| {variant} | {learner} | {features} | {acc['pooled']:.3f} [{lo:.3f}, {hi:.3f}] | "
             f"{acc['mean']:.3f} ± {np.std(acc['folds']):.3f} | {auc['pooled']:.3f} |{change}")
+
+
+def fmt_combination(name: str, entry: dict, gain: dict) -> str:
+    acc = entry["accuracy"]
+    return (f"| {name} | {acc['pooled']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] | "
+            f"{acc['mean']:.3f} ± {np.std(acc['folds']):.3f} | {entry['roc_auc']['pooled']:.3f} | "
+            f"{gain['pooled']:+.3f} [{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}] |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,7 +475,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="OpenMP/BLAS threads for the learners (default 1: on a 2-core machine shared with "
                              "a training job, 2 threads made HistGradientBoosting 5x slower)")
+    parser.add_argument("--learners", nargs="+", choices=tuple(LEARNERS), default=list(DEFAULT_LEARNERS),
+                        help=f"which learners run (default: {' '.join(DEFAULT_LEARNERS)})")
+    parser.add_argument("--pair-with", choices=tuple(LEARNERS),
+                        help="also score each other learner cross-fitted with this one (which must be among "
+                             "--learners), and the paired accuracy gain over it alone")
     args = parser.parse_args(argv)
+    learners = tuple(dict.fromkeys(args.learners))
+    if args.pair_with is not None and args.pair_with not in learners:
+        parser.error(f"--pair-with {args.pair_with}: add {args.pair_with} to --learners")
     began = time.perf_counter()
 
     from tfbreath import crossval, data
@@ -349,14 +516,15 @@ def main(argv: list[str] | None = None) -> int:
     results, oof = [], {}
 
     def run(front: str, variant: str, keep: list[str], reference: tuple[str, str] | None = None,
-            learners: tuple[str, ...] = tuple(LEARNERS), model_seed_offset: int = 0) -> None:
+            learners: tuple[str, ...] = learners, model_seed_offset: int = 0) -> None:
         """One variant, each learner: OOF scores and, against ``reference`` (front end, variant)
         of the same learner, the paired accuracy change."""
         x = design_matrix(features[front]["blocks"], keep)
         for learner in learners:
             start = time.perf_counter()
             settings = [features[front]["key"], keep, learner, HGB_PARAMS, HGB_MAX_TREES, LOGREG_C, INNER_FOLDS,
-                        args.folds, args.seed] + ([model_seed_offset] if model_seed_offset else [])
+                        args.folds, args.seed] + ([model_seed_offset] if model_seed_offset else []) + (
+                           [LEARNER_SETTINGS[learner]] if learner in LEARNER_SETTINGS else [])
             key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
             stored = args.cache_dir / f"classical_cv_oof_{key}.json"
             if stored.is_file():  # out-of-fold predictions of an earlier run: same features, learner, folds
@@ -381,11 +549,12 @@ def main(argv: list[str] | None = None) -> int:
     shipped, alternative = front_ends
     run(shipped, ALL, every)
     run(alternative, ALL, every, reference=(shipped, ALL))
+    ranking = "hgb" if "hgb" in learners else learners[0]
     better = max(front_ends, key=lambda f: next(r["accuracy"]["pooled"] for r in results
-                                                if r["front_end"] == f and r["learner"] == "hgb"))
+                                                if r["front_end"] == f and r["learner"] == ranking))
     if not args.no_ablation:
-        print(f"ablation at the front end with the higher hgb OOF accuracy: {better}")
-        for front in front_ends:  # the learner's own randomness (max_features): the noise floor of a change
+        print(f"ablation at the front end with the higher {ranking} OOF accuracy: {better}")
+        for front in front_ends if "hgb" in learners else ():  # hgb's own randomness: the noise floor of a change
             for offset in SEED_OFFSETS:
                 run(front, f"{ALL}, hgb seed {args.seed + offset}", every, (front, ALL), ("hgb",), offset)
         for dropped in maps:
@@ -401,10 +570,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"CNN out-of-fold predictions: {args.cnn_oof}")
             cnn = read_cnn_oof(args.cnn_oof, files, labels, folds)
             trees = {f"{learner} ({front})": oof[(front, ALL, learner)]
-                     for front in front_ends for learner in LEARNERS}
+                     for front in front_ends for learner in learners}
             cnn_rows = compare_with_cnn(cnn, trees, labels, folds, groups, args.seed)
         else:
             print(f"CNN out-of-fold predictions: {args.cnn_oof} does not exist (yet): no combination scored")
+    pair_rows = []
+    if args.pair_with is not None:
+        for front in front_ends:
+            for row in pair_with(args.pair_with, {learner: oof[(front, ALL, learner)] for learner in learners},
+                                 labels, folds, groups, args.seed):
+                pair_rows.append({"front_end": front, **row})
 
     wall = time.perf_counter() - began
     print()
@@ -422,18 +597,25 @@ def main(argv: list[str] | None = None) -> int:
         print("| combination | OOF accuracy pooled [95 % CI] | per-fold mean ± std | AUC | gain vs run ensemble [95 % CI] |")
         print("|---|---|---|---|---|")
         for row in cnn_rows:
-            acc, g = row["accuracy"], row["gain_vs_cnn_ensemble"]
-            print(f"| {row['combination']} | {acc['pooled']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] | "
-                  f"{acc['mean']:.3f} ± {np.std(acc['folds']):.3f} | {row['roc_auc']['pooled']:.3f} | "
-                  f"{g['pooled']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}] |")
+            print(fmt_combination(row["combination"], row, row["gain_vs_cnn_ensemble"]))
+    if pair_rows:
+        print()
+        print(f"| {ALL}: cross-fitted pair | OOF accuracy pooled [95 % CI] | per-fold mean ± std | AUC | "
+              f"gain vs {args.pair_with} alone [95 % CI] |")
+        print("|---|---|---|---|---|")
+        for row in pair_rows:
+            print(fmt_combination(f"{row['front_end']}: {row['combination']}", row, row["gain_vs_base"]))
     print(f"\nwall time {wall:.0f} s (feature extraction {extraction:.0f} s); clips {len(files)}, "
           f"sessions {len(set(groups))}")
     if args.json:
         args.json.write_text(json.dumps({
             "protocol": {"folds": args.folds, "seed": args.seed, "clips": len(files), "sessions": len(set(groups)),
                          "pipeline": str(args.pipeline), "hgb": {**HGB_PARAMS, "max_trees": HGB_MAX_TREES},
-                         "logreg_C_grid": list(LOGREG_C), "ablation_front_end": better},
-            "results": results, "cnn_combinations": cnn_rows, "wall_seconds": round(wall, 1)}, indent=1) + "\n")
+                         "logreg_C_grid": list(LOGREG_C), "learners": list(learners),
+                         "learner_settings": {k: v for k, v in LEARNER_SETTINGS.items() if k in learners},
+                         "ablation_front_end": better},
+            "results": results, "cnn_combinations": cnn_rows, "pairs_with": args.pair_with, "pairs": pair_rows,
+            "wall_seconds": round(wall, 1)}, indent=1) + "\n")
     return 0
 
 

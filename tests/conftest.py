@@ -172,3 +172,18 @@ def assert_features_equal(got: dict, want: dict) -> None:
     assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def fitted_closed_form(name: str, pipeline, tmp_path_factory):
+    """The closed-form member ``name`` (``pooled`` or ``rbf``) fitted by ``train.fit_closed_form``
+    on synthetic breath (separable by band), with its training and held-out clips and its run
+    folder: ``(model, train_set, val_set, out)``."""
+    from tfbreath import data, train
+
+    root = synthetic.write_synthetic_breath(tmp_path_factory.mktemp(f"{name}_data"), n_sessions=12,
+                                            clips_per_session=3)
+    train_examples, val_examples = data.split_by_session(data.read_kaggle_train(root), 0.34, seed=0)
+    train_set = data.extract(train_examples, None, pipeline, progress=False)
+    val_set = data.extract(val_examples, None, pipeline, progress=False)
+    out = tmp_path_factory.mktemp(f"{name}_run")
+    return train.fit_closed_form(name, pipeline, train_set, val_set, out), train_set, val_set, out

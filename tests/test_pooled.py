@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfbreath import data, train
+from tfbreath import train
 from tfbreath.config import PipelineConfig, with_overrides
 from tfbreath.models import build_model_for_pipeline
 from tfbreath.models.pooled import (MAX_GROUPS, MODULATION_BLOCK, POOLED_STATS, STATISTICS, PooledStatistics,
                                     band_groups, build_pooled, gradient_safe_sqrt, legendre_basis,
                                     statistic_names)
 from tfbreath.precision import global_policy
-from tfbreath.synthetic import write_synthetic_breath
+
+from conftest import fitted_closed_form
 
 MAPS = ("mel", "modulation", "lpc")
 ROWS = (70, 40, 12)
@@ -141,14 +142,7 @@ POOLED = with_overrides(POOLED, "features", maps=("mel", "modulation"), scalars=
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """The pooled member fitted on synthetic breath (separable by band), and its held-out clips."""
-    root = write_synthetic_breath(tmp_path_factory.mktemp("pooled_data"), n_sessions=12, clips_per_session=3)
-    examples = data.read_kaggle_train(root)
-    train_examples, val_examples = data.split_by_session(examples, 0.34, seed=0)
-    train_set = data.extract(train_examples, None, POOLED, progress=False)
-    val_set = data.extract(val_examples, None, POOLED, progress=False)
-    out = tmp_path_factory.mktemp("pooled_run")
-    return train.fit_closed_form("pooled", POOLED, train_set, val_set, out), train_set, val_set, out
+    return fitted_closed_form("pooled", POOLED, tmp_path_factory)
 
 
 def test_fit_scores_every_c_keeps_the_lowest_loss_and_separates_the_classes(fitted):

@@ -10,13 +10,14 @@ import keras
 import numpy as np
 import pytest
 
-from tfbreath import data, train
+from tfbreath import train
 from tfbreath.config import ConfigError, PipelineConfig, TrainConfig, with_overrides
 from tfbreath.models import build_model_for_pipeline
 from tfbreath.models.pooled import POOLED_NORM, POOLED_STATS
 from tfbreath.models.rbf import RBF_KERNEL, RBFKernel, build_rbf
 from tfbreath.precision import global_policy
-from tfbreath.synthetic import write_synthetic_breath
+
+from conftest import fitted_closed_form
 
 SHAPE = (8, 6, 2)  # [M, T, C]
 MAPS, ROWS = ("mel", "lpc"), (8, 4)
@@ -99,14 +100,7 @@ RBF = with_overrides(RBF, "features", maps=("mel", "modulation"), scalars=False)
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """The rbf member fitted on synthetic breath (separable by band), and its held-out clips."""
-    root = write_synthetic_breath(tmp_path_factory.mktemp("rbf_data"), n_sessions=12, clips_per_session=3)
-    examples = data.read_kaggle_train(root)
-    train_examples, val_examples = data.split_by_session(examples, 0.34, seed=0)
-    train_set = data.extract(train_examples, None, RBF, progress=False)
-    val_set = data.extract(val_examples, None, RBF, progress=False)
-    out = tmp_path_factory.mktemp("rbf_run")
-    return train.fit_closed_form("rbf", RBF, train_set, val_set, out), train_set, val_set, out
+    return fitted_closed_form("rbf", RBF, tmp_path_factory)
 
 
 def test_fit_scores_every_c_and_separates_the_classes(fitted):

@@ -136,18 +136,25 @@ class PooledStatistics(keras.layers.Layer):
         return {**config, "maps": self.maps, "map_rows": self.map_rows}
 
 
-def build_pooled(spectral_shape: tuple[int, int, int], n_scalars: int, *, maps: Sequence[str],
-                 map_rows: Sequence[int], name: str = "pooled") -> keras.Model:
-    """Pooled statistics -> standardised (``POOLED_NORM``, adapted when fitted) -> one logit.
-
-    Untrained, the logit is 0 (P = 0.5) and the normalisation the identity.
-    """
+def standardised_statistics(spectral_shape: tuple[int, int, int], n_scalars: int, maps: Sequence[str],
+                            map_rows: Sequence[int]) -> tuple[dict, keras.KerasTensor]:
+    """The closed-form members' shared front: the member's inputs and their pooled statistics
+    standardised by ``POOLED_NORM`` (the identity until fitted). ``-> (inputs, [B, D])``"""
     if len(maps) != spectral_shape[-1]:
         raise ValueError(f"need one name per map channel: {spectral_shape[-1]} channels, {len(maps)} names")
     inputs = {SPECTRAL: keras.Input(shape=spectral_shape, name=SPECTRAL)}
     if n_scalars:
         inputs[SCALARS] = keras.Input(shape=(n_scalars,), name=SCALARS)
     stats = PooledStatistics(maps, map_rows, name=POOLED_STATS)(inputs)  # [B, D]
-    normalised = keras.layers.Normalization(axis=-1, dtype="float32", name=POOLED_NORM)(stats)  # [B, D]
+    return inputs, keras.layers.Normalization(axis=-1, dtype="float32", name=POOLED_NORM)(stats)  # [B, D]
+
+
+def build_pooled(spectral_shape: tuple[int, int, int], n_scalars: int, *, maps: Sequence[str],
+                 map_rows: Sequence[int], name: str = "pooled") -> keras.Model:
+    """Pooled statistics -> standardised (``POOLED_NORM``, adapted when fitted) -> one logit.
+
+    Untrained, the logit is 0 (P = 0.5) and the normalisation the identity.
+    """
+    inputs, normalised = standardised_statistics(spectral_shape, n_scalars, maps, map_rows)  # [B, D]
     logit = keras.layers.Dense(1, kernel_initializer="zeros", dtype=LOGIT_DTYPE, name=LOGIT)(normalised)  # [B, 1]
     return keras.Model(inputs, logit, name=name)

@@ -24,9 +24,8 @@ from typing import Sequence
 
 import keras
 
-from tfbreath.config import SCALARS, SPECTRAL
 from tfbreath.models.blocks import LOGIT, LOGIT_DTYPE
-from tfbreath.models.pooled import POOLED_NORM, POOLED_STATS, PooledStatistics
+from tfbreath.models.pooled import standardised_statistics
 
 RBF_KERNEL = "rbf_kernel"
 """Name of the ``RBFKernel`` layer, whose landmarks ``train.fit_closed_form`` sets."""
@@ -74,16 +73,10 @@ def build_rbf(spectral_shape: tuple[int, int, int], n_scalars: int, *, maps: Seq
                  name: str = "rbf") -> keras.Model:
     """Pooled statistics -> standardised -> RBF similarity to ``n_landmarks`` landmarks -> one logit.
 
-    Untrained, the logit is 0 (P = 0.5); ``train.fit_closed_form`` sets the normalisation, the
-    landmarks, ``gamma`` (a rebuilt layer's, as it is fitted to the data) and the weights.
+    Untrained, the logit is 0 (P = 0.5). ``train.fit_closed_form`` builds it with the landmark
+    count and ``gamma`` it fitted, then sets the normalisation, the landmarks and the weights.
     """
-    if len(maps) != spectral_shape[-1]:
-        raise ValueError(f"need one name per map channel: {spectral_shape[-1]} channels, {len(maps)} names")
-    inputs = {SPECTRAL: keras.Input(shape=spectral_shape, name=SPECTRAL)}
-    if n_scalars:
-        inputs[SCALARS] = keras.Input(shape=(n_scalars,), name=SCALARS)
-    stats = PooledStatistics(maps, map_rows, name=POOLED_STATS)(inputs)  # [B, D]
-    normalised = keras.layers.Normalization(axis=-1, dtype="float32", name=POOLED_NORM)(stats)  # [B, D]
+    inputs, normalised = standardised_statistics(spectral_shape, n_scalars, maps, map_rows)  # [B, D]
     similarity = RBFKernel(n_landmarks, gamma, name=RBF_KERNEL)(normalised)  # [B, L]
     logit = keras.layers.Dense(1, kernel_initializer="zeros", dtype=LOGIT_DTYPE, name=LOGIT)(similarity)  # [B, 1]
     return keras.Model(inputs, logit, name=name)

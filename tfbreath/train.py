@@ -41,8 +41,8 @@ from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.evaluation import accuracy, log_loss
 from tfbreath.models import LOGIT, SCALAR_NORM, build_model_for_pipeline
-from tfbreath.models.rbf import RBF_KERNEL
 from tfbreath.models.pooled import POOLED_NORM, POOLED_STATS
+from tfbreath.models.rbf import RBF_KERNEL
 from tfbreath.run_folder import RunFolder
 
 CONSTANT_SPREAD = 1e-4
@@ -331,7 +331,7 @@ def fit_closed_form(name: str, pipeline: PipelineConfig, train_set: FeatureSet, 
     z_train = np.asarray(norm(x_train.astype(np.float32)), np.float64)  # [N, D]
     fitted = learner(z_train, labels, c, pipeline.train, seed)
     if name == POOLED_MODEL:
-        model = pooled
+        model = pooled  # the statistics' own model is the pooled member
     else:
         with strategy.scope():
             model = new_model(name, pipeline, **fitted.build_kwargs)
@@ -352,7 +352,7 @@ def best_c(history_csv: Path) -> float:
 
 def chosen_setting(name: str, folder: Path) -> float:
     """What the early-stopping split chose for a member trained in ``folder``: its best epoch
-    count (gradient members) or its ``C`` (the pooled member)."""
+    count (gradient members) or its ``C`` (the closed-form members)."""
     history = RunFolder(folder).history_file(name)
     return best_c(history) if name in CLOSED_FORM_MODELS else best_epoch_count(history)
 

@@ -357,7 +357,7 @@ def _train_students(pipeline: PipelineConfig, extracted: data.FeatureSet, labell
               f"{unheard.sum()} pseudo-labelled ({pipeline.train.pseudo_labels}) of sessions the fold does not "
               f"score or stop on")
         train_set = pseudo_labels.training_set(extracted, labelled_at, unlabelled_at, teachers[fold], unheard,
-                                        np.asarray(inner_train))
+                                               np.asarray(inner_train))
         val_set, scored = (extracted.subset(labelled_at[np.asarray(p)]) for p in (inner_val, held_out))
         models, _ = _train_members(pipeline, train_set, val_set, folder, strategy, names=names)
         for name, model in models.items():

@@ -56,4 +56,3 @@ def training_set(extracted: data.FeatureSet, labelled_at: np.ndarray, unlabelled
     labels[unlabelled_at] = targets
     chosen = labelled_at if labelled is None else labelled_at[labelled]
     return extracted.relabelled(labels).subset(np.concatenate([chosen, unlabelled_at[used]]))
-

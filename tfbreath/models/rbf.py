@@ -69,8 +69,7 @@ class RBFKernel(keras.layers.Layer):
 
 
 def build_rbf(spectral_shape: tuple[int, int, int], n_scalars: int, *, maps: Sequence[str],
-                 map_rows: Sequence[int], n_landmarks: int, gamma: float = 1.0,
-                 name: str = "rbf") -> keras.Model:
+              map_rows: Sequence[int], n_landmarks: int, gamma: float = 1.0, name: str = "rbf") -> keras.Model:
     """Pooled statistics -> standardised -> RBF similarity to ``n_landmarks`` landmarks -> one logit.
 
     Untrained, the logit is 0 (P = 0.5). ``train.fit_closed_form`` builds it with the landmark

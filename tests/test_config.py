@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from conftest import REPO
-from tfbreath.config import (ConfigError, FeatureConfig, PipelineConfig, config_from_dict, first_difference, load_config,
-                             with_overrides)
+from tfbreath.config import (ConfigError, FeatureConfig, PipelineConfig, config_from_dict, dump_config, first_difference,
+                             load_config, with_overrides)
 
 
 def test_shipped_pipeline_equals_the_embedded_default():
@@ -101,6 +101,12 @@ def test_feature_config_accepts_any_subset_of_maps():
     ("train", {"ema_momentum": "0.99"}, "ema_momentum must be a number in [0, 1), got '0.99'"),
     ("tune", {"model_widths": ["0.5"]}, "model_widths entries must be a number > 0, got '0.5'"),
     ("tune", {"map_sets": {"a": "mel"}}, "map_sets.a must be a list of maps, got 'mel'"),
+    ("train", {"member_maps": ["mel"]}, "member_maps must be a table of model = [maps], got ['mel']"),
+    ("train", {"member_maps": {"cnn8": "mel"}}, "member_maps.cnn8 must be a list of map names, got 'mel'"),
+    ("train", {"member_maps": {"cnn8": ["mel", "stft"]}}, "member_maps.cnn8 has unknown names ['stft']"),
+    ("train", {"member_maps": {"cnn8": []}}, "member_maps.cnn8 must name at least one map, got []"),
+    ("train", {"member_maps": {"pooled": ["mel"]}},
+     "member_maps has unknown models ['pooled']; choose from ['cnn8', 'vgg']"),
 ])
 def test_wrong_types_are_echoed(section, values, message):
     with pytest.raises(ConfigError) as err:
@@ -143,12 +149,23 @@ def test_every_field_rejects_a_wrong_type(section, cls):
     ({"features": {"band_limit_hz": 9000.0}},
      "[features] band_limit_hz must be 0.0 (off) or in (200.0, 8000.0] Hz"),
     ({"features": {"band_limit_hz": 150.0}}, "got 150.0"),
+    ({"features": {"maps": ["mel", "mfcc"]}, "train": {"member_maps": {"cnn8": ["mel", "lpc"]}}},
+     "[train] member_maps.cnn8 names maps that [features] maps does not extract: ['lpc']; "
+     "extracted: ['mel', 'mfcc']"),
 ])
 def test_cross_section_limits_name_the_bound(values, message):
     with pytest.raises(ConfigError) as err:
         config_from_dict(values, source="p.toml")
     assert str(err.value).startswith("p.toml: ")
     assert message in str(err.value), str(err.value)
+
+
+def test_member_maps_are_read_as_tuples_and_written_back_to_an_equal_config(tmp_path):
+    pipeline = config_from_dict({"train": {"member_maps": {"cnn8": ["mfcc", "mel"]}}})
+    assert pipeline.train.member_maps == {"cnn8": ("mfcc", "mel")}  # the order is the channels' order
+    path = tmp_path / "p.toml"
+    path.write_text(dump_config(pipeline))
+    assert load_config(path) == pipeline
 
 
 def test_the_shortest_clip_the_features_take_is_accepted():

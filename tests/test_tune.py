@@ -17,7 +17,7 @@ import pytest
 from tfbreath import hypermodel, tune
 from tfbreath.config import (ConfigError, MAP_NAMES, PipelineConfig, TuneConfig, config_from_dict, dump_config,
                              load_config, parse_config)
-from tfbreath.hypermodel import BreathHyperModel, SelectMaps
+from tfbreath.hypermodel import BreathHyperModel
 from tfbreath.models import SCALAR_NORM
 from tfbreath.run_folder import SEARCH_PROJECT, SearchFolder
 from tfbreath.synthetic import write_synthetic_breath
@@ -127,6 +127,21 @@ def test_build_feeds_the_chosen_maps_out_of_all_extracted_ones(name, tmp_path):
                                atol=1e-6)
 
 
+def test_a_pipelines_member_maps_give_way_to_the_trials_map_set():
+    pipeline = config_from_dict({"features": {"maps": ["mel", "mfcc", "lpc"]},
+                                 "train": {"member_maps": {"cnn8": ["lpc"], "vgg": ["mfcc"]}},
+                                 "tune": {"map_sets": {"mel": ["mel"], "both": ["mel", "mfcc"]}}})
+    assert hypermodel.extraction_pipeline(pipeline).features.maps == ("mel", "mfcc")
+    model_hp = BreathHyperModel("cnn8", pipeline)
+    hp = kt.HyperParameters()
+    model_hp.declare_hyperparameters(hp)
+    hp.values.update({hypermodel.MAPS: "both", hypermodel.WIDTH: 0.125})
+    net = model_hp.build(hp).get_layer("cnn8")
+    assert net.input["spectral"].shape[-1] == 2 and "select_maps" not in [layer.name for layer in net.layers]
+    trial = model_hp.trial_pipeline(hp.values)
+    assert trial.features.maps == ("mel", "mfcc") and trial.train.member_maps == {}
+
+
 def test_ranges_become_floats_ints_log_or_fixed_hyperparameters():
     pipeline = config_from_dict({"tune": {"p_cutmix": [0, 1], "p_mixup": [0, 0], "model_widths": [1, 0.5]}})
     hp = kt.HyperParameters()
@@ -137,15 +152,6 @@ def test_ranges_become_floats_ints_log_or_fixed_hyperparameters():
     assert isinstance(space["warmup_epochs"], kt.engine.hyperparameters.Int)
     assert space["learning_rate"].sampling == "log" and space["dropout"].sampling == "linear"
     assert space["model_width"].values == [1.0, 0.5]
-
-
-def test_select_maps_takes_channels_in_the_sets_order():
-    spectral = np.arange(2 * 3 * 4 * 5, dtype="float32").reshape(2, 3, 4, 5)
-    picked = np.asarray(SelectMaps([4, 1])(spectral))
-    np.testing.assert_array_equal(picked, spectral[..., [4, 1]])
-    assert SelectMaps.from_config(SelectMaps([4, 1]).get_config()).channels == [4, 1]
-    with pytest.raises(ValueError, match=r"channels must be a non-empty list of indices >= 0, got \[\]"):
-        SelectMaps([])
 
 
 def test_a_trials_values_become_a_pipeline_fit_accepts():

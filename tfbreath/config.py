@@ -318,6 +318,10 @@ class TrainConfig:
     """Filter multiplier of the conv stacks (1.0 = the paper's models)."""
     dropouts: dict[str, float] = dataclasses.field(default_factory=dict)
     """Dropout rate per model; a model left out keeps its own (CNN8 0.3, VGG 0.2)."""
+    member_maps: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """The maps a gradient member reads, out of ``[features] maps`` (its first layer,
+    ``models.select_maps.SelectMaps``, keeps their channels); a model left out reads all of them.
+    The closed-form members always read all of them."""
     pooled_c: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
     """Inverse L2 strengths the ``pooled`` member tries; the lowest log-loss on the early-stopping
     split wins (a refit uses the folds' median choice)."""
@@ -365,6 +369,12 @@ class TrainConfig:
         model_table("dropouts", self.dropouts, lambda name, rate: in_range(name, rate, 0, 1, high_open=True))
         unknown = [m for m in self.dropouts if m not in CNN_MODELS]
         require(not unknown, f"dropouts has unknown models {unknown!r}; choose from {list(CNN_MODELS)}")
+        require(isinstance(self.member_maps, dict),
+                f"member_maps must be a table of model = [maps], got {self.member_maps!r}")
+        unknown = [m for m in self.member_maps if m not in CNN_MODELS]
+        require(not unknown, f"member_maps has unknown models {unknown!r}; choose from {list(CNN_MODELS)}")
+        object.__setattr__(self, "member_maps", {model: names(f"member_maps.{model}", maps, MAP_NAMES, "map")
+                                                 for model, maps in self.member_maps.items()})
 
 
 TUNERS = ("hyperband", "bayesian", "random")
@@ -496,6 +506,10 @@ class PipelineConfig:
                 f"name must be a non-empty folder name (no / or \\; runs go to saved_models/<name>), "
                 f"got {self.name!r}")
         check_feature_geometry(self.audio, self.features)
+        for model, maps in self.train.member_maps.items():
+            missing = [m for m in maps if m not in self.features.maps]
+            require(not missing, f"[train] member_maps.{model} names maps that [features] maps does not extract: "
+                                 f"{missing!r}; extracted: {list(self.features.maps)}")
 
     @property
     def num_frames(self) -> int:

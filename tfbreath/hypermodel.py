@@ -28,6 +28,7 @@ from tfbreath.config import CNN_MODELS, ConfigError, PipelineConfig, with_overri
 from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.models import SCALARS, SPECTRAL, build_model_for_pipeline
+from tfbreath.models.select_maps import SELECT_MAPS, SelectMaps
 from tfbreath.train import augmented_batches, prepare, weight_averaging
 
 OBJECTIVE = "val_accuracy"
@@ -49,29 +50,14 @@ HYPERBAND_EPOCHS = "tuner/epochs"
 """The epoch budget KerasTuner's Hyperband gives a trial (absent for the other tuners)."""
 
 
-@keras.saving.register_keras_serializable(package="tfbreath")
-class SelectMaps(keras.layers.Layer):
-    """The channels a trial feeds, out of the once-extracted maps. ``[B, H, W, C] -> [B, H, W, k]``"""
-
-    def __init__(self, channels: Sequence[int], **kwargs):
-        super().__init__(**kwargs)
-        self.channels = [int(c) for c in channels]
-        if not self.channels or min(self.channels) < 0:
-            raise ValueError(f"channels must be a non-empty list of indices >= 0, got {list(channels)!r}")
-
-    def call(self, spectral):
-        return keras.ops.take(spectral, self.channels, axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], len(self.channels))
-
-    def get_config(self):
-        return {**super().get_config(), "channels": list(self.channels)}
+def without_member_maps(pipeline: PipelineConfig) -> PipelineConfig:
+    """``pipeline`` with no ``[train] member_maps``: a trial's maps are its ``[tune] map_sets`` choice."""
+    return with_overrides(pipeline, "train", member_maps={})
 
 
 def extraction_pipeline(pipeline: PipelineConfig) -> PipelineConfig:
     """The pipeline whose features every trial shares: all maps of all ``[tune] map_sets``."""
-    return with_overrides(pipeline, "features", maps=pipeline.tune.searched_maps)
+    return with_overrides(without_member_maps(pipeline), "features", maps=pipeline.tune.searched_maps)
 
 
 def _span(hp: kt.HyperParameters, name: str, span: tuple, *, integer: bool = False, log: bool = False) -> Any:
@@ -97,7 +83,7 @@ class BreathHyperModel(kt.HyperModel):
             raise ConfigError(f"model must be one of {list(CNN_MODELS)}, got {model_name!r}")
         super().__init__(name=model_name, **kwargs)
         self.model_name = model_name
-        self.pipeline = pipeline
+        self.pipeline = without_member_maps(pipeline)
         self.space = pipeline.tune
 
     def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
@@ -130,7 +116,7 @@ class BreathHyperModel(kt.HyperModel):
         features = self.pipeline.features
         spectral = keras.Input((features.n_mels, self.pipeline.num_frames, len(searched)), name=SPECTRAL)
         inputs = {SPECTRAL: spectral}
-        fed = {SPECTRAL: SelectMaps([searched.index(m) for m in maps], name="select_maps")(spectral)}
+        fed = {SPECTRAL: SelectMaps([searched.index(m) for m in maps], name=SELECT_MAPS)(spectral)}
         if features.n_scalars:
             inputs[SCALARS] = fed[SCALARS] = keras.Input((features.n_scalars,), name=SCALARS)
         return keras.Model(inputs, net(fed), name=f"{self.model_name}_trial")  # [B, 1] logit

@@ -57,11 +57,14 @@ def build_model(name: str, spectral_shape: tuple[int, int, int], n_scalars: int,
 
 def build_model_for_pipeline(name: str, pipeline, **kwargs) -> keras.Model:
     """:func:`build_model` with the input sizes of a ``tfbreath.config.PipelineConfig`` (and, for
-    the closed-form members, its maps' names and own band counts)."""
+    the closed-form members, its maps' names and own band counts; for a gradient member named in
+    ``[train] member_maps``, the channels of its maps)."""
     features = pipeline.features
     if name in CLOSED_FORM_MODELS:
         rows = map_rows(features)
         kwargs = {"maps": tuple(rows), "map_rows": tuple(rows.values()), **kwargs}
+    elif name in pipeline.train.member_maps:
+        kwargs = {"channels": [features.maps.index(m) for m in pipeline.train.member_maps[name]], **kwargs}
     return build_model(name, pipeline.spectral_shape, features.n_scalars, **kwargs)
 
 

@@ -7,6 +7,7 @@ from typing import Sequence
 import keras
 
 from tfbreath.config import SCALARS, SPECTRAL
+from tfbreath.models.select_maps import SELECT_MAPS, SelectMaps
 
 SCALAR_NORM = "scalar_norm"
 """Name of the scalar branch's ``Normalization`` layer, adapted by the trainer."""
@@ -72,12 +73,13 @@ def dense_stack(x, units: Sequence[int], dropouts: Sequence[float], activation: 
     return x
 
 
-def model_inputs(spectral_shape: tuple[int, int, int], n_scalars: int):
-    """Keras inputs and the standardised scalars.
+def model_inputs(spectral_shape: tuple[int, int, int], n_scalars: int, channels: Sequence[int] | None = None):
+    """Keras inputs, the maps the model reads and the standardised scalars.
 
     Returns ``(inputs, spectral, scalars)``: ``inputs`` is the dict for ``keras.Model``,
-    ``spectral`` the ``[B, H, W, C]`` input tensor and ``scalars`` the ``[B, S]`` output of the
-    float32 ``"scalar_norm"`` layer, or ``None`` when ``n_scalars == 0``.
+    ``spectral`` the ``[B, H, W, C]`` input tensor, or with ``channels`` its ``[B, H, W, k]``
+    selection (``SelectMaps``), and ``scalars`` the ``[B, S]`` output of the float32
+    ``"scalar_norm"`` layer, or ``None`` when ``n_scalars == 0``.
     """
     if len(spectral_shape) != 3 or min(spectral_shape) <= 0:
         raise ValueError(
@@ -86,6 +88,10 @@ def model_inputs(spectral_shape: tuple[int, int, int], n_scalars: int):
         raise ValueError(f"n_scalars must be >= 0, got {n_scalars!r}")
     spectral = keras.Input(shape=tuple(spectral_shape), dtype="float32", name=SPECTRAL)
     inputs = {SPECTRAL: spectral}
+    if channels is not None:
+        if max(channels, default=-1) >= spectral_shape[-1]:
+            raise ValueError(f"channels must index the {spectral_shape[-1]} map channels, got {list(channels)!r}")
+        spectral = SelectMaps(channels, name=SELECT_MAPS)(spectral)  # [B, H, W, k]
     if n_scalars == 0:
         return inputs, spectral, None
     raw = keras.Input(shape=(n_scalars,), dtype="float32", name=SCALARS)

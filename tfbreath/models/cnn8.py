@@ -55,17 +55,19 @@ HEAD_UNITS = (256, 128)
 
 def build_cnn8(spectral_shape: tuple[int, int, int], n_scalars: int, *, width: float = 1.0,
                dropout: float = DROPOUT, stages: Sequence[Sequence[int]] = STAGES,
-               pool_after: Sequence[bool] = POOL_AFTER, name: str = "cnn8") -> keras.Model:
+               pool_after: Sequence[bool] = POOL_AFTER, channels: Sequence[int] | None = None,
+               name: str = "cnn8") -> keras.Model:
     """The CNN8 functional model for ``[H, W, C]`` maps and ``n_scalars`` scalars (0 = none).
 
     ``width`` scales every conv's filters (``width=0.125`` builds a tiny test model); the
     scalar MLP and the head keep their sizes. ``dropout`` is the spatial dropout after the
     last pool and the dense dropouts. ``stages``/``pool_after`` override the conv layout.
+    ``channels``: read only these map channels (``SelectMaps``); default all ``C``.
     """
     if len(pool_after) != len(stages):
         raise ValueError(
             f"pool_after needs one flag per stage ({len(stages)}), got {list(pool_after)!r}")
-    inputs, x, scalars = model_inputs(spectral_shape, n_scalars)
+    inputs, x, scalars = model_inputs(spectral_shape, n_scalars, channels)
     last_pool = max((i for i, p in enumerate(pool_after) if p), default=None)
     for s, (filters, pool) in enumerate(zip(stages, pool_after), start=1):
         for c, f in enumerate(filters, start=1):

@@ -50,19 +50,21 @@ HEAD_UNITS = (256, 128)
 
 def build_vgg(spectral_shape: tuple[int, int, int], n_scalars: int, *, width: float = 1.0,
               dropout: float = DROPOUT, downsample_conv: int = DOWNSAMPLE_CONV,
-              blocks: Sequence[Sequence[int]] = BLOCKS, name: str = "vgg") -> keras.Model:
+              blocks: Sequence[Sequence[int]] = BLOCKS, channels: Sequence[int] | None = None,
+              name: str = "vgg") -> keras.Model:
     """The VGG-inspired functional model for ``[H, W, C]`` maps and ``n_scalars`` scalars.
 
     ``width`` scales every conv's filters (``width=0.0625`` builds a tiny test model); the
     scalar MLP and the head keep their sizes. ``downsample_conv`` picks which conv of block 1
     has stride 2. The residual projection runs from the second-to-last block into the last.
+    ``channels``: read only these map channels (``SelectMaps``); default all ``C``.
     """
     if len(blocks) < 2:
         raise ValueError(f"blocks needs at least two blocks for the residual, got {blocks!r}")
     if not 0 <= downsample_conv < len(blocks[0]):
         raise ValueError(f"downsample_conv must index a conv of block 1 "
                          f"(0..{len(blocks[0]) - 1}), got {downsample_conv!r}")
-    inputs, x, scalars = model_inputs(spectral_shape, n_scalars)
+    inputs, x, scalars = model_inputs(spectral_shape, n_scalars, channels)
     last = len(blocks) - 1
     for b, filters in enumerate(blocks):
         block_input = x  # after the loop: the last block's input = the previous block's output

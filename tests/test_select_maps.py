@@ -43,6 +43,11 @@ def test_bad_channels_are_refused_with_the_value(channels):
         SelectMaps(channels)
 
 
+def test_a_channel_past_the_maps_is_refused_when_built():
+    with pytest.raises(ValueError, match=r"channels must index the 9 map channels, got \[0, 9\]"):
+        build_model_for_pipeline("cnn8", PipelineConfig(), width=0.125, channels=[0, 9])
+
+
 def test_runs_in_the_policys_compute_dtype_and_inside_a_dataset_map():
     spectral = tf.random.stateless_normal((4, 6, 5, 3), seed=(1, 2))
     with global_policy("mixed_bfloat16"):

@@ -89,8 +89,6 @@ def model_inputs(spectral_shape: tuple[int, int, int], n_scalars: int, channels:
     spectral = keras.Input(shape=tuple(spectral_shape), dtype="float32", name=SPECTRAL)
     inputs = {SPECTRAL: spectral}
     if channels is not None:
-        if max(channels, default=-1) >= spectral_shape[-1]:
-            raise ValueError(f"channels must index the {spectral_shape[-1]} map channels, got {list(channels)!r}")
         spectral = SelectMaps(channels, name=SELECT_MAPS)(spectral)  # [B, H, W, k]
     if n_scalars == 0:
         return inputs, spectral, None

@@ -27,7 +27,7 @@ class SelectMaps(keras.layers.Layer):
     Parameters
     ----------
     channels : sequence of int
-        Indices into the last axis, each ``>= 0``; non-empty.
+        Indices into the last axis, each ``>= 0`` and below its size (checked when built); non-empty.
     """
 
     def __init__(self, channels: Sequence[int], **kwargs):
@@ -35,6 +35,11 @@ class SelectMaps(keras.layers.Layer):
         self.channels = [int(c) for c in channels]
         if not self.channels or min(self.channels) < 0:
             raise ValueError(f"channels must be a non-empty list of indices >= 0, got {list(channels)!r}")
+
+    def build(self, input_shape):
+        if max(self.channels) >= input_shape[-1]:
+            raise ValueError(f"channels must index the {input_shape[-1]} map channels, got {self.channels!r}")
+        super().build(input_shape)
 
     def call(self, spectral):
         return keras.ops.take(spectral, self.channels, axis=-1)  # [B, H, W, k]

@@ -1,13 +1,15 @@
-"""CutMix / MixUp batch augmentation (tfbreath.augment): invariants on constructed batches."""
+"""CutMix / MixUp / masking batch augmentation (tfbreath.augment): invariants on constructed batches."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfbreath.augment import (AugmentationSchedule, AugmentConfig, Augmenter, cutmix, cutmix_box,
-                              mixup)
+                              mask_maps, mixup, run_masks)
 from tfbreath.config import ConfigError
 
 B, H, W, C, S = 8, 10, 12, 3, 5
@@ -323,6 +325,83 @@ def test_schedule_inside_model_fit():
     assert soft[0] == 0.0 and soft[1] > 0.2 and soft[2] > 0.2, soft
 
 
+# ----------------------------------------------------------------------------- masking
+
+MASKED = AugmentConfig(warmup_epochs=0, freq_masks=2, freq_mask_width=4, time_masks=1,
+                       time_mask_width=5)
+
+
+def test_run_masks_are_runs_of_up_to_the_width_anywhere_on_the_axis():
+    rows = run_masks(400, 20, 1, 5, tf.constant([3, 4], tf.int64)).numpy()  # [400, 20]
+    assert rows.shape == (400, 20) and rows.dtype == bool
+    widths = rows.sum(axis=1)
+    assert set(widths) == set(range(6))                          # 0 .. max_width, each drawn
+    for row, width in zip(rows, widths):                         # one contiguous run per row
+        if width:
+            start = np.argmax(row)
+            assert row[start:start + width].all()
+    assert rows[:, 0].any() and rows[:, -1].any()                # both ends reachable
+
+
+def test_run_masks_wider_than_the_axis_are_clipped_to_it():
+    rows = run_masks(200, 6, 1, 50, tf.constant([1, 2], tf.int64)).numpy()
+    assert rows.sum(axis=1).max() == 6 and set(rows.sum(axis=1)) == set(range(7))
+
+
+def test_no_runs_mask_nothing():
+    assert not run_masks(4, 9, 0, 3, tf.constant([0, 0], tf.int64)).numpy().any()
+
+
+def test_mask_maps_zeroes_whole_bands_and_frames_of_every_map_per_clip():
+    spectral = np.random.default_rng(0).uniform(1, 2, (32, H, W, C)).astype(np.float32)
+    out = mask_maps(spectral, MASKED, seed=5).numpy()
+    zero = out == 0                                               # [B, H, W, C]
+    np.testing.assert_array_equal(zero, zero[..., :1].repeat(C, axis=-1))  # all maps alike
+    np.testing.assert_array_equal(out[~zero], spectral[~zero])   # the rest untouched
+    for clip in zero[..., 0]:                                    # [H, W]: full bands | full frames
+        bands, frames = clip.all(axis=1), clip.all(axis=0)
+        np.testing.assert_array_equal(clip, bands[:, None] | frames[None, :])
+        assert bands.sum() <= MASKED.freq_masks * MASKED.freq_mask_width
+        assert frames.sum() <= MASKED.time_masks * MASKED.time_mask_width
+    assert len({clip.tobytes() for clip in zero}) > 1            # each clip draws its own runs
+    np.testing.assert_array_equal(mask_maps(spectral, MASKED, seed=5).numpy(), out)
+
+
+def test_mask_maps_keeps_bfloat16():
+    spectral = tf.ones([2, H, W, C], tf.bfloat16)
+    out = mask_maps(spectral, MASKED, seed=1)
+    assert out.dtype == tf.bfloat16 and out.shape == spectral.shape
+
+
+def test_masks_leave_the_branch_draws_as_they_were():
+    """The masks have their own seed stream: the masked output is the unmasked one, zeroed."""
+    inputs, labels = indexed_batch()
+    inputs["spectral"] += 1.0                                     # no zero before masking
+    plain = Augmenter(AugmentConfig(warmup_epochs=0), seed=4)
+    masked = Augmenter(dataclasses.replace(plain.config, **{
+        f: getattr(MASKED, f) for f in ("freq_masks", "freq_mask_width", "time_masks",
+                                         "time_mask_width")}), seed=4)
+    for step in range(6):
+        ref_inputs, ref_labels = numpy_out(plain(inputs, labels, step))
+        out_inputs, out_labels = numpy_out(masked(inputs, labels, step))
+        np.testing.assert_array_equal(out_labels, ref_labels)
+        np.testing.assert_array_equal(out_inputs["scalars"], ref_inputs["scalars"])
+        zero = out_inputs["spectral"] == 0
+        assert zero.any()
+        np.testing.assert_array_equal(out_inputs["spectral"],
+                                      np.where(zero, 0.0, ref_inputs["spectral"]))
+
+
+def test_masked_augmenter_direct_call_equals_inside_dataset_map():
+    inputs, labels = indexed_batch()
+    aug = Augmenter(MASKED, seed=2)
+    ds = aug.apply(tf.data.Dataset.from_tensors((inputs, labels)).repeat(3))
+    for step, (out, out_labels) in enumerate(ds):
+        direct, direct_labels = numpy_out(aug(inputs, labels, step))
+        np.testing.assert_array_equal(out["spectral"].numpy(), direct["spectral"])
+        np.testing.assert_array_equal(out_labels.numpy(), direct_labels)
+
+
 # ----------------------------------------------------------------------------- config
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -333,6 +412,10 @@ def test_schedule_inside_model_fit():
     ({"mixup_alpha": -1}, "mixup_alpha must be > 0, got -1"),
     ({"warmup_epochs": -1}, "warmup_epochs must be an integer >= 0, got -1"),
     ({"warmup_epochs": 2.5}, "warmup_epochs must be an integer >= 0, got 2.5"),
+    ({"freq_masks": -1}, "freq_masks must be an integer >= 0, got -1"),
+    ({"time_masks": 1.0}, "time_masks must be an integer >= 0, got 1.0"),
+    ({"freq_mask_width": 0}, "freq_mask_width must be an integer >= 1, got 0"),
+    ({"time_mask_width": 2.5}, "time_mask_width must be an integer >= 1, got 2.5"),
 ])
 def test_config_validation_echoes_bad_value(kwargs, message):
     with pytest.raises(ConfigError) as info:

@@ -1,4 +1,4 @@
-"""In-graph CutMix and MixUp for the two-input batches of the training pipeline.
+"""In-graph CutMix, MixUp and map masking for the two-input batches of the training pipeline.
 
 Batches are ``(inputs, labels)`` with ``inputs = {"spectral": [B, H, W, C], "scalars": [B, S]}``
 ("scalars" optional) and ``labels`` ``[B]`` (or ``[B, 1]``) float in [0, 1] = P(exhale). Use on
@@ -19,6 +19,13 @@ u < p_cutmix -> CutMix; else u < p_cutmix + p_mixup -> MixUp; else unchanged.
   to the map; the box region of every channel of "spectral" is taken from the partner; labels are
   mixed by the ACTUAL (clipped) box area: ``y = (1 - a) y + a y[perm]`` with ``a = area / (H * W)``;
   scalars are left unchanged (a box has no meaning for them).
+
+Masking (SpecAugment-style, off by default: ``freq_masks = time_masks = 0``): after the branch,
+every clip of the batch gets its own ``freq_masks`` runs of 0 to ``freq_mask_width`` bands and
+``time_masks`` runs of 0 to ``time_mask_width`` frames set to 0 in every map (the z-scored maps'
+mean); labels and scalars are unchanged. Its draws come from a stream of their own
+(``MASK_STREAM`` folded into the batch's seed), so turning it on leaves the branch draws as they
+were.
 
 Labels are clipped to [0, 1] after mixing (guards float round-off only). Dtypes and shapes are
 preserved; the batch size may vary (the last, partial batch is fine). Keys other than "spectral"
@@ -69,6 +76,9 @@ _RANDOM_SEED_BITS = 63
 
 CUTMIX, MIXUP, NONE = 0, 1, 2
 """Branch indices returned by ``Augmenter.choose`` (for logging and tests)."""
+
+MASK_STREAM = 1
+"""Folded into a batch's seed pair for the masks' draws (``tf.random.experimental.stateless_fold_in``)."""
 
 
 # ----------------------------------------------------------------------------- random helpers
@@ -161,10 +171,54 @@ def cutmix(inputs: dict[str, tf.Tensor], labels: tf.Tensor, alpha: float = 1.0,
     return out, _mix_labels(labels, perm, 1.0 - area)
 
 
+# ----------------------------------------------------------------------------- masking
+
+def run_masks(batch: tf.Tensor, length: int | tf.Tensor, count: int, max_width: int,
+              seed: tf.Tensor) -> tf.Tensor:
+    """Per clip, the union of ``count`` runs of 0 to ``max_width`` positions out of ``length``.
+
+    Each run's width is uniform over {0, ..., min(max_width, length)} and its start uniform over
+    the positions where it fits. ``seed`` is a shape-[2] seed pair.
+
+    Returns
+    -------
+    tf.Tensor
+        ``[batch, length]`` bool, True where masked.
+    """
+    with tf.name_scope("run_masks"):
+        seeds = tf.random.experimental.stateless_split(seed, num=2)
+        length = tf.convert_to_tensor(length, tf.int32)
+        widest = tf.minimum(max_width, length)
+        width = tf.random.stateless_uniform([batch, count], seeds[0], minval=0, maxval=widest + 1,
+                                            dtype=tf.int32)  # [B, n]
+        room = tf.cast(length - width + 1, tf.float32)  # [B, n]  starts where the run fits
+        start = tf.cast(tf.random.stateless_uniform([batch, count], seeds[1]) * room, tf.int32)  # [B, n]
+        position = tf.range(length)  # [L]
+        inside = tf.logical_and(position >= start[..., None],
+                                position < (start + width)[..., None])  # [B, n, L]
+        return tf.reduce_any(inside, axis=1)  # [B, L]
+
+
+def mask_maps(spectral: tf.Tensor, config: AugmentConfig, seed: Any = None) -> tf.Tensor:
+    """``spectral`` ``[B, H, W, C]`` with each clip's band and frame runs set to 0 in every map.
+
+    Runs as ``config`` says (``freq_masks`` of up to ``freq_mask_width`` bands, ``time_masks`` of
+    up to ``time_mask_width`` frames); ``seed`` as for ``mixup``. Shape and dtype are kept.
+    """
+    with tf.name_scope("mask_maps"):
+        spectral = tf.convert_to_tensor(spectral)
+        seeds = tf.random.experimental.stateless_split(_seed_pair(seed), num=2)
+        batch, height, width = tf.shape(spectral)[0], tf.shape(spectral)[1], tf.shape(spectral)[2]
+        bands = run_masks(batch, height, config.freq_masks, config.freq_mask_width, seeds[0])  # [B, H]
+        frames = run_masks(batch, width, config.time_masks, config.time_mask_width, seeds[1])  # [B, W]
+        masked = tf.logical_or(bands[:, :, None], frames[:, None, :])  # [B, H, W]
+        return tf.where(masked[..., None], tf.zeros_like(spectral), spectral)  # [B, H, W, C]
+
+
 # ----------------------------------------------------------------------------- pipeline wiring
 
 class Augmenter:
-    """CutMix / MixUp / nothing per batch, seeded by (``seed``, ``epoch``, step); off = identity.
+    """CutMix / MixUp / nothing per batch, then the masks, seeded by (``seed``, ``epoch``, step); off = identity.
 
     Use ``augmenter.apply(batches)``; calling it directly needs the batch's step within the epoch.
     ``enabled`` starts True only when ``config.warmup_epochs == 0`` and ``epoch`` starts at 0;
@@ -173,7 +227,7 @@ class Augmenter:
     Parameters
     ----------
     config : AugmentConfig
-        Branch probabilities and Beta alphas.
+        Branch probabilities, Beta alphas and masks.
     seed : int or None
         The run's base seed; None draws a random one (kept in ``self.seed``, not reproducible).
     """
@@ -201,11 +255,15 @@ class Augmenter:
         seeds = tf.random.experimental.stateless_split(seed, num=2)
         branch = self.choose(tf.random.stateless_uniform([], seeds[0]))
         cfg = self.config
-        return tf.switch_case(branch, [
+        inputs, labels = tf.switch_case(branch, [
             lambda: cutmix(inputs, labels, cfg.cutmix_alpha, seeds[1]),
             lambda: mixup(inputs, labels, cfg.mixup_alpha, seeds[1]),
             lambda: (dict(inputs), tf.identity(labels)),
         ])
+        if cfg.freq_masks or cfg.time_masks:
+            mask_seed = tf.random.experimental.stateless_fold_in(seed, MASK_STREAM)
+            inputs = {**inputs, SPECTRAL: mask_maps(inputs[SPECTRAL], cfg, mask_seed)}
+        return inputs, labels
 
     @tf.autograph.experimental.do_not_convert
     def __call__(self, inputs, labels, step: int | tf.Tensor):

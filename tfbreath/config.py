@@ -254,6 +254,13 @@ class AugmentConfig:
     p_mixup: float = 0.4
     mixup_alpha: float = 0.2
     warmup_epochs: int = 4
+    freq_masks: int = 0
+    """SpecAugment-style masks per clip across the band axis (0 = off); each zeroes (the z-scored
+    maps' mean) a run of 0 to ``freq_mask_width`` bands of every map."""
+    freq_mask_width: int = 16
+    time_masks: int = 0
+    """The same across frames: each zeroes a run of 0 to ``time_mask_width`` frames (0 = off)."""
+    time_mask_width: int = 8
 
     def __post_init__(self) -> None:
         for name in ("p_cutmix", "p_mixup"):
@@ -264,7 +271,10 @@ class AugmentConfig:
                  f"got {self.p_cutmix!r} + {self.p_mixup!r} = {total!r}")
         for name in ("cutmix_alpha", "mixup_alpha"):
             positive(name, getattr(self, name))
-        integer("warmup_epochs", self.warmup_epochs, 0)
+        for name in ("warmup_epochs", "freq_masks", "time_masks"):
+            integer(name, getattr(self, name), 0)
+        for name in ("freq_mask_width", "time_mask_width"):
+            integer(name, getattr(self, name), 1)
 
 
 CNN_MODELS = ("cnn8", "vgg")

@@ -94,10 +94,11 @@ from tfbreath.run_folder import MODEL_SUFFIX, TFLITE_SUFFIX, RunFolder  # noqa: 
 IG_STEPS = 256
 """Points of the midpoint Riemann sum along the path. On 40 real training clips with the shipped
 ensemble (CNN8 + pooled + rbf) the sum of the attributions then matches logit(x) - logit(baseline)
-to a median 0.047 logit, at most 0.062 (``completeness_gap``); 128 steps left a median 0.12, at
-most 0.18. The gap is the CNN8 member's: alone, on a synthetic exhale, it left 0.60 at 128 steps
-and 0.31 at 512 (its ReLU gradient along the path is piecewise constant and, in this refit,
-rough), where the rbf member left 1e-4 and the pooled member 0. The cost is linear in the steps
+to a median 0.002 logit, at most 0.012 (``completeness_gap``). The previous refit needed them:
+it left a median 0.047, at most 0.062, and 128 steps a median 0.12, at most 0.18. That gap was
+its CNN8 member's: alone, on a synthetic exhale, it left 0.60 at 128 steps and 0.31 at 512 (its
+ReLU gradient along the path is piecewise constant and, in that refit, rough), where the rbf
+member left 1e-4 and the pooled member 0. The cost is linear in the steps
 (the two-member ensemble's 200 clips took 3 to 4.6 min at 128 on two shared CPU cores, when
 128 steps left it a median 0.017)."""
 

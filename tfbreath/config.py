@@ -256,7 +256,8 @@ class AugmentConfig:
     warmup_epochs: int = 4
     freq_masks: int = 0
     """SpecAugment-style masks per clip across the band axis (0 = off); each zeroes (the z-scored
-    maps' mean) a run of 0 to ``freq_mask_width`` bands of every map."""
+    maps' mean) a run of 0 to ``freq_mask_width`` bands of every map. Off in the pipelines: 2 band
+    masks and 1 frame mask cost the breath recipe's CNN8 2.6 points out of fold (RESULTS.md)."""
     freq_mask_width: int = 16
     time_masks: int = 0
     """The same across frames: each zeroes a run of 0 to ``time_mask_width`` frames (0 = off)."""

@@ -1,15 +1,16 @@
 """Two K-fold runs of one data folder compared clip by clip, out of fold.
 
     python benchmarks/paired_runs.py RUN_A RUN_B --column cnn8 [--reference-column cnn8]
-        [--blend pooled]
+        [--blend pooled [rbf ...]]
 
 ``RUN_A`` and ``RUN_B`` are folders written by ``python -m tfbreath.fit --folds K`` with the same
 seed, so the same folds (checked: every clip must sit in the same fold in both). Prints each
 run's pooled out-of-fold accuracy and ROC AUC for the chosen columns of ``oof_predictions.csv``
 and A's accuracy change over B with its paired session-bootstrap 95 % interval
-(``crossval.paired_accuracy_gain``). ``--blend M`` also scores the equal-weight mean of A's
-column and B's column ``M`` against B's ``ensemble`` column: what A's model would give in place
-of B's in a two-member ensemble with B's ``M``.
+(``crossval.paired_accuracy_gain``). ``--blend M [M ...]`` also scores the equal-weight mean of
+A's column and B's columns ``M`` against B's ``ensemble`` column: what A's model would give in
+place of B's in an ensemble with B's other members (``--blend pooled rbf`` for the shipped
+three-member recipe, whose out-of-fold weights are within 0.01 of equal).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_b", type=Path, help="the reference run")
     parser.add_argument("--column", required=True, help="the model column of A (e.g. cnn8, ensemble)")
     parser.add_argument("--reference-column", help="the model column of B (default: --column)")
-    parser.add_argument("--blend", metavar="M", help="also score mean(A's column, B's column M) vs B's ensemble")
+    parser.add_argument("--blend", metavar="M", nargs="+",
+                        help="also score mean(A's column, B's columns M ...) vs B's ensemble")
     args = parser.parse_args(argv)
 
     files_a, labels, folds_a, sessions, columns_a = read_oof(args.run_a / OOF_FILE)
@@ -54,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: accuracy {accuracy(labels, p):.4f}, ROC AUC {roc_auc(labels, p):.4f}")
     print(f"A - B accuracy: {signed(crossval.paired_accuracy_gain(labels, a, b, sessions))}")
     if args.blend:
-        blend = (a + columns_b[args.blend]) / 2
+        blend = np.mean([a] + [columns_b[name] for name in args.blend], axis=0)
         reference = columns_b[ENSEMBLE]
-        print(f"mean(A {args.column}, B {args.blend}): accuracy {accuracy(labels, blend):.4f}, "
+        print(f"mean(A {args.column}, B {' + '.join(args.blend)}): accuracy {accuracy(labels, blend):.4f}, "
               f"ROC AUC {roc_auc(labels, blend):.4f}; vs B {ENSEMBLE} {accuracy(labels, reference):.4f}: "
               f"{signed(crossval.paired_accuracy_gain(labels, blend, reference, sessions))}")
     return 0

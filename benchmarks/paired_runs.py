@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     files_b, _, folds_b, _, columns_b = read_oof(args.run_b / OOF_FILE)
     if files_a != files_b or not np.array_equal(folds_a, folds_b):
         parser.error(f"{args.run_a} and {args.run_b} do not hold the same clips in the same folds (same seed?)")
+    for run, columns, wanted in ((args.run_a, columns_a, [args.column]),
+                                 (args.run_b, columns_b, [args.reference_column or args.column, *(args.blend or [])])):
+        missing = [name for name in wanted if name not in columns]
+        if missing:
+            parser.error(f"{run / OOF_FILE} has no column {', '.join(missing)} (it has {', '.join(columns)})")
     a = columns_a[args.column]
     b = columns_b[args.reference_column or args.column]
     for name, p in ((f"A {args.column}", a), (f"B {args.reference_column or args.column}", b)):

@@ -50,14 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     files_b, _, folds_b, _, columns_b = read_oof(args.run_b / OOF_FILE)
     if files_a != files_b or not np.array_equal(folds_a, folds_b):
         parser.error(f"{args.run_a} and {args.run_b} do not hold the same clips in the same folds (same seed?)")
+    column_b = args.reference_column or args.column
+    blend_b = [*args.blend, ENSEMBLE] if args.blend else []
     for run, columns, wanted in ((args.run_a, columns_a, [args.column]),
-                                 (args.run_b, columns_b, [args.reference_column or args.column, *(args.blend or [])])):
+                                 (args.run_b, columns_b, [column_b, *blend_b])):
         missing = [name for name in wanted if name not in columns]
         if missing:
             parser.error(f"{run / OOF_FILE} has no column {', '.join(missing)} (it has {', '.join(columns)})")
     a = columns_a[args.column]
-    b = columns_b[args.reference_column or args.column]
-    for name, p in ((f"A {args.column}", a), (f"B {args.reference_column or args.column}", b)):
+    b = columns_b[column_b]
+    for name, p in ((f"A {args.column}", a), (f"B {column_b}", b)):
         print(f"{name}: accuracy {accuracy(labels, p):.4f}, ROC AUC {roc_auc(labels, p):.4f}")
     print(f"A - B accuracy: {signed(crossval.paired_accuracy_gain(labels, a, b, sessions))}")
     if args.blend:

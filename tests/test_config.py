@@ -106,7 +106,7 @@ def test_feature_config_accepts_any_subset_of_maps():
     ("train", {"member_maps": {"cnn8": ["mel", "stft"]}}, "member_maps.cnn8 has unknown names ['stft']"),
     ("train", {"member_maps": {"cnn8": []}}, "member_maps.cnn8 must name at least one map, got []"),
     ("train", {"member_maps": {"pooled": ["mel"]}},
-     "member_maps has unknown models ['pooled']; choose from ['cnn8', 'vgg']"),
+     "member_maps has unknown models ['pooled']; choose from ['cnn8', 'vgg', 'temporal']"),
 ])
 def test_wrong_types_are_echoed(section, values, message):
     with pytest.raises(ConfigError) as err:

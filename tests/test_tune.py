@@ -79,7 +79,7 @@ def test_the_default_space_round_trips_and_old_pipelines_without_tune_still_load
     ({"map_sets": {"x": ["mel", "stft"]}}, "map_sets.x: maps has unknown names ['stft']"),
     ({"map_sets": {"a b": ["mel"]}}, "map_sets name must be letters, digits, _ or -, got 'a b'"),
     ({"tuner": "grid"}, "tuner must be one of ['hyperband', 'bayesian', 'random'], got 'grid'"),
-    ({"model": "resnet"}, "model must be one of ['cnn8', 'vgg'], got 'resnet'"),
+    ({"model": "resnet"}, "model must be one of ['cnn8', 'vgg', 'temporal'], got 'resnet'"),
     ({"max_trials": 0}, "max_trials must be an integer > 0, got 0"),
     ({"hyperband_factor": 1}, "hyperband_factor must be an integer >= 2, got 1"),
 ])

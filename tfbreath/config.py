@@ -281,7 +281,9 @@ class AugmentConfig:
             integer(name, getattr(self, name), 1)
 
 
-CNN_MODELS = ("cnn8", "vgg")
+PAPER_MODELS = ("cnn8", "vgg")
+"""The breathing-phase paper's two CNNs: the default ensemble."""
+CNN_MODELS = (*PAPER_MODELS, "temporal")
 """Members trained by gradient steps (a learning rate each; ``tune`` searches them)."""
 POOLED_MODEL = "pooled"
 """Logistic regression on pooled map statistics (``tfbreath.models.pooled``)."""
@@ -306,7 +308,7 @@ def _default_learning_rates() -> dict[str, float]:
 class TrainConfig:
     """The training recipe: which models, optimiser, schedule, stopping and precision."""
 
-    models: tuple[str, ...] = CNN_MODELS
+    models: tuple[str, ...] = PAPER_MODELS
     epochs: int = 140
     learning_rates: dict[str, float] = dataclasses.field(default_factory=_default_learning_rates)
     """Peak learning rate per model (after warm-up)."""
@@ -331,7 +333,7 @@ class TrainConfig:
     model_width: float = 1.0
     """Filter multiplier of the conv stacks (1.0 = the paper's models)."""
     dropouts: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Dropout rate per model; a model left out keeps its own (CNN8 0.3, VGG 0.2)."""
+    """Dropout rate per model; a model left out keeps its own (CNN8 and temporal 0.3, VGG 0.2)."""
     member_maps: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     """The maps a gradient member reads, out of ``[features] maps`` (its first layer,
     ``models.select_maps.SelectMaps``, keeps their channels); a model left out reads all of them.

@@ -1,6 +1,6 @@
 """``python -m tfbreath.export``: a trained run as a waveform-in, P(exhale)-out model for phones.
 
-    python -m tfbreath.export --model RUN_DIR [--member ensemble|cnn8|vgg|pooled|rbf]
+    python -m tfbreath.export --model RUN_DIR [--member ensemble|cnn8|vgg|temporal|pooled|rbf]
                               [--quantize none|float16|int8] [--out FILE.tflite] [--data DIR]
 
 The exported graph holds the feature extraction: input ``[batch, samples]`` float32 audio at the

@@ -1,6 +1,6 @@
 """KerasTuner HyperModels of the breathing-phase classifiers, over a pipeline's ``[tune]`` space.
 
-``BreathHyperModel("cnn8", pipeline)`` (or ``"vgg"``) declares every knob of the space:
+``BreathHyperModel("cnn8", pipeline)`` (or ``"vgg"``, ``"temporal"``) declares every knob of the space:
 
 - architecture, read in ``build(hp)``: conv width, dropout, and which group of spectral maps
   is fed (one of ``[tune] map_sets``);
@@ -72,7 +72,7 @@ def _span(hp: kt.HyperParameters, name: str, span: tuple, *, integer: bool = Fal
 
 
 class BreathHyperModel(kt.HyperModel):
-    """One model (``"cnn8"`` or ``"vgg"``) over the ``[tune]`` space of ``pipeline``.
+    """One gradient model (``"cnn8"``, ``"vgg"`` or ``"temporal"``) over the ``[tune]`` space of ``pipeline``.
 
     ``fit(hp, model, train_set, validation_data, ...)`` takes ``tfbreath.data.FeatureSet``s
     extracted with ``extraction_pipeline(pipeline)``.

@@ -1,7 +1,7 @@
 """``python -m tfbreath.tune``: hyperparameter search over a pipeline's ``[tune]`` space (KerasTuner).
 
     python -m tfbreath.tune [--pipeline pipelines/breath_phase_cpu.toml] [--data DIR] [--out DIR]
-                            [--model cnn8|vgg] [--tuner hyperband|bayesian|random]
+                            [--model cnn8|vgg|temporal] [--tuner hyperband|bayesian|random]
                             [--max-trials N] [--max-epochs N] [--precision P] [--seed N]
                             [--strategy default|mirrored|multiworker] [--cpu-devices N]
 

@@ -33,11 +33,13 @@ from tfbreath.config import CLOSED_FORM_MODELS, POOLED_MODEL, RBF_MODEL, SCALARS
 from tfbreath.maps import map_rows
 from tfbreath.models.blocks import LOGIT, SCALAR_NORM
 from tfbreath.models.cnn8 import build_cnn8
-from tfbreath.models.rbf import build_rbf
 from tfbreath.models.pooled import build_pooled
+from tfbreath.models.rbf import build_rbf
+from tfbreath.models.temporal import build_temporal
 from tfbreath.models.vgg import build_vgg
 
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {"cnn8": build_cnn8, "vgg": build_vgg,
+                                                         "temporal": build_temporal,
                                                          POOLED_MODEL: build_pooled, RBF_MODEL: build_rbf}
 """Model name -> ``builder(spectral_shape, n_scalars, **kwargs) -> keras.Model``."""
 
@@ -70,5 +72,6 @@ def build_model_for_pipeline(name: str, pipeline, **kwargs) -> keras.Model:
 
 __all__ = [
     "LOGIT", "MODEL_BUILDERS", "SCALARS", "SCALAR_NORM", "SPECTRAL",
-    "build_cnn8", "build_rbf", "build_model", "build_model_for_pipeline", "build_pooled", "build_vgg",
+    "build_cnn8", "build_model", "build_model_for_pipeline", "build_pooled", "build_rbf", "build_temporal",
+    "build_vgg",
 ]

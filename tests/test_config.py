@@ -95,6 +95,11 @@ def test_feature_config_accepts_any_subset_of_maps():
     ("train", {"learning_rates": {"cnn8": "fast", "vgg": 1e-3}},
      "learning_rates.cnn8 must be a number > 0, got 'fast'"),
     ("train", {"dropouts": {"cnn8": "0.3"}}, "dropouts.cnn8 must be a number in [0, 1), got '0.3'"),
+    ("train", {"patiences": {"temporal": 2.5}}, "patiences.temporal must be an integer > 0, got 2.5"),
+    ("train", {"patiences": {"temporal": 0}}, "patiences.temporal must be > 0, got 0"),
+    ("train", {"patiences": {"rbf": 3}}, "patiences has unknown models ['rbf']; choose from ['cnn8', 'vgg', 'temporal']"),
+    ("train", {"dropouts": {"pooled": 0.1}},
+     "dropouts has unknown models ['pooled']; choose from ['cnn8', 'vgg', 'temporal']"),
     ("train", {"precision": ["auto"]}, "precision must be one of ['auto', 'float32', 'mixed_bfloat16', "
                                        "'mixed_float16'], got ['auto']"),
     ("train", {"clip_scope": "layer"}, "clip_scope must be one of ['variable', 'global'], got 'layer'"),
@@ -158,6 +163,14 @@ def test_cross_section_limits_name_the_bound(values, message):
         config_from_dict(values, source="p.toml")
     assert str(err.value).startswith("p.toml: ")
     assert message in str(err.value), str(err.value)
+
+
+def test_a_member_without_its_own_patience_uses_the_recipes(tmp_path):
+    pipeline = config_from_dict({"train": {"early_stopping_patience": 8, "patiences": {"temporal": 30}}})
+    assert (pipeline.train.patience("temporal"), pipeline.train.patience("cnn8")) == (30, 8)
+    path = tmp_path / "p.toml"
+    path.write_text(dump_config(pipeline))
+    assert load_config(path) == pipeline
 
 
 def test_member_maps_are_read_as_tuples_and_written_back_to_an_equal_config(tmp_path):

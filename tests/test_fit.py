@@ -105,6 +105,24 @@ def test_an_interrupted_model_resumes_from_its_last_epoch(tiny_sets, tmp_path):
     assert (tmp_path / "cnn8.keras").exists()
 
 
+def test_each_member_stops_with_its_own_patience(tiny_sets, tmp_path, monkeypatch):
+    """``[train] patiences`` reaches that member's early stopping; another member keeps the recipe's."""
+    train_set, val_set = tiny_sets
+    pipeline = with_overrides(TINY, "train", epochs=1, models=("cnn8", "temporal"), patiences={"temporal": 7},
+                              learning_rates={"cnn8": 4e-4, "temporal": 1e-3})
+    patience = {}
+
+    class Recorded(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            patience[self.model.name] = self.patience
+            super().on_train_begin(logs)
+
+    monkeypatch.setattr(keras.callbacks, "EarlyStopping", Recorded)
+    for name in ("temporal", "cnn8"):
+        train.train_model(name, pipeline, train_set, val_set, tmp_path)
+    assert patience == {"temporal": 7, "cnn8": TINY.train.early_stopping_patience}
+
+
 def test_fit_without_data_trains_on_synthetic_audio_and_writes_every_artifact(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(run_folder.DATA_ENV, raising=False)
     monkeypatch.setitem(run_folder.SYNTHETIC_RECIPE, "train", {"epochs": 2, "model_width": 0.125})

@@ -334,6 +334,10 @@ class TrainConfig:
     """Filter multiplier of the conv stacks (1.0 = the paper's models)."""
     dropouts: dict[str, float] = dataclasses.field(default_factory=dict)
     """Dropout rate per model; a model left out keeps its own (CNN8 and temporal 0.3, VGG 0.2)."""
+    patiences: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Early-stopping patience per gradient model; a model left out uses ``early_stopping_patience``.
+    The temporal CNN's validation accuracy settles only as the learning rate decays: give it
+    ``epochs``, so it trains them all and keeps its best."""
     member_maps: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     """The maps a gradient member reads, out of ``[features] maps`` (its first layer,
     ``models.select_maps.SelectMaps``, keeps their channels); a model left out reads all of them.
@@ -383,14 +387,19 @@ class TrainConfig:
         missing = [m for m in self.models if m in CNN_MODELS and m not in self.learning_rates]
         require(not missing, f"learning_rates has no entry for {missing!r}, got {dict(self.learning_rates)!r}")
         model_table("dropouts", self.dropouts, lambda name, rate: in_range(name, rate, 0, 1, high_open=True))
-        unknown = [m for m in self.dropouts if m not in CNN_MODELS]
-        require(not unknown, f"dropouts has unknown models {unknown!r}; choose from {list(CNN_MODELS)}")
+        model_table("patiences", self.patiences, lambda name, patience: positive(name, patience, int))
         require(isinstance(self.member_maps, dict),
                 f"member_maps must be a table of model = [maps], got {self.member_maps!r}")
-        unknown = [m for m in self.member_maps if m not in CNN_MODELS]
-        require(not unknown, f"member_maps has unknown models {unknown!r}; choose from {list(CNN_MODELS)}")
+        for name in ("dropouts", "patiences", "member_maps"):
+            unknown = [m for m in getattr(self, name) if m not in CNN_MODELS]
+            require(not unknown, f"{name} has unknown models {unknown!r}; choose from {list(CNN_MODELS)}")
         object.__setattr__(self, "member_maps", {model: names(f"member_maps.{model}", maps, MAP_NAMES, "map")
                                                  for model, maps in self.member_maps.items()})
+
+    def patience(self, model: str) -> int:
+        """Epochs without a better validation accuracy after which ``model`` stops: its
+        ``patiences`` entry, else ``early_stopping_patience``."""
+        return self.patiences.get(model, self.early_stopping_patience)
 
 
 TUNERS = ("hyperband", "bayesian", "random")

@@ -140,7 +140,7 @@ class BreathHyperModel(kt.HyperModel):
         batches, schedule = augmented_batches(pipeline, train_set, batch_size)
         callbacks = [*weight_averaging(pipeline.train), *callbacks, schedule,
                      keras.callbacks.EarlyStopping(monitor=OBJECTIVE, mode="max",
-                                                   patience=pipeline.train.early_stopping_patience)]
+                                                   patience=pipeline.train.patience(self.model_name))]
         return model.fit(batches, validation_data=shard_by_data(validation_data.batches(batch_size)),
                          epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                          shuffle=False, **kwargs)  # the tf.data pipeline shuffles

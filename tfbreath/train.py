@@ -190,7 +190,7 @@ def train_model(name: str, pipeline: PipelineConfig, train_set: FeatureSet, val_
         prepare(model, name, pipeline, train_set, steps * train.epochs)
     batches, schedule = augmented_batches(pipeline, train_set, batch_size)
     stopper = None if val_set is None else keras.callbacks.EarlyStopping(
-        monitor="val_accuracy", mode="max", patience=train.early_stopping_patience, restore_best_weights=True)
+        monitor="val_accuracy", mode="max", patience=train.patience(name), restore_best_weights=True)
     averaging = weight_averaging(train)
     callbacks = [
         schedule,

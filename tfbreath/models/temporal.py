@@ -25,8 +25,9 @@ ensemble it gains +0.6 [-0.3, +1.3] and +1.0 [+0.1, +1.8] points: the first inte
 so the rule set before the runs kept it out. Its validation accuracy swings between chance and
 0.65 while the learning rate is high and settles only as the cosine schedule decays (LayerNorm in
 place of BatchNorm is stable but plateaus near 0.69, as it removes each frame's level), so train
-it for all ``[train] epochs`` (``early_stopping_patience >= epochs``; the best epoch is kept):
-with patience 8 it stopped on a fold after 17 epochs, at a best validation accuracy of 0.57.
+it for all ``[train] epochs`` (``[train] patiences = { temporal = 30 }`` for 30 epochs; the best
+epoch is kept): with patience 8 it stopped on a fold after 17 epochs, at a best validation
+accuracy of 0.57.
 """
 
 from __future__ import annotations

@@ -78,9 +78,14 @@ def build_cnn8(spectral_shape: tuple[int, int, int], n_scalars: int, *, width: f
             if s - 1 == last_pool and dropout > 0:
                 x = keras.layers.SpatialDropout2D(dropout, name=f"stage{s}_dropout")(x)
     image = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)  # [B, F]
+    return keras.Model(inputs=inputs, outputs=cnn8_head(image, scalars, dropout), name=name)
+
+
+def cnn8_head(features, scalars, dropout: float):
+    """CNN8's scalar branch and head (also the temporal CNN's): pooled ``features [B, F]`` and the
+    standardised ``scalars [B, S]`` (or None) -> one float32 logit ``[B, 1]``."""
     if scalars is not None:
         scalars = dense_stack(scalars, SCALAR_UNITS, (dropout, 0.0), ACTIVATION,
                               norm_first=False, name="scalar")  # [B, 64]
-    logit = fuse_and_classify(image, scalars, HEAD_UNITS, (dropout, 0.0), ACTIVATION,
-                              norm_first=False)  # [B, 1]
-    return keras.Model(inputs=inputs, outputs=logit, name=name)
+    return fuse_and_classify(features, scalars, HEAD_UNITS, (dropout, 0.0), ACTIVATION,
+                             norm_first=False)  # [B, 1]

@@ -16,7 +16,7 @@ an ensemble member that errs on other clips. Shapes for the defaults (``width = 
     concat [B, 1088] -> dense 256 (dropout) -> dense 128 -> dense 1       [B, 1] float32
 
 Every conv and hidden dense layer is followed by ReLU and then BatchNorm, as in CNN8, whose
-scalar branch and head it shares (:mod:`tfbreath.models.blocks`).
+scalar branch and head it shares (``tfbreath.models.cnn8.cnn8_head``).
 
 **Measured, not shipped** (``benchmarks/RESULTS.md``; width 0.25, peak learning rate 1e-3, the
 shipped recipe's six maps and augmentation, all 30 epochs): 0.733 and 0.738 out of fold alone at
@@ -36,11 +36,9 @@ from typing import Sequence
 
 import keras
 
-from tfbreath.models.blocks import (CONV_INITIALIZER, batch_norm, dense_stack, fuse_and_classify,
-                                    model_inputs, scaled)
+from tfbreath.models.blocks import CONV_INITIALIZER, batch_norm, model_inputs, scaled
+from tfbreath.models.cnn8 import ACTIVATION, DROPOUT, cnn8_head
 
-ACTIVATION = "relu"
-DROPOUT = 0.3
 PROJECTION = 256
 """Filters of the 1x1 conv that mixes each frame's bands x maps into features."""
 STAGES: tuple[tuple[int, int], ...] = ((256, 5), (256, 5), (512, 3), (512, 3))
@@ -48,8 +46,6 @@ STAGES: tuple[tuple[int, int], ...] = ((256, 5), (256, 5), (512, 3), (512, 3))
 POOL_AFTER = 2
 """A max-pool (2 frames) follows this many convs; the spatial dropout follows the last."""
 POOL_SIZE = 2
-SCALAR_UNITS = (64, 64)
-HEAD_UNITS = (256, 128)
 
 
 def temporal_unit(x, filters: int, kernel: int, name: str):
@@ -84,9 +80,4 @@ def build_temporal(spectral_shape: tuple[int, int, int], n_scalars: int, *, widt
     pooled = [keras.layers.GlobalAveragePooling1D(name="global_average")(x),
               keras.layers.GlobalMaxPooling1D(name="global_max")(x)]
     series = keras.layers.Concatenate(name="global_pool")(pooled)  # [B, 2F]
-    if scalars is not None:
-        scalars = dense_stack(scalars, SCALAR_UNITS, (dropout, 0.0), ACTIVATION,
-                              norm_first=False, name="scalar")  # [B, 64]
-    logit = fuse_and_classify(series, scalars, HEAD_UNITS, (dropout, 0.0), ACTIVATION,
-                              norm_first=False)  # [B, 1]
-    return keras.Model(inputs=inputs, outputs=logit, name=name)
+    return keras.Model(inputs=inputs, outputs=cnn8_head(series, scalars, dropout), name=name)  # [B, 1]

@@ -45,6 +45,14 @@ def _no_leaked_dtype_policy():
     assert leaked == "float32", f"the test left Keras' global dtype policy at {leaked}"
 
 
+def compile_for_test(model: keras.Model, learning_rate: float = 1e-3, eager: bool = True) -> None:
+    """Adam, binary cross-entropy on the logit, accuracy at logit 0: a model's short test fit."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.BinaryAccuracy(threshold=0.0)],
+                  run_eagerly=eager, jit_compile=False)
+
+
 class InterruptAfter(keras.callbacks.Callback):
     """A kill at the end of ``epoch``, after the epoch's checkpoint was committed."""
 

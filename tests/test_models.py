@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import keras
 
+from conftest import compile_for_test
 from tfbreath.config import CNN_MODELS, MAP_NAMES, MODEL_NAMES, FeatureConfig, PipelineConfig
 from tfbreath.maps import MAP_BUILDERS
 from tfbreath.models import (LOGIT, MODEL_BUILDERS, SCALAR_NORM, SCALARS, SPECTRAL,
@@ -44,13 +45,6 @@ def random_inputs(n: int, shape=TINY_SHAPE, n_scalars=TINY_SCALARS, seed=0) -> d
     if n_scalars:
         x[SCALARS] = rng.standard_normal((n, n_scalars)).astype(np.float32)
     return x
-
-
-def compile_for_test(model: keras.Model, learning_rate: float = 1e-3, eager: bool = True) -> None:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.BinaryAccuracy(threshold=0.0)],
-                  run_eagerly=eager, jit_compile=False)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from conftest import compile_for_test
 from tfbreath.models import SCALAR_NORM, SCALARS, SPECTRAL, build_model
 from tfbreath.models.temporal import STAGES
 
@@ -58,8 +59,7 @@ def test_learns_whether_the_level_rises_or_falls():
 
     model = build_model("temporal", TINY_SHAPE, 3, width=TINY_WIDTH, dropout=0.0)
     model.get_layer(SCALAR_NORM).adapt(x[SCALARS])
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.BinaryAccuracy(threshold=0.0)], run_eagerly=True, jit_compile=False)
+    compile_for_test(model, learning_rate=1e-2)
     _, chance = model.evaluate(x, y, batch_size=n, verbose=0)
     model.fit(x, y, batch_size=16, epochs=6, shuffle=True, verbose=0)
     _, accuracy = model.evaluate(x, y, batch_size=n, verbose=0)  # inference mode

@@ -93,7 +93,7 @@ from tfbreath.run_folder import MODEL_SUFFIX, TFLITE_SUFFIX, RunFolder  # noqa: 
 
 IG_STEPS = 256
 """Points of the midpoint Riemann sum along the path. On 40 real training clips with the shipped
-ensemble (CNN8 + pooled + rbf) the sum of the attributions then matches logit(x) - logit(baseline)
+ensemble of 2026-12-06 (CNN8 + pooled + rbf) the sum of the attributions then matches logit(x) - logit(baseline)
 to a median 0.002 logit, at most 0.012 (``completeness_gap``). The previous refit needed them:
 it left a median 0.047, at most 0.062, and 128 steps a median 0.12, at most 0.18. That gap was
 its CNN8 member's: alone, on a synthetic exhale, it left 0.60 at 128 steps and 0.31 at 512 (its

@@ -253,20 +253,22 @@ def test_the_int8_input_stage_is_the_normalisation_not_the_layers_after_it(tmp_p
     assert len(names) == 2 and all("scalar_norm" in name for name in names)  # subtract, then scale
 
 
-@pytest.mark.parametrize("member, own_layer", [("pooled", "pooled_statistics"), ("rbf", "rbf_kernel")])
-def test_int8_keeps_every_op_of_a_closed_form_member_float_and_no_other(member, own_layer, tmp_path):
+@pytest.mark.parametrize("member, own_layers, options", [
+    ("pooled", ("pooled_statistics", "logit"), {"maps": ("mel", "lpc"), "map_rows": (8, 4)}),
+    ("rbf", ("pooled_statistics", "rbf_kernel", "logit"), {"maps": ("mel", "lpc"), "map_rows": (8, 4), "n_landmarks": 5}),
+    ("temporal", ("projection", "global_max", "logit"), {"width": 0.0625})])
+def test_int8_keeps_every_op_of_a_float_member_float_and_no_other(member, own_layers, options, tmp_path):
     from tfbreath.models import build_model
 
+    assert member in export.FLOAT_MEMBERS
     spectral, scalars = keras.Input((8, 6, 2), name="spectral"), keras.Input((3,), name="scalars")
     inputs = {"spectral": spectral, "scalars": scalars}
-    extra = {"n_landmarks": 5} if member == "rbf" else {}
-    closed_form = build_model(member, (8, 6, 2), 3, maps=("mel", "lpc"), map_rows=(8, 4), **extra)
+    float_member = build_model(member, (8, 6, 2), 3, **options)
     other = keras.layers.Dense(1, name="other_logit")(keras.layers.Flatten()(spectral))
-    model = keras.Model(inputs, keras.layers.Reshape(())(keras.layers.Add()([closed_form(inputs), other])))
+    model = keras.Model(inputs, keras.layers.Reshape(())(keras.layers.Add()([float_member(inputs), other])))
     names = export.float_member_ops(_tflite(model, tmp_path / "model"))
     assert names and all(member in name for name in names)
-    assert any("pooled_statistics" in name for name in names) and any("logit" in name for name in names)
-    assert any(own_layer in name for name in names)
+    assert all(any(layer in name for name in names) for layer in own_layers), names
     assert not any("other_logit" in name for name in names)
 
 

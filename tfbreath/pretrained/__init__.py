@@ -10,7 +10,7 @@ from any folder, and in an editable install or a source checkout (through the li
 What installs (``SHIPPED_FILES``) is what running and describing the model need: the TFLite
 files predict prefers, the Keras ensemble (predict's fallback, and what ``export`` converts), the
 pipeline it was trained with (its sample rate and features), its metrics and its model card. The
-members' own ``.keras`` files (the ensemble holds both), the training history, the out-of-fold
+members' own ``.keras`` files (the ensemble holds them all), the training history, the out-of-fold
 predictions and the plots stay in the repository's ``saved_models/breath_phase/``.
 """
 

@@ -258,8 +258,6 @@ def test_the_int8_input_stage_is_the_normalisation_not_the_layers_after_it(tmp_p
     ("rbf", ("pooled_statistics", "rbf_kernel", "logit"), {"maps": ("mel", "lpc"), "map_rows": (8, 4), "n_landmarks": 5}),
     ("temporal", ("projection", "global_max", "logit"), {"width": 0.0625})])
 def test_int8_keeps_every_op_of_a_float_member_float_and_no_other(member, own_layers, options, tmp_path):
-    from tfbreath.models import build_model
-
     assert member in export.FLOAT_MEMBERS
     spectral, scalars = keras.Input((8, 6, 2), name="spectral"), keras.Input((3,), name="scalars")
     inputs = {"spectral": spectral, "scalars": scalars}

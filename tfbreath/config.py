@@ -283,7 +283,9 @@ class AugmentConfig:
 
 PAPER_MODELS = ("cnn8", "vgg")
 """The breathing-phase paper's two CNNs: the default ensemble."""
-CNN_MODELS = (*PAPER_MODELS, "temporal")
+TEMPORAL_MODEL = "temporal"
+"""1-D convolutions along time over each frame's whole spectrum (``tfbreath.models.temporal``)."""
+CNN_MODELS = (*PAPER_MODELS, TEMPORAL_MODEL)
 """Members trained by gradient steps (a learning rate each; ``tune`` searches them)."""
 POOLED_MODEL = "pooled"
 """Logistic regression on pooled map statistics (``tfbreath.models.pooled``)."""

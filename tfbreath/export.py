@@ -45,7 +45,8 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
 from tfbreath import artifacts, data
-from tfbreath.config import CLOSED_FORM_MODELS, ENSEMBLE, MODEL_NAMES, PipelineConfig, load_config
+from tfbreath.config import (CLOSED_FORM_MODELS, ENSEMBLE, MODEL_NAMES, TEMPORAL_MODEL, PipelineConfig,
+                             load_config)
 from tfbreath.console import add_verbose_argument
 from tfbreath.errors import TfbreathError, print_error
 from tfbreath.evaluation import THRESHOLD
@@ -225,7 +226,7 @@ INPUT_STAGE_OPS = {schema.BuiltinOperator.ADD, schema.BuiltinOperator.SUB, schem
 """Elementwise ops (normalisation, batch norm) that stay float when they follow a float op."""
 
 
-FLOAT_MEMBERS = (*CLOSED_FORM_MODELS, "temporal")
+FLOAT_MEMBERS = (*CLOSED_FORM_MODELS, TEMPORAL_MODEL)
 """Members whose every op stays float32 in an int8 classifier. The pooled statistics the
 closed-form members read sit beside the raw scalars in one vector that no single int8 scale holds
 (measured on the pooled member: its validation accuracy fell from 0.745 to 0.584 all-int8), and

@@ -29,7 +29,7 @@ from typing import Callable
 
 import keras
 
-from tfbreath.config import CLOSED_FORM_MODELS, POOLED_MODEL, RBF_MODEL, SCALARS, SPECTRAL
+from tfbreath.config import CLOSED_FORM_MODELS, POOLED_MODEL, RBF_MODEL, SCALARS, SPECTRAL, TEMPORAL_MODEL
 from tfbreath.maps import map_rows
 from tfbreath.models.blocks import LOGIT, SCALAR_NORM
 from tfbreath.models.cnn8 import build_cnn8
@@ -39,7 +39,7 @@ from tfbreath.models.temporal import build_temporal
 from tfbreath.models.vgg import build_vgg
 
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {"cnn8": build_cnn8, "vgg": build_vgg,
-                                                         "temporal": build_temporal,
+                                                         TEMPORAL_MODEL: build_temporal,
                                                          POOLED_MODEL: build_pooled, RBF_MODEL: build_rbf}
 """Model name -> ``builder(spectral_shape, n_scalars, **kwargs) -> keras.Model``."""
 

@@ -37,6 +37,7 @@ from typing import Sequence
 
 import keras
 
+from tfbreath.config import TEMPORAL_MODEL
 from tfbreath.models.blocks import CONV_INITIALIZER, batch_norm, model_inputs, scaled
 from tfbreath.models.cnn8 import ACTIVATION, DROPOUT, cnn8_head
 
@@ -59,7 +60,7 @@ def temporal_unit(x, filters: int, kernel: int, name: str):
 
 def build_temporal(spectral_shape: tuple[int, int, int], n_scalars: int, *, width: float = 1.0,
                    dropout: float = DROPOUT, stages: Sequence[tuple[int, int]] = STAGES,
-                   channels: Sequence[int] | None = None, name: str = "temporal") -> keras.Model:
+                   channels: Sequence[int] | None = None, name: str = TEMPORAL_MODEL) -> keras.Model:
     """The temporal CNN for ``[H, W, C]`` maps (``W`` frames) and ``n_scalars`` scalars (0 = none).
 
     ``width`` scales the projection's and every conv's filters; the scalar MLP and the head keep

@@ -81,6 +81,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
     newest, previous = state["checkpoints"]
     assert (newest["epoch"], previous["epoch"]) == (4, 3)  # epochs done, the newest first
     assert {p.name for p in folder.iterdir()} == {STATE_FILE, newest["weights"], previous["weights"],
+                                                  newest["random"], previous["random"],
                                                   newest["early_stopping"]["best_weights"],
                                                   previous["early_stopping"]["best_weights"]}
     weights = folder / newest["weights"]

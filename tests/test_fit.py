@@ -92,17 +92,27 @@ def tiny_sets(tmp_path_factory):
             data.extract(val_ex, None, TINY, progress=False))
 
 
-def test_an_interrupted_model_resumes_from_its_last_epoch(tiny_sets, tmp_path):
+def test_an_interrupted_model_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_one(tiny_sets, tmp_path):
+    """Epochs 2-3 after the kill see the data order, augmentation and dropout draws an uninterrupted
+    run sees there, so both end with the same weights and the same history."""
     train_set, val_set = tiny_sets
     pipeline = with_overrides(TINY, "train", epochs=4)
+    keras.utils.set_random_seed(pipeline.data.seed)  # as fit.run does
+    whole = train.train_model("cnn8", pipeline, train_set, val_set, tmp_path / "whole")
+    keras.utils.set_random_seed(pipeline.data.seed)
     with pytest.raises(KeyboardInterrupt):
         train.train_model("cnn8", pipeline, train_set, val_set, tmp_path, extra_callbacks=(InterruptAfter(1),))
     assert not (tmp_path / "cnn8.keras").exists()
-    train.train_model("cnn8", pipeline, train_set, val_set, tmp_path)
+    keras.utils.set_random_seed(pipeline.data.seed)  # a new process: fit.run seeds it again, nothing else carries over
+    resumed = train.train_model("cnn8", pipeline, train_set, val_set, tmp_path)
     with open(tmp_path / "history_cnn8.csv", newline="") as handle:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
-    assert epochs == [0, 1, 2, 3]  # epochs 0-1 before the crash, 2-3 after: none repeated
+        history = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in history] == [0, 1, 2, 3]  # 0-1 before the kill, 2-3 after: none repeated
     assert (tmp_path / "cnn8.keras").exists()
+    with open(tmp_path / "whole" / "history_cnn8.csv", newline="") as handle:
+        assert [row["loss"] for row in csv.DictReader(handle)] == [row["loss"] for row in history]
+    for ours, theirs in zip(resumed.weights, whole.weights, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
 
 
 def test_each_member_stops_with_its_own_patience(tiny_sets, tmp_path, monkeypatch):

@@ -11,6 +11,10 @@
 - **Early stopping survives a resume.** The state of the run's ``EarlyStopping`` (epochs
   without improvement, best value and epoch, best weights) is part of each checkpoint, so a
   resumed run stops at the epoch an uninterrupted one stops at and restores the same weights.
+- **So do the random draws.** The model's random-number state (its layers' seed generators,
+  such as dropout's, which ``save_weights`` leaves out) is part of each checkpoint too. With the
+  training data's order and augmentation a function of (seed, epoch) (``FeatureSet.batches``,
+  ``augment.Augmenter``), a resumed run ends with the weights an uninterrupted one ends with.
 
 Put it after the ``EarlyStopping`` in the callback list: it must see that epoch's update
 before saving, and restore the state after ``EarlyStopping`` has reset itself. With weight
@@ -50,6 +54,16 @@ def _best_name(epoch: int) -> str:
     return f"best_{epoch}.npz"
 
 
+def _random_name(epoch: int) -> str:
+    return f"random_{epoch}.npz"
+
+
+def random_state(model: keras.Model) -> list:
+    """The model's variables that are not weights: its layers' seed-generator states, in order."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
 class TrainingBackup(keras.callbacks.BackupAndRestore):
     """Per-epoch backup of the model and of ``early_stopping``'s state in ``backup_dir``.
 
@@ -67,11 +81,12 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
     # -- saving -------------------------------------------------------------------------------
     def _save_model(self) -> None:
         epoch = self._current_epoch
-        entry = {"epoch": epoch, "weights": _weights_name(epoch)}
+        entry = {"epoch": epoch, "weights": _weights_name(epoch), "random": _random_name(epoch)}
         with tempfile.TemporaryDirectory() as tmp:  # Keras writes h5 to a path; renamed in whole
             staged = Path(tmp) / entry["weights"]
             self.model.save_weights(staged)
             artifacts.write_bytes(self.folder / entry["weights"], staged.read_bytes())
+        _write_arrays(self.folder / entry["random"], [v.numpy() for v in random_state(self.model)])
         stopper = self.early_stopping
         if stopper is not None:
             entry["early_stopping"] = {"wait": stopper.wait, "best": float(stopper.best),  # +-inf as Infinity
@@ -84,7 +99,7 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
         self._remove_unnamed(kept)
 
     def _remove_unnamed(self, kept: list[dict]) -> None:
-        named = {STATE_FILE} | {e["weights"] for e in kept}
+        named = {STATE_FILE} | {e["weights"] for e in kept} | {e["random"] for e in kept if e.get("random")}
         named |= {e["early_stopping"]["best_weights"] for e in kept if e.get("early_stopping")}
         for path in self.folder.iterdir():
             if path.is_file() and path.name not in named:
@@ -132,7 +147,10 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
         best_weights = None
         if state and state["best_weights"]:
             best_weights = _read_arrays(self.folder / state["best_weights"])
+        randoms = _read_arrays(self.folder / entry["random"]) if entry.get("random") else None
         self.model.load_weights(self.folder / entry["weights"])
+        for variable, value in zip(random_state(self.model), randoms or ()):
+            variable.assign(value)
         self.model._initial_epoch = int(entry["epoch"])  # as BackupAndRestore does
         stopper = self.early_stopping
         if stopper is not None and state:

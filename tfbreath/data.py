@@ -61,6 +61,9 @@ rounds: 374 clips/s at 8 vs 362 at 16, faster in 6 of 6 rounds, and 370 vs 337 i
 a second run; 4, 6 and 24 were slower than 16, 10 level with it): most of the graph's ops are
 memory-bound (Burg LPC, spectra), and smaller batches keep their arrays in cache."""
 
+EPOCH_SEED_STRIDE = 1 << 20
+"""Shuffle seed of an epoch: ``seed * EPOCH_SEED_STRIDE + epoch``, distinct for every (seed, epoch < 2**20)."""
+
 STATUS = "status"
 LABEL = "label"
 INDEX = "index"
@@ -284,10 +287,24 @@ class FeatureSet:
         return dataclasses.replace(self, cached=self.cached.map(lambda e: {**e, LABEL: tf.gather(table, e[INDEX])}),
                                    kept_examples=kept)
 
-    def batches(self, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None) -> tf.data.Dataset:
-        """``({"spectral", "scalars"}, label)`` batches: cache -> shuffle -> batch -> prefetch."""
+    def batches(self, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None,
+                epoch: tf.Variable | None = None) -> tf.data.Dataset:
+        """``({"spectral", "scalars"}, label)`` batches: cache -> shuffle -> batch -> prefetch.
+
+        With ``epoch`` (an int64 variable that training sets before each epoch's iterator is made,
+        ``augment.Augmenter.epoch``) the order of an epoch is a function of ``seed`` and the epoch
+        alone, so a run resumed at epoch e sees the order an uninterrupted run sees there; without
+        it, each iterator reshuffles from where the last one left off.
+        """
         ds = self.kept
-        if shuffle_buffer:
+        if shuffle_buffer and epoch is not None:
+            if seed is None:
+                raise ValueError("an epoch-seeded shuffle needs a seed")
+            ordered = ds
+            ds = tf.data.Dataset.from_tensors(0).flat_map(lambda _: ordered.shuffle(  # one shuffle per iterator
+                shuffle_buffer, seed=seed * EPOCH_SEED_STRIDE + epoch.read_value()))
+            ds = ds.apply(tf.data.experimental.assert_cardinality(len(self.kept_examples)))
+        elif shuffle_buffer:
             ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         ds = ds.map(_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

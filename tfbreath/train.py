@@ -157,7 +157,8 @@ def augmented_batches(pipeline: PipelineConfig, train_set: FeatureSet,
     augmented as ``[augment]`` says, both seeded by ``[data] seed`` (the same every run), split
     among the strategy's replicas; and the callback that steps the augmentation's schedule."""
     augmenter = Augmenter(pipeline.augment, seed=pipeline.data.seed)
-    batches = train_set.batches(batch_size, pipeline.data.shuffle_buffer, seed=pipeline.data.seed)
+    batches = train_set.batches(batch_size, pipeline.data.shuffle_buffer, seed=pipeline.data.seed,
+                                epoch=augmenter.epoch)  # the order too is a function of (seed, epoch)
     return shard_by_data(augmenter.apply(batches).prefetch(tf.data.AUTOTUNE)), AugmentationSchedule(augmenter)
 
 

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 
 import keras
@@ -14,7 +15,7 @@ import pytest
 
 from conftest import InterruptAfter
 from tfbreath import artifacts, data, fit, run_folder, train
-from tfbreath.config import PipelineConfig, load_config, parse_config, with_overrides
+from tfbreath.config import ConfigError, PipelineConfig, load_config, parse_config, with_overrides
 from tfbreath.ensemble import WeightedSigmoidAverage, build_ensemble, softmax_weights, weighted_average
 from tfbreath.precision import choose_precision
 from tfbreath.run_folder import OOF_PREDICTIONS
@@ -288,6 +289,25 @@ def test_k_fold_run_resumes_without_training_again(cv_run, capsys):
     assert printed.count("already trained") == 3 and printed.count("already fitted") == 6  # two folds, the refit
     for name in ("cnn8", "pooled", "rbf"):
         assert again["cross_validation"][name] == metrics["cross_validation"][name]
+
+
+def test_a_run_resumes_only_on_the_clips_it_was_claimed_with(cv_run, cv_data, tmp_path):
+    """The same data under another path resumes; without one session the folds change, so the
+    fold models (which may have trained on clips the new folds hold out) are refused, not reused."""
+    out, metrics = cv_run
+    claimed = (out / run_folder.CLIPS_FILE).read_text()
+    assert claimed.splitlines()[0] == ",".join(run_folder.CLIPS_HEADER) and claimed.count("\n") == 41
+    moved = shutil.copytree(cv_data, tmp_path / "moved")
+    assert fit.run(CV_TINY, moved, out)["cross_validation"] == metrics["cross_validation"]
+    with open(moved / "train.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    first_session = rows[1][0][:len("steth_20990101_00_00_00")]
+    with open(moved / "train.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(row for row in rows if not row[0].startswith(first_session))
+    with pytest.raises(ConfigError, match=r"holds models trained on other clips \(4 of its clips are not among "
+                                          r"these and 0 of these are new, e\.g\. train/steth_20990101_00_00_00"):
+        fit.run(CV_TINY, moved, out)
+    assert (out / run_folder.CLIPS_FILE).read_text() == claimed
 
 
 def test_the_same_seed_repeats_a_run_exactly_and_no_refit_stops_at_the_estimate(cv_run, cv_data, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tfbreath.config import ConfigError, PipelineConfig, dump_config, load_config, with_overrides
+from tfbreath import run_folder
 from tfbreath.run_folder import RunFolder
 
 
@@ -30,6 +31,16 @@ def test_a_claimed_folder_takes_only_its_own_pipeline(tmp_path):
     run.pipeline_file.write_text("not a pipeline [")
     with pytest.raises(ConfigError, match="holds a run of a different pipeline"):
         run.refuse_other_run(pipeline, load_config)
+
+
+def test_a_refused_demo_run_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    """Without data the demo writes synthetic audio into the run folder: not into another run's."""
+    monkeypatch.delenv(run_folder.DATA_ENV, raising=False)
+    out = tmp_path / "run"
+    RunFolder(out).claim(dump_config(PipelineConfig(name="another")))
+    with pytest.raises(ConfigError, match="holds a run of a different pipeline"):
+        run_folder.resolve(None, None, out, {})
+    assert sorted(p.name for p in out.iterdir()) == ["pipeline.toml"]
 
 
 def test_metrics_are_none_until_written(tmp_path):

@@ -5,6 +5,7 @@ and the benchmarks read them, all through ``RunFolder``. Layout, relative to the
 
 ==============================  ==========================================================
 ``pipeline.toml``               the resolved pipeline; writing it *claims* the folder
+``clips.csv``                   the clips the run reads (file, session, label), claimed with it
 ``metrics.json``                the run's summary, written last (its presence = finished)
 ``<model>.keras``               each trained model (members, ``ensemble``, ICBHI stages)
 ``history_<model>.csv``         per-epoch (or per-C) training history of a model
@@ -29,7 +30,9 @@ into the run folder.
 
 A folder is claimed only once the data has been read, so a run that fails on its data leaves
 nothing that blocks a corrected rerun; a claimed folder takes only a run of the same pipeline
-(compared parsed, so formatting, comments and key order do not matter), which then resumes.
+(compared parsed, so formatting, comments and key order do not matter) on the same clips in
+the same order (so the same folds and splits: no resumed model has seen a clip it is scored on),
+which then resumes.
 All writes are atomic (``tfbreath.artifacts``).
 """
 
@@ -38,10 +41,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
@@ -51,6 +55,8 @@ from tfbreath.config import ConfigError, PipelineConfig, dump_config, load_confi
 from tfbreath.data import DataError
 
 PIPELINE_FILE = "pipeline.toml"
+CLIPS_FILE = "clips.csv"
+CLIPS_HEADER = ("file", "session", "label")
 METRICS_FILE = "metrics.json"
 VALIDATION_PREDICTIONS = "validation_predictions.csv"
 OOF_PREDICTIONS = "oof_predictions.csv"
@@ -143,9 +149,41 @@ class RunFolder:
         (``parse`` reads a ``pipeline.toml``; one it cannot parse counts as another)."""
         _refuse_other(self.path, self.pipeline_file, config, parse, "run")
 
-    def claim(self, pipeline_toml: str) -> None:
-        """Write the resolved pipeline: from now on only a run of it may use the folder."""
+    @property
+    def clips_file(self) -> Path:
+        return self.path / CLIPS_FILE
+
+    def claim(self, pipeline_toml: str, clips: Sequence[tuple[str, str, float]] = ()) -> None:
+        """Write the resolved pipeline and the ``clips`` the run reads (``(file relative to the data
+        folder, session, label)``, in the order the folds and splits are drawn from): from now on
+        only a run of that pipeline on those clips may use the folder.
+
+        Raises ``ConfigError`` if the folder holds a run on other clips or another order of them:
+        its models may have trained on clips this run would score them on.
+        """
+        rows = [list(CLIPS_HEADER)] + [[str(file), str(session), f"{float(label):g}"] for file, session, label in clips]
+        if clips:
+            self._refuse_other_clips(rows)
         artifacts.write_text(self.pipeline_file, pipeline_toml)
+        if clips:
+            text = io.StringIO()
+            csv.writer(text, lineterminator="\n").writerows(rows)
+            artifacts.write_text(self.clips_file, text.getvalue())
+
+    def _refuse_other_clips(self, rows: list[list[str]]) -> None:
+        if not self.clips_file.is_file():
+            return
+        with open(self.clips_file, newline="", encoding="utf-8") as handle:
+            stored = list(csv.reader(handle))
+        if stored == rows:
+            return
+        gone, new = {tuple(r) for r in stored[1:]} - {tuple(r) for r in rows[1:]}, \
+            {tuple(r) for r in rows[1:]} - {tuple(r) for r in stored[1:]}
+        example = min(gone or new, default=None)
+        what = (f"{len(gone)} of its clips are not among these and {len(new)} of these are new, e.g. "
+                f"{','.join(example)} ({'gone' if gone else 'new'})" if example else "the same clips in another order")
+        raise ConfigError(f"{self.path}: holds models trained on other clips ({what}; {self.clips_file}); "
+                          f"pass another --out or delete the folder")
 
     def read_metrics(self) -> dict | None:
         """``metrics.json`` of a finished run, ``None`` before it is written."""
@@ -248,8 +286,11 @@ def resolve(pipeline_file: Path | None, data_dir: Path | None, out: Path | None,
         pipeline = with_overrides(pipeline, section, **values)
     run_dir = distribute.worker_run_dir(out or RUNS_DIR / pipeline.name, strategy or tf.distribute.get_strategy())
     if data_dir is None:
+        RunFolder(run_dir).refuse_other_run(pipeline, load_config)  # before its data is written over
+        demo = ", ".join(f"{key} = {value}" for values in SYNTHETIC_RECIPE.values() for key, value in values.items())
         print(f"No data folder given (--data) or set (${DATA_ENV}): training a small, fast demo on "
-              f"synthetic inhale/exhale-like audio written to {run_dir / SYNTHETIC_DATA_DIR}. "
+              f"synthetic inhale/exhale-like audio written to {run_dir / SYNTHETIC_DATA_DIR}, with the demo's "
+              f"{demo} in place of the pipeline's (command-line flags still apply). "
               f"Pass --data DIR (Kaggle layout) to train on real clips.")
         data_dir = synthetic.write_synthetic_breath(run_dir / SYNTHETIC_DATA_DIR, seed=pipeline.data.seed,
                                                     sample_rate=pipeline.audio.sample_rate,

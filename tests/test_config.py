@@ -100,6 +100,8 @@ def test_feature_config_accepts_any_subset_of_maps():
     ("train", {"patiences": {"rbf": 3}}, "patiences has unknown models ['rbf']; choose from ['cnn8', 'vgg', 'temporal']"),
     ("train", {"dropouts": {"pooled": 0.1}},
      "dropouts has unknown models ['pooled']; choose from ['cnn8', 'vgg', 'temporal']"),
+    ("train", {"learning_rates": {"cnn8": 1e-3, "vgg": 1e-3, "temporal": 1e-3, "vggg": 5.0}},
+     "learning_rates has unknown models ['vggg']; choose from ['cnn8', 'vgg', 'temporal']"),
     ("train", {"precision": ["auto"]}, "precision must be one of ['auto', 'float32', 'mixed_bfloat16', "
                                        "'mixed_float16'], got ['auto']"),
     ("train", {"clip_scope": "layer"}, "clip_scope must be one of ['variable', 'global'], got 'layer'"),
@@ -157,6 +159,9 @@ def test_every_field_rejects_a_wrong_type(section, cls):
     ({"features": {"maps": ["mel", "mfcc"]}, "train": {"member_maps": {"cnn8": ["mel", "lpc"]}}},
      "[train] member_maps.cnn8 names maps that [features] maps does not extract: ['lpc']; "
      "extracted: ['mel', 'mfcc']"),
+    ({"features": {"n_mels": 6, "n_mfcc": 2}, "train": {"models": ["cnn8", "pooled"]}},
+     "[features] n_mels must be >= 8 when [train] models has ['pooled'] and maps has ['modulation'] (they read "
+     "its first 8 rows), got 6"),
 ])
 def test_cross_section_limits_name_the_bound(values, message):
     with pytest.raises(ConfigError) as err:

@@ -196,3 +196,9 @@ def test_constant_statistics_are_centred_not_scaled():
     z = norm(x.astype(np.float32)).numpy()
     assert np.abs(z[:, 1]).max() < 1e-6  # divided by Keras' 1e-7 floor it would be O(0.01-1)
     np.testing.assert_allclose(z[:, [0, 2]].std(axis=0), 1.0, rtol=1e-4)
+
+
+def test_a_modulation_map_with_fewer_rows_than_the_block_is_refused():
+    """6 rows cannot give the 8 x 8 block; reshaping them anyway would mix clips of the batch."""
+    with pytest.raises(ValueError, match="read the first 8 rows of modulation, which has 6"):
+        PooledStatistics(["mel", "modulation"], [32, 6])

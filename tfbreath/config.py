@@ -392,7 +392,7 @@ class TrainConfig:
         model_table("patiences", self.patiences, lambda name, patience: positive(name, patience, int))
         require(isinstance(self.member_maps, dict),
                 f"member_maps must be a table of model = [maps], got {self.member_maps!r}")
-        for name in ("dropouts", "patiences", "member_maps"):
+        for name in ("learning_rates", "dropouts", "patiences", "member_maps"):
             unknown = [m for m in getattr(self, name) if m not in CNN_MODELS]
             require(not unknown, f"{name} has unknown models {unknown!r}; choose from {list(CNN_MODELS)}")
         object.__setattr__(self, "member_maps", {model: names(f"member_maps.{model}", maps, MAP_NAMES, "map")
@@ -533,6 +533,14 @@ class PipelineConfig:
                 f"name must be a non-empty folder name (no / or \\; runs go to saved_models/<name>), "
                 f"got {self.name!r}")
         check_feature_geometry(self.audio, self.features)
+        closed_form = [m for m in self.train.models if m in CLOSED_FORM_MODELS]
+        if closed_form:
+            from tfbreath.models.pooled import MODULATION_BLOCK, UNPOOLED_MAPS  # the members' own (they import this)
+
+            blocks = sorted(UNPOOLED_MAPS & set(self.features.maps))
+            require(not blocks or self.features.n_mels >= MODULATION_BLOCK,
+                    f"[features] n_mels must be >= {MODULATION_BLOCK} when [train] models has {closed_form} and maps "
+                    f"has {blocks} (they read its first {MODULATION_BLOCK} rows), got {self.features.n_mels!r}")
         for model, maps in self.train.member_maps.items():
             missing = [m for m in maps if m not in self.features.maps]
             require(not missing, f"[train] member_maps.{model} names maps that [features] maps does not extract: "

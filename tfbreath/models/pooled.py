@@ -107,6 +107,10 @@ class PooledStatistics(keras.layers.Layer):
             raise ValueError(f"need one row count per map: {len(maps)} maps, {len(map_rows)} row counts")
         self.maps = [str(m) for m in maps]
         self.map_rows = [int(r) for r in map_rows]
+        short = [(m, r) for m, r in zip(self.maps, self.map_rows) if m in UNPOOLED_MAPS and r < MODULATION_BLOCK]
+        if short:
+            raise ValueError(f"the pooled statistics read the first {MODULATION_BLOCK} rows of {short[0][0]}, "
+                             f"which has {short[0][1]}")
 
     def _pool_map(self, x, channel: int):
         """One map's statistics. ``[B, M, T]`` -> ``[B, D_c]``"""

@@ -277,6 +277,8 @@ def test_keras_files_give_the_run_folder_probabilities(tmp_path, run_dir, wavefo
         classifier = load_classifier(model)
         assert (classifier.sample_rate, classifier.num_samples) == (RATE, CLIP)
         np.testing.assert_allclose(_probabilities(classifier, files), expected, atol=EXPORT_ATOL)
+        empty = classifier(np.zeros((0, CLIP), np.float32))  # no clip: no probability (and no model call)
+        assert empty.shape == (0,) and empty.dtype == np.float32
 
 
 def test_tflite_gives_the_run_folder_probabilities(capsys, tmp_path, waveform, tflite_bytes, clips):

@@ -157,8 +157,16 @@ def test_an_export_without_its_data_fails_first_and_writes_nothing(tiny_run, tmp
         shutil.copy(tiny_run / name, moved / name)
     assert export.main(["--model", str(moved), "--quantize", "int8"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: {moved}: its training data folder is not available; pass --data DIR"
-    assert sorted(p.name for p in moved.iterdir()) == ["cnn8.keras", "ensemble.keras", "pipeline.toml"]
+    assert err == f"error: {moved}: its training data folder is not available here; pass --data DIR"
+    (moved / "metrics.json").write_text('{"data": "../gone/breath"}')  # recorded relative to where fit ran
+    assert export.main(["--model", str(moved)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {moved}: its training data folder (../gone/breath, as its metrics.json says) is not "
+                   f"available here; pass --data DIR")
+    assert export.main(["--model", str(moved), "--data", str(tmp_path / "typo")]) == 2  # never silently dropped
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'typo'}: data folder not found (--data)"
+    assert sorted(p.name for p in moved.iterdir()) == ["cnn8.keras", "ensemble.keras", "metrics.json",
+                                                       "pipeline.toml"]
 
 
 def test_an_out_path_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
@@ -168,6 +176,17 @@ def test_an_out_path_that_cannot_be_written_is_refused_before_any_work(tmp_path,
         assert export.main(["--model", str(tmp_path / "no_run"), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {out}: ") and problem in err, err
+    run = tmp_path / "run"  # --out elsewhere: the waveform .keras and the SavedModel still go into the run
+    (run / "ensemble_waveform.keras").mkdir(parents=True)
+    assert export.main(["--model", str(run), "--out", str(tmp_path / "m.tflite")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {run / 'ensemble_waveform.keras'}: is a folder; name a file"
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exited:
+        export.main([])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: the following arguments are required: --model (see --help)"
 
 
 def test_bad_run_folder_gives_a_one_line_error(tmp_path, capsys):

@@ -47,12 +47,12 @@ from tensorflow.lite.tools import flatbuffer_utils
 from tfbreath import artifacts, data
 from tfbreath.config import (CLOSED_FORM_MODELS, ENSEMBLE, MODEL_NAMES, TEMPORAL_MODEL, PipelineConfig,
                              load_config)
-from tfbreath.console import add_verbose_argument
+from tfbreath.console import OneLineParser, add_verbose_argument
 from tfbreath.errors import TfbreathError, print_error
 from tfbreath.evaluation import THRESHOLD
 from tfbreath.features import tflite_compatible_copy
 from tfbreath.precision import float32_copy
-from tfbreath.run_folder import (NO_QUANTIZATION, OOF_PREDICTIONS, PIPELINE_FILE, TFLITE_SUFFIX,
+from tfbreath.run_folder import (METRICS_FILE, NO_QUANTIZATION, OOF_PREDICTIONS, PIPELINE_FILE, TFLITE_SUFFIX,
                                  VALIDATION_PREDICTIONS, RunFolder)
 from tfbreath.serving import (PROBABILITY, TFLiteClassifier, feature_model, load_trained_model, load_waveforms,
                               probability_model, waveform_model)
@@ -101,7 +101,8 @@ class Run:
     path: Path
     pipeline: PipelineConfig
     data_dir: Path | None
-    """Where its clips were (``metrics.json``); ``None`` when the folder no longer exists."""
+    """Where its clips are: ``--data``, else where ``metrics.json`` says they were (relative to the
+    folder ``fit`` ran in); ``None`` if neither names one."""
 
     @classmethod
     def load(cls, path: str | Path, data_dir: str | Path | None = None) -> "Run":
@@ -111,10 +112,11 @@ class Run:
             raise ExportError(f"{path}: not a run folder (no {PIPELINE_FILE}); train one with python -m tfbreath.fit")
         pipeline = load_config(folder.pipeline_file)
         metrics = folder.read_metrics()
+        if data_dir is not None and not Path(data_dir).is_dir():
+            raise ExportError(f"{data_dir}: data folder not found (--data)")
         if data_dir is None and metrics is not None:
             data_dir = metrics.get("data")
-        data_dir = Path(data_dir) if data_dir else None
-        return cls(path, pipeline, data_dir if data_dir and data_dir.is_dir() else None)
+        return cls(path, pipeline, Path(data_dir) if data_dir else None)
 
     def model_path(self, member: str) -> Path:
         path = RunFolder(self.path).model_file(member)
@@ -125,8 +127,10 @@ class Run:
     def split(self) -> tuple[data.Examples, data.Examples]:
         """The run's training clips and the clips ``fit`` held out (``RunFolder.held_out_files``):
         the int8 calibration draws from the first, the self-check scores the second."""
-        if self.data_dir is None:
-            raise ExportError(f"{self.path}: its training data folder is not available; pass --data DIR")
+        if self.data_dir is None or not self.data_dir.is_dir():
+            recorded = f" ({self.data_dir}, as its {METRICS_FILE} says)" if self.data_dir else ""
+            raise ExportError(f"{self.path}: its training data folder{recorded} is not available here; "
+                              f"pass --data DIR")
         held_out = RunFolder(self.path).held_out_files()
         if held_out is None:
             raise ExportError(f"{self.path}: no record of the clips fit held out ({VALIDATION_PREDICTIONS} or "
@@ -527,19 +531,23 @@ def export(run: Run, member: str, quantize: str, out: Path) -> dict:
     return row
 
 
-def check_output_path(out: Path) -> None:
-    """Refuse an ``--out`` that is no ``.tflite`` or cannot be written, before any work."""
+def check_output_paths(out: Path, run_dir: Path, member: str) -> None:
+    """Refuse, before any work, an ``--out`` that is no ``.tflite``, or any output (``out`` and the
+    member's waveform ``.keras`` and SavedModel in ``run_dir``) that cannot be written."""
     if out.suffix != TFLITE_SUFFIX:
         raise ExportError(f"{out}: --out must name a {TFLITE_SUFFIX} file")
     artifacts.check_writable(out)
+    artifacts.check_writable(RunFolder(run_dir).waveform_model_file(member))
+    artifacts.check_writable(RunFolder(run_dir).savedmodel_dir(member), folder=True)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tfbreath.export", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m tfbreath.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="run folder written by python -m tfbreath.fit")
     parser.add_argument("--member", default=ENSEMBLE, choices=MEMBERS, help="which model (default: ensemble)")
     parser.add_argument("--quantize", default=NO_QUANTIZATION, choices=QUANTIZATIONS)
-    parser.add_argument("--out", type=Path, help="output .tflite (default: RUN_DIR/<member>[_<quantize>].tflite)")
+    parser.add_argument("--out", type=Path, help="output .tflite (default: RUN_DIR/<member>[_<quantize>].tflite); "
+                                                 "<member>_waveform.keras and <member>_savedmodel/ go into RUN_DIR")
     parser.add_argument("--data", type=Path, help="the run's data folder, if it moved (for the self-check)")
     add_verbose_argument(parser)
     return parser.parse_args(argv)
@@ -549,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     out = args.out or RunFolder(args.model).tflite_file(args.member, args.quantize)
     try:
-        check_output_path(out)
+        check_output_paths(out, args.model, args.member)
         row = export(Run.load(args.model, args.data), args.member, args.quantize, out)
     except TfbreathError as err:
         return print_error(err)

@@ -144,6 +144,19 @@ def test_a_folder_is_searched_and_the_csv_written_to_out(capsys, tmp_path, run_d
     assert {r["Target"] for r in rows} <= {"I", "E"}
 
 
+def test_files_of_one_name_in_two_folders_keep_apart(capsys, tmp_path, run_dir):
+    """Their rows are told apart by path, and each gets its own timeline."""
+    first = _write(tmp_path / "wavs" / "a" / "rec.wav", LONG_S, seed=1)
+    second = _write(tmp_path / "wavs" / "b" / "rec.wav", LONG_S, seed=2)
+    other = _write(tmp_path / "wavs" / "b" / "other.wav", LONG_S, seed=3)
+    plots = tmp_path / "plots"
+    code, out, err = _run(capsys, "--model", run_dir, tmp_path / "wavs", "--plot", plots)
+    assert code == predict.EXIT_OK, err
+    assert list(dict.fromkeys(r["ID"] for r in _rows(out))) == [first.as_posix(), other.name, second.as_posix()]
+    assert len(list(plots.glob("*.png"))) == 3 and (plots / "other.png").is_file()
+    assert f"wrote 3 timeline(s) to {plots}" in err
+
+
 def test_long_recording_is_windowed_and_plotted(capsys, tmp_path, run_dir, waveform):
     long_wav = _write(tmp_path / "wavs" / "long.wav", LONG_S, seed=1)
     _write(tmp_path / "wavs" / "short.wav", SHORT_S, 8000, seed=2)

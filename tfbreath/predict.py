@@ -68,6 +68,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -264,9 +265,12 @@ def _hop_samples(hop_s: float | None, classifier: Classifier) -> int:
 
 
 def _inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
-    """The CSV IDs (file names, or the competition's with ``--kaggle``) and WAV files, in order."""
+    """The CSV IDs (file names, the paths of files whose names clash, or the competition's IDs with
+    ``--kaggle``) and WAV files, in order."""
     if not args.kaggle:
-        return [(path.name, path) for path in data.collect_wav_files(args.inputs)]
+        paths = data.collect_wav_files(args.inputs)
+        names = Counter(path.name for path in paths)
+        return [(path.name if names[path.name] == 1 else path.as_posix(), path) for path in paths]
     if args.kaggle.name != KAGGLE_CSV:
         raise PredictError(f"{args.kaggle}: --kaggle takes the competition's {KAGGLE_CSV} (with test/ beside it)")
     ids, examples = data.read_kaggle_test(args.kaggle.parent)
@@ -399,6 +403,11 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_SKIPPED if skipped else EXIT_OK
 
 
+def _timeline_name(recording: Recording) -> str:
+    """``<ID's stem>.png``, a path ID's folders joined by ``__``: two files of one name get two timelines."""
+    return f"{Path(recording.id.replace('/', '__')).stem}.png"
+
+
 def _plot(folder: Path | None, recordings: Sequence[Recording], classifier: Classifier, threshold: float,
           hop: int) -> None:
     """Every timeline, drawn into a staging folder, then moved into ``folder``: all or none."""
@@ -411,16 +420,16 @@ def _plot(folder: Path | None, recordings: Sequence[Recording], classifier: Clas
     try:
         staging = Path(tempfile.mkdtemp(prefix=".timelines-", dir=artifacts.nearest_existing(folder)))
         try:
-            drawn = [plot_timeline(r, classifier, threshold, hop, staging / f"{r.path.stem}.png")
-                     for r in recordings]
+            drawn = [plot_timeline(r, classifier, threshold, hop, staging / _timeline_name(r)) for r in recordings]
             folder.mkdir(parents=True, exist_ok=True)
-            for png in dict.fromkeys(drawn):  # recordings of one stem share a file: the last drawn stays
+            drawn = list(dict.fromkeys(drawn))  # a file given twice is drawn once
+            for png in drawn:
                 os.replace(png, folder / png.name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except OSError as err:
         raise PredictError(f"{folder}: cannot write the timelines ({err.strerror}); no CSV written") from None
-    print(f"wrote {len(recordings)} timeline(s) to {folder}", file=sys.stderr)
+    print(f"wrote {len(drawn)} timeline(s) to {folder}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

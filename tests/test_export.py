@@ -163,6 +163,8 @@ def test_an_export_without_its_data_fails_first_and_writes_nothing(tiny_run, tmp
     err = capsys.readouterr().err.strip()
     assert err == (f"error: {moved}: its training data folder (../gone/breath, as its metrics.json says) is not "
                    f"available here; pass --data DIR")
+    assert export.main(["--model", str(moved), "--member", "vgg"]) == 2  # the member is looked up first
+    assert capsys.readouterr().err.strip().startswith(f"error: {moved / 'vgg.keras'}: model not found")
     assert export.main(["--model", str(moved), "--data", str(tmp_path / "typo")]) == 2  # never silently dropped
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'typo'}: data folder not found (--data)"
     assert sorted(p.name for p in moved.iterdir()) == ["cnn8.keras", "ensemble.keras", "metrics.json",

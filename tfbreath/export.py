@@ -507,12 +507,14 @@ def export(run: Run, member: str, quantize: str, out: Path) -> dict:
     """Convert one member and check it; only if it passes, write ``out`` (the ``.tflite``),
     ``<member>_waveform.keras`` and ``<member>_savedmodel/`` into the run. Returns the check's row.
 
-    The clips the check and the int8 calibration need are read first, so a run whose data is
-    gone fails before anything is built, and a failed check leaves every output as it was.
+    The member's file and the clips the check and the int8 calibration need are looked up first,
+    so a run without them fails before anything is built, and a failed check leaves every output
+    as it was.
     """
+    model_file = run.model_path(member)  # a member the run lacks is said before any clip is read
     train_examples, val_examples = run.split()
     waveforms = load_waveforms(val_examples.files, run.pipeline)
-    trained = load_trained_model(run.model_path(member))
+    trained = load_trained_model(model_file)
     model = waveform_model(trained, run.pipeline)
     with tempfile.TemporaryDirectory() as tmp:
         saved_model = save_serving(model, Path(tmp) / "savedmodel")

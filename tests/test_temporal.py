@@ -37,8 +37,16 @@ def test_default_sizes_follow_the_module_docstring():
 
 
 def test_channels_pick_the_maps_it_reads():
+    """With ``channels=[1]`` the logit moves with map 1 and never with map 0."""
     model = build_model("temporal", TINY_SHAPE, 0, width=TINY_WIDTH, channels=[1])
     assert model.get_layer("frames").output.shape == (None, TINY_SHAPE[1], TINY_SHAPE[0])
+    x = np.random.default_rng(0).standard_normal((2, *TINY_SHAPE)).astype("float32")
+    other_map, read_map = x.copy(), x.copy()
+    other_map[..., 0] += 3.0
+    read_map[..., 1] += 3.0
+    logit = model({"spectral": x}).numpy()
+    np.testing.assert_array_equal(model({"spectral": other_map}).numpy(), logit)
+    assert np.abs(model({"spectral": read_map}).numpy() - logit).max() > 1e-4
 
 
 def test_learns_whether_the_level_rises_or_falls():

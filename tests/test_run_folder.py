@@ -19,6 +19,9 @@ def test_layout_names_every_file_from_the_folder(tmp_path):
     assert run.oof_predictions.name == "oof_predictions.csv"
     assert run.validation_predictions.name == "validation_predictions.csv"
     assert RunFolder(str(tmp_path)).path == tmp_path  # a string is taken as a path
+    for name in ("cnn8.keras", "ensemble.keras", run.waveform_model_file("ensemble").name):
+        (tmp_path / name).write_text("")
+    assert run.model_names() == ["cnn8", "ensemble"]  # trained models only, not the exported waveform one
 
 
 def test_a_claimed_folder_takes_only_its_own_pipeline(tmp_path):

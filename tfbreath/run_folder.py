@@ -61,6 +61,8 @@ METRICS_FILE = "metrics.json"
 VALIDATION_PREDICTIONS = "validation_predictions.csv"
 OOF_PREDICTIONS = "oof_predictions.csv"
 MODEL_SUFFIX = ".keras"
+WAVEFORM_SUFFIX = "_waveform"
+"""Ends the stem of a model exported waveform in (``<model>_waveform.keras``), not one trained."""
 TFLITE_SUFFIX = ".tflite"
 NO_QUANTIZATION = "none"
 HISTORY_PREFIX = "history_"
@@ -123,7 +125,7 @@ class RunFolder:
         return self.path / f"{name}{suffix}{TFLITE_SUFFIX}"
 
     def waveform_model_file(self, name: str) -> Path:
-        return self.path / f"{name}_waveform{MODEL_SUFFIX}"
+        return self.path / f"{name}{WAVEFORM_SUFFIX}{MODEL_SUFFIX}"
 
     def savedmodel_dir(self, name: str) -> Path:
         return self.path / f"{name}_savedmodel"
@@ -141,8 +143,8 @@ class RunFolder:
         return RunFolder(self.path / f"{FOLD_DIR_PREFIX}{k}")
 
     def model_names(self) -> list[str]:
-        """Stems of the ``.keras`` files here, sorted."""
-        return sorted(p.stem for p in self.path.glob(f"*{MODEL_SUFFIX}"))
+        """Stems of the trained models' ``.keras`` files here (not the exported waveform ones), sorted."""
+        return sorted(p.stem for p in self.path.glob(f"*{MODEL_SUFFIX}") if not p.stem.endswith(WAVEFORM_SUFFIX))
 
     def refuse_other_run(self, config: Any, parse: Callable[[Path], Any]) -> None:
         """Raise ``ConfigError`` if the folder is claimed by a pipeline other than ``config``

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import keras
@@ -155,6 +156,16 @@ def test_files_of_one_name_in_two_folders_keep_apart(capsys, tmp_path, run_dir):
     assert list(dict.fromkeys(r["ID"] for r in _rows(out))) == [first.as_posix(), other.name, second.as_posix()]
     assert len(list(plots.glob("*.png"))) == 3 and (plots / "other.png").is_file()
     assert f"wrote 3 timeline(s) to {plots}" in err
+
+
+def test_a_one_sample_file_beside_a_long_one_is_plotted_without_a_warning(capsys, tmp_path, run_dir):
+    _write(tmp_path / "wavs" / "long.wav", LONG_S, seed=1)
+    sf.write(tmp_path / "wavs" / "tick.wav", np.full(1, 0.1, np.float32), RATE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warned of an empty x range (0 to 0 s) for the tick
+        code, _, err = _run(capsys, "--model", run_dir, tmp_path / "wavs", "--plot", tmp_path / "plots")
+    assert code == predict.EXIT_OK, err
+    assert (tmp_path / "plots" / "tick.png").is_file()
 
 
 def test_long_recording_is_windowed_and_plotted(capsys, tmp_path, run_dir, waveform):

@@ -199,7 +199,7 @@ def plot_timeline(recording: Recording, classifier: Classifier, threshold: float
     prob_ax.plot(time, probability, color="black", linewidth=1, label="mean over windows")
     prob_ax.plot(centres, recording.probabilities, "o", color="grey", markersize=3, label="window (at its centre)")
     prob_ax.axhline(threshold, color="red", linestyle="--", linewidth=0.8, label=f"threshold {threshold:g}")
-    prob_ax.set(xlabel="time (s)", ylabel="P(exhale)", ylim=(0, 1), xlim=(0, time[-1]))
+    prob_ax.set(xlabel="time (s)", ylabel="P(exhale)", ylim=(0, 1), xlim=(0, len(recording.audio) / rate))
     prob_ax.legend(**LEGEND_OUTSIDE)
     return artifacts.save_figure(figure, path)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -256,6 +257,16 @@ def test_bad_inputs_status_and_zero_audio(tmp_path, write_wav):
         assert wav.shape == (0,), name
 
 
+def test_a_file_with_no_sample_left_after_resampling_is_too_short(tmp_path, write_wav):
+    """One frame at 48 kHz is round(1 / 3) = 0 samples at 16 kHz: not an empty clip that counts as OK."""
+    path = write_wav("tick.wav", np.full(1, 0.5), 48000)
+    wav, status = audio.decode_wav(path.read_bytes(), TARGET, 500)
+    assert int(status) == audio.TOO_SHORT and wav.shape == (500,) and not wav.numpy().any()
+    assert int(audio.decode_wav(path.read_bytes(), None)[1]) == audio.OK  # at its own rate it has its sample
+    with pytest.raises(audio.AudioError, match=f"^{re.escape(str(path))}: too short for the target rate"):
+        audio.load_audio(path, TARGET, None)
+
+
 def test_load_audio_raises_one_line_naming_file(tmp_path, write_wav):
     for name, (contents, _, word) in _bad_files(tmp_path, write_wav).items():
         path = tmp_path / name
@@ -341,7 +352,7 @@ def test_load_audio_ok(write_wav):
 
 def test_status_messages_cover_every_code():
     codes = [audio.OK, audio.EMPTY, audio.NOT_WAV, audio.TRUNCATED, audio.UNSUPPORTED, audio.BAD_RATE,
-             audio.NO_SAMPLES, audio.NON_FINITE, audio.SILENT, audio.BAD_LAYOUT, audio.UNREADABLE]
+             audio.NO_SAMPLES, audio.NON_FINITE, audio.SILENT, audio.BAD_LAYOUT, audio.UNREADABLE, audio.TOO_SHORT]
     assert len(set(codes)) == len(codes)
     messages = [audio.status_message(c) for c in codes]
     assert len(set(messages)) == len(messages)

@@ -50,6 +50,7 @@ NON_FINITE = 7
 SILENT = 8
 BAD_LAYOUT = 9
 UNREADABLE = 10
+TOO_SHORT = 11
 
 SUPPORTED_ENCODINGS = ("8-bit unsigned or 16/24/32-bit integer PCM, or 32/64-bit float "
                        "(format tag 1, 3 or EXTENSIBLE)")
@@ -66,6 +67,7 @@ _STATUS_MESSAGES = {
     SILENT: "silent (peak below -90 dBFS)",
     BAD_LAYOUT: "inconsistent fmt chunk (needs >= 1 channel and block_align = channels x bytes per sample)",
     UNREADABLE: "cannot be read (permission denied or not a regular file)",
+    TOO_SHORT: "too short for the target rate (no sample left after resampling)",
 }
 
 
@@ -413,6 +415,8 @@ def decode_wav(contents: tf.Tensor, target_rate: int | None,
             audio = tf.cond(needs_resample,
                             lambda: _resample(audio, header.sample_rate, int(target_rate)),
                             lambda: audio)  # [round(n * target / native)]
+            status = tf.where(tf.logical_and(ok, tf.equal(tf.size(audio), 0)), tf.constant(TOO_SHORT), status)
+            ok = tf.equal(status, OK)  # a frame or two at 48 kHz can round to no sample at 16 kHz
 
         audio = tf.cond(ok, lambda: audio, lambda: tf.zeros([0], tf.float32))  # [n], or [0] if bad
         if num_samples is not None:

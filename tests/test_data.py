@@ -249,6 +249,11 @@ def test_duplicate_ids_are_refused_with_their_rows(tmp_path, write_wav):
     with pytest.raises(data.DataError, match=r"rows 2 and 3: 'steth_20180101_10_00_00_E_000' names the same WAV "
                                              r"as 'steth_20180101_10_00_00_I_000'"):
         data.read_kaggle_train(root2)
+    (root2 / "train.csv").write_text("ID,Target\nsteth_20180101_10_00_00_I_000,I\n"  # another spelling of one path
+                                     "../train/steth_20180101_10_00_00_E_000,E\n")
+    with pytest.raises(data.DataError, match=r"rows 2 and 3: '\.\./train/steth_20180101_10_00_00_E_000' names "
+                                             r"the same WAV as 'steth_20180101_10_00_00_I_000'"):
+        data.read_kaggle_train(root2)
     (root / "test").mkdir()
     write_wav("test/a.wav", breath_like(0))
     (root / "test.csv").write_text("ID\na.wav\nb.wav\na.wav\n")
@@ -279,3 +284,9 @@ def test_csv_with_a_bom_reads_and_bad_csv_text_is_one_line(tmp_path, write_wav):
     csv_path.mkdir()
     with pytest.raises(data.DataError, match=r"train\.csv: is a folder, not a CSV file$"):
         data.read_kaggle_train(root)
+
+
+def test_extract_refuses_labels_that_do_not_pair_with_the_files(tmp_path, write_wav):
+    files = [write_wav(f"{i}.wav", breath_like(i)) for i in range(2)]
+    with pytest.raises(ValueError, match="one label per file: 2 files, 1 labels"):
+        data.extract(files, [1.0], PIPELINE, progress=False)

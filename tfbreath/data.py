@@ -148,11 +148,12 @@ def _wavs_of_rows(csv_path: Path, rows: list[tuple[int, dict[str, str]]], wav_of
         wav = wav_of(row[ID])
         if not wav.exists():
             raise DataError(f"{csv_path} row {line}: WAV for {row[ID]!r} not found at {wav}")
-        if wav in first_row_of:
-            first_line, first_id = first_row_of[wav]
+        same = wav.resolve()  # an ID may reach the file by another spelling of its path (../train/...)
+        if same in first_row_of:
+            first_line, first_id = first_row_of[same]
             raise DataError(f"{csv_path} rows {first_line} and {line}: {row[ID]!r} names the same WAV as "
                             f"{first_id!r} ({wav})")
-        first_row_of[wav] = (line, row[ID])
+        first_row_of[same] = (line, row[ID])
         wavs.append(wav)
     return wavs
 
@@ -370,6 +371,8 @@ def extract(examples: Examples | Sequence[Path], labels: np.ndarray | None, pipe
     """
     if not isinstance(examples, Examples):
         files = tuple(Path(f) for f in examples)
+        if labels is not None and len(labels) != len(files):
+            raise ValueError(f"one label per file: {len(files)} files, {len(labels)} labels")
         examples = unlabelled(files) if labels is None else Examples(
             files, np.asarray(labels, np.float32), tuple(session_of(f.name) for f in files))
     cached = _cache(feature_dataset(examples, pipeline), cache or pipeline.data.cache)

@@ -14,7 +14,7 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-from tfbreath import hypermodel, tune
+from tfbreath import hypermodel, run_folder, tune
 from tfbreath.config import (ConfigError, MAP_NAMES, PipelineConfig, TuneConfig, config_from_dict, dump_config,
                              load_config, parse_config)
 from tfbreath.hypermodel import BreathHyperModel
@@ -241,6 +241,23 @@ def test_cli_errors_are_one_line(tiny_search, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(tune.TUNER_ID_ENV, "tuner0")
     assert tune.main(common) == 2
     assert "$KERASTUNER_ORACLE_PORT not" in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_file_or_another_search_is_refused_before_anything_is_written(tiny_search, tmp_path,
+                                                                                         capsys, monkeypatch):
+    _, pipeline = tiny_search
+    monkeypatch.delenv(run_folder.DATA_ENV, raising=False)  # no data: the demo's synthetic clips
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert tune.main(["--pipeline", str(pipeline), "--out", str(a_file)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {a_file}: is a file, not a folder"
+    out = tmp_path / "search"
+    SearchFolder(out).claim(tune.resolve(tune._parse_args(["--pipeline", str(pipeline), "--out", str(out)]))[0],
+                            tune._uncapped)  # that wrote the demo's clips of seed 42 into the search
+    clips = {p: p.read_bytes() for p in sorted((out / run_folder.SYNTHETIC_DATA_DIR).rglob("*")) if p.is_file()}
+    assert tune.main(["--pipeline", str(pipeline), "--out", str(out), "--seed", "7"]) == 2
+    assert "holds a search of a different pipeline" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in clips} == clips  # the refused run wrote none of its own
 
 
 # ----------------------------------------------------------------------------- chief + workers

@@ -257,16 +257,22 @@ class SearchFolder:
     def objective_plot(self) -> Path:
         return self.path / OBJECTIVE_PLOT
 
-    def claim(self, pipeline: PipelineConfig, comparable: Callable[[PipelineConfig], PipelineConfig]) -> None:
-        """Write the search's pipeline, after checking that a search already here used the same
-        one up to what ``comparable`` neutralises (settings a resumed search may change)."""
+    def refuse_other_search(self, pipeline: PipelineConfig,
+                            comparable: Callable[[PipelineConfig], PipelineConfig]) -> None:
+        """Raise ``ConfigError`` if a search already here used another pipeline, up to what
+        ``comparable`` neutralises (settings a resumed search may change)."""
         _refuse_other(self.path, self.pipeline_file, comparable(pipeline), lambda path: comparable(load_config(path)),
                       "search", "only --max-trials may change when resuming; ")
+
+    def claim(self, pipeline: PipelineConfig, comparable: Callable[[PipelineConfig], PipelineConfig]) -> None:
+        """Write the search's pipeline, after ``refuse_other_search``."""
+        self.refuse_other_search(pipeline, comparable)
         artifacts.write_text(self.pipeline_file, dump_config(pipeline))
 
 
 def resolve(pipeline_file: Path | None, data_dir: Path | None, out: Path | None,
-            overrides: dict[str, dict[str, Any]], strategy: tf.distribute.Strategy | None = None
+            overrides: dict[str, dict[str, Any]], strategy: tf.distribute.Strategy | None = None,
+            refuse_other: Callable[[PipelineConfig, Path], None] | None = None
             ) -> tuple[PipelineConfig, Path, Path]:
     """The pipeline (``pipeline_file``, else the default) with ``overrides`` (``{section: {key:
     value}}``, ``None`` values ignored) applied, the data folder and this process's run folder
@@ -276,7 +282,9 @@ def resolve(pipeline_file: Path | None, data_dir: Path | None, out: Path | None,
     Without ``data_dir`` the one ``$TFBREATH_DATA`` names is used; without that the demo recipe
     (``SYNTHETIC_RECIPE``, under the overrides) trains on synthetic inhale/exhale-like audio,
     written into the run folder and said clearly. Raises ``DataError`` for a data folder that
-    does not exist.
+    does not exist, ``OutputPathError`` for a run folder that cannot be written, and
+    ``refuse_other(pipeline, run_dir)``'s error (default: ``RunFolder.refuse_other_run``) for a
+    folder that holds another run, before any synthetic audio is written into it.
     """
     pipeline = load_config(pipeline_file) if pipeline_file else PipelineConfig()
     data_dir = data_dir or (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
@@ -287,8 +295,10 @@ def resolve(pipeline_file: Path | None, data_dir: Path | None, out: Path | None,
     for section, values in overrides.items():
         pipeline = with_overrides(pipeline, section, **values)
     run_dir = distribute.worker_run_dir(out or RUNS_DIR / pipeline.name, strategy or tf.distribute.get_strategy())
+    artifacts.check_writable(run_dir, folder=True)
     if data_dir is None:
-        RunFolder(run_dir).refuse_other_run(pipeline, load_config)  # before its data is written over
+        refuse = refuse_other or (lambda chosen, folder: RunFolder(folder).refuse_other_run(chosen, load_config))
+        refuse(pipeline, run_dir)  # before its data is written over
         demo = ", ".join(f"{key} = {value}" for values in SYNTHETIC_RECIPE.values() for key, value in values.items())
         print(f"No data folder given (--data) or set (${DATA_ENV}): training a small, fast demo on "
               f"synthetic inhale/exhale-like audio written to {run_dir / SYNTHETIC_DATA_DIR}, with the demo's "

@@ -116,7 +116,8 @@ def resolve(args: argparse.Namespace,
     return run_folder.resolve(args.pipeline, args.data, args.out or run_folder.RUNS_DIR / f"{named.name}{TUNE_SUFFIX}",
                               {"train": {"precision": args.precision}, "data": {"seed": args.seed},
                                "tune": {"model": args.model, "tuner": args.tuner, "max_trials": args.max_trials,
-                                        "max_epochs": args.max_epochs}}, strategy)
+                                        "max_epochs": args.max_epochs}}, strategy,
+                              lambda pipeline, out: SearchFolder(out).refuse_other_search(pipeline, _uncapped))
 
 
 def _uncapped(pipeline: PipelineConfig) -> PipelineConfig:

@@ -238,12 +238,14 @@ def test_cli_on_a_mixed_precision_keras_from_fit(capsys, tmp_path):
     assert (tmp_path / "out" / "clip.png").stat().st_size > 0
 
 
-def test_waveform_keras_is_explained_through_its_feature_model(tmp_path):
+def test_waveform_keras_is_explained_through_its_feature_model(tmp_path, capsys):
     member, _ = _fit_like(tmp_path)
     path = tmp_path / "cnn8_waveform.keras"
     artifacts.save_model(serving.waveform_model(member, SMALL), path)
-    explained = explain.load_explained(path)
+    explained = explain.load_explained(path, pipeline_arg=tmp_path / "other.toml")
     assert set(explained.model.input) == {SPECTRAL, SCALARS} and explained.pipeline == SMALL
+    assert f"note: {path} carries its own pipeline; --pipeline {tmp_path / 'other.toml'} is not used" in \
+        capsys.readouterr().err  # said, not silently dropped
     features = serving.feature_model(SMALL).predict_on_batch(breath_like(1)[np.newaxis])
     np.testing.assert_allclose(explain.logit_target(explained.model)(features).numpy(),
                                member(features).numpy().reshape(-1), atol=1e-5)

@@ -248,6 +248,8 @@ def _keras_model(path: Path, pipeline_arg: Path | None, description: str) -> Exp
     model = classifier.load_keras_model(path)
     extractor = classifier.feature_extractor(model)
     pipeline = extractor.pipeline if extractor is not None else classifier.feature_pipeline(path, pipeline_arg)
+    if extractor is not None and pipeline_arg is not None:
+        print(f"note: {path} carries its own pipeline; --pipeline {pipeline_arg} is not used", file=sys.stderr)
     core = feature_input_core(model)
     if not isinstance(core.input, dict) or SPECTRAL not in core.input:
         raise ExplainError(f"{path}: explain needs a Keras model taking {{{SPECTRAL!r}, {SCALARS!r}}} "

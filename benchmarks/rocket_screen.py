@@ -31,9 +31,7 @@ What it does
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -134,17 +132,15 @@ def labelled_maps(data_dir: Path, pipeline_path: Path, cache_dir: Path) -> dict[
 
     pipeline = load_config(pipeline_path)
     examples = data.read_kaggle_train(data_dir)
-    key = hashlib.sha256(json.dumps([str(data_dir.resolve()), [str(f) for f in examples.files],
-                                     repr(pipeline.audio), repr(pipeline.features)]).encode()).hexdigest()[:16]
-    path = cache_dir / f"rocket_screen_{key}.npz"
+    path = cache_dir / f"rocket_screen_{ccv.cache_key(data_dir, examples.files, pipeline)}.npz"
     if not path.is_file():
-        arrays = data.extract(examples, None, pipeline, cache="memory", progress=False).to_numpy()
-        sessions = {Path(f).name: g for f, g in zip(examples.files, examples.groups)}
-        files = np.array([Path(f).name for f in arrays["files"]])
+        feature_set = data.extract(examples, None, pipeline, cache="memory", progress=False)
+        arrays = feature_set.to_numpy()
         rows = maps.map_rows(pipeline.features)
         cache_dir.mkdir(parents=True, exist_ok=True)
         np.savez(path, spectral=arrays["spectral"].astype(np.float32), labels=arrays["labels"].astype(np.int64),
-                 files=files, groups=np.array([sessions[f] for f in files]), names=np.array(list(rows)),
+                 files=np.array([Path(f).name for f in arrays["files"]]),
+                 groups=np.array(feature_set.kept_examples.groups), names=np.array(list(rows)),
                  rows=np.array(list(rows.values())))
     with np.load(path) as stored:
         return dict(stored.items())

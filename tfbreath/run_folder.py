@@ -179,8 +179,8 @@ class RunFolder:
             stored = list(csv.reader(handle))
         if stored == rows:
             return
-        gone, new = {tuple(r) for r in stored[1:]} - {tuple(r) for r in rows[1:]}, \
-            {tuple(r) for r in rows[1:]} - {tuple(r) for r in stored[1:]}
+        before, now = {tuple(r) for r in stored[1:]}, {tuple(r) for r in rows[1:]}
+        gone, new = before - now, now - before
         example = min(gone or new, default=None)
         what = (f"{len(gone)} of its clips are not among these and {len(new)} of these are new, e.g. "
                 f"{','.join(example)} ({'gone' if gone else 'new'})" if example else "the same clips in another order")

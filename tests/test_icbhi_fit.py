@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -20,7 +21,7 @@ from tfbreath.icbhi.resnet import build_respirenet
 from tfbreath.icbhi.spectrogram import cycle_spectrogram, spectrogram_shape
 from tfbreath.icbhi.synthetic import synthetic_cycle, write_recording, write_synthetic_icbhi
 from tfbreath.precision import PRECISION_ENV, global_policy, policy_of
-from tfbreath.run_folder import PIPELINE_FILE
+from tfbreath.run_folder import CLIPS_FILE, CLIPS_HEADER, PIPELINE_FILE
 
 QUICK = REPO / "pipelines" / "icbhi_quick.toml"
 RESPIRENET = REPO / "pipelines" / "icbhi_respirenet.toml"
@@ -206,6 +207,39 @@ def test_a_run_failing_before_training_does_not_block_its_corrected_rerun(tmp_pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(IcbhiError, match="no usable ICBHI recordings"):
         trainer.run(_tiny(IcbhiConfig(name="tiny")), tmp_path / "empty", out)
+
+
+def test_a_run_folder_is_claimed_with_its_cycles_on_their_sides(tmp_path, monkeypatch):
+    """A rerun on other recordings, or with a split that moves a cycle to another side, would
+    resume a stage 1 trained on cycles it is then scored on: refused; the same data copied resumes."""
+    class Claimed(Exception):
+        pass
+
+    def stop_after_the_claim(*args, **kwargs):
+        raise Claimed
+
+    monkeypatch.setattr(trainer, "train_stage1", stop_after_the_claim)
+    data = write_synthetic_icbhi(tmp_path / "data", n_patients=4, recordings_per_patient=1, cycles_per_recording=3)
+    config, out = _tiny(IcbhiConfig(name="tiny")), tmp_path / "run"
+    with pytest.raises(Claimed):
+        trainer.run(config, data, out)
+    rows = (out / CLIPS_FILE).read_text().splitlines()
+    assert rows[0] == ",".join(CLIPS_HEADER) and len(rows) == 1 + 4 * 3
+    assert {row.split("/")[0] for row in rows[1:]} == {"train", "test"}
+    assert rows[1].split(",")[0].endswith("#1") and rows[2].split(",")[0].endswith("#2")
+    copy = shutil.copytree(data, tmp_path / "copy")
+    with pytest.raises(Claimed):  # the same cycles under another path resume
+        trainer.run(config, copy, out)
+    split_list = copy / OFFICIAL_SPLIT_FILE
+    swapped = {"train": "test", "test": "train"}
+    split_list.write_text("".join(f"{stem}\t{swapped[side]}\n" for stem, side in
+                                  (line.split() for line in split_list.read_text().splitlines())))
+    with pytest.raises(ConfigError, match="holds models trained on other clips"):
+        trainer.run(config, copy, out)
+    for wav in sorted(data.glob("104_*")):
+        wav.unlink()
+    with pytest.raises(ConfigError, match="3 of its clips are not among these"):
+        trainer.run(config, data, out)
 
 
 def test_a_resumed_run_is_matched_by_its_parsed_pipeline(tmp_path):

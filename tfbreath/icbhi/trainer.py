@@ -16,7 +16,7 @@ cycle routed to its device's copy. With ``[train] select = "best"``, ``validatio
 the training patients are held out of both stages (``hold_out_validation``) and stage 1 keeps
 its epoch with the best ICBHI score on them; the test split is still only scored at the end.
 The run folder (default ``saved_models/<pipeline name>``) receives the resolved
-``pipeline.toml``, ``stage1.keras`` (and ``stage1_selection.json``), ``device_<DEVICE>.keras``,
+``pipeline.toml`` and ``clips.csv`` (its claim: ``_clips``), ``stage1.keras`` (and ``stage1_selection.json``), ``device_<DEVICE>.keras``,
 ``metrics.json`` (ICBHI score, Se, Sp, per class and per device, confusion matrices, the split
 scheme used, each side's patients, the precision and, with ``select = "best"``, the epoch kept),
 ``confusion_matrix.png``, ``test_predictions.csv`` and ``history_<stage>.csv``. Running the
@@ -25,6 +25,7 @@ same command again resumes an interrupted run.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from pathlib import Path
@@ -111,6 +112,21 @@ def _patients(cycles: CycleSet) -> np.ndarray:
     return np.array([parse_recording_name(stem)[0] for stem in cycles.recordings.tolist()])
 
 
+def _clips(sides: dict[str, CycleSet]) -> list[tuple[str, str, float]]:
+    """``(<side>/<recording>#<n>, patient, label)`` of each annotated cycle of each side (n counts a
+    recording's cycles on that side from 1), as ``RunFolder.claim`` records them: a rerun on other
+    recordings, or whose split puts a cycle on another side, is refused."""
+    rows = []
+    for side, cycles in sides.items():
+        _, first = np.unique(cycles.cycle_ids, return_index=True)  # a long cycle's windows share its id
+        seen = collections.Counter()
+        for i in np.sort(first).tolist():
+            stem = str(cycles.recordings[i])
+            seen[stem] += 1
+            rows.append((f"{side}/{stem}#{seen[stem]}", parse_recording_name(stem)[0], float(cycles.labels[i])))
+    return rows
+
+
 def _split_summary(sides: dict[str, CycleSet]) -> dict[str, Any]:
     def counts(cycles: CycleSet) -> dict[str, Any]:
         devices, per_device = np.unique(cycles.devices, return_counts=True)
@@ -183,7 +199,7 @@ def _train_and_score(config: IcbhiConfig, data_dir: Path, run_dir: Path, precisi
         print(f"image channels over {len(train_set)} training cycles: mean {mean}, std {std}")
     model = build_respirenet(spectrogram_shape(config), train.classes, config.model, statistics)
     print(f"RespireNet: {model.count_params():,} parameters, input {spectrogram_shape(config)}")
-    RunFolder(run_dir).claim(dump_icbhi_config(config))  # data read, model built: nothing blocks a rerun
+    RunFolder(run_dir).claim(dump_icbhi_config(config), _clips(sides))  # data read, model built: nothing blocks a rerun
     seconds = {}
     stage_started = time.monotonic()
     stage1 = train_stage1(model, train_set, config, run_dir, seed, validation=sides.get("validation", test_set))

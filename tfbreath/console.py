@@ -8,6 +8,11 @@ reads ``TF_CPP_MIN_LOG_LEVEL`` once, when TensorFlow loads, so the choice is mad
 them. A library user importing ``tfbreath`` keeps TensorFlow's settings, and an explicit
 ``TF_CPP_MIN_LOG_LEVEL`` always wins. The tools' own messages and errors are unaffected.
 
+Some native lines do not read that level: TFLite's interpreter writes ``INFO: Created TensorFlow
+Lite XNNPACK delegate for CPU.`` and its converter absl's ``W0000 ...`` notes straight to the
+process's stderr. ``native_notes_hidden`` drops those the level hides, around the calls that print
+them, and passes every other line on.
+
 A tool's argument errors are one line too (``OneLineParser``): ``error: <problem> (see --help)``,
 exit code 2, as every other error a tool reports (``tfbreath.errors``).
 """
@@ -15,11 +20,14 @@ exit code 2, as every other error a tool reports (``tfbreath.errors``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
-from typing import NoReturn
+from typing import Iterator, NoReturn
 
 from tfbreath.errors import EXIT_USAGE
 
@@ -30,6 +38,11 @@ QUIET_TF_LOG_LEVEL = "3"
 factory lines of a CPU machine); a failing op still raises in Python."""
 QUIET_LOGGERS = ("tensorflow", "absl", "h5py")
 """Python loggers held at ERROR in a quiet run."""
+NATIVE_NOTES = {1: re.compile(r"INFO: |I\d{4} "),
+                2: re.compile(r"WARNING: All log messages before absl::InitializeLog|W\d{4} ")}
+"""Native stderr lines that ignore ``TF_CPP_MIN_LOG_LEVEL``, by the least level that hides them
+(TensorFlow's: 1 hides info, 2 warnings): TFLite's ``INFO:`` lines and absl's ``I``/``W`` lines
+(severity letter, then month and day)."""
 SCRIPT_PREFIX = "tfbreath-"
 MODULE_RUN = "-m"
 """``sys.argv[0]`` while ``python -m`` imports the package of the module it runs."""
@@ -53,6 +66,34 @@ def quiet_unless_verbose(argv: list[str] | None = None) -> bool:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     return True
+
+
+@contextlib.contextmanager
+def native_notes_hidden() -> Iterator[None]:
+    """Inside the block, stderr lines of native code that ``TF_CPP_MIN_LOG_LEVEL`` would hide
+    (``NATIVE_NOTES``) are dropped; every other line is written out when the block ends.
+
+    Works on file descriptor 2, where TFLite and absl write; with the level unset (0) it does nothing.
+    """
+    level = os.environ.get(TF_LOG_LEVEL_ENV, "0")
+    hidden = [pattern for least, pattern in NATIVE_NOTES.items() if level.isdigit() and int(level) >= least]
+    if not hidden:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not any(p.match(line) for p in hidden)))
+            sys.stderr.flush()
 
 
 def add_verbose_argument(parser: argparse.ArgumentParser) -> None:

@@ -47,7 +47,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 from tfbreath import artifacts, data
 from tfbreath.config import (CLOSED_FORM_MODELS, ENSEMBLE, MODEL_NAMES, TEMPORAL_MODEL, PipelineConfig,
                              load_config)
-from tfbreath.console import OneLineParser, add_verbose_argument
+from tfbreath.console import OneLineParser, add_verbose_argument, native_notes_hidden
 from tfbreath.errors import TfbreathError, print_error
 from tfbreath.evaluation import THRESHOLD
 from tfbreath.features import tflite_compatible_copy
@@ -172,7 +172,8 @@ def convert(saved_model: Path, quantize: str) -> bytes:
     """SavedModel -> TFLite flatbuffer of builtin ops, float32 or with float16 classifier weights."""
     if quantize not in FLOAT_QUANTIZATIONS:
         raise ExportError(f"quantize must be one of {FLOAT_QUANTIZATIONS} here (int8: int8_parts), got {quantize!r}")
-    flatbuffer = _converter(saved_model).convert()
+    with native_notes_hidden():
+        flatbuffer = _converter(saved_model).convert()
     return classifier_weights_to_float16(flatbuffer) if quantize == "float16" else flatbuffer
 
 
@@ -190,6 +191,11 @@ def quantize_head(head: Path, calibration: dict[str, np.ndarray], trial: dict[st
     follow their extremes); clipping the ranges to a percentile lost more (the tails carry the
     signal). If no prefix passes, the most float one is returned and the self-check decides.
     """
+    with native_notes_hidden():
+        return _quantize_head(head, calibration, trial)
+
+
+def _quantize_head(head: Path, calibration: dict[str, np.ndarray], trial: dict[str, np.ndarray]) -> bytes:
     converter = _converter(head)
     plain = converter.convert()
     always_float = float_input_stage(plain) + float_member_ops(plain)
@@ -220,7 +226,8 @@ def float_prefixes(flatbuffer: bytes) -> list[list[str]]:
 
 def _head_probabilities(flatbuffer: bytes, features: dict[str, np.ndarray]) -> np.ndarray:
     """A classifier flatbuffer's P(exhale) ``[N]`` for named features ``{name: [N, ...]}``, clip by clip."""
-    runner = tf.lite.Interpreter(model_content=flatbuffer).get_signature_runner()
+    with native_notes_hidden():
+        runner = tf.lite.Interpreter(model_content=flatbuffer).get_signature_runner()
     clips = len(next(iter(features.values())))
     return np.concatenate([np.reshape(runner(**{name: x[i:i + 1] for name, x in features.items()})[PROBABILITY], -1)
                            for i in range(clips)])

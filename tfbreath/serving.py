@@ -17,6 +17,7 @@ import tensorflow as tf
 from tfbreath import train
 from tfbreath.audio import load_audio
 from tfbreath.config import ConfigError, PipelineConfig
+from tfbreath.console import native_notes_hidden
 from tfbreath.ensemble import WeightedSigmoidAverage
 from tfbreath.features import FeatureExtractor
 from tfbreath.precision import FLOAT32, float32_copy, global_policy
@@ -130,7 +131,8 @@ class TFLiteClassifier:
     def _invoke(self, waveforms: np.ndarray) -> np.ndarray:
         if self._batch != len(waveforms):
             self.interpreter.resize_tensor_input(self.input["index"], waveforms.shape)
-            self.interpreter.allocate_tensors()
+            with native_notes_hidden():  # the XNNPACK delegate's INFO line
+                self.interpreter.allocate_tensors()
             self._batch = len(waveforms)
         self.interpreter.set_tensor(self.input["index"], waveforms)
         self.interpreter.invoke()

@@ -53,7 +53,7 @@ def test_partial_toml_keeps_the_other_defaults():
 
 @pytest.mark.parametrize("section, values, message", [
     ("spectrogram", {"n_mels": 0}, "n_mels must be an integer >= 1, got 0"),
-    ("audio", {"band_high_hz": 2500.0}, "band_high_hz must be in (band_low_hz = 50.0, Nyquist = 2000.0], got 2500.0"),
+    ("audio", {"band_high_hz": 2500.0}, "band_high_hz must be a number in (band_low_hz = 50.0, Nyquist = 2000.0], got 2500.0"),
     ("audio", {"band_low_hz": 0.0}, "band_low_hz must be > 0, got 0.0"),
     ("split", {"scheme": "70_30"}, "scheme must be one of ['official', 'folds', '60_40', '80_20'], got '70_30'"),
     ("split", {"scheme": "60_40", "folds_file": "folds.txt"},
@@ -63,7 +63,7 @@ def test_partial_toml_keeps_the_other_defaults():
     ("padding", {"long_cycles": "vote"}, "long_cycles must be one of ['cut', 'windows'], got 'vote'"),
     ("spectrogram", {"input": "rgb"}, "input must be one of ['grey', 'image'], got 'rgb'"),
     ("spectrogram", {"image_scale": 0}, "image_scale must be"),
-    ("augment", {"vtlp_alpha_min": 1.2}, "vtlp_alpha_max must be >= vtlp_alpha_min (1.2), got 1.1"),
+    ("augment", {"vtlp_alpha_min": 1.2}, "vtlp_alpha_max must be a number >= vtlp_alpha_min (1.2), got 1.1"),
     ("model", {"initial_weights": "a.keras", "imagenet_weights": "b.pth"},
      "give initial_weights or imagenet_weights, not both; got 'a.keras' and 'b.pth'"),
     ("train", {"class_weights": [0.1, 0.3]}, "class_weights must have one entry per class (4), got [0.1, 0.3]"),
@@ -73,10 +73,33 @@ def test_partial_toml_keeps_the_other_defaults():
     ("train", {"weight_decay": -1e-4}, "weight_decay must be a number >= 0, got -0.0001"),
     ("split", {"scheme": "80_20", "test_fold": -1}, "test_fold must be an integer >= 0, got -1"),
     ("train", {"classes": 3}, "classes must be one of [4, 2], got 3"),
-    ("augment", {"speed_min": 1.2}, "speed_max must be >= speed_min (1.2), got 1.1"),
+    ("augment", {"speed_min": 1.2}, "speed_max must be a number >= speed_min (1.2), got 1.1"),
     ("augment", {"noise_probability": 1.5}, "noise_probability must be in [0, 1], got 1.5"),
     ("model", {"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
     ("model", {"backbone": "vgg"}, "backbone must be one of ['resnet34'], got 'vgg'"),
+    # switches are true or false, a quoted "false" is not (it would read as on)
+    ("padding", {"smart_test": "false"}, "smart_test must be true or false, got 'false'"),
+    ("padding", {"smart": 1}, "smart must be true or false, got 1"),
+    ("spectrogram", {"clip_blank": "no"}, "clip_blank must be true or false, got 'no'"),
+    ("augment", {"concat": 0}, "concat must be true or false, got 0"),
+    ("augment", {"balanced_sampler": "true"}, "balanced_sampler must be true or false, got 'true'"),
+    ("train", {"device_finetune": "yes"}, "device_finetune must be true or false, got 'yes'"),
+    # numbers are finite numbers: a quoted one is refused here, not compared with a float later
+    ("audio", {"band_high_hz": "2000"}, "band_high_hz must be a number in (band_low_hz = 50.0, Nyquist = 2000.0], "
+                                        "got '2000'"),
+    ("spectrogram", {"fmin": "50"}, "fmin must be a number in [0, 2000.0), got '50'"),
+    ("spectrogram", {"blank_level": "0.04"}, "blank_level must be a number in (0, 1), got '0.04'"),
+    ("train", {"momentum": "0.9"}, "momentum must be a number in [0, 1), got '0.9'"),
+    ("model", {"dropout": "0.5"}, "dropout must be a number in [0, 1), got '0.5'"),
+    ("train", {"validation_fraction": "0.2"}, "validation_fraction must be a number in (0, 1), got '0.2'"),
+    ("augment", {"speed_max": float("inf")}, "speed_max must be a number >= speed_min (0.9), got inf"),
+    ("augment", {"noise_snr_db_max": float("inf")}, "noise_snr_db_max must be a number >= noise_snr_db_min (15.0), "
+                                                    "got inf"),
+    ("augment", {"noise_snr_db_min": "15"}, "noise_snr_db_min must be a number (in dB), got '15'"),
+    ("augment", {"vtlp_alpha_max": float("inf")}, "vtlp_alpha_max must be a number >= vtlp_alpha_min (0.9), got inf"),
+    ("train", {"weight_decay": float("inf")}, "weight_decay must be a number >= 0, got inf"),
+    ("train", {"class_weights": [float("inf"), 1, 1, 1]}, "class_weights must be a list of numbers > 0, got [inf, "),
+    ("train", {"classes": 4.0}, "classes must be one of [4, 2], got 4.0"),
 ])
 def test_bad_values_are_echoed(section, values, message):
     with pytest.raises(ConfigError) as err:

@@ -17,8 +17,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from tfbreath.config import (PRECISIONS, ConfigError, build_section, check_sample_rate, dump_sections, integer,
-                             positive, probability, read_pipeline_text, require)
+from tfbreath.config import (PRECISIONS, ConfigError, boolean, build_section, check_sample_rate, choice,
+                             dump_sections, in_range, integer, is_integer, is_number, positive, probability, read_pipeline_text,
+                             require, typed)
 
 TASK = "icbhi"
 """The top-level ``task`` value that marks an ICBHI pipeline file."""
@@ -54,6 +55,11 @@ SELECTIONS = ("last", "best")
 validation split of the training patients (``[train] validation_fraction``)."""
 
 
+def _at_least(name: str, value: Any, low_name: str, low: Any) -> None:
+    """The top of a range: a number >= its bottom ``low_name`` (already checked)."""
+    typed(name, value, float, f">= {low_name} ({low!r})", lambda top: top >= low)
+
+
 @dataclasses.dataclass(frozen=True)
 class AudioConfig:
     """Per-recording preprocessing (paper, section II): 4 kHz, 5th-order Butterworth 50-2000 Hz.
@@ -75,9 +81,8 @@ class AudioConfig:
         check_sample_rate(self.sample_rate)
         positive("band_low_hz", self.band_low_hz)
         nyquist = self.sample_rate / 2.0
-        require(self.band_low_hz < self.band_high_hz <= nyquist,
-                f"band_high_hz must be in (band_low_hz = {self.band_low_hz!r}, Nyquist = {nyquist!r}], "
-                f"got {self.band_high_hz!r}")
+        typed("band_high_hz", self.band_high_hz, float, f"in (band_low_hz = {self.band_low_hz!r}, Nyquist = {nyquist!r}]",
+              lambda value: self.band_low_hz < value <= nyquist)
         integer("filter_order", self.filter_order, 1)
         positive("cycle_s", self.cycle_s)
 
@@ -108,8 +113,9 @@ class PaddingConfig:
     """With ``long_cycles = "windows"``: seconds between the starts of a long cycle's windows."""
 
     def __post_init__(self) -> None:
-        require(self.long_cycles in LONG_CYCLES,
-                f"long_cycles must be one of {list(LONG_CYCLES)}, got {self.long_cycles!r}")
+        boolean("smart", self.smart)
+        boolean("smart_test", self.smart_test)
+        choice("long_cycles", self.long_cycles, LONG_CYCLES)
         positive("window_hop_s", self.window_hop_s)
 
 
@@ -141,12 +147,13 @@ class SpectrogramConfig:
         for name in ("n_fft", "hop_length", "n_mels"):
             integer(name, getattr(self, name), 1)
         require(self.hop_length <= self.n_fft, f"hop_length must be <= n_fft ({self.n_fft}), got {self.hop_length!r}")
-        require(0.0 <= self.fmin < self.fmax, f"fmin must be in [0, fmax = {self.fmax!r}), got {self.fmin!r}")
+        positive("fmax", self.fmax)
+        in_range("fmin", self.fmin, 0, self.fmax, high_open=True)
         positive("top_db", self.top_db)
-        require(0.0 < self.blank_level < 1.0, f"blank_level must be in (0, 1), got {self.blank_level!r}")
-        require(0.0 < self.blank_row_fraction <= 1.0,
-                f"blank_row_fraction must be in (0, 1], got {self.blank_row_fraction!r}")
-        require(self.input in INPUTS, f"input must be one of {list(INPUTS)}, got {self.input!r}")
+        boolean("clip_blank", self.clip_blank)
+        in_range("blank_level", self.blank_level, 0, 1, low_open=True, high_open=True)
+        in_range("blank_row_fraction", self.blank_row_fraction, 0, 1, low_open=True)
+        choice("input", self.input, INPUTS)
         integer("image_scale", self.image_scale, 1)
 
 
@@ -179,18 +186,17 @@ class AugmentConfig:
     balanced_sampler: bool = True
 
     def __post_init__(self) -> None:
+        boolean("concat", self.concat)
+        boolean("balanced_sampler", self.balanced_sampler)
         for name in ("concat_probability", "noise_probability", "speed_probability", "shift_probability",
                      "vtlp_probability"):
             probability(name, getattr(self, name))
-        require(self.noise_snr_db_min <= self.noise_snr_db_max,
-                f"noise_snr_db_max must be >= noise_snr_db_min ({self.noise_snr_db_min!r}), "
-                f"got {self.noise_snr_db_max!r}")
+        typed("noise_snr_db_min", self.noise_snr_db_min, float, "(in dB)")
+        _at_least("noise_snr_db_max", self.noise_snr_db_max, "noise_snr_db_min", self.noise_snr_db_min)
         positive("speed_min", self.speed_min)
-        require(self.speed_min <= self.speed_max,
-                f"speed_max must be >= speed_min ({self.speed_min!r}), got {self.speed_max!r}")
+        _at_least("speed_max", self.speed_max, "speed_min", self.speed_min)
         positive("vtlp_alpha_min", self.vtlp_alpha_min)
-        require(self.vtlp_alpha_min <= self.vtlp_alpha_max,
-                f"vtlp_alpha_max must be >= vtlp_alpha_min ({self.vtlp_alpha_min!r}), got {self.vtlp_alpha_max!r}")
+        _at_least("vtlp_alpha_max", self.vtlp_alpha_max, "vtlp_alpha_min", self.vtlp_alpha_min)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +215,7 @@ class SplitConfig:
     test_fold: int = RESPIRENET_TEST_FOLD
 
     def __post_init__(self) -> None:
-        require(self.scheme in SPLIT_SCHEMES, f"scheme must be one of {list(SPLIT_SCHEMES)}, got {self.scheme!r}")
+        choice("scheme", self.scheme, SPLIT_SCHEMES)
         integer("seed", self.seed, 0)
         require(isinstance(self.folds_file, str), f"folds_file must be a file path string, got {self.folds_file!r}")
         require((self.scheme == FOLDS_SCHEME) == bool(self.folds_file),
@@ -234,10 +240,10 @@ class ModelConfig:
     converted into the backbone (``tfbreath.icbhi.torchvision_weights``); "" = none."""
 
     def __post_init__(self) -> None:
-        require(self.backbone in BACKBONES, f"backbone must be one of {list(BACKBONES)}, got {self.backbone!r}")
+        choice("backbone", self.backbone, BACKBONES)
         positive("width", self.width)
         integer("dense_units", self.dense_units, 1)
-        require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
+        in_range("dropout", self.dropout, 0, 1, high_open=True)
         require(isinstance(self.initial_weights, str),
                 f"initial_weights must be a file path string, got {self.initial_weights!r}")
         require(isinstance(self.imagenet_weights, str),
@@ -270,25 +276,25 @@ class TrainConfig:
     """With ``select = "best"``: share of the training patients held out to pick the epoch."""
 
     def __post_init__(self) -> None:
-        require(self.classes in CLASS_COUNTS, f"classes must be one of {list(CLASS_COUNTS)}, got {self.classes!r}")
+        require(is_integer(self.classes) and self.classes in CLASS_COUNTS,
+                f"classes must be one of {list(CLASS_COUNTS)}, got {self.classes!r}")
         integer("batch_size", self.batch_size, 1)
-        require(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum!r}")
+        in_range("momentum", self.momentum, 0, 1, high_open=True)
         positive("learning_rate", self.learning_rate)
         positive("finetune_learning_rate", self.finetune_learning_rate)
         integer("epochs", self.epochs, 1)
         integer("finetune_epochs", self.finetune_epochs, 0)
-        require(self.precision in PRECISIONS, f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        require(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
-                f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        boolean("device_finetune", self.device_finetune)
+        choice("precision", self.precision, PRECISIONS)
+        typed("weight_decay", self.weight_decay, float, ">= 0", lambda value: value >= 0)
         require(isinstance(self.class_weights, (list, tuple)) and all(
-            isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in self.class_weights),
+            is_number(w) and w > 0 for w in self.class_weights),
             f"class_weights must be a list of numbers > 0, got {self.class_weights!r}")
         require(len(self.class_weights) in (0, self.classes),
                 f"class_weights must have one entry per class ({self.classes}), got {list(self.class_weights)!r}")
         object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
-        require(self.select in SELECTIONS, f"select must be one of {list(SELECTIONS)}, got {self.select!r}")
-        require(0.0 < self.validation_fraction < 1.0,
-                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        choice("select", self.select, SELECTIONS)
+        in_range("validation_fraction", self.validation_fraction, 0, 1, low_open=True, high_open=True)
 
 
 _SECTIONS = {"audio": AudioConfig, "padding": PaddingConfig, "spectrogram": SpectrogramConfig,

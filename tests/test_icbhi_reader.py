@@ -258,6 +258,9 @@ def test_a_respirenet_folds_file_makes_the_folds_split(synthetic_root, tmp_path)
     assert len(split.train) + len(split.test) == len(recordings)
     other = split_recordings(recordings, SplitConfig("folds", folds_file=str(folds), test_fold=0), synthetic_root)
     assert {r.patient for r in other.test} == {"101", "106"}
+    with pytest.raises(IcbhiError, match=f"^{folds}: test_fold must be one of the file's folds \\[0, 1, 2, 3, 4\\], "
+                                         "got 9$"):
+        split_recordings(recordings, SplitConfig("folds", folds_file=str(folds), test_fold=9), synthetic_root)
 
     folds.write_text("101 0\n")
     with pytest.raises(IcbhiError, match=f"^{folds}: no fold for 9 patient\\(s\\), e.g. 102$"):

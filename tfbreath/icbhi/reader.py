@@ -381,6 +381,9 @@ def _folds_file_split(recordings: Sequence[Recording], path: Path,
     missing = sorted({r.patient for r in recordings} - set(folds))
     if missing:
         raise IcbhiError(f"{path}: no fold for {len(missing)} patient(s), e.g. {missing[0]}")
+    numbers = sorted(set(folds.values()))
+    if test_fold not in numbers:
+        raise IcbhiError(f"{path}: test_fold must be one of the file's folds {numbers}, got {test_fold!r}")
     return ([r for r in recordings if folds[r.patient] != test_fold],
             [r for r in recordings if folds[r.patient] == test_fold])
 

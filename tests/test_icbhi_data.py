@@ -14,14 +14,16 @@ import soundfile as sf
 import tensorflow as tf
 
 from conftest import ICBHI_DIR, needs_icbhi, sine
+from tfbreath.config import with_overrides
 from tfbreath.icbhi import augment, preprocess
 from tfbreath.icbhi.config import AudioConfig, AugmentConfig, IcbhiConfig, SplitConfig
 from tfbreath.icbhi.dataset import CLASS_NAMES, CycleSet, build_cycle_set, load_cycle_sets
-from tfbreath.icbhi.padding import smart_pad
+from tfbreath.icbhi.padding import repeat_to_length, smart_pad
 from tfbreath.icbhi.reader import Cycle, read_database
 from tfbreath.icbhi.spectrogram import (blank_rows, clip_blank_rows, cycle_spectrogram, mel_db, scaled_image,
                                         spectrogram_shape)
 from tfbreath.icbhi.synthetic import DEVICE_FORMATS, write_recording, write_synthetic_icbhi
+from tfbreath.icbhi.trainer import hold_out_validation
 
 CONFIG = IcbhiConfig()
 SHORT = dataclasses.replace(CONFIG, audio=dataclasses.replace(CONFIG.audio, cycle_s=2.0))
@@ -143,6 +145,15 @@ def test_concat_joins_two_cycles_of_the_same_class():
     assert out[0].tolist() == [0] * 6 and out[3].tolist() == [3] * 6  # no same-class partner
     unchanged = augment.concat_same_class(waveforms, labels, offsets, lengths, probability=0.0, seed=0)
     np.testing.assert_array_equal(unchanged, waveforms)
+    # Rows 1 and 2 as two draws of one cycle (the balanced sampler draws with replacement): no partner.
+    one_cycle = augment.concat_same_class(waveforms, labels, offsets, lengths, probability=1.0, seed=0,
+                                          cycle_ids=tf.constant([0, 5, 5, 7]))
+    np.testing.assert_array_equal(one_cycle, waveforms)
+    augmented = augment.CycleAugmenter(AugmentConfig(concat_probability=1.0, speed_probability=0.0,
+                                                     shift_probability=0.0, noise_probability=0.0), seed=0)
+    np.testing.assert_array_equal(augmented(waveforms, labels, offsets, lengths, tf.constant([0, 5, 5, 7]))[0],
+                                  waveforms)
+    assert augmented(waveforms, labels, offsets, lengths)[0].numpy()[1].tolist() == [1, 1, 1, 2, -2, 1]
 
 
 def test_shift_speed_and_noise():
@@ -270,6 +281,25 @@ def test_load_cycle_sets_shapes_lengths_and_sides(cycle_sets, synthetic_root):
     signal = next(preprocess.recording_dataset([str(first.wav)], SHORT.audio).as_numpy_iterator())[0]
     own = preprocess.cut_cycle(signal, first.cycles[0], SHORT.audio.sample_rate)[:SHORT.audio.num_samples]
     np.testing.assert_allclose(test.waveforms[0, test.offsets[0]:test.offsets[0] + len(own)], own, atol=1e-6)
+
+
+def _repeats_itself(cycles: CycleSet) -> np.ndarray:
+    """Per row: whether its waveform is its own cycle followed by copies of it (no neighbour). ``[N]``"""
+    return np.array([offset == 0 and np.array_equal(waveform, repeat_to_length(waveform[:own], len(waveform)))
+                     for waveform, offset, own in zip(cycles.waveforms, cycles.offsets, cycles.lengths)])
+
+
+def test_held_out_cycles_are_padded_without_their_neighbours_labels(cycle_sets, synthetic_root):
+    """Smart padding picks neighbours by their annotated labels: the test cycles, and the
+    validation cycles that choose the epoch, are padded by repeating themselves unless ``smart_test``."""
+    train, test, _ = cycle_sets
+    assert _repeats_itself(test).all()
+    assert not _repeats_itself(train).all()  # training cycles do join their neighbours
+    _, smart_test, _ = load_cycle_sets(with_overrides(SHORT, "padding", smart_test=True), synthetic_root,
+                                       progress=False)
+    assert not _repeats_itself(smart_test).all()
+    kept, validation = hold_out_validation(train, with_overrides(SHORT, "train", select="best"))
+    assert len(validation) and _repeats_itself(validation).all() and not _repeats_itself(kept).all()
 
 
 def test_evaluation_dataset_is_in_order(cycle_sets):

@@ -8,7 +8,9 @@ per-cycle probability (``tfbreath.icbhi.config.AugmentConfig``), in this order:
 1. ``concat_same_class`` (paper, Fig. 2): "we generate a new sample of a class by randomly
    sampling two samples of the same class and concatenating them". The partner of cycle i is a
    random OTHER cycle of the same label in the batch (with the class-balanced sampler a batch of
-   64 holds ~16 per class); the result is cycle i's own audio, then the partner's, repeated to
+   64 holds ~16 per class; the sampler draws with replacement, so rows of the same annotated
+   cycle, told by ``cycle_ids``, are not partners: a rare class would be joined to itself about
+   a third of the time); the result is cycle i's own audio, then the partner's, repeated to
    length L. A cycle with no same-class partner in its batch is left as it is. This replaces
    the cycle in the batch rather than growing the data set offline as the public code does, so
    an epoch keeps its length and every epoch sees fresh pairs.
@@ -65,15 +67,20 @@ def _chosen(batch: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
 
 
 def concat_same_class(waveforms: tf.Tensor, labels: tf.Tensor, offsets: tf.Tensor, lengths: tf.Tensor,
-                      probability: float, seed: int | tf.Tensor) -> tf.Tensor:
-    """Cycle i's own audio + a random same-class partner's, repeated to L. ``[B, L] -> [B, L]``"""
+                      probability: float, seed: int | tf.Tensor, cycle_ids: tf.Tensor | None = None) -> tf.Tensor:
+    """Cycle i's own audio + a random same-class partner's, repeated to L. ``[B, L] -> [B, L]``
+
+    ``cycle_ids [B]`` names each row's annotated cycle (default: every row its own): a row is
+    never joined to a row of the same cycle.
+    """
     with tf.name_scope("concat_same_class"):
         seeds = tf.random.experimental.stateless_split(_seed_pair(seed), num=2)
         batch, length = tf.shape(waveforms)[0], tf.shape(waveforms)[1]
         labels = tf.cast(labels, tf.int32)
         offsets, lengths = tf.cast(offsets, tf.int32), tf.cast(lengths, tf.int32)
+        ids = tf.range(batch, dtype=tf.int64) if cycle_ids is None else tf.cast(cycle_ids, tf.int64)  # [B]
         same = tf.logical_and(tf.equal(labels[:, None], labels[None, :]),
-                              tf.logical_not(tf.eye(batch, dtype=tf.bool)))  # [B, B] other, same class
+                              tf.not_equal(ids[:, None], ids[None, :]))  # [B, B] another cycle, same class
         scores = tf.where(same, tf.random.stateless_uniform([batch, batch], seed=seeds[0]), -1.0)  # [B, B]
         partner = tf.argmax(scores, axis=1, output_type=tf.int32)  # [B]
         apply = tf.logical_and(_chosen(batch, probability, seeds[1]), tf.reduce_any(same, axis=1))  # [B]
@@ -211,7 +218,8 @@ def add_noise(waveforms: tf.Tensor, probability: float, snr_db_min: float, snr_d
 
 
 class CycleAugmenter:
-    """``ds.map(augmenter)`` on ``(waveforms, labels, offsets, lengths)`` batches -> the same, augmented."""
+    """``ds.map(augmenter)`` on ``(waveforms, labels, offsets, lengths[, cycle_ids])`` batches ->
+    ``(waveforms, labels, offsets, lengths)``, augmented (``cycle_ids``: see ``concat_same_class``)."""
 
     def __init__(self, config: AugmentConfig, seed: int | None = None) -> None:
         self.config = config
@@ -219,13 +227,14 @@ class CycleAugmenter:
                     else tf.random.Generator.from_seed(seed))
 
     @tf.autograph.experimental.do_not_convert
-    def __call__(self, waveforms: tf.Tensor, labels: tf.Tensor, offsets: tf.Tensor,
-                 lengths: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    def __call__(self, waveforms: tf.Tensor, labels: tf.Tensor, offsets: tf.Tensor, lengths: tf.Tensor,
+                 cycle_ids: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         cfg = self.config
         # seeds[4] (vtlp) comes last: splitting into 5 keeps the first 4, so runs without vtlp draw as before
         seeds = tf.random.experimental.stateless_split(self.rng.make_seeds(1)[:, 0], num=5)
         if cfg.concat:
-            waveforms = concat_same_class(waveforms, labels, offsets, lengths, cfg.concat_probability, seeds[0])
+            waveforms = concat_same_class(waveforms, labels, offsets, lengths, cfg.concat_probability, seeds[0],
+                                          cycle_ids)
         waveforms = change_speed(waveforms, cfg.speed_probability, cfg.speed_min, cfg.speed_max, seeds[1])
         if cfg.vtlp_probability > 0:
             waveforms = vtlp(waveforms, cfg.vtlp_probability, cfg.vtlp_alpha_min, cfg.vtlp_alpha_max, seeds[4])

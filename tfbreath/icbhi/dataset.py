@@ -118,12 +118,13 @@ class CycleSet:
         classes = config.train.classes
         if self.labels.min() < 0 or self.labels.max() >= classes:
             raise ValueError(f"labels must be in [0, {classes}), got {sorted(set(self.labels.tolist()))}")
-        columns = tuple(tf.constant(a) for a in (self.waveforms, self.labels, self.offsets, self.lengths))
+        columns = tuple(tf.constant(a) for a in (self.waveforms, self.labels, self.offsets, self.lengths,
+                                                 self.cycle_ids))
 
         def gather(indices: tf.Tensor) -> tuple[tf.Tensor, ...]:
-            return tuple(tf.gather(column, indices) for column in columns)  # [B, L], [B], [B], [B]
+            return tuple(tf.gather(column, indices) for column in columns)  # [B, L], [B], [B], [B], [B]
 
-        def model_inputs(waveforms, labels, offsets, lengths):
+        def model_inputs(waveforms, labels, *offsets_lengths_ids):
             return cycle_spectrogram(waveforms, config), tf.one_hot(labels, classes, dtype=tf.float32)
 
         if not training:

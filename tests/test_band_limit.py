@@ -86,6 +86,14 @@ def test_lpc_runs_at_the_lowest_rate_that_holds_the_band_on_the_maps_frames():
     assert maps.lpc_decimation(SAMPLE_RATE, odd_hop) == 2  # 4 does not divide 250
     wide = with_overrides(LIMITED, "features", band_limit_hz=5000.0).features
     assert maps.lpc_decimation(SAMPLE_RATE, wide) == 1
+    # A clip of n samples, n % hop > hop - 4, decimates to ceil(n / 4) samples: a frame more, cut.
+    for n in (16125, 16127):
+        y = breath_like(0, seconds=n / SAMPLE_RATE)
+        features = _features(y)
+        assert features[SPECTRAL].shape == (PIPELINE.features.n_mels, 1 + n // PIPELINE.features.hop_length,
+                                            len(PIPELINE.features.maps))
+        unlimited = _features(y, PIPELINE)[SPECTRAL]
+        assert features[SPECTRAL].shape == unlimited.shape
 
 
 def test_spectrogram_cache_zeroes_every_bin_from_the_limit_up():

@@ -363,8 +363,10 @@ def lpc_map(s: _Intermediates) -> tf.Tensor:
         y = s.y[..., ::step]  # [..., n / step]: the band limit already removed what would alias
         emphasised = tf.concat([y[..., :1], y[..., 1:] - PRE_EMPHASIS * y[..., :-1]], axis=-1)  # [..., n / step]
         frame_length = int(round(f.lpc_frame_s * s.sample_rate / step))
-        frames = spectral.frame(emphasised, frame_length, f.hop_length // step)  # [..., T, L]
-        frames = frames * np.hamming(frame_length).astype(np.float32)  # [..., T, L]
+        frames = spectral.frame(emphasised, frame_length, f.hop_length // step)  # [..., T', L]
+        n = s.y.shape[-1] if s.y.shape[-1] is not None else tf.shape(s.y)[-1]
+        # ceil(n / step) samples can hold a frame more than the other maps' 1 + n // hop
+        frames = frames[..., :1 + n // f.hop_length, :] * np.hamming(frame_length).astype(np.float32)  # [..., T, L]
         return burg_lpc(frames, f.lpc_order)  # [..., T, order]
 
 

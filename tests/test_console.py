@@ -87,3 +87,13 @@ def test_the_tflite_interpreter_s_delegate_note_is_hidden(level, noted):
                             env={**os.environ, console.TF_LOG_LEVEL_ENV: level})
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "ran (2,)", result.stderr
     assert ("XNNPACK delegate" in result.stderr) is noted, result.stderr
+
+
+@pytest.mark.parametrize("tool", ["fit", "tune", "predict", "export", "explain", "features.__main__"])
+def test_every_tool_takes_verbose(tool, capsys):
+    """``quiet_unless_verbose`` reads the flag before parsing: each tool's parser must accept it too."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(f"tfbreath.{tool}").main(["--help"])
+    assert exit_info.value.code == 0 and console.VERBOSE_FLAG in capsys.readouterr().out

@@ -83,7 +83,7 @@ from tfbreath import artifacts, data, timeline  # noqa: E402
 from tfbreath.classifier import (DEFAULT_MODEL_DIR, EXHALE, INHALE, PHASE_COLOURS, PROBABILITY_DECIMALS,  # noqa: E402
                                  Classifier, decode, load_classifier, target)
 from tfbreath.config import ConfigError  # noqa: E402
-from tfbreath.console import OneLineParser  # noqa: E402
+from tfbreath.console import OneLineParser, add_verbose_argument  # noqa: E402
 from tfbreath.errors import EXIT_OK, EXIT_SKIPPED, TfbreathError, reported  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
 from tfbreath.recording import (MIN_AUDIO_FRACTION, ONE_CLIP, Recording, breathing, classify,  # noqa: E402
@@ -236,6 +236,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pipeline", type=Path, metavar="FILE",
                         help=f"pipeline TOML for a {TFLITE_SUFFIX} or feature-input {MODEL_SUFFIX} "
                              f"(default: {PIPELINE_FILE} beside the model)")
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
     if bool(args.inputs) == bool(args.kaggle):
         parser.error("give WAV inputs or --kaggle TEST_CSV (one of the two)")

@@ -20,16 +20,18 @@ import numpy as np
 
 from tfbreath import artifacts, data
 from tfbreath.config import SCALARS, SPECTRAL, PipelineConfig, load_config
+from tfbreath.console import OneLineParser, add_verbose_argument
 from tfbreath.errors import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, TfbreathError, print_error
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m tfbreath.features",
         description="Compute the pipeline's spectral maps and scalars for WAV files, in-graph.")
     parser.add_argument("inputs", nargs="+", help="WAV files or folders of WAV files")
     parser.add_argument("--out", required=True, help="output .npz file")
     parser.add_argument("--pipeline", help="pipeline TOML (default: the embedded breath-phase recipe)")
+    add_verbose_argument(parser)
     return parser.parse_args(argv)
 
 

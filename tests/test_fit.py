@@ -15,7 +15,7 @@ import pytest
 
 from conftest import InterruptAfter
 from tfbreath import artifacts, data, fit, run_folder, train
-from tfbreath.config import ConfigError, PipelineConfig, load_config, parse_config, with_overrides
+from tfbreath.config import ENSEMBLE, ConfigError, PipelineConfig, load_config, parse_config, with_overrides
 from tfbreath.ensemble import WeightedSigmoidAverage, build_ensemble, softmax_weights, weighted_average
 from tfbreath.precision import choose_precision
 from tfbreath.run_folder import OOF_PREDICTIONS
@@ -268,6 +268,12 @@ def test_k_fold_run_predicts_every_clip_out_of_fold_and_refits(cv_run, cv_data):
         assert len(estimate[name]["accuracy"]["folds"]) == 2
     protocol = estimate["protocol"]
     assert protocol["folds"] == 2 and protocol["clips"] == len(rows) and len(protocol["best_epochs"]["cnn8"]) == 2
+    for fold, clips in enumerate(protocol["clips_per_fold"]):  # a fold's models never saw the clips they score
+        assert clips["held_out"] == sum(row["fold"] == str(fold) for row in rows)
+        assert clips["train"] + clips["early_stopping"] + clips["held_out"] == len(rows), clips
+    weights = metrics["models"][ENSEMBLE]["weights"]  # the refit's: the members' out-of-fold accuracies
+    expected = softmax_weights([estimate[name]["accuracy"]["pooled"] for name in ("cnn8", "pooled", "rbf")])
+    assert [weights[name] for name in ("cnn8", "pooled", "rbf")] == pytest.approx(expected, abs=1e-6)
     assert metrics["models"]["cnn8"]["epochs"] == int(np.ceil(np.median(protocol["best_epochs"]["cnn8"])))
     assert len(protocol["pooled_c"]) == 2 and set(protocol["pooled_c"]) <= set(CV_TINY.train.pooled_c)
     assert metrics["models"]["pooled"]["c"] == min(protocol["pooled_c"])  # the lower middle of two

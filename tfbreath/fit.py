@@ -310,6 +310,9 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
         "early_stopping": f"session-grouped {pipeline.data.validation_fraction:.0%} of each fold's training clips",
         "best_epochs": {name: values for name, values in chosen.items() if name not in CLOSED_FORM_MODELS},
         **{f"{name}_c": values for name, values in chosen.items() if name in CLOSED_FORM_MODELS},
+        "clips_per_fold": [{"train": len(inner_train), "early_stopping": len(inner_val),
+                            "held_out": int(np.sum(folds == fold))}
+                           for fold, (inner_train, inner_val) in enumerate(early_stopping_splits)],
         "ensemble_weights_per_fold": [{n: round(float(w), 4) for n, w in zip(names, ws)} for ws in fold_weights],
         **({"pseudo_labels": {"mode": pipeline.train.pseudo_labels, "unlabelled_clips": len(unlabelled_at),
                               "used_per_fold": used, "teacher_ensemble": teacher_score}} if pseudo else {})}

@@ -106,6 +106,8 @@ def test_feature_config_accepts_any_subset_of_maps():
                                        "'mixed_float16'], got ['auto']"),
     ("train", {"clip_scope": "layer"}, "clip_scope must be one of ['variable', 'global'], got 'layer'"),
     ("train", {"ema_momentum": "0.99"}, "ema_momentum must be a number in [0, 1), got '0.99'"),
+    ("features", {"hop_length": 1024}, "hop_length must be <= n_fft (512), got 1024"),
+    ("features", {"n_mfcc": 200}, "n_mfcc must be <= n_mels (128), got 200"),
     ("tune", {"model_widths": ["0.5"]}, "model_widths entries must be a number > 0, got '0.5'"),
     ("tune", {"map_sets": {"a": "mel"}}, "map_sets.a must be a list of maps, got 'mel'"),
     ("train", {"member_maps": ["mel"]}, "member_maps must be a table of model = [maps], got ['mel']"),

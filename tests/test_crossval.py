@@ -148,3 +148,8 @@ def test_summary_reports_mean_folds_pooled_and_interval():
     assert accuracy["pooled"] == pytest.approx(np.mean(hit), abs=1e-4)
     assert accuracy["ci95"][0] < accuracy["pooled"] < accuracy["ci95"][1]
     assert set(summary["m"]) == set(crossval.SCORES)
+    # The interval resamples sessions, not clips (two clips of a session share their fate here).
+    by_session = crossval.session_bootstrap(labels, _hits(labels, hit), groups, crossval.accuracy)
+    by_clip = crossval.session_bootstrap(labels, _hits(labels, hit), np.arange(len(labels)), crossval.accuracy)
+    assert accuracy["ci95"] == [round(v, crossval.DIGITS) for v in by_session]
+    assert accuracy["ci95"] != [round(v, crossval.DIGITS) for v in by_clip]

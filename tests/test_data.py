@@ -96,6 +96,22 @@ def test_extract_counts_and_reports_bad_files_and_batches_the_rest(tmp_path, wri
     assert sum(int(b[1].shape[0]) for b in batches) == 5
     assert label.dtype == tf.float32
 
+    # An epoch-seeded shuffle: each epoch's order is a function of (seed, epoch) alone, so a resumed
+    # run replays the uninterrupted one's, and epochs differ from each other.
+    epoch = tf.Variable(0, dtype=tf.int64)
+
+    def order() -> list[float]:  # the clips by their first scalar, as one epoch deals them
+        return [float(x) for inputs, _ in feature_set.batches(2, shuffle_buffer=5, seed=3, epoch=epoch)
+                for x in inputs["scalars"][:, 0]]
+
+    first = order()
+    assert order() == first
+    epoch.assign(1)
+    second = order()
+    assert second != first and sorted(second) == sorted(first)
+    epoch.assign(0)
+    assert order() == first
+
 
 def test_pipeline_features_equal_a_direct_call(tmp_path, write_wav):
     clips = [breath_like(i) for i in range(3)]

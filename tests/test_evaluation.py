@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from tfbreath import evaluation
+from tfbreath.evaluation import THRESHOLD
 
 ROWS = 6
 
@@ -41,3 +42,8 @@ def test_batched_accuracy_is_each_rows_weighted_accuracy():
     expected = [evaluation.accuracy(labels, probabilities, row) for row in weights]
     assert expected[0] == evaluation.accuracy(labels, probabilities)
     np.testing.assert_allclose(evaluation.accuracy(labels, probabilities, weights), expected, atol=1e-12)
+
+
+def test_a_probability_at_the_threshold_is_exhale():
+    """``THRESHOLD`` is P(exhale) at or above which a clip is E (label 1)."""
+    assert evaluation.accuracy(np.array([1.0, 0.0]), np.array([THRESHOLD, np.nextafter(THRESHOLD, 0)])) == 1.0

@@ -14,6 +14,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from tfbreath import export, fit, serving
 from tfbreath.config import PipelineConfig, with_overrides
+from tfbreath.run_folder import NO_QUANTIZATION
 from tfbreath.models import build_model
 from tfbreath.synthetic import write_synthetic_breath
 from tfbreath.tflite_metadata import describe, read_metadata, with_metadata
@@ -329,3 +330,31 @@ def test_quantize_head_keeps_float_only_the_prefix_int8_would_change(tmp_path, m
     mostly_float = _int8_ops(export.quantize_head(head, calibration, trial))
     assert not any("first" in name or "second" in name for name in mostly_float)
     assert any("logit" in name for name in mostly_float)
+
+
+class _FixedKeras:
+    """Stands in for the exported Keras model: a fixed P(exhale) per clip."""
+
+    def __init__(self, probabilities):
+        self.probabilities = np.asarray(probabilities, np.float32)
+
+    def predict(self, waveforms, **kwargs):
+        return self.probabilities
+
+
+@pytest.mark.parametrize("quantize, keras_p, tflite_p, passed", [
+    (NO_QUANTIZATION, [0.2, 0.7, 0.4, 0.9], [0.2, 0.7, 0.4, 0.9], True),
+    (NO_QUANTIZATION, [0.2, 0.7, 0.4, 0.9], [0.2, 0.7, 0.4, 0.9 - 2e-3], False),  # one clip past 1e-3
+    ("float16", [0.2, 0.7, 0.4, 0.9], [0.2, 0.7, 0.4, 0.9 - 5e-3], True),
+    ("int8", [0.2, 0.7, 0.4, 0.9], [0.2, 0.7, 0.6, 0.9], False),  # a clip flips: accuracy 1.0 -> 0.75
+    ("int8", [0.2, 0.7, 0.6, 0.9], [0.2, 0.7, 0.4, 0.9], True),  # the int8 model gains: no drop
+])
+def test_the_self_check_judges_the_worst_clip_and_the_accuracy_drop(quantize, keras_p, tflite_p, passed,
+                                                                     monkeypatch):
+    """``check``'s judgement alone (the interpreter and the metadata stood in for)."""
+    labels = np.array([0.0, 1.0, 0.0, 1.0])
+    monkeypatch.setattr(export, "TFLiteClassifier", lambda flatbuffer: lambda waveforms: np.float32(tflite_p))
+    monkeypatch.setattr(export, "metadata_problem", lambda *args: None)
+    row = export.check(b"", _FixedKeras(keras_p), quantize, np.zeros((4, 8)), labels, {})
+    assert row["max_abs_diff"] == pytest.approx(np.max(np.abs(np.subtract(tflite_p, keras_p))), abs=1e-6)
+    assert row["passed"] is passed, row

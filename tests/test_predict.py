@@ -27,7 +27,7 @@ from tfbreath.config import PipelineConfig, dump_config, with_overrides
 from tfbreath.ensemble import build_ensemble
 from tfbreath.errors import EXIT_USAGE
 from tfbreath.models import build_model_for_pipeline
-from tfbreath.recording import window_starts
+from tfbreath.recording import smooth, window_starts
 
 PIPELINE = with_overrides(PipelineConfig(), "features", maps=("mel",), scalars=False)
 RATE = PIPELINE.audio.sample_rate
@@ -625,3 +625,34 @@ def test_the_smoothing_options_reach_the_decoders_config():
     assert predict._timeline_config(args) == timeline.TimelineConfig(
         inhale_low_s=1.0, inhale_high_s=2.5, exhale_low_s=1.5, exhale_high_s=4.0, rate_low_bpm=6.0, rate_high_bpm=10.0)
     assert predict._timeline_config(predict._parse_args(["x.wav"])) == timeline.TimelineConfig()
+
+
+BLIP = sum(BREATH_WINDOWS) + BREATH_WINDOWS[0] + 1
+"""A window inside the second breath's exhale, scripted as inhale."""
+
+
+def test_smoothing_mends_a_lone_flipped_window_with_the_prior_options_given(capsys, monkeypatch, tmp_path, run_dir):
+    def with_blip(classifier, recordings, batch_size):
+        scripted = _scripted_classify(classifier, recordings, batch_size)
+        for recording in scripted:
+            recording.probabilities[BLIP] = 0.1
+        return scripted
+
+    monkeypatch.setattr(predict, "classify", with_blip)
+    wav = _write(tmp_path / "breathing.wav", BREATHING_S, seed=1)
+
+    def smoothed(*options) -> list[dict]:
+        out_csv = tmp_path / "windows.csv"
+        code, _, err = _run(capsys, "--model", run_dir, wav, "--out", out_csv, *options)
+        assert code == predict.EXIT_OK, err
+        return _rows(out_csv.read_text())
+
+    rows = smoothed()
+    assert rows[BLIP]["Target"] == "I" and rows[BLIP]["Smoothed"] == "E"  # half a second of inhale: too short
+    assert all(row["Smoothed"] == row["Target"] for i, row in enumerate(rows) if i != BLIP)
+    decoded_with = []
+    monkeypatch.setattr(predict, "smooth", lambda recordings, hop_s, config: decoded_with.append(config) or
+                        smooth(recordings, hop_s, config))
+    smoothed("--inhale-s", "0.3", "2", "--exhale-s", "0.3", "3", "--rate-bpm", "30", "60")
+    assert decoded_with == [timeline.TimelineConfig(inhale_low_s=0.3, inhale_high_s=2.0, exhale_low_s=0.3,
+                                                    exhale_high_s=3.0, rate_low_bpm=30.0, rate_high_bpm=60.0)]

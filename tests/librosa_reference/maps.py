@@ -12,16 +12,26 @@ import scipy.fft
 import scipy.ndimage
 
 from tfbreath.config import FeatureConfig
-from tfbreath.filters import CENS_SMOOTHING_FRAMES
-from tfbreath.maps import CHROMA_CENS_STEP, CHROMA_CENS_THRESHOLDS, N_MODULATION, PER_BAND_ZSCORE, PRE_EMPHASIS
 
+# The recipe's constants, written here rather than imported from tfbreath, so a change on the
+# TensorFlow side shows up as a parity failure instead of moving both sides together.
+CENS_THRESHOLDS = (0.4, 0.2, 0.1, 0.05)
+CENS_STEP = 0.25
+CENS_SMOOTHING_FRAMES = 41
+"""librosa.feature.chroma_cens's quantisation steps, weight per step and win_len_smooth."""
+PRE_EMPHASIS = 0.97
+"""Before the LPC (the usual speech value, as tfbreath documents it)."""
+N_MODULATION = 40
+"""Quefrency rows of the modulation spectrum."""
+PER_BAND_ZSCORE = frozenset({"mfcc", "chroma"})
+"""Maps z-scored per band over time; the rest as a whole."""
 ZSCORE_EPS = 1e-8
 
 
 def _cens(chroma: np.ndarray) -> np.ndarray:
     """librosa.feature.chroma_cens's steps applied to an STFT chroma (librosa's own takes a CQT)."""
     distribution = librosa.util.normalize(chroma, norm=1, axis=0)
-    quantised = sum(CHROMA_CENS_STEP * (distribution > step) for step in CHROMA_CENS_THRESHOLDS)
+    quantised = sum(CENS_STEP * (distribution > step) for step in CENS_THRESHOLDS)
     window = librosa.filters.get_window("hann", CENS_SMOOTHING_FRAMES + 2, fftbins=False)
     smooth = scipy.ndimage.convolve(quantised, (window / window.sum())[np.newaxis, :], mode="constant")
     return librosa.util.normalize(smooth, norm=2, axis=0)

@@ -24,8 +24,8 @@ The baseline (``BASELINE``) is zero in standardised feature space: every map zer
 scalar at the training mean the model standardises it with (its ``scalar_norm`` layer, else the
 scalar part of the pooled member's ``pooled_norm``; zero for a model holding neither). Each map is
 z-scored per clip, so zero is its own mean: a flat map without time or frequency structure (what
-a silent clip gives). On the shipped ensemble that baseline scores P(exhale) = 0.504, while the
-features of silence score 0.934 (silence's maps are the baseline's, its scalars, mostly zero, are
+a silent clip gives). On the shipped four-member ensemble that baseline scores P(exhale) = 0.43,
+while a silent clip scores 0.65 (silence's maps are the baseline's, its scalars, mostly zero, are
 far from any breath's), so the standardised zero is the neutral point. The pooled member's
 standard deviations have a gradient everywhere (``models.pooled.gradient_safe_sqrt``): a band
 constant over the clip would otherwise make its whole map's gradient NaN.
@@ -92,9 +92,10 @@ from tfbreath.models.pooled import POOLED_NORM  # noqa: E402
 from tfbreath.run_folder import MODEL_SUFFIX, TFLITE_SUFFIX, RunFolder  # noqa: E402
 
 IG_STEPS = 256
-"""Points of the midpoint Riemann sum along the path. On 40 real training clips with the shipped
-ensemble of 2026-12-06 (CNN8 + pooled + rbf) the sum of the attributions then matches logit(x) - logit(baseline)
-to a median 0.002 logit, at most 0.012 (``completeness_gap``). The previous refit needed them:
+"""Points of the midpoint Riemann sum along the path. On 200 real training clips with the shipped
+ensemble of 2026-12-07 (CNN8 + pooled + rbf + temporal) the sum of the attributions then matches
+logit(x) - logit(baseline) to a median 0.008 logit, at most 0.063 (``completeness_gap``); with the
+three-member ensemble of 2026-12-06, on 40 clips, a median 0.002, at most 0.012. An older refit needed them:
 it left a median 0.047, at most 0.062, and 128 steps a median 0.12, at most 0.18. That gap was
 its CNN8 member's: alone, on a synthetic exhale, it left 0.60 at 128 steps and 0.31 at 512 (its
 ReLU gradient along the path is piecewise constant and, in that refit, rough), where the rbf

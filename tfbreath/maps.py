@@ -64,7 +64,12 @@ CHROMA_CENS_THRESHOLDS = (0.4, 0.2, 0.1, 0.05)
 CHROMA_CENS_STEP = 0.25
 
 ZSCORE_RESOLUTION = 1e-5
-"""Relative spread below which a map is constant: real clips stay above 4e-4, silence is ~3e-7."""
+"""Relative spread below which a map is constant: real clips stay above 4e-4, silence is ~3e-7.
+
+Relative to the whole map's largest magnitude, because silence's round-off spreads from its largest
+value (MFCC's c0) into every band. So a band whose real variation is that small beside a large c0
+is zeroed too, where librosa z-scores it: a lone click in digital silence leaves some high MFCC
+bands at 0 (up to 5.3 from librosa's z-scores on such a clip); no recorded clip comes near."""
 
 LOG1P_SERIES_MIN, LOG1P_SERIES_MAX = -0.5, 1.0
 """Where log1p sums its artanh series: |x / (2 + x)| <= 1/3."""

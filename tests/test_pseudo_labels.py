@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import keras
 import numpy as np
 import pytest
 
@@ -96,9 +97,20 @@ def test_students_train_on_unheard_sessions_and_give_the_estimate_and_the_refit(
         assert protocol["best_epochs"]["cnn8"][fold] == train.best_epoch_count(students.history_file("cnn8"))
         assert f"{expected} pseudo-labelled (soft)" in printed
     teacher = protocol["pseudo_labels"]["teacher_ensemble"]["accuracy"]
-    assert len(teacher["folds"]) == 2 and 0.0 <= teacher["pooled"] <= 1.0
-
+    assert len(teacher["folds"]) == 2
+    # The teachers are each fold's first models (its folder's own, beside the students' folder),
+    # scored on the clips that fold holds out and combined with cross-fitted weights.
     labels = np.array([data.LABELS[row["Target"]] for row in rows])
+    clips = data.extract([labelled.files[i] for i in order], labels, TINY, progress=False)
+    teachers = {name: np.zeros(len(rows)) for name in TINY.train.models}
+    for fold in range(2):
+        held_out = clips.subset(np.flatnonzero(folds == fold))
+        for name in teachers:
+            model = keras.models.load_model(run.fold(fold).model_file(name))
+            teachers[name][folds == fold] = train.predict_probabilities(model, held_out, 8)
+    teacher_oof, _ = crossval.cross_fitted_ensemble(teachers, labels, folds)
+    assert teacher["pooled"] == pytest.approx(crossval.accuracy(labels, teacher_oof), abs=1e-4)
+
     ensemble = np.array([float(row["ensemble"]) for row in rows])
     assert metrics["cross_validation"]["ensemble"]["accuracy"]["pooled"] == pytest.approx(
         crossval.accuracy(labels, ensemble), abs=1e-4)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tfbreath.config import (PRECISIONS, ConfigError, boolean, build_section, check_sample_rate, choice,
-                             dump_sections, in_range, integer, is_integer, is_number, positive, probability, read_pipeline_text,
-                             require, typed)
+                             dump_sections, in_range, integer, is_integer, is_number, positive, probability,
+                             read_pipeline_text, require, typed)
 
 TASK = "icbhi"
 """The top-level ``task`` value that marks an ICBHI pipeline file."""
@@ -81,7 +81,8 @@ class AudioConfig:
         check_sample_rate(self.sample_rate)
         positive("band_low_hz", self.band_low_hz)
         nyquist = self.sample_rate / 2.0
-        typed("band_high_hz", self.band_high_hz, float, f"in (band_low_hz = {self.band_low_hz!r}, Nyquist = {nyquist!r}]",
+        typed("band_high_hz", self.band_high_hz, float,
+              f"in (band_low_hz = {self.band_low_hz!r}, Nyquist = {nyquist!r}]",
               lambda value: self.band_low_hz < value <= nyquist)
         integer("filter_order", self.filter_order, 1)
         positive("cycle_s", self.cycle_s)

@@ -16,9 +16,10 @@ cycle routed to its device's copy. With ``[train] select = "best"``, ``validatio
 the training patients are held out of both stages (``hold_out_validation``) and stage 1 keeps
 its epoch with the best ICBHI score on them; the test split is still only scored at the end.
 The run folder (default ``saved_models/<pipeline name>``) receives the resolved
-``pipeline.toml`` and ``clips.csv`` (its claim: ``_clips``), ``stage1.keras`` (and ``stage1_selection.json``), ``device_<DEVICE>.keras``,
-``metrics.json`` (ICBHI score, Se, Sp, per class and per device, confusion matrices, the split
-scheme used, each side's patients, the precision and, with ``select = "best"``, the epoch kept),
+``pipeline.toml`` and ``clips.csv`` (its claim: ``_clips``), ``stage1.keras`` (and
+``stage1_selection.json``), ``device_<DEVICE>.keras``, ``metrics.json`` (ICBHI score, Se, Sp,
+per class and per device, confusion matrices, the split scheme used, each side's patients, the
+precision and, with ``select = "best"``, the epoch kept),
 ``confusion_matrix.png``, ``test_predictions.csv`` and ``history_<stage>.csv``. Running the
 same command again resumes an interrupted run.
 """
@@ -119,11 +120,12 @@ def _clips(sides: dict[str, CycleSet]) -> list[tuple[str, str, float]]:
     rows = []
     for side, cycles in sides.items():
         _, first = np.unique(cycles.cycle_ids, return_index=True)  # a long cycle's windows share its id
+        patients = _patients(cycles)
         seen = collections.Counter()
         for i in np.sort(first).tolist():
             stem = str(cycles.recordings[i])
             seen[stem] += 1
-            rows.append((f"{side}/{stem}#{seen[stem]}", parse_recording_name(stem)[0], float(cycles.labels[i])))
+            rows.append((f"{side}/{stem}#{seen[stem]}", str(patients[i]), float(cycles.labels[i])))
     return rows
 
 

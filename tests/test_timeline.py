@@ -142,9 +142,10 @@ def test_the_rate_and_ratio_of_a_known_period_are_right():
     assert summary.breaths_per_min == pytest.approx(60.0 / breath_s)
     assert summary.ie_ratio == pytest.approx(INHALE_WINDOWS / EXHALE_WINDOWS)
     assert (summary.n_inhale, summary.n_exhale) == (BREATHS, BREATHS)
-    shifted = np.roll(phases, 2)  # starts mid-exhale: the edges are cut phases, the rate is the same
-    assert timeline.summarize(shifted, _centres(count), count * HOP_S,
-                              _probabilities(shifted)).breaths_per_min == pytest.approx(60.0 / breath_s)
+    shifted = np.roll(phases, 2)  # starts mid-exhale: the edges are cut phases, rate and ratio are the same
+    cut = timeline.summarize(shifted, _centres(count), count * HOP_S, _probabilities(shifted))
+    assert cut.breaths_per_min == pytest.approx(60.0 / breath_s)
+    assert cut.ie_ratio == pytest.approx(INHALE_WINDOWS / EXHALE_WINDOWS)  # whole breaths: as many I as E
 
 
 def test_phases_the_windows_never_show_give_no_rate():
@@ -171,7 +172,7 @@ def test_too_short_for_a_breath_leaves_rate_and_ratio_empty():
         None, None, 1, 0)
     one_breath = np.array([True] * 4 + [False] * 3 + [True] * 4)
     one_onset = timeline.summarize(one_breath, _centres(11), 6.0, _probabilities(one_breath))
-    assert one_onset.breaths_per_min is None and one_onset.ie_ratio is None  # the inhale is whole, no exhale
+    assert one_onset.breaths_per_min is None and one_onset.ie_ratio is None  # one onset: no whole breath
     with pytest.raises(ConfigError, match="non-empty"):
         timeline.decode_phases([], HOP_S)
     with pytest.raises(ConfigError, match=r"probabilities must be in \[0, 1\], got nan"):
@@ -204,3 +205,15 @@ def test_invalid_config_values_raise_with_the_value(field, value, message):
     with pytest.raises(ConfigError) as raised:
         timeline.TimelineConfig(**{field: value})
     assert str(raised.value) == message
+
+
+def test_a_wide_rate_prior_keeps_every_tempo_finite():
+    """The slowest tempi of a 1-20/min prior put the durations' log-normal many sd past every bin:
+    its CDF's differences rounded to 0 there (a NaN prior that won the tempo and made I E I E...)."""
+    pattern = np.resize([0.1] * 3 + [0.9] * 5, 60)
+    config = timeline.TimelineConfig(rate_low_bpm=1.0, rate_high_bpm=20.0)
+    with np.errstate(divide="raise", invalid="raise"):
+        decoded = timeline.decode_phases(pattern, HOP_S, config)
+    np.testing.assert_array_equal(decoded, pattern >= 0.5)
+    log_pmf, log_survival = timeline.duration_log_prior((60.0, 200.0), HOP_S, 16)  # 30+ sd beyond 8 s
+    assert np.isfinite(log_pmf).all() and np.exp(log_pmf).sum() == pytest.approx(1.0)

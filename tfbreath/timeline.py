@@ -155,8 +155,13 @@ class BreathingSummary:
     unsupported: bool = False
 
 
-def _normal_cdf(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+def _normal_bin_mass(edges_z: np.ndarray) -> np.ndarray:
+    """P(z_i < Z <= z_i+1) of a standard normal Z, in both tails: the CDF's differences (which
+    round to 0 where the CDF is 1) or the survival's (0 where that is 1), whichever is larger.
+    ``[n + 1] -> [n]``"""
+    erfc = np.vectorize(math.erfc)
+    cdf, survival = 0.5 * erfc(-edges_z / math.sqrt(2.0)), 0.5 * erfc(edges_z / math.sqrt(2.0))
+    return np.maximum(np.diff(cdf), -np.diff(survival))
 
 
 def duration_log_prior(typical_s: tuple[float, float], hop_s: float, longest: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,8 +175,9 @@ def duration_log_prior(typical_s: tuple[float, float], hop_s: float, longest: in
     mu, sigma = (math.log(low) + math.log(high)) / 2.0, (math.log(high) - math.log(low)) / (2.0 * TYPICAL_MASS_Z)
     edges = (np.arange(longest + 1) + 0.5) * hop_s                     # [longest + 1] seconds
     edges[0] = np.finfo(np.float64).tiny                                # the first bin starts at 0 s
-    cdf = _normal_cdf((np.log(edges) - mu) / sigma)                     # [longest + 1]
-    pmf = np.diff(cdf)                                                  # [longest]
+    pmf = _normal_bin_mass((np.log(edges) - mu) / sigma)               # [longest]
+    if pmf.sum() == 0:  # typical durations dozens of sd from every bin: impossible here
+        return np.full(longest, -np.inf), np.full(longest, -np.inf)
     pmf /= pmf.sum()
     survival = np.cumsum(pmf[::-1])[::-1]                               # [longest]: P(D >= n)
     with np.errstate(divide="ignore"):
@@ -221,6 +227,9 @@ def _best_tempo(cumulative: np.ndarray, longest: int, hop_s: float,
     tempi, log_tempo_prior = tempo_candidates(config)                   # [K], [K]
     log_pmf, log_survival = _duration_priors(tempi, hop_s, longest, config)   # [K, 2, longest] each
     marginal = _log_marginal(cumulative, log_pmf, log_survival, longest)      # [K]
+    if not np.isfinite(marginal).any():
+        raise ConfigError(f"no breathing rate in the prior ({config.rate_low_bpm:g}-{config.rate_high_bpm:g}/min) "
+                          f"gives phases that windows {hop_s:g} s apart can show")
     pick = int(np.argmax(marginal + log_tempo_prior))
     return float(tempi[pick]), log_pmf[pick], log_survival[pick]
 
@@ -358,8 +367,9 @@ def summarize(phases: np.ndarray, centres_s: np.ndarray, duration_s: float,
 
     The rate is ``(k - 1)`` breaths over the time from the first to the ``k``-th (last) inhale
     onset (an exhale -> inhale change), so phases cut by the recording's edges do not bias it. The
-    I:E ratio is the total time of the inhales over that of the exhales, both counted only when
-    whole (neither the first nor the last span). ``n_inhale`` and ``n_exhale`` count every span.
+    I:E ratio is the total time of the inhales over that of the exhales over the same whole
+    breaths (from the first to the last inhale onset), so a recording that starts and ends in
+    different phases counts as many of each. ``n_inhale`` and ``n_exhale`` count every span.
     Both rate and ratio are ``None`` when the windows' ``probabilities`` leave one phase
     unsupported (``unsupported_phase``).
     """
@@ -368,7 +378,7 @@ def summarize(phases: np.ndarray, centres_s: np.ndarray, duration_s: float,
     spans = phase_spans_s(phases, centres_s, duration_s)
     onsets = inhale_onsets_s(spans)
     rate = None if len(onsets) < 2 else SECONDS_PER_MINUTE * (len(onsets) - 1) / (onsets[-1] - onsets[0])
-    whole = spans[1:-1]
+    whole = [span for span in spans if len(onsets) >= 2 and onsets[0] <= span[0] and span[1] <= onsets[-1]]
     inhale = sum(end - begin for begin, end, exhale in whole if not exhale)
     exhale = sum(end - begin for begin, end, exhale in whole if exhale)
     ratio = inhale / exhale if inhale > 0 and exhale > 0 else None

@@ -154,7 +154,7 @@ def test_files_of_one_name_in_two_folders_keep_apart(capsys, tmp_path, run_dir):
     code, out, err = _run(capsys, "--model", run_dir, tmp_path / "wavs", "--plot", plots)
     assert code == predict.EXIT_OK, err
     assert list(dict.fromkeys(r["ID"] for r in _rows(out))) == [first.as_posix(), other.name, second.as_posix()]
-    assert len(list(plots.glob("*.png"))) == 3 and (plots / "other.png").is_file()
+    assert len(list(plots.glob("*.png"))) == 3 and (plots / "other.wav.png").is_file()
     assert f"wrote 3 timeline(s) to {plots}" in err
 
 
@@ -165,7 +165,7 @@ def test_a_one_sample_file_beside_a_long_one_is_plotted_without_a_warning(capsys
         warnings.simplefilter("error")  # matplotlib warned of an empty x range (0 to 0 s) for the tick
         code, _, err = _run(capsys, "--model", run_dir, tmp_path / "wavs", "--plot", tmp_path / "plots")
     assert code == predict.EXIT_OK, err
-    assert (tmp_path / "plots" / "tick.png").is_file()
+    assert (tmp_path / "plots" / "tick.wav.png").is_file()
 
 
 def test_long_recording_is_windowed_and_plotted(capsys, tmp_path, run_dir, waveform):
@@ -186,7 +186,7 @@ def test_long_recording_is_windowed_and_plotted(capsys, tmp_path, run_dir, wavef
                                waveform.predict(windows, verbose=0).reshape(-1), atol=SAME_MODEL_ATOL)
     assert {r["Smoothed"] for r in rows} <= {"I", "E"}
     for name in ("long", "short"):
-        assert (plots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (plots / f"{name}.wav.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "pass --summary FILE.csv" in err[-1], err  # the CSV went to stdout: no summary, said why
 
     code, out, err = _run(capsys, "--model", run_dir, long_wav, "--hop", 0.8)
@@ -656,3 +656,19 @@ def test_smoothing_mends_a_lone_flipped_window_with_the_prior_options_given(caps
     smoothed("--inhale-s", "0.3", "2", "--exhale-s", "0.3", "3", "--rate-bpm", "30", "60")
     assert decoded_with == [timeline.TimelineConfig(inhale_low_s=0.3, inhale_high_s=2.0, exhale_low_s=0.3,
                                                     exhale_high_s=3.0, rate_low_bpm=30.0, rate_high_bpm=60.0)]
+
+
+def test_files_of_one_stem_get_two_timelines_and_no_output_overwrites_an_input(capsys, tmp_path, run_dir):
+    lower = _write(tmp_path / "wavs" / "rec.wav", LONG_S, seed=1)
+    upper = _write(tmp_path / "wavs" / "rec.WAV", LONG_S, seed=2)
+    plots = tmp_path / "plots"
+    code, _, err = _run(capsys, "--model", run_dir, lower, upper, "--plot", plots)
+    assert code == predict.EXIT_OK, err
+    assert sorted(p.name for p in plots.glob("*.png")) == ["rec.WAV.png", "rec.wav.png"]
+    before = lower.read_bytes()
+    for flag in ("--out", "--summary"):
+        code, _, err = _run(capsys, "--model", run_dir, lower, upper, flag, tmp_path / "wavs" / ".." / "wavs" /
+                            "rec.wav")
+        assert code == EXIT_USAGE and err[-1].endswith(f"{flag} would write over an input WAV; give "
+                                                               f"another file"), err
+    assert lower.read_bytes() == before

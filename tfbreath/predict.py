@@ -31,7 +31,7 @@ duration prior puts 80 % of inhales in ``--inhale-s LOW HIGH``, default 0.8 2.0 
 exhales in ``--exhale-s LOW HIGH``, default 1.0 3.0 s, both stretched to the recording's own
 tempo, chosen under a prior that puts 80 % of breathing rates in ``--rate-bpm LOW HIGH``,
 default 12 20 breaths/min). ``--plot DIR`` then draws each
-recording's smoothed phase timeline, its breathing rate in the title, to ``DIR/<file stem>.png``.
+recording's smoothed phase timeline, its breathing rate in the title, to ``DIR/<file name>.png``.
 
 Windowed runs also write a summary, one row per recording,
 ``ID,duration_s,breaths_per_min,ie_ratio,n_inhale,n_exhale`` (``tfbreath.timeline.summarize``:
@@ -379,6 +379,7 @@ def run(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.model, args.pipeline)
     clip, hop = classifier.num_samples, _hop_samples(args.hop, classifier)
     inputs = _inputs(args)
+    _refuse_writing_over_inputs({"--out": args.out, "--summary": summary_path}, inputs)
     print(f"model: {classifier.description}; {clip} samples per clip "
           f"({classifier.clip_s:g} s at {classifier.sample_rate} Hz)", file=sys.stderr)
     audios = decode([path for _, path in inputs], classifier.sample_rate)
@@ -404,9 +405,18 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_SKIPPED if skipped else EXIT_OK
 
 
+def _refuse_writing_over_inputs(outputs: dict[str, Path | None], inputs: Sequence[tuple[str, Path]]) -> None:
+    """Raise ``PredictError`` if an output file is one of the WAV files being read."""
+    read = {path.resolve() for _, path in inputs}
+    for flag, path in outputs.items():
+        if path is not None and path.resolve() in read:
+            raise PredictError(f"{path}: {flag} would write over an input WAV; give another file")
+
+
 def _timeline_name(recording: Recording) -> str:
-    """``<ID's stem>.png``, a path ID's folders joined by ``__``: two files of one name get two timelines."""
-    return f"{Path(recording.id.replace('/', '__')).stem}.png"
+    """``<ID>.png``, a path ID's folders joined by ``__``: two files of one name (or of one stem,
+    ``a.wav`` and ``a.WAV``) get two timelines."""
+    return f"{recording.id.replace('/', '__')}.png"
 
 
 def _plot(folder: Path | None, recordings: Sequence[Recording], classifier: Classifier, threshold: float,

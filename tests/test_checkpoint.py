@@ -73,6 +73,18 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_stops(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_a_later_fit_of_a_resumed_model_runs_all_its_epochs(tmp_path):
+    """Keras starts every fit of a model at the epoch a backup restored: the ICBHI device
+    fine-tunes, which fit a resumed stage-1 model again, trained no epoch at all."""
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / "killed", InterruptAfter(3))
+    resumed, _, _ = _fit(tmp_path / "killed")
+    for extra in ([], [TrainingBackup(tmp_path / "second")]):
+        epochs = _Epochs()
+        resumed.fit(*DATA, batch_size=32, epochs=2, verbose=0, callbacks=[epochs, *extra])
+        assert epochs.seen == [0, 1], extra
+
+
 def test_a_truncated_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
     folder = tmp_path / "backup"
     with pytest.raises(KeyboardInterrupt):

@@ -107,7 +107,12 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
 
     # -- restoring ----------------------------------------------------------------------------
     def on_train_begin(self, logs=None) -> None:
+        self.model._initial_epoch = None  # a resume of an earlier fit of this model must not skip epochs of this one
         self._load_model()
+
+    def on_train_end(self, logs=None) -> None:
+        self.model._initial_epoch = None  # Keras starts every later fit at it (the ICBHI fine-tunes fit stage 1 again)
+        super().on_train_end(logs)
 
     def _checkpoints(self) -> list[dict]:
         """The checkpoints ``state.json`` names, newest first; none if it is missing or unreadable."""

@@ -37,3 +37,23 @@ def test_a_damaged_model_is_one_error_naming_the_file(flatbuffer, tmp_path, dama
 def test_an_unreadable_path_is_an_error_naming_it(tmp_path):
     with pytest.raises(TFLiteFileError, match=f"^{tmp_path}: cannot read the file"):
         verify_tflite(tmp_path)  # a folder
+
+
+def _converted(inputs, outputs) -> bytes:
+    return tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, outputs)).convert()
+
+
+def test_a_sound_model_that_is_not_a_waveform_classifier_is_refused(flatbuffer, tmp_path):
+    """One float32 [N, samples] input and one P per clip: a second input was left unset and a
+    second output's values were taken as the clips' probabilities."""
+    from tfbreath.serving import TFLiteClassifier
+
+    assert TFLiteClassifier(flatbuffer)([[0.0] * 4] * 3).shape == (3,)
+    first, second = keras.Input((4,)), keras.Input((4,))
+    two_in = _converted([first, second], keras.layers.Dense(1)(keras.layers.Concatenate()([first, second])))
+    two_out = _converted(first, [keras.layers.Dense(1)(first), keras.layers.Dense(3)(first)])
+    wide_out = _converted(first, keras.layers.Dense(3)(first))
+    for name, model in (("two_in", two_in), ("two_out", two_out), ("wide_out", wide_out)):
+        path = artifacts.write_bytes(tmp_path / f"{name}.tflite", model)
+        with pytest.raises(TFLiteFileError, match=f"^{path}: not a waveform classifier .* takes "):
+            TFLiteClassifier(path)

@@ -21,7 +21,7 @@ from tfbreath.console import native_notes_hidden
 from tfbreath.ensemble import WeightedSigmoidAverage
 from tfbreath.features import FeatureExtractor
 from tfbreath.precision import FLOAT32, float32_copy, global_policy
-from tfbreath.tflite_file import verify_tflite
+from tfbreath.tflite_file import TFLiteFileError, verify_tflite
 
 TFLITE_BATCH = 64
 """Clips per interpreter call: bounds the interpreter's arena (the feature maps of a clip take
@@ -118,8 +118,14 @@ class TFLiteClassifier:
         self.interpreter = tf.lite.Interpreter(
             model_content=flatbuffer, num_threads=num_threads,
             experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN)
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        waveform_in = len(inputs) == 1 and len(inputs[0]["shape"]) == 2 and inputs[0]["dtype"] == np.float32
+        one_out = len(outputs) == 1 and int(np.prod(outputs[0]["shape"][1:])) == 1
+        if not (waveform_in and one_out):
+            raise TFLiteFileError(f"{'the flatbuffer' if isinstance(model, bytes) else model}: not a waveform "
+                                  f"classifier (one float32 [N, samples] input, one P per clip out); takes "
+                                  f"{_tensors(inputs)}, gives {_tensors(outputs)}")
+        self.input, self.output = inputs[0], outputs[0]
         self.num_samples = int(self.input["shape"][-1])
         self._batch = None
 
@@ -137,6 +143,11 @@ class TFLiteClassifier:
         self.interpreter.set_tensor(self.input["index"], waveforms)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output["index"]).reshape(-1).copy()
+
+
+def _tensors(details: list[dict]) -> list[tuple[tuple[int, ...], str]]:
+    """The shape and dtype of each of an interpreter's inputs or outputs, for a message."""
+    return [(tuple(int(n) for n in x["shape"]), np.dtype(x["dtype"]).name) for x in details]
 
 
 def load_waveforms(files, pipeline: PipelineConfig) -> np.ndarray:

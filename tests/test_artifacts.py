@@ -76,3 +76,23 @@ def test_writers_of_one_file_at_once_do_not_collide(tmp_path):
         list(pool.map(lambda text: artifacts.write_text(path, text), texts * ROUNDS))
     assert path.read_text() in texts
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no partial file left
+
+
+def test_a_folder_is_swapped_whole_and_a_failed_swap_keeps_the_old_one(tmp_path, monkeypatch):
+    target = tmp_path / "saved"
+    artifacts.write_folder(target, lambda staged: (staged.mkdir(), (staged / "old.txt").write_text("old")))
+    artifacts.write_folder(target, lambda staged: (staged.mkdir(), (staged / "new.txt").write_text("new")))
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+
+    real_replace = artifacts.os.replace
+
+    def refuse_the_new_folder(source, destination):
+        if ".partial" in Path(source).name:
+            raise OSError(39, "Directory not empty")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(artifacts.os, "replace", refuse_the_new_folder)
+    with pytest.raises(OSError):
+        artifacts.write_folder(target, lambda staged: (staged.mkdir(), (staged / "newer.txt").write_text("x")))
+    assert [p.name for p in target.iterdir()] == ["new.txt"]  # the old folder is back, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no staging or set-aside folder left

@@ -28,11 +28,11 @@ class OutputPathError(TfbreathError, ValueError):
     """An output path that cannot be written: ``<path>: <problem>``."""
 
 
-def _staging_path(path: Path) -> Path:
+def _staging_path(path: Path, kind: str = "partial") -> Path:
     """A hidden name beside ``path``, of its own per call: processes writing one output at once (a
     search's chief and workers all record its pipeline) must not rename each other's away. Not
     mkstemp: the output keeps the staged file's mode, and mkstemp's is private to the owner."""
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex}.partial{path.suffix}")
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex}.{kind}{path.suffix}")
 
 
 def _atomically(path: Path, write: Callable[[Path], None]) -> Path:
@@ -139,14 +139,26 @@ def check_writable(path: str | Path, folder: bool = False) -> Path:
 
 
 def write_folder(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """``write(folder)`` into a staging folder, then swap it in for ``path`` (replacing an old one)."""
+    """``write(folder)`` into a staging folder, then swap it in for ``path``.
+
+    An old folder is renamed aside first and deleted only once the new one is in place, so a
+    failure (or a kill) leaves the old or the new folder at ``path``, never a half-deleted one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = _staging_path(path)
+    old = _staging_path(path, "old")
     try:
         write(partial)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(partial, path)
+        if path.exists():
+            os.replace(path, old)
+        try:
+            os.replace(partial, path)
+        except OSError:
+            if old.exists():
+                os.replace(old, path)
+            raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return path

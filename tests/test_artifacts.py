@@ -96,3 +96,11 @@ def test_a_folder_is_swapped_whole_and_a_failed_swap_keeps_the_old_one(tmp_path,
         artifacts.write_folder(target, lambda staged: (staged.mkdir(), (staged / "newer.txt").write_text("x")))
     assert [p.name for p in target.iterdir()] == ["new.txt"]  # the old folder is back, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no staging or set-aside folder left
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path):
+    target = artifacts.write_text(tmp_path / "metrics.json", "old")
+
+    with pytest.raises(UnicodeEncodeError):  # fails once the file is open
+        artifacts.write_text(target, "\ud800")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

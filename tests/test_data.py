@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -65,6 +67,9 @@ def test_split_keeps_sessions_apart_is_stratified_and_seedable(tmp_path, write_w
     other, _ = data.split_by_session(examples, 0.2, seed=2)
     assert again.files == train.files
     assert other.files != train.files
+    few = examples.subset(np.flatnonzero(np.isin(examples.groups, sorted(set(examples.groups))[:4])))
+    with pytest.raises(data.DataError, match=r"need at least 5 recording sessions for a 20% validation split, got 4"):
+        data.split_by_session(few, 0.2, seed=1)
 
 
 def test_extract_counts_and_reports_bad_files_and_batches_the_rest(tmp_path, write_wav):
@@ -238,6 +243,16 @@ def test_an_unreadable_file_is_a_counted_skip(tmp_path, write_wav, monkeypatch):
     assert list(feature_set.kept_examples.files) == [good]
 
 
+def test_a_fifo_is_a_counted_skip_not_a_hang(tmp_path, write_wav):
+    """Opening a FIFO for reading blocks until a writer comes: it is refused before it is opened."""
+    good = write_wav("good.wav", breath_like(0))
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    assert not audio.is_readable(fifo)
+    feature_set = data.extract([fifo, good], None, PIPELINE, progress=False)
+    assert feature_set.report.skipped == [(fifo, audio.status_message(audio.UNREADABLE))]
+
+
 def test_a_train_entry_that_is_a_folder_is_skipped_at_extraction(tmp_path, write_wav):
     root = _kaggle_layout(tmp_path, write_wav, n_sessions=1, clips_per_session=2)
     wav = root / "train" / "steth_20180101_10_00_00_001.wav"
@@ -289,6 +304,8 @@ def test_csv_with_a_bom_reads_and_bad_csv_text_is_one_line(tmp_path, write_wav):
     csv_path.write_bytes("ID,Target\ncaf\xe9_I_000,I\n".encode("latin-1"))
     with pytest.raises(data.DataError, match=r"train\.csv: not UTF-8 text \(byte 0xe9 at offset 13\)$"):
         data.read_kaggle_train(root)
+    csv_path.write_text("ID,Target\n steth_20180101_10_00_00_I_000 , I \n")  # spaces around values are ignored
+    assert data.read_kaggle_train(root).labels.tolist() == [0.0]
     csv_path.write_text("ID,Target\nsteth_20180101_10_00_00_I_000\n")
     with pytest.raises(data.DataError, match=r"train\.csv row 2: no Target value$"):
         data.read_kaggle_train(root)

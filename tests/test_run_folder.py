@@ -36,6 +36,19 @@ def test_a_claimed_folder_takes_only_its_own_pipeline(tmp_path):
         run.refuse_other_run(pipeline, load_config)
 
 
+def test_a_claimed_folder_takes_only_its_own_clips_in_their_order(tmp_path):
+    """The order deals the folds: the same clips in another order would reuse fold models on other folds."""
+    run, toml = RunFolder(tmp_path / "run"), dump_config(PipelineConfig())
+    clips = [("train/a.wav", "s1", 0.0), ("train/b.wav", "s2", 1.0), ("train/c.wav", "s3", 1.0)]
+    run.claim(toml, clips)
+    run.claim(toml, clips)  # the same clips resume
+    with pytest.raises(ConfigError, match=r"holds models trained on other clips \(the same clips in another order"):
+        run.claim(toml, clips[::-1])
+    with pytest.raises(ConfigError, match=r"1 of its clips are not among these and 0 of these are new, e\.g\. "
+                                          r"train/c\.wav,s3,1 \(gone\)"):
+        run.claim(toml, clips[:2])
+
+
 def test_a_refused_demo_run_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
     """Without data the demo writes synthetic audio into the run folder: not into another run's."""
     monkeypatch.delenv(run_folder.DATA_ENV, raising=False)

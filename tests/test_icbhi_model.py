@@ -132,6 +132,10 @@ def test_score_without_normal_cycles_is_none_and_bad_input_raises():
         icbhi_scores([0, 1], [0], 4)
     with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
         icbhi_scores([0, 2], [0, 1], 2)
+    with pytest.raises(ValueError, match=r"predictions must be in \[0, 3\], got \[-1, 0\]"):
+        icbhi_scores([0, 1], [-1, 0], 4)
+    with pytest.raises(ValueError, match="devices and labels differ in length: 1 vs 2"):
+        icbhi_scores([0, 1], [0, 1], 4, devices=["Meditron"])
 
 
 def test_plot_confusion_writes_png(tmp_path):

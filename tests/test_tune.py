@@ -16,7 +16,7 @@ import pytest
 
 from tfbreath import hypermodel, run_folder, tune
 from tfbreath.config import (ConfigError, MAP_NAMES, PipelineConfig, TuneConfig, config_from_dict, dump_config,
-                             load_config, parse_config)
+                             load_config, parse_config, with_overrides)
 from tfbreath.hypermodel import BreathHyperModel
 from tfbreath.models import SCALAR_NORM
 from tfbreath.run_folder import SEARCH_PROJECT, SearchFolder
@@ -168,6 +168,15 @@ def test_a_trials_values_become_a_pipeline_fit_accepts():
     assert parse_config(dump_config(pipeline)) == pipeline
     with pytest.raises(ConfigError, match="model must be one of"):
         BreathHyperModel("resnet", _tiny_pipeline())
+
+
+@pytest.mark.parametrize("tuner", ["random", "bayesian", "hyperband"])
+def test_every_tuner_maximises_the_validation_accuracy(tuner, tmp_path):
+    """The search keeps its highest ``val_accuracy`` (the tiny searches' trials tie, so their "best"
+    cannot show the direction)."""
+    pipeline = with_overrides(_tiny_pipeline(), "tune", tuner=tuner)
+    made = tune.make_tuner(BreathHyperModel("cnn8", pipeline), pipeline, tmp_path)
+    assert (made.oracle.objective.name, made.oracle.objective.direction) == (tune.OBJECTIVE, "max")
 
 
 # ----------------------------------------------------------------------------- the CLI

@@ -110,8 +110,10 @@ def test_chunks_in_any_order_with_odd_sizes():
     fmt18 = _chunk(b"fmt ", fmt[8:] + b"\x00\x00")  # WAVEFORMATEX with cbSize = 0
     fmt17 = _chunk(b"fmt ", fmt[8:] + b"\x00")  # odd size: a pad byte follows
     expected = samples.astype(np.float32) / 2**15
+    stereo = _fmt_pcm16(channels=2)  # a second fmt chunk: the first one describes the data
     for contents in (_riff(fmt, data), _riff(fmt18, data), _riff(fmt17, data), _riff(fmt, listing, data),
-                     _riff(listing, odd, fmt, data), _riff(data, odd, fmt)):
+                     _riff(listing, odd, fmt, data), _riff(data, odd, fmt), _riff(fmt, stereo, data),
+                     _riff(data, fmt, stereo)):
         wav, status = audio.decode_wav(contents, None)
         assert int(status) == audio.OK
         np.testing.assert_array_equal(wav.numpy(), expected)

@@ -217,3 +217,24 @@ def test_a_wide_rate_prior_keeps_every_tempo_finite():
     np.testing.assert_array_equal(decoded, pattern >= 0.5)
     log_pmf, log_survival = timeline.duration_log_prior((60.0, 200.0), HOP_S, 16)  # 30+ sd beyond 8 s
     assert np.isfinite(log_pmf).all() and np.exp(log_pmf).sum() == pytest.approx(1.0)
+
+
+def test_one_window_sure_of_the_wrong_phase_is_outvoted():
+    """``probability_floor``: a window at P = 1e-12 inside an exhale costs log(0.05), not log(1e-12),
+    so its neighbours outvote it (without the floor it flips: I E E I E E)."""
+    pattern = np.resize([0.1] * 3 + [0.9] * 5, 64)
+    glitch = pattern.copy()
+    glitch[13] = 1e-12  # the second breath's exhale is windows 11-15
+    np.testing.assert_array_equal(timeline.decode_phases(glitch, HOP_S), pattern >= 0.5)
+    loose = timeline.TimelineConfig(probability_floor=1e-15)
+    assert not timeline.decode_phases(glitch, HOP_S, loose)[13]
+
+
+@pytest.mark.parametrize("low, high", [(6.0, 10.0), (12.0, 20.0), (20.0, 40.0)])
+def test_without_evidence_the_rate_prior_chooses_the_tempo(low, high):
+    """Windows at P = 0.5 tell nothing: the tempo lands near the prior's median rate (within
+    10 %; the segmentations' count tilts it a little), not at the slowest candidate (about half)."""
+    config = timeline.TimelineConfig(rate_low_bpm=low, rate_high_bpm=high)
+    tempo = timeline.most_probable_tempo(np.full(40, 0.5), HOP_S, config)
+    rate = 60.0 / (tempo * config.nominal_breath_s())
+    assert rate == pytest.approx(np.sqrt(low * high), rel=0.1)

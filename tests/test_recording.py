@@ -26,3 +26,13 @@ def test_sample_probability_averages_the_covering_windows():
     np.testing.assert_allclose(probability, [0.2] * 10 + [0.4] * 10 + [0.9] * 10)
     overlapping = recording.sample_probability(_recording(15, [0, 5], [0.2, 0.6]), clip=10)
     np.testing.assert_allclose(overlapping, [0.2] * 5 + [0.4] * 5 + [0.6] * 5)
+
+
+def test_a_recording_is_padded_below_half_a_clip_and_a_short_one_is_centred_on_its_audio():
+    assert recording.is_padded(_recording(CLIP // 2 - 1, [0], [0.5]), CLIP)
+    assert not recording.is_padded(_recording(CLIP // 2, [0], [0.5]), CLIP)  # exactly half a clip is enough
+    rate = PipelineConfig().audio.sample_rate
+    short = _recording(int(0.3 * rate), [0], [0.5])
+    np.testing.assert_allclose(recording.window_centres_s(short, CLIP, rate), [0.15])
+    long = _recording(3 * CLIP, [0, CLIP, 2 * CLIP], [0.5] * 3)
+    np.testing.assert_allclose(recording.window_centres_s(long, CLIP, rate), [0.5, 1.5, 2.5])

@@ -159,16 +159,25 @@ def test_concat_joins_two_cycles_of_the_same_class():
 def test_shift_speed_and_noise():
     x = tf.constant(np.arange(2 * 50, dtype=np.float32).reshape(2, 50) / 100.0)
     rolled = augment.shift(x, 1.0, seed=1).numpy()
+    amounts = []
     for row, original in zip(rolled, x.numpy()):
-        amount = int(np.argmax(row == original[0]))
-        np.testing.assert_array_equal(row, np.roll(original, amount))
+        amounts.append(int(np.argmax(row == original[0])))
+        np.testing.assert_array_equal(row, np.roll(original, amounts[-1]))
+    assert any(amounts)  # a shift moved something
     np.testing.assert_allclose(augment.change_speed(x, 1.0, 1.0, 1.0, seed=0), x, atol=1e-6)
     doubled = augment.change_speed(x, 1.0, 2.0, 2.0, seed=0).numpy()
     np.testing.assert_allclose(doubled[0], x.numpy()[0][(2 * np.arange(50)) % 50], atol=1e-6)
+    faster = augment.change_speed(x, 1.0, 1.5, 1.5, seed=0).numpy()  # between samples: interpolated
+    position = (1.5 * np.arange(50)) % 50  # read circularly
+    circular = np.append(x.numpy()[0], x.numpy()[0, 0])  # [51]: the first sample again after the last
+    np.testing.assert_allclose(faster[0], np.interp(position, np.arange(51), circular), atol=1e-6)
     signal = tf.constant(sine(300.0, 1.0, 4000, 0.5)[np.newaxis].repeat(4, 0))
     noisy = augment.add_noise(signal, 1.0, 20.0, 20.0, seed=2).numpy()
     snr = 10 * np.log10(np.mean(signal.numpy() ** 2) / np.mean((noisy - signal.numpy()) ** 2))
     assert 19.0 < snr < 21.0 and np.abs(noisy).max() <= 1.0
+    spread = augment.add_noise(signal, 1.0, 10.0, 30.0, seed=2).numpy()  # one SNR per cycle, drawn in the range
+    snrs = 10 * np.log10(np.mean(signal.numpy() ** 2) / np.mean((spread - signal.numpy()) ** 2, axis=1))
+    assert np.all((snrs > 9.5) & (snrs < 30.5)) and np.ptp(snrs) > 3.0
 
 
 def test_augmenter_is_reproducible_and_keeps_shapes():

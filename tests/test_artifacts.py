@@ -104,3 +104,16 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path):
     with pytest.raises(UnicodeEncodeError):  # fails once the file is open
         artifacts.write_text(target, "\ud800")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_saved_figure_is_closed_written_or_not(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    artifacts.save_figure(plt.figure(), tmp_path / "a.png")
+    with pytest.raises(OSError):
+        artifacts.save_figure(plt.figure(), tmp_path / "a.png" / "b.png")  # a file where a folder should be
+    assert plt.get_fignums() == [] and (tmp_path / "a.png").stat().st_size > 0

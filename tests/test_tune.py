@@ -13,6 +13,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfbreath import hypermodel, run_folder, tune
 from tfbreath.config import (ConfigError, MAP_NAMES, PipelineConfig, TuneConfig, config_from_dict, dump_config,
@@ -305,3 +306,37 @@ def test_a_chief_and_two_workers_share_one_search(tiny_search, tmp_path):
     rows = _trials(out)  # written by the chief, from its oracle
     assert [row["status"] for row in rows] == ["COMPLETED", "COMPLETED"]
     assert load_config(SearchFolder(out).best_pipeline_file).train.models == ("cnn8",)
+
+
+def test_a_continued_trial_schedules_its_own_epochs_and_stops_on_the_best_accuracy(monkeypatch):
+    """Hyperband continues a trial from ``initial_epoch``: the learning-rate schedule spans the
+    epochs this call trains, and early stopping keeps the highest ``val_accuracy``."""
+    trial = BreathHyperModel("cnn8", _tiny_pipeline())
+    hp = kt.HyperParameters()
+    trial.declare_hyperparameters(hp)
+    seen = {}
+    monkeypatch.setattr(hypermodel, "prepare", lambda model, name, pipeline, train_set, steps, **kw:
+                        seen.setdefault("steps", steps))
+    monkeypatch.setattr(hypermodel, "augmented_batches", lambda pipeline, train_set, batch_size:
+                        ("batches", keras.callbacks.Callback()))
+
+    class _Model:
+        distribute_strategy = tf.distribute.get_strategy()
+
+        def get_layer(self, name):
+            return None
+
+        def fit(self, batches, validation_data, epochs, initial_epoch, callbacks, **kwargs):
+            seen["callbacks"] = callbacks
+
+    class _Clips:
+        kept_examples = [None] * 40
+
+        def batches(self, batch_size):
+            return tf.data.Dataset.range(1)
+
+    trial.fit(hp, _Model(), _Clips(), _Clips(), epochs=5, initial_epoch=3)
+    batch = hp.values[hypermodel.BATCH_SIZE]
+    assert seen["steps"] == -(-40 // batch) * (5 - 3)
+    stopper = next(c for c in seen["callbacks"] if isinstance(c, keras.callbacks.EarlyStopping))
+    assert (stopper.monitor, stopper.mode) == ("val_accuracy", "max")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -104,6 +105,7 @@ def test_extract_counts_and_reports_bad_files_and_batches_the_rest(tmp_path, wri
     # An epoch-seeded shuffle: each epoch's order is a function of (seed, epoch) alone, so a resumed
     # run replays the uninterrupted one's, and epochs differ from each other.
     epoch = tf.Variable(0, dtype=tf.int64)
+    keras.utils.set_random_seed(0)  # TensorFlow's global seed 0 broke its own seed check here (fit --seed 0)
 
     def order() -> list[float]:  # the clips by their first scalar, as one epoch deals them
         return [float(x) for inputs, _ in feature_set.batches(2, shuffle_buffer=5, seed=3, epoch=epoch)
@@ -116,6 +118,8 @@ def test_extract_counts_and_reports_bad_files_and_batches_the_rest(tmp_path, wri
     assert second != first and sorted(second) == sorted(first)
     epoch.assign(0)
     assert order() == first
+    keras.utils.set_random_seed(42)
+    assert order() == first  # the order is the pipeline seed's and the epoch's, not TensorFlow's global seed's
 
 
 def test_pipeline_features_equal_a_direct_call(tmp_path, write_wav):

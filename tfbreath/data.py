@@ -64,6 +64,11 @@ memory-bound (Burg LPC, spectra), and smaller batches keep their arrays in cache
 EPOCH_SEED_STRIDE = 1 << 20
 """Shuffle seed of an epoch: ``seed * EPOCH_SEED_STRIDE + epoch``, distinct for every (seed, epoch < 2**20)."""
 
+EPOCH_ORDER_GRAPH_SEED = 1
+"""The graph-level half of that shuffle's seed pair, fixed, so the order depends on (seed, epoch)
+alone and not on TensorFlow's global seed. A global seed of 0 also made TensorFlow's seed check
+read the epoch tensor as a Python bool, which fails in a graph (``fit --seed 0`` crashed)."""
+
 STATUS = "status"
 LABEL = "label"
 INDEX = "index"
@@ -302,8 +307,12 @@ class FeatureSet:
             if seed is None:
                 raise ValueError("an epoch-seeded shuffle needs a seed")
             ordered = ds
-            ds = tf.data.Dataset.from_tensors(0).flat_map(lambda _: ordered.shuffle(  # one shuffle per iterator
-                shuffle_buffer, seed=seed * EPOCH_SEED_STRIDE + epoch.read_value()))
+
+            def epoch_order(_):  # traced once; runs once per iterator, reading the epoch then
+                tf.compat.v1.get_default_graph().seed = EPOCH_ORDER_GRAPH_SEED  # this function's graph only
+                return ordered.shuffle(shuffle_buffer, seed=seed * EPOCH_SEED_STRIDE + epoch.read_value())
+
+            ds = tf.data.Dataset.from_tensors(0).flat_map(epoch_order)
             ds = ds.apply(tf.data.experimental.assert_cardinality(len(self.kept_examples)))
         elif shuffle_buffer:
             ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)

@@ -217,6 +217,11 @@ def test_a_wide_rate_prior_keeps_every_tempo_finite():
     np.testing.assert_array_equal(decoded, pattern >= 0.5)
     log_pmf, log_survival = timeline.duration_log_prior((60.0, 200.0), HOP_S, 16)  # 30+ sd beyond 8 s
     assert np.isfinite(log_pmf).all() and np.exp(log_pmf).sum() == pytest.approx(1.0)
+    # Durations beyond float64's tails (1e20 s) are impossible, and a prior of only such rates is refused.
+    assert np.isneginf(timeline.duration_log_prior((1e20, 2e20), HOP_S, 16)).all()
+    absurd = timeline.TimelineConfig(rate_low_bpm=1e-20, rate_high_bpm=2e-20)
+    with pytest.raises(ConfigError, match=r"no breathing rate in the prior \(1e-20-2e-20/min\) gives phases"):
+        timeline.decode_phases(pattern, HOP_S, absurd)
 
 
 def test_one_window_sure_of_the_wrong_phase_is_outvoted():

@@ -195,3 +195,19 @@ def fitted_closed_form(name: str, pipeline, tmp_path_factory):
     val_set = data.extract(val_examples, None, pipeline, progress=False)
     out = tmp_path_factory.mktemp(f"{name}_run")
     return train.fit_closed_form(name, pipeline, train_set, val_set, out), train_set, val_set, out
+
+
+def closed_form_fit_view(model, train_set, val_set):
+    """What a fitted closed-form member was fitted on and gives, over its training then held-out
+    clips: ``(z [N, D] standardised statistics, labels [N], P(exhale) [N])``."""
+    import keras
+
+    from tfbreath import train
+    from tfbreath.models.pooled import POOLED_NORM, POOLED_STATS
+
+    stats = keras.Model(model.input, model.get_layer(POOLED_STATS).output)
+    x = np.concatenate([stats.predict(s.batches(8), verbose=0) for s in (train_set, val_set)]).astype(np.float64)
+    labels = np.concatenate([train_set.kept_examples.labels, val_set.kept_examples.labels])
+    z = np.asarray(model.get_layer(POOLED_NORM)(x.astype(np.float32)), np.float64)
+    feeds = np.concatenate([train.predict_probabilities(model, s, 8) for s in (train_set, val_set)])
+    return z, labels, feeds

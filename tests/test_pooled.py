@@ -14,12 +14,12 @@ import tensorflow as tf
 from tfbreath import train
 from tfbreath.config import PipelineConfig, with_overrides
 from tfbreath.models import build_model_for_pipeline
-from tfbreath.models.pooled import (MAX_GROUPS, MODULATION_BLOCK, POOLED_NORM, POOLED_STATS, STATISTICS, PooledStatistics,
+from tfbreath.models.pooled import (MAX_GROUPS, MODULATION_BLOCK, POOLED_STATS, STATISTICS, PooledStatistics,
                                     band_groups, build_pooled, gradient_safe_sqrt, legendre_basis,
                                     statistic_names)
 from tfbreath.precision import global_policy
 
-from conftest import fitted_closed_form
+from conftest import closed_form_fit_view, fitted_closed_form
 
 MAPS = ("mel", "modulation", "lpc")
 ROWS = (70, 40, 12)
@@ -159,11 +159,7 @@ def test_the_member_is_the_fit_at_the_chosen_c_on_training_and_validation_clips(
     """The saved model gives what scikit-learn's logistic regression at the history's best C, fitted on
     the same standardised statistics of all its clips, gives; the other C of the grid does not."""
     model, train_set, val_set, out = fitted
-    stats = keras.Model(model.input, model.get_layer(POOLED_STATS).output)
-    x = np.concatenate([stats.predict(s.batches(8), verbose=0) for s in (train_set, val_set)]).astype(np.float64)
-    labels = np.concatenate([train_set.kept_examples.labels, val_set.kept_examples.labels])
-    z = np.asarray(model.get_layer(POOLED_NORM)(x.astype(np.float32)), np.float64)
-    feeds = np.concatenate([train.predict_probabilities(model, s, 8) for s in (train_set, val_set)])
+    z, labels, feeds = closed_form_fit_view(model, train_set, val_set)
     best = train.best_c(out / "history_pooled.csv")
     fit = train.CLOSED_FORM_FITS["pooled"][0]
     for c in POOLED.train.pooled_c:

@@ -17,7 +17,7 @@ from tfbreath.models.pooled import POOLED_NORM, POOLED_STATS
 from tfbreath.models.rbf import RBF_KERNEL, RBFKernel, build_rbf
 from tfbreath.precision import global_policy
 
-from conftest import fitted_closed_form
+from conftest import closed_form_fit_view, fitted_closed_form
 
 SHAPE = (8, 6, 2)  # [M, T, C]
 MAPS, ROWS = ("mel", "lpc"), (8, 4)
@@ -117,13 +117,9 @@ def test_keras_member_gives_scikit_learns_probabilities(fitted):
     """The model's landmarks and folded weights reproduce Nyström + logistic regression fitted by
     scikit-learn on the same standardised statistics (training and validation clips, as the fit)."""
     model, train_set, val_set, out = fitted
-    stats = keras.Model(model.input, model.get_layer(POOLED_STATS).output)
-    x = np.concatenate([stats.predict(s.batches(8), verbose=0) for s in (train_set, val_set)]).astype(np.float64)
-    labels = np.concatenate([train_set.kept_examples.labels, val_set.kept_examples.labels])
-    z = np.asarray(model.get_layer(POOLED_NORM)(x.astype(np.float32)), np.float64)
+    z, labels, feeds = closed_form_fit_view(model, train_set, val_set)
     c = train.best_c(out / "history_rbf.csv")
     want = train.CLOSED_FORM_FITS["rbf"][0](z, labels, c, RBF.train, RBF.data.seed).probability(z)
-    feeds = np.concatenate([train.predict_probabilities(model, s, 8) for s in (train_set, val_set)])
     np.testing.assert_allclose(feeds, want, atol=1e-4)
     assert not np.allclose(want, want.mean(), atol=1e-2)  # a real fit, not a constant
 

@@ -11,11 +11,14 @@ from tfbreath import artifacts
 from tfbreath.tflite_file import TFLiteFileError, verify_tflite
 
 
+def _converted(inputs, outputs) -> bytes:
+    return tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, outputs)).convert()
+
+
 @pytest.fixture(scope="module")
 def flatbuffer():
     inputs = keras.Input((4,))
-    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Dense(3, activation="relu")(inputs)))
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    return _converted(inputs, keras.layers.Dense(1)(keras.layers.Dense(3, activation="relu")(inputs)))
 
 
 def test_a_sound_model_passes_unchanged(flatbuffer, tmp_path):
@@ -37,10 +40,6 @@ def test_a_damaged_model_is_one_error_naming_the_file(flatbuffer, tmp_path, dama
 def test_an_unreadable_path_is_an_error_naming_it(tmp_path):
     with pytest.raises(TFLiteFileError, match=f"^{tmp_path}: cannot read the file"):
         verify_tflite(tmp_path)  # a folder
-
-
-def _converted(inputs, outputs) -> bytes:
-    return tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, outputs)).convert()
 
 
 def test_a_sound_model_that_is_not_a_waveform_classifier_is_refused(flatbuffer, tmp_path):

@@ -259,6 +259,19 @@ def test_bad_inputs_status_and_zero_audio(tmp_path, write_wav):
         assert wav.shape == (0,), name
 
 
+@pytest.mark.parametrize("peak_dbfs, subtype, expected", [
+    (-89.5, "FLOAT", audio.OK),
+    (-90.5, "FLOAT", audio.SILENT),
+    (20 * np.log10(1 / 32768), "PCM_16", audio.SILENT),  # +-1 LSB of 16 bits: -90.3 dBFS, dither alone
+    (20 * np.log10(2 / 32768), "PCM_16", audio.OK),  # +-2 LSB: -84.3 dBFS, a faint recording
+])
+def test_silence_is_a_peak_below_minus_90_dbfs(write_wav, peak_dbfs, subtype, expected):
+    """The SILENT boundary (``audio.SILENCE_DBFS``) within half a dB, and where 16-bit files fall."""
+    signs = np.where(np.arange(1600) % 2 == 0, 1.0, -1.0)
+    path = write_wav("quiet.wav", 10.0 ** (peak_dbfs / 20.0) * signs, TARGET, subtype)
+    assert _decode(path)[1] == expected
+
+
 def test_a_file_with_no_sample_left_after_resampling_is_too_short(tmp_path, write_wav):
     """One frame at 48 kHz is round(1 / 3) = 0 samples at 16 kHz: not an empty clip that counts as OK."""
     path = write_wav("tick.wav", np.full(1, 0.5), 48000)

@@ -84,6 +84,19 @@ def test_cnn8_has_eight_3x3_convs_rising_32_64_128_256():
     assert trainable_params(literal) == CNN8_LITERAL_PARAMS
 
 
+@pytest.mark.parametrize("name, norm_first", [("cnn8", False), ("vgg", True)])
+def test_units_order_activation_and_batch_norm_as_the_authors_code(name, norm_first):
+    """CNN8: conv (bias) -> activation -> BN; VGG: conv (no bias) -> BN -> activation; the same in
+    the dense units."""
+    model = build_model(name, PAPER_SHAPE, PAPER_SCALARS)
+    activations = [layer for layer in model.layers if isinstance(layer, keras.layers.Activation)]
+    assert len(activations) >= 8
+    for activation in activations:
+        norm = model.get_layer(f"{activation.name.rsplit('_', 1)[0]}_bn")
+        first, second = (norm, activation) if norm_first else (activation, norm)
+        assert second.input is first.output, activation.name
+
+
 def test_vgg_has_twelve_bias_free_3x3_convs_and_a_residual_projection():
     model = build_model("vgg", PAPER_SHAPE, PAPER_SCALARS)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]

@@ -152,6 +152,16 @@ def test_autocorrelation_sign_and_minimum_lag():
     assert out[IDX["autocorr_min_lag_s"]] == pytest.approx(8 / SAMPLE_RATE, abs=1e-9)
 
 
+@pytest.mark.parametrize("freq", [5.0, 15.0])
+def test_minimum_lag_is_searched_below_50_ms(freq):
+    """A 5 Hz sine's autocorrelation falls until its half period (100 ms), so the minimum below
+    50 ms is the last lag searched; 15 Hz's falls to its half period (33 ms), inside the search."""
+    lags = np.arange(SAMPLE_RATE // 20)  # [800]: the lags below 50 ms
+    expected = np.argmin((SAMPLE_RATE - lags) * np.cos(2 * np.pi * freq * lags / SAMPLE_RATE))
+    assert expected == (len(lags) - 1 if freq == 5.0 else 531)
+    assert _features(sine(freq))[IDX["autocorr_min_lag_s"]] == pytest.approx(expected / SAMPLE_RATE, abs=2e-4)
+
+
 @pytest.mark.parametrize(("freq", "expected"), [(3000.0, 0.0), (300.0, 1.0)])
 def test_low_frequency_energy_ratio(freq, expected):
     assert _features(sine(freq))[IDX["low_freq_energy_ratio"]] == pytest.approx(expected, abs=1e-3)

@@ -34,6 +34,9 @@ def test_default_sizes_follow_the_module_docstring():
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv1D)]
     assert [(c.filters, c.kernel_size[0]) for c in convs] == [(256, 1), *STAGES]
     assert model.get_layer("global_pool").output.shape == (None, 2 * 512)
+    assert isinstance(model.get_layer("temporal2_pool"), keras.layers.MaxPooling1D)
+    assert isinstance(model.get_layer("global_average"), keras.layers.GlobalAveragePooling1D)
+    assert isinstance(model.get_layer("global_max"), keras.layers.GlobalMaxPooling1D)
 
 
 def test_channels_pick_the_maps_it_reads():

@@ -182,7 +182,7 @@ def classify_audio(classifier: Classifier, audios: dict[str, np.ndarray], hop: i
     clip = classifier.num_samples
     recordings = [Recording(name, Path(name), audio, window_starts(len(audio), clip, hop))
                   for name, audio in audios.items()]
-    return smooth(classify(classifier, recordings, BATCH), hop / classifier.sample_rate, config)
+    return smooth(classify(classifier, recordings, BATCH), hop, classifier.sample_rate, config)
 
 
 def summaries(recording: Recording, classifier: Classifier) -> dict[str, timeline.BreathingSummary]:

@@ -177,8 +177,9 @@ def test_long_recording_is_windowed_and_plotted(capsys, tmp_path, run_dir, wavef
     rows = _rows(out)
     assert list(rows[0]) == list(predict.WINDOW_COLUMNS)
     spans = [(r["ID"], float(r["start_s"]), float(r["end_s"])) for r in rows]
-    assert spans == [("long.wav", 0.0, 1.0), ("long.wav", 0.5, 1.5), ("long.wav", 1.0, 2.0),
-                     ("long.wav", 1.5, 2.5), ("long.wav", 2.0, 3.0), ("long.wav", 2.2, 3.2),
+    # 3.2 s: the fewest windows at most half a clip apart, from 0 to 2.2 s, are 0.44 s apart
+    assert spans == [("long.wav", 0.0, 1.0), ("long.wav", 0.44, 1.44), ("long.wav", 0.88, 1.88),
+                     ("long.wav", 1.32, 2.32), ("long.wav", 1.76, 2.76), ("long.wav", 2.2, 3.2),
                      ("short.wav", 0.0, SHORT_S)]
     audio = load_audio(long_wav, RATE, None)
     windows = np.stack([audio[int(round(s * RATE)):int(round(s * RATE)) + CLIP] for _, s, _ in spans[:-1]])
@@ -191,7 +192,7 @@ def test_long_recording_is_windowed_and_plotted(capsys, tmp_path, run_dir, wavef
 
     code, out, err = _run(capsys, "--model", run_dir, long_wav, "--hop", 0.8)
     assert code == predict.EXIT_OK, err
-    assert [float(r["start_s"]) for r in _rows(out)] == [0.0, 0.8, 1.6, 2.2]
+    assert [float(r["start_s"]) for r in _rows(out)] == [0.0, 0.733, 1.467, 2.2]  # 2.2 s in three steps
 
 
 def test_bad_files_are_reported_and_skipped(capsys, tmp_path, run_dir):
@@ -651,8 +652,8 @@ def test_smoothing_mends_a_lone_flipped_window_with_the_prior_options_given(caps
     assert rows[BLIP]["Target"] == "I" and rows[BLIP]["Smoothed"] == "E"  # half a second of inhale: too short
     assert all(row["Smoothed"] == row["Target"] for i, row in enumerate(rows) if i != BLIP)
     decoded_with = []
-    monkeypatch.setattr(predict, "smooth", lambda recordings, hop_s, config: decoded_with.append(config) or
-                        smooth(recordings, hop_s, config))
+    monkeypatch.setattr(predict, "smooth", lambda recordings, hop, rate, config: decoded_with.append(config) or
+                        smooth(recordings, hop, rate, config))
     smoothed("--inhale-s", "0.3", "2", "--exhale-s", "0.3", "3", "--rate-bpm", "30", "60")
     assert decoded_with == [timeline.TimelineConfig(inhale_low_s=0.3, inhale_high_s=2.0, exhale_low_s=0.3,
                                                     exhale_high_s=3.0, rate_low_bpm=30.0, rate_high_bpm=60.0)]

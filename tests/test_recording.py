@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tfbreath import recording
 from tfbreath.config import PipelineConfig
@@ -14,7 +15,40 @@ def test_window_starts_end_with_the_recording():
     assert recording.window_starts(CLIP // 2, CLIP, CLIP // 2).tolist() == [0]
     assert recording.window_starts(CLIP, CLIP, CLIP // 2).tolist() == [0]
     assert recording.window_starts(3 * CLIP, CLIP, CLIP // 2).tolist() == [0, 8000, 16000, 24000, 32000]
-    assert recording.window_starts(51200, CLIP, 12800).tolist() == [0, 12800, 25600, 35200]
+    assert recording.window_starts(51200, CLIP, 12800).tolist() == [0, 11733, 23467, 35200]
+
+
+@pytest.mark.parametrize("length, clip, hop, starts", [
+    (10, 4, 3, [0, 3, 6]),  # the grid ends exactly at the end
+    (11, 4, 3, [0, 2, 5, 7]),  # one more step: the four windows spread over the 7 samples
+    (4, 4, 3, [0]),
+    (3, 4, 3, [0]),  # shorter than a window: zero-padded
+    (20, 4, 8, [0, 8, 16]),  # a hop longer than the window skips samples, as asked
+])
+def test_window_starts_known_answers(length, clip, hop, starts):
+    assert recording.window_starts(length, clip, hop).tolist() == starts
+
+
+@pytest.mark.parametrize("extra", [1, 3, 4000, 7999])
+def test_windows_a_few_samples_past_the_hop_grid_stay_one_step_apart(extra):
+    hop = CLIP // 2
+    starts = recording.window_starts(CLIP + 10 * hop + extra, CLIP, hop)
+    steps = np.diff(starts)
+    assert starts[0] == 0 and starts[-1] == 10 * hop + extra and len(starts) == 12  # the fewest steps <= hop
+    assert steps.max() <= hop and steps.max() - steps.min() <= 1  # no last window a few samples after another
+    assert recording.window_step(starts, hop) == pytest.approx((10 * hop + extra) / 11)
+
+
+def test_smooth_decodes_at_the_windows_own_spacing(monkeypatch):
+    spacings = []
+    monkeypatch.setattr(recording.timeline, "decode_phases",
+                        lambda probabilities, hop_s, config: spacings.append(hop_s) or probabilities >= 0.5)
+    hop, rate = CLIP // 2, PipelineConfig().audio.sample_rate
+    long = recording.window_starts(CLIP + 10 * hop + 3, CLIP, hop)
+    recordings = [_recording(CLIP + 10 * hop + 3, long, np.full(len(long), 0.7)), _recording(CLIP, [0], [0.2])]
+    smoothed = recording.smooth(recordings, hop, rate, recording.timeline.TimelineConfig())
+    assert spacings == [pytest.approx((10 * hop + 3) / 11 / rate), hop / rate]  # one window: the hop asked for
+    assert smoothed[0].smoothed.all() and not smoothed[1].smoothed.any()
 
 
 def _recording(length, starts, probabilities):

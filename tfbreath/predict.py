@@ -22,8 +22,8 @@ file name, ``E`` when P(exhale) >= ``--threshold`` (default 0.5) else ``I``, P(e
 ``True`` when the file holds less than half a clip of audio
 (``tfbreath.recording.MIN_AUDIO_FRACTION``), so the model saw mostly zero padding (also warned
 on stderr, with the file's duration). If any recording is longer than one clip, every file is
-classified window by window instead (``tfbreath.recording``): clip-long windows every ``--hop``
-seconds (default: half a clip), the last one ending with the recording, rows
+classified window by window instead (``tfbreath.recording``): clip-long windows at most ``--hop``
+seconds apart (default: half a clip), evenly spread from the recording's start to its end, rows
 ``ID,start_s,end_s,Target,Probability,Padded,Smoothed`` (a short file gives one zero-padded
 window). ``Target`` is the window's own phase; ``Smoothed`` is its phase in the recording's most
 probable phase sequence (``tfbreath.timeline``: a two-state hidden semi-Markov model whose
@@ -87,7 +87,8 @@ from tfbreath.console import OneLineParser, add_verbose_argument  # noqa: E402
 from tfbreath.errors import EXIT_OK, EXIT_SKIPPED, TfbreathError, reported  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
 from tfbreath.recording import (MIN_AUDIO_FRACTION, ONE_CLIP, Recording, breathing, classify,  # noqa: E402
-                                is_padded, sample_probability, smooth, window_centres_s, window_starts)
+                                is_padded, sample_probability, smooth, window_centres_s, window_starts,
+                                window_step)
 from tfbreath.run_folder import MODEL_SUFFIX, PIPELINE_FILE, TFLITE_SUFFIX  # noqa: E402
 
 KAGGLE_CSV = "test.csv"
@@ -194,7 +195,8 @@ def plot_timeline(recording: Recording, classifier: Classifier, threshold: float
                      label=f"{data.LABEL_WORDS[letter]} ({letter}), smoothed")
     wave_ax.set(ylabel="amplitude",
                 title=f"{recording.path.name}: {_rate_words(breathing(recording, clip, rate))}; smoothed phase "
-                      f"of {len(recording.starts)} window(s) of {clip / rate:g} s every {hop / rate:g} s")
+                      f"of {len(recording.starts)} window(s) of {clip / rate:g} s every "
+                      f"{window_step(recording.starts, hop) / rate:.3g} s")
     wave_ax.legend(**LEGEND_OUTSIDE)
     prob_ax.plot(time, probability, color="black", linewidth=1, label="mean over windows")
     prob_ax.plot(centres, recording.probabilities, "o", color="grey", markersize=3, label="window (at its centre)")
@@ -392,12 +394,12 @@ def run(args: argparse.Namespace) -> int:
     kaggle = args.kaggle is not None
     windowed = not kaggle and any(audio is not None and len(audio) > clip for audio in audios)
     if windowed:
-        print(f"a recording is longer than one clip: windows of {classifier.clip_s:g} s every "
-              f"{hop / classifier.sample_rate:g} s", file=sys.stderr)
+        print(f"a recording is longer than one clip: windows of {classifier.clip_s:g} s at most "
+              f"{hop / classifier.sample_rate:g} s apart", file=sys.stderr)
     recordings = classify(classifier, _recordings(inputs, audios, windowed, clip, hop), args.batch_size)
     _warn_padded(recordings, classifier)
     if windowed:
-        recordings = smooth(recordings, hop / classifier.sample_rate, config)
+        recordings = smooth(recordings, hop, classifier.sample_rate, config)
     text = _csv_text(recordings, kaggle, windowed, classifier, args.threshold)
     _plot(args.plot, recordings if windowed else [], classifier, args.threshold, hop)
     _write_summary(summary_path, args.summary is not None, recordings if windowed else [], classifier)

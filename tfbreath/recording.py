@@ -5,9 +5,10 @@ A ``Recording`` is one decoded file at the classifier's rate: its ``audio`` (``[
 each window's P(exhale) (``probabilities``, ``[T]``) and, once ``smooth`` has, each window's phase
 in the recording's most probable phase sequence (``smoothed``, ``[T]`` bool, ``True`` exhale).
 
-Windows are one clip long (the classifier's ``num_samples``), placed by ``window_starts``: every
-``hop`` samples from the recording's start, the last one ending with the recording (so the last
-step may be shorter than ``hop``). A recording of at most one clip has the one window ``ONE_CLIP``,
+Windows are one clip long (the classifier's ``num_samples``), placed by ``window_starts``: the
+first starting with the recording, the last ending with it, and as few as keep every step at most
+``hop`` samples, spread evenly (steps differ by at most a sample; ``window_step`` is their mean,
+the spacing the decoder assumes). A recording of at most one clip has the one window ``ONE_CLIP``,
 zero-padded at its end (``classifier.window``); so is any file classified as one clip. Such a
 recording holding less than ``MIN_AUDIO_FRACTION`` of a clip is mostly padding (``is_padded``).
 
@@ -54,13 +55,23 @@ class Recording:
 
 
 def window_starts(length: int, clip: int, hop: int) -> np.ndarray:
-    """Starts of clip-long windows every ``hop`` samples, the last one ending at ``length``.
+    """Starts of clip-long windows from ``0`` to ``length - clip``, the fewest with every step at
+    most ``hop``, evenly spread (rounded to samples). ``-> [T]`` int64
 
-    ``[0]`` when the recording fits in one clip (it is then zero-padded).
+    ``[0]`` when the audio fits in one clip (it is then zero-padded). Spreading the windows keeps
+    them one spacing apart: a last window a few samples after the one before would be counted as a
+    whole step of the recording's timeline.
     """
-    if length <= clip:
+    span = length - clip
+    if span <= 0:
         return ONE_CLIP
-    return np.append(np.arange(0, length - clip, hop), length - clip)
+    steps = -(-span // hop)                                             # ceil: the fewest steps <= hop
+    return (np.arange(steps + 1, dtype=np.int64) * span + steps // 2) // steps   # [steps + 1], rounded
+
+
+def window_step(starts: np.ndarray, hop: int) -> float:
+    """Mean samples between consecutive window starts (``hop`` for a single window)."""
+    return float(starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else float(hop)
 
 
 def _batches(recordings: Sequence[Recording], clip: int, batch_size: int) -> Iterator[np.ndarray]:
@@ -102,10 +113,12 @@ def window_centres_s(recording: Recording, clip: int, sample_rate: int) -> np.nd
     return (recording.starts + min(clip, len(recording.audio)) / 2) / sample_rate
 
 
-def smooth(recordings: Sequence[Recording], hop_s: float, config: timeline.TimelineConfig) -> list[Recording]:
-    """The recordings with each window's phase in their most probable phase sequence."""
-    return [dataclasses.replace(r, smoothed=timeline.decode_phases(r.probabilities, hop_s, config))
-            for r in recordings]
+def smooth(recordings: Sequence[Recording], hop: int, sample_rate: int,
+           config: timeline.TimelineConfig) -> list[Recording]:
+    """The recordings with each window's phase in their most probable phase sequence (windows
+    ``window_step`` apart; ``hop`` is the step asked for, in samples)."""
+    return [dataclasses.replace(r, smoothed=timeline.decode_phases(
+        r.probabilities, window_step(r.starts, hop) / sample_rate, config)) for r in recordings]
 
 
 def breathing(recording: Recording, clip: int, sample_rate: int) -> timeline.BreathingSummary:

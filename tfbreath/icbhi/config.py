@@ -47,8 +47,8 @@ frequencies at the bottom, normalised by the training split's per-channel mean a
 
 LONG_CYCLES = ("cut", "windows")
 """A cycle longer than ``cycle_s``: ``cut`` keeps its first ``cycle_s``; ``windows`` cuts it into
-windows of ``cycle_s`` every ``window_hop_s`` (each a training example; at test time the
-windows' mean probability decides the cycle)."""
+windows of ``cycle_s`` at most ``window_hop_s`` apart (``tfbreath.recording.window_starts``; each a
+training example; at test time the windows vote, ``tfbreath.icbhi.dataset.CycleSet.per_cycle``)."""
 
 SELECTIONS = ("last", "best")
 """Which stage-1 weights are kept: the last epoch's, or the epoch with the best ICBHI score on a

@@ -5,8 +5,8 @@
 Butterworth band, [-1, 1]), cuts every annotated cycle out and pads it to ``cycle_s``
 (``padding``: smart padding on the training side, and on the test side only with
 ``padding.smart_test``); a longer cycle is cut to ``cycle_s`` or, with ``[padding] long_cycles =
-"windows"``, into windows that are examples of their own (``padding.window_starts``) and vote at
-test time (``CycleSet.per_cycle``). The result is two ``CycleSet``s of numpy arrays, computed once.
+"windows"``, into windows that are examples of their own (``tfbreath.recording.window_starts``)
+and vote at test time (``CycleSet.per_cycle``). The result is two ``CycleSet``s of numpy arrays, computed once.
 
 ``CycleSet.dataset(config, batch_size, training)`` serves ``(spectrogram [B, H, W, 1],
 one_hot [B, classes])`` batches; spectrograms (``spectrogram``) and, when training, the
@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 from tfbreath import audio
 from tfbreath.icbhi.augment import CycleAugmenter, balanced_indices
 from tfbreath.icbhi.config import IcbhiConfig
-from tfbreath.icbhi.padding import smart_pad, window_starts
+from tfbreath.icbhi.padding import smart_pad
 from tfbreath.icbhi.preprocess import cut_cycle, recording_dataset
 from tfbreath.icbhi.reader import IcbhiError, ReadReport, Recording, read_database, split_recordings
 from tfbreath.icbhi.spectrogram import cycle_spectrogram
+from tfbreath.recording import window_starts
 
 CLASS_NAMES = {4: ("normal", "crackle", "wheeze", "both"), 2: ("normal", "abnormal")}
 """Class names by index, for each task size."""

@@ -17,9 +17,10 @@ size." Made exact here (``smart_pad``):
    by copies of the cycle itself until the length is reached (the last copy cut short).
 4. A cycle already at least ``length`` long keeps its first ``length`` samples (``[padding]
    long_cycles = "cut"``, the rest is not used), or, with ``long_cycles = "windows"``, is cut
-   into windows of ``length`` samples every ``window_hop_s`` (``window_starts``), the last one
-   ending at the cycle's end, so no sample is lost; each window is an example of the cycle's
-   class, and at test time the windows vote (``tfbreath.icbhi.dataset.CycleSet.per_cycle``).
+   into windows of ``length`` samples at most ``window_hop_s`` apart, the first starting with
+   the cycle and the last ending with it, evenly spread (``tfbreath.recording.window_starts``);
+   each window is an example of the cycle's class, and at test time the windows vote
+   (``tfbreath.icbhi.dataset.CycleSet.per_cycle``).
 
 ``smart=False`` skips steps 1-3: the cycle is repeated (RespireNet's public code's padding).
 Labels are whatever the task uses (4-class, or 2-class where "same class" is normal/abnormal).
@@ -47,17 +48,6 @@ class Padded:
     """Indices of the neighbours joined before the cycle, nearest first."""
     after: tuple[int, ...] = ()
     """Indices of the neighbours joined after the cycle, nearest first."""
-
-
-def window_starts(cycle_length: int, length: int, hop: int) -> np.ndarray:
-    """Starts of the ``length``-sample windows of a cycle: every ``hop`` samples, and the last one
-    ending at the cycle's end. One window (``[0]``) for a cycle no longer than ``length``. ``[W]``"""
-    if cycle_length <= length:
-        return np.zeros(1, np.int64)
-    starts = np.arange(0, cycle_length - length + 1, hop)  # [W'], the last may end early
-    if starts[-1] != cycle_length - length:
-        starts = np.append(starts, cycle_length - length)
-    return starts.astype(np.int64)
 
 
 def repeat_to_length(block: np.ndarray, length: int) -> np.ndarray:

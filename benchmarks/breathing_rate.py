@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("--run", type=Path, help="a K-fold run: each recording from one fold's held-out sessions")
     parser.add_argument("--recordings", type=int, default=DEFAULT_RECORDINGS, help="per set")
     parser.add_argument("--breaths", type=int, default=DEFAULT_BREATHS, help="per recording")
-    parser.add_argument("--hop", type=float, default=DEFAULT_HOP_S, help="seconds between windows")
+    parser.add_argument("--hop", type=float, default=DEFAULT_HOP_S, help="most seconds between windows")
     parser.add_argument("--rate-bpm", type=float, nargs=2, metavar=("LOW", "HIGH"), default=timeline.TYPICAL_RATE_BPM,
                         help="the decoder's typical breathing rate, as predict's --rate-bpm (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)

@@ -353,7 +353,8 @@ def _csv_text(recordings: Sequence[Recording], kaggle: bool, windowed: bool, cla
 
 def _recordings(inputs: Sequence[tuple[str, Path]], audios: Sequence[np.ndarray | None], windowed: bool,
                 clip: int, hop: int) -> list[Recording]:
-    """Each decoded file with its windows: every ``hop`` samples if ``windowed``, else one clip."""
+    """Each decoded file with its windows: at most ``hop`` samples apart if ``windowed``
+    (``window_starts``), else one clip."""
     return [Recording(clip_id, path, audio, window_starts(len(audio), clip, hop) if windowed else ONE_CLIP)
             for (clip_id, path), audio in zip(inputs, audios) if audio is not None]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from conftest import sine
 from tfbreath.config import with_overrides

@@ -150,6 +150,19 @@ def test_ensemble_logit_stays_finite_when_members_are_certain():
     assert explain.logit_target(ensemble)(certain).numpy().item() == pytest.approx(n_cells + np.log(2.0), rel=1e-5)
 
 
+def test_an_input_the_model_does_not_read_gets_zero_attributions():
+    inputs = _tiny_inputs()
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(inputs[SPECTRAL])))  # scalars unread
+    attributions = explain.IntegratedGradients(explain.logit_target(model), steps=3)(_inputs(TINY_SHAPES, 1),
+                                                                                     _inputs(TINY_SHAPES, 2))
+    assert not attributions[SCALARS].any() and attributions[SPECTRAL].any()
+
+
+@pytest.mark.parametrize("logit, probability", [(-800.0, 0.0), (800.0, 1.0), (0.0, 0.5)])
+def test_probability_of_any_logit(logit, probability):
+    assert explain.Explanation("x", None, {}, {}, logit, 0.0).probability == probability
+
+
 def test_steps_must_be_positive():
     with pytest.raises(explain.ExplainError, match="steps must be >= 1, got 0"):
         explain.path_points(0)
@@ -170,6 +183,15 @@ def test_shipped_model_is_the_float32_feature_input_ensemble(shipped):
     assert shipped.scalar_names == SCALAR_NAMES
     baseline = explain.baseline_features(shipped.model)
     assert not baseline[SPECTRAL].any() and baseline[SCALARS].any()  # scalars at the training mean
+
+
+def test_the_pooled_members_baseline_is_the_scalar_mean_the_cnn_members_learnt():
+    """The pooled member appends the raw scalars to its statistics: its baseline is the last 39
+    entries of its normaliser's mean, which were adapted on the clips CNN8's scalar_norm saw."""
+    baselines = {name: explain.baseline_features(explain.load_explained(classifier.DEFAULT_MODEL_DIR /
+                                                                        f"{name}.keras").model)
+                 for name in ("pooled", "cnn8")}
+    np.testing.assert_allclose(baselines["pooled"][SCALARS], baselines["cnn8"][SCALARS], rtol=1e-4, atol=1e-7)
 
 
 SHIPPED_CLIPS = {"I": 5, "E": 1}
@@ -254,8 +276,9 @@ def test_waveform_keras_is_explained_through_its_feature_model(tmp_path, capsys)
 # ---------------------------------------------------------------------------------------------
 # --summary
 # ---------------------------------------------------------------------------------------------
-CHOSEN_MAP, CHOSEN_SCALAR = 1, 5
-"""The only map channel and scalar ``_reads_one_of_each`` looks at."""
+CHOSEN_MAP, CHOSEN_SCALAR = 0, 5
+"""The only map channel and scalar ``_reads_one_of_each`` looks at (map 0 of 3: a reversed channel
+order would name another map)."""
 
 
 def _reads_one_of_each(tmp_path):
@@ -332,6 +355,16 @@ def test_tflite_is_an_error_naming_it(capsys, tmp_path):
     code, err = _run(capsys, "--model", tflite, _wav(tmp_path / "c.wav", breath_like(0)), "--out", tmp_path / "out")
     assert code == EXIT_USAGE
     _one_error_line(err, str(tflite), "needs a feature-input Keras model")
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_with_two_outputs_per_clip_is_an_error_naming_it(capsys, tmp_path):
+    inputs = {name: keras.Input(shape, name=name) for name, shape in SMALL_SHAPES.items()}
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs[SCALARS]))
+    path = artifacts.save_model(model, tmp_path / "two_outputs.keras", dump_config(SMALL))
+    code, err = _run(capsys, "--model", path, _wav(tmp_path / "c.wav", breath_like(0)), "--out", tmp_path / "out")
+    assert code == EXIT_USAGE
+    _one_error_line(err, str(path), "one output per clip", "(None, 2)")
     assert not (tmp_path / "out").exists()
 
 

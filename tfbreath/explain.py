@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import stat
 import sys
 from pathlib import Path
@@ -78,6 +77,7 @@ matplotlib.use("Agg")
 import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import scipy.special  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
@@ -256,6 +256,10 @@ def _keras_model(path: Path, pipeline_arg: Path | None, description: str) -> Exp
         raise ExplainError(f"{path}: explain needs a Keras model taking {{{SPECTRAL!r}, {SCALARS!r}}} "
                            f"features (or a waveform model holding one); this one takes "
                            f"{keras.tree.map_structure(lambda x: tuple(x.shape), core.input)}")
+    outputs = tuple(core.output.shape[1:]) if not isinstance(core.output, (list, tuple, dict)) else None
+    if outputs not in ((1,), ()):
+        raise ExplainError(f"{path}: explain needs a model with one output per clip (a logit or P(exhale)); "
+                           f"this one gives {keras.tree.map_structure(lambda x: tuple(x.shape), core.output)}")
     made = {SPECTRAL: pipeline.spectral_shape,
             SCALARS: (pipeline.features.n_scalars,)}
     wanted = {name: tuple(x.shape[1:]) for name, x in core.input.items()}
@@ -313,7 +317,8 @@ class IntegratedGradients:
         with tf.GradientTape() as tape:
             tape.watch(points)
             total = tf.reduce_sum(self.target(points))  # []
-        return {name: tf.reduce_sum(g, axis=0) for name, g in tape.gradient(total, points).items()}  # each [...]
+        gradients = tape.gradient(total, points, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return {name: tf.reduce_sum(g, axis=0) for name, g in gradients.items()}  # each [...]: 0 for an unread input
 
     def __call__(self, inputs: dict[str, np.ndarray], baseline: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Attributions for one example: ``inputs`` and ``baseline`` map each input name to an
@@ -347,7 +352,7 @@ class Explanation:
 
     @property
     def probability(self) -> float:
-        return float(1.0 / (1.0 + math.exp(-self.logit)))
+        return float(scipy.special.expit(self.logit))  # no overflow at logits far below -709
 
     @property
     def total(self) -> float:

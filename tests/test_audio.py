@@ -164,15 +164,16 @@ def test_same_rate_is_not_resampled(write_wav):
 # ---------------------------------------------------------------------------------------------
 # Fixed length and graph mode
 # ---------------------------------------------------------------------------------------------
-def test_num_samples_pads_and_trims(write_wav):
+def test_num_samples_repeats_a_short_file_and_trims_a_long_one(write_wav):
     signal = sine(440.0, 0.5, TARGET)  # 8000 samples
     path = write_wav("half.wav", signal, TARGET, "FLOAT")
-    padded, status = _decode(path, TARGET, num_samples=12000)
-    assert status == audio.OK and padded.shape == (12000,)
-    np.testing.assert_array_equal(padded[:8000], signal)
-    assert not padded[8000:].any()
+    filled, status = _decode(path, TARGET, num_samples=20000)
+    assert status == audio.OK and filled.shape == (20000,)
+    np.testing.assert_array_equal(filled, np.concatenate([signal, signal, signal[:4000]]))  # 2.5 copies
     trimmed, _ = _decode(path, TARGET, num_samples=3000)
     np.testing.assert_array_equal(trimmed, signal[:3000])
+    one_sample, _ = _decode(write_wav("tick.wav", np.full(1, 0.5), TARGET, "FLOAT"), TARGET, num_samples=5)
+    np.testing.assert_array_equal(one_sample, np.full(5, 0.5, np.float32))
 
 
 def test_dataset_map_matches_direct_call(write_wav, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import keras
 import matplotlib.image
@@ -161,6 +162,15 @@ def test_an_input_the_model_does_not_read_gets_zero_attributions():
 @pytest.mark.parametrize("logit, probability", [(-800.0, 0.0), (800.0, 1.0), (0.0, 0.5)])
 def test_probability_of_any_logit(logit, probability):
     assert explain.Explanation("x", None, {}, {}, logit, 0.0).probability == probability
+
+
+@pytest.mark.parametrize("masses, warned", [(0.95, False), (0.2, True)])
+def test_attributions_that_miss_much_of_the_move_are_warned(masses, warned):
+    explanation = explain.Explanation("c", Path("c.wav"), {}, {SCALARS: np.array([masses], np.float32)}, 1.5, 0.5)
+    warning = explain.incomplete_warning(explanation)
+    assert (warning is not None) == warned
+    if warned:
+        assert warning.startswith("warning: c.wav: the attributions miss -0.800 of the logit's move") and "\n" not in warning
 
 
 def test_steps_must_be_positive():

@@ -38,7 +38,7 @@ CLIP_FORMATS = {"a_16k.wav": (16000, "PCM_16"), "b_44k.wav": (44100, "PCM_24"),
 LONG_S = 3.2
 SHORT_S = 0.6
 PADDED_S = 0.1
-"""A clip that is mostly zero padding."""
+"""A clip that is mostly repeats of itself."""
 SAME_SHAPES = with_overrides(PIPELINE, "features", fmax=3000.0)
 """Another pipeline whose features have the same shapes (so a model takes them silently)."""
 CUT_FRACTIONS = (0.1, 0.5, 0.99)
@@ -495,6 +495,16 @@ def test_a_failed_plot_leaves_no_csv_and_no_timeline(capsys, monkeypatch, tmp_pa
     assert len(drawn) == 1
     assert not out_csv.exists() and not plots.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["wavs"]  # no staging folder left
+
+
+def test_a_short_file_is_classified_as_its_audio_repeated_to_a_clip(capsys, tmp_path, run_dir, waveform):
+    short = _write(tmp_path / "short.wav", SHORT_S, seed=3)
+    code, out, err = _run(capsys, "--model", run_dir, short)
+    assert code == predict.EXIT_OK, err
+    audio = load_audio(short, RATE, None)
+    repeated = np.concatenate([audio, audio])[:CLIP]  # 0.6 s twice, cut to the clip
+    assert float(_rows(out)[0]["Probability"]) == pytest.approx(
+        waveform.predict(repeated[np.newaxis], verbose=0).item(), abs=SAME_MODEL_ATOL)
 
 
 def test_a_mostly_padded_clip_is_flagged_and_warned(capsys, tmp_path, run_dir):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfbreath import recording
+from tfbreath import classifier, recording
 from tfbreath.config import PipelineConfig
 
 CLIP = PipelineConfig().audio.num_samples
@@ -49,6 +49,13 @@ def test_smooth_decodes_at_the_windows_own_spacing(monkeypatch):
     smoothed = recording.smooth(recordings, hop, rate, recording.timeline.TimelineConfig())
     assert spacings == [pytest.approx((10 * hop + 3) / 11 / rate), hop / rate]  # one window: the hop asked for
     assert smoothed[0].smoothed.all() and not smoothed[1].smoothed.any()
+
+
+def test_a_window_past_the_audio_repeats_it_and_an_empty_one_is_silence():
+    audio = np.arange(1, 4, dtype=np.float32)
+    assert classifier.window(audio, 0, 8).tolist() == [1, 2, 3, 1, 2, 3, 1, 2]
+    assert classifier.window(np.arange(10, dtype=np.float32), 2, 4).tolist() == [2, 3, 4, 5]  # a full window
+    assert classifier.window(audio, 3, 4).tolist() == [0, 0, 0, 0]
 
 
 def _recording(length, starts, probabilities):

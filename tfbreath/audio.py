@@ -371,10 +371,18 @@ def _resample(audio: tf.Tensor, rate_in: tf.Tensor, rate_out: int) -> tf.Tensor:
 
 
 def _fix_length(audio: tf.Tensor, num_samples: int) -> tf.Tensor:
-    """Keep the start and zero-pad the end to exactly ``num_samples``. ``[n] -> [num_samples]``"""
+    """The first ``num_samples`` of the audio repeated end to end (a longer one is trimmed, an
+    empty one gives zeros). ``[n] -> [num_samples]``
+
+    Repeating, not zero padding: a clip ending in digital silence is unlike every training clip
+    (its spectral flatness alone sits millions of standard deviations from theirs), and the
+    shipped model's accuracy on its training clips cut to 90 % falls from 0.90 to 0.67 with zeros,
+    to 0.87 repeated (``benchmarks/short_clips.py``).
+    """
     with tf.name_scope("fix_length"):
-        audio = audio[:num_samples]  # [min(n, num_samples)]
-        audio = tf.pad(audio, [[0, num_samples - tf.shape(audio)[0]]])  # [num_samples]
+        copies = -(-num_samples // tf.maximum(tf.shape(audio)[0], 1))  # [] ceil(num_samples / n)
+        audio = tf.tile(audio, [copies])[:num_samples]  # [num_samples], or [0] when empty
+        audio = tf.pad(audio, [[0, num_samples - tf.shape(audio)[0]]])  # zeros only for an empty one
         return tf.ensure_shape(audio, [num_samples])
 
 
@@ -392,7 +400,8 @@ def decode_wav(contents: tf.Tensor, target_rate: int | None,
 
     ``target_rate`` (Python int) resamples to that rate; ``None`` keeps the file's own rate (use
     ``parse_wav_header(contents).sample_rate`` to learn it). ``num_samples`` (Python int) trims
-    (keeping the start) or zero-pads the end to a fixed length, giving a static shape.
+    (keeping the start) or repeats a shorter file end to end to that fixed length, giving a
+    static shape.
 
     Returns ``(audio, status)``. When ``status != OK`` the audio is all zeros, of length
     ``num_samples`` (or empty when ``num_samples`` is None), so elements still batch and the
@@ -485,8 +494,8 @@ def load_audio(path: str | Path, sample_rate: int | None = 16000,
                duration_s: float | None = None) -> np.ndarray:
     """Load one WAV file as mono float32 ``[n]`` numpy audio.
 
-    ``sample_rate=None`` keeps the file's rate; ``duration_s`` trims or zero-pads to
-    ``round(rate * duration_s)`` samples. Raises ``AudioError("<path>: <problem>")`` for a
+    ``sample_rate=None`` keeps the file's rate; ``duration_s`` trims or repeats (as ``decode_wav``)
+    to ``round(rate * duration_s)`` samples. Raises ``AudioError("<path>: <problem>")`` for a
     missing, unreadable or non-file path and for every status other than OK.
     """
     path = Path(path)

@@ -23,7 +23,7 @@ takes. ``PATH`` is one of
 file and the problem.
 
 Its input: ``decode`` reads files whole at the classifier's rate (``[samples]`` each), ``window``
-cuts one clip of them (``[samples] -> [num_samples]``, zero-padded at the end). Its output:
+cuts one clip of them (``[samples] -> [num_samples]``, a short one repeated to fill it). Its output:
 ``target`` names a P(exhale) ``I`` or ``E`` at a threshold.
 """
 
@@ -263,9 +263,10 @@ def decode(files: Sequence[Path], sample_rate: int) -> list[np.ndarray | None]:
 
 
 def window(audio: np.ndarray, start: int, clip: int) -> np.ndarray:
-    """``audio[start:start + clip]``, zero-padded at the end. ``[samples] -> [clip]``"""
+    """``audio[start:start + clip]``, a shorter piece repeated end to end to fill it, as
+    ``tfbreath.audio.decode_wav`` fits a file to a clip. ``[samples] -> [clip]``"""
     piece = audio[start:start + clip]
-    return np.pad(piece, (0, clip - len(piece)))
+    return np.resize(piece, clip) if len(piece) else np.zeros(clip, audio.dtype)
 
 
 def target(probability: float, threshold: float) -> str:

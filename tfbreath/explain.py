@@ -53,7 +53,7 @@ or a waveform-input ``.keras`` from ``export`` (explained through the feature-in
 it). Without ``--model``: the shipped model's ``ensemble.keras``. A ``.tflite`` has no gradients:
 an error. The model is loaded in float32 whatever it was trained under
 (``serving.load_trained_model``), so gradients are float32. Each file is one clip: decoded and
-resampled as predict decodes (``classifier.decode``), its first clip-length kept, zero-padded if short.
+resampled as predict decodes (``classifier.decode``), its first clip-length kept, repeated to fill it if short.
 
 Messages go to stderr, one line each. A file that cannot be decoded is reported
 (``skipped <file>: <problem>``) and skipped; a clip whose gradient is not finite stops the run
@@ -91,6 +91,9 @@ from tfbreath.models import SCALAR_NORM  # noqa: E402
 from tfbreath.models.pooled import POOLED_NORM  # noqa: E402
 from tfbreath.run_folder import MODEL_SUFFIX, TFLITE_SUFFIX, RunFolder  # noqa: E402
 
+GAP_WARNING = 0.1
+"""A completeness gap above this many logits is warned about (``incomplete_warning``): above the
+largest (0.063) of the shipped model's on 200 real clips at ``IG_STEPS``."""
 IG_STEPS = 256
 """Points of the midpoint Riemann sum along the path. On 200 real training clips with the shipped
 ensemble of 2026-12-07 (CNN8 + pooled + rbf + temporal) the sum of the attributions then matches
@@ -360,8 +363,19 @@ class Explanation:
 
     @property
     def completeness_gap(self) -> float:
-        """``sum(attributions) - (logit - baseline_logit)``: the Riemann sum's error."""
+        """``sum(attributions) - (logit - baseline_logit)``: the Riemann sum's error, large where
+        the output leaps along the path faster than the steps resolve (``incomplete_warning``)."""
         return self.total - (self.logit - self.baseline_logit)
+
+
+def incomplete_warning(explanation: Explanation) -> str | None:
+    """A one-line warning when the attributions miss more than ``GAP_WARNING`` of the logit's move."""
+    gap = explanation.completeness_gap
+    if abs(gap) <= GAP_WARNING:
+        return None
+    return (f"warning: {explanation.path}: the attributions miss {gap:+.3f} of the logit's move from the "
+            f"baseline ({explanation.logit - explanation.baseline_logit:+.3f}): the output leaps along the path "
+            f"(an input far outside the training range, e.g. digital silence?); more --steps may help")
 
 
 def masses(explanation: Explanation, explained: Explained) -> dict[str, tuple[str, float, float]]:
@@ -416,7 +430,11 @@ def explain_clips(explained: Explained, ids: Sequence[str], paths: Sequence[Path
             if not all(np.isfinite(a).all() for a in attributions.values()):
                 raise ExplainError(f"{paths[k]}: the gradient of {explained.description} is not finite on this "
                                    f"clip; no attribution can be made")
-            yield Explanation(ids[k], paths[k], clip, attributions, float(logit), baseline_logit)
+            explanation = Explanation(ids[k], paths[k], clip, attributions, float(logit), baseline_logit)
+            warning = incomplete_warning(explanation)
+            if warning:
+                tqdm.write(warning, file=sys.stderr)
+            yield explanation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,7 +617,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _decoded(files: Sequence[Path], pipeline: PipelineConfig) -> tuple[list[Path], np.ndarray]:
-    """The files that decode, and their first clip each (zero-padded if short). ``-> [N, samples]``"""
+    """The files that decode, and their first clip each (repeated to fill it if short). ``-> [N, samples]``"""
     clip = pipeline.audio.num_samples
     audios = classifier.decode(files, pipeline.audio.sample_rate)
     kept = [(path, audio) for path, audio in zip(files, audios) if audio is not None]

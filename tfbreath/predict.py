@@ -20,12 +20,12 @@ if present, else its ``ensemble.keras``).
 The CSV (``--out``, else stdout) has one row per file, ``ID,Target,Probability,Padded``: the
 file name, ``E`` when P(exhale) >= ``--threshold`` (default 0.5) else ``I``, P(exhale), and
 ``True`` when the file holds less than half a clip of audio
-(``tfbreath.recording.MIN_AUDIO_FRACTION``), so the model saw mostly zero padding (also warned
+(``tfbreath.recording.MIN_AUDIO_FRACTION``), so the model saw mostly repeats of it (also warned
 on stderr, with the file's duration). If any recording is longer than one clip, every file is
 classified window by window instead (``tfbreath.recording``): clip-long windows at most ``--hop``
 seconds apart (default: half a clip), evenly spread from the recording's start to its end, rows
-``ID,start_s,end_s,Target,Probability,Padded,Smoothed`` (a short file gives one zero-padded
-window). ``Target`` is the window's own phase; ``Smoothed`` is its phase in the recording's most
+``ID,start_s,end_s,Target,Probability,Padded,Smoothed`` (a short file gives one window, its audio repeated
+to fill it). ``Target`` is the window's own phase; ``Smoothed`` is its phase in the recording's most
 probable phase sequence (``tfbreath.timeline``: a two-state hidden semi-Markov model whose
 duration prior puts 80 % of inhales in ``--inhale-s LOW HIGH``, default 0.8 2.0 s, and of
 exhales in ``--exhale-s LOW HIGH``, default 1.0 3.0 s, both stretched to the recording's own
@@ -360,12 +360,12 @@ def _recordings(inputs: Sequence[tuple[str, Path]], audios: Sequence[np.ndarray 
 
 
 def _warn_padded(recordings: Sequence[Recording], classifier: Classifier) -> None:
-    """One stderr line per recording that is mostly zero padding (``Padded`` in the CSV)."""
+    """One stderr line per recording shorter than half a clip, so mostly repeats (``Padded`` in the CSV)."""
     for recording in recordings:
         if is_padded(recording, classifier.num_samples):
             print(f"warning: {recording.path}: only {len(recording.audio) / classifier.sample_rate:.3f} s "
                   f"of audio, less than {MIN_AUDIO_FRACTION:.0%} of a {classifier.clip_s:g}-s clip; its "
-                  f"prediction rests mostly on zero padding", file=sys.stderr)
+                  f"prediction rests mostly on repeats of it", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ Windows are one clip long (the classifier's ``num_samples``), placed by ``window
 first starting with the recording, the last ending with it, and as few as keep every step at most
 ``hop`` samples, spread evenly (steps differ by at most a sample; ``window_step`` is their mean,
 the spacing the decoder assumes). A recording of at most one clip has the one window ``ONE_CLIP``,
-zero-padded at its end (``classifier.window``); so is any file classified as one clip. Such a
+its audio repeated to fill it (``classifier.window``); so is any file classified as one clip. Such a
 recording holding less than ``MIN_AUDIO_FRACTION`` of a clip is mostly padding (``is_padded``).
 
 ``classify`` calls a ``tfbreath.classifier.Classifier`` on every window of every recording in
@@ -33,11 +33,11 @@ from tfbreath import timeline
 from tfbreath.classifier import Classifier, window
 
 MIN_AUDIO_FRACTION = 0.5
-"""A recording with less audio than this fraction of a clip is mostly zero padding (predict flags
+"""A recording with less audio than this fraction of a clip is mostly repeats of itself (predict flags
 its prediction ``Padded`` and warns about it)."""
 
 ONE_CLIP = np.zeros(1, np.int64)
-"""Window starts of a file classified as one clip (trimmed or zero-padded)."""
+"""Window starts of a file classified as one clip (trimmed or repeated to fill it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +58,7 @@ def window_starts(length: int, clip: int, hop: int) -> np.ndarray:
     """Starts of clip-long windows from ``0`` to ``length - clip``, the fewest with every step at
     most ``hop``, evenly spread (rounded to samples). ``-> [T]`` int64
 
-    ``[0]`` when the audio fits in one clip (it is then zero-padded). Spreading the windows keeps
+    ``[0]`` when the audio fits in one clip (it is then repeated to fill it). Spreading the windows keeps
     them one spacing apart: a last window a few samples after the one before would be counted as a
     whole step of the recording's timeline.
     """

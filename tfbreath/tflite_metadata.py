@@ -87,8 +87,8 @@ def describe(pipeline: PipelineConfig, identity: dict[str, str]) -> dict:
         "labels": labels, "threshold": THRESHOLD,
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [EXPORTED_BATCH, audio.num_samples],
                   "description": f"mono waveform, float32 samples in [-1, 1] at {audio.sample_rate} Hz, "
-                                 f"one {audio.num_samples}-sample clip per row (zero-pad a shorter "
-                                 f"recording at the end, cut a longer one into clips); the first "
+                                 f"one {audio.num_samples}-sample clip per row (repeat a shorter "
+                                 f"recording end to end to fill it, cut a longer one into clips); the first "
                                  f"dimension is the batch and may be resized"},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [EXPORTED_BATCH],
                    "description": f"P({positive['name']}) per clip, in [0, 1]: label {positive['code']} "

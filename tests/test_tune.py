@@ -243,7 +243,7 @@ def test_cli_errors_are_one_line(tiny_search, tmp_path, capsys, monkeypatch):
     assert tune.main([*common, "--tuner", "grid"]) == 2
     said = capsys.readouterr().err
     assert "error: [tune] tuner must be one of ['hyperband', 'bayesian', 'random'], got 'grid'" in said
-    SearchFolder(out).claim(tune.resolve(tune._parse_args(common))[0], tune._uncapped)
+    SearchFolder(out).claim(tune.resolve(tune._parse_args(common))[0], tune._uncapped, [])
     assert tune.main([*common, "--max-epochs", "5"]) == 2
     assert "holds a search of a different pipeline" in capsys.readouterr().err
     monkeypatch.setenv(tune.ORACLE_IP_ENV, "127.0.0.1")
@@ -251,6 +251,27 @@ def test_cli_errors_are_one_line(tiny_search, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(tune.TUNER_ID_ENV, "tuner0")
     assert tune.main(common) == 2
     assert "$KERASTUNER_ORACLE_PORT not" in capsys.readouterr().err
+
+
+def test_a_search_is_claimed_once_its_data_is_read_and_then_refuses_other_clips(tiny_search, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """Resuming with another data folder would mix its trials with the first one's."""
+    data_dir, pipeline = tiny_search
+    monkeypatch.setattr(kt.Tuner, "search", lambda self, *args, **kwargs: None)  # claims, trains nothing
+    out = tmp_path / "search"
+    common = ["--pipeline", str(pipeline), "--out", str(out)]
+    no_csv = tmp_path / "typo"
+    no_csv.mkdir()
+    assert tune.main([*common, "--data", str(no_csv)]) == 2  # no train.csv
+    assert not SearchFolder(out).pipeline_file.exists()  # so the corrected command is not refused
+    assert tune.main([*common, "--data", str(data_dir)]) == 2  # no trial finished: nothing ran
+    assert "no trial finished" in capsys.readouterr().err
+    assert SearchFolder(out).clips_file.read_text().splitlines()[0] == "file,session,label"
+    other = write_synthetic_breath(tmp_path / "other", n_sessions=6, clips_per_session=4)
+    assert tune.main([*common, "--data", str(other)]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said[-1].startswith(f"error: {out}: holds trials run on other clips (8 of its clips are not among these")
+    assert len(said[-1].split("error: ")) == 2
 
 
 def test_an_out_that_is_a_file_or_another_search_is_refused_before_anything_is_written(tiny_search, tmp_path,
@@ -263,7 +284,7 @@ def test_an_out_that_is_a_file_or_another_search_is_refused_before_anything_is_w
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {a_file}: is a file, not a folder"
     out = tmp_path / "search"
     SearchFolder(out).claim(tune.resolve(tune._parse_args(["--pipeline", str(pipeline), "--out", str(out)]))[0],
-                            tune._uncapped)  # that wrote the demo's clips of seed 42 into the search
+                            tune._uncapped, [])  # that wrote the demo's clips of seed 42 into the search
     clips = {p: p.read_bytes() for p in sorted((out / run_folder.SYNTHETIC_DATA_DIR).rglob("*")) if p.is_file()}
     assert tune.main(["--pipeline", str(pipeline), "--out", str(out), "--seed", "7"]) == 2
     assert "holds a search of a different pipeline" in capsys.readouterr().err

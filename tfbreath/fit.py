@@ -35,7 +35,6 @@ per replica. Workers other than the chief write to ``<run folder>/worker_<i>``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -120,12 +119,6 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path,
         return _train_and_report(pipeline, data_dir, run_dir, strategy, policy, refit)
 
 
-def _clips(examples: data.Examples, data_dir: Path) -> list[tuple[str, str, float]]:
-    """``(file relative to data_dir, session, label)`` of each clip, as ``RunFolder.claim`` records them."""
-    return [(Path(os.path.relpath(file, data_dir)).as_posix(), session, float(label))
-            for file, session, label in zip(examples.files, examples.groups, examples.labels)]
-
-
 def _cache_of(pipeline: PipelineConfig, part: str) -> str:
     """``[data] cache`` for one part of the data (a file cache gets a file per part)."""
     cache = pipeline.data.cache
@@ -201,8 +194,8 @@ def _validate_on_split(pipeline: PipelineConfig, examples: data.Examples, data_d
     print(val_set.report)
     _require_both_classes(train_set, "training", data_dir)
     _require_both_classes(val_set, "validation", data_dir)
-    RunFolder(run_dir).claim(dump_config(pipeline), _clips(train_set.kept_examples, data_dir)
-                             + _clips(val_set.kept_examples, data_dir))
+    RunFolder(run_dir).claim(dump_config(pipeline), run_folder.clips_of(train_set.kept_examples, data_dir)
+                             + run_folder.clips_of(val_set.kept_examples, data_dir))
     labels = val_set.kept_examples.labels
 
     models, results = _train_members(pipeline, train_set, val_set, run_dir, strategy)
@@ -269,7 +262,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
         tuple([position[f] for f in side.files] for side in data.split_by_session(
             kept.subset(np.flatnonzero(folds != fold)), pipeline.data.validation_fraction, seed))
         for fold in range(n_folds)]
-    RunFolder(run_dir).claim(dump_config(pipeline), _clips(extracted.kept_examples, data_dir))
+    RunFolder(run_dir).claim(dump_config(pipeline), run_folder.clips_of(extracted.kept_examples, data_dir))
 
     out_of_fold = {name: np.zeros(len(kept), np.float64) for name in pipeline.train.models}  # [N] each
     on_unlabelled = {name: [] for name in pipeline.train.models}  # per fold: [U] each, the teachers' P

@@ -20,7 +20,7 @@ and the benchmarks read them, all through ``RunFolder``. Layout, relative to the
 ==============================  ==========================================================
 
 A search folder of ``python -m tfbreath.tune`` (``SearchFolder``) holds ``search_pipeline.toml``
-(its claim), KerasTuner's ``search/`` project, ``trials.csv``, ``objective.png``,
+and ``clips.csv`` (its claim), KerasTuner's ``search/`` project, ``trials.csv``, ``objective.png``,
 ``best_pipeline.toml`` and ``best_hyperparameters.json``.
 
 ``resolve`` turns what a command line gives (a pipeline file or none, a data folder or none, a
@@ -52,7 +52,7 @@ import tensorflow as tf
 from tfbreath import artifacts, distribute, synthetic
 from tfbreath.checkpoint import BACKUP_DIR
 from tfbreath.config import ConfigError, PipelineConfig, dump_config, load_config, with_overrides
-from tfbreath.data import DataError
+from tfbreath.data import DataError, Examples
 
 PIPELINE_FILE = "pipeline.toml"
 CLIPS_FILE = "clips.csv"
@@ -163,29 +163,7 @@ class RunFolder:
         Raises ``ConfigError`` if the folder holds a run on other clips or another order of them:
         its models may have trained on clips this run would score them on.
         """
-        rows = [list(CLIPS_HEADER)] + [[str(file), str(session), f"{float(label):g}"] for file, session, label in clips]
-        if clips:
-            self._refuse_other_clips(rows)
-        artifacts.write_text(self.pipeline_file, pipeline_toml)
-        if clips:
-            text = io.StringIO()
-            csv.writer(text, lineterminator="\n").writerows(rows)
-            artifacts.write_text(self.clips_file, text.getvalue())
-
-    def _refuse_other_clips(self, rows: list[list[str]]) -> None:
-        if not self.clips_file.is_file():
-            return
-        with open(self.clips_file, newline="", encoding="utf-8") as handle:
-            stored = list(csv.reader(handle))
-        if stored == rows:
-            return
-        before, now = {tuple(r) for r in stored[1:]}, {tuple(r) for r in rows[1:]}
-        gone, new = before - now, now - before
-        example = min(gone or new, default=None)
-        what = (f"{len(gone)} of its clips are not among these and {len(new)} of these are new, e.g. "
-                f"{','.join(example)} ({'gone' if gone else 'new'})" if example else "the same clips in another order")
-        raise ConfigError(f"{self.path}: holds models trained on other clips ({what}; {self.clips_file}); "
-                          f"pass another --out or delete the folder")
+        _claim(self.path, self.pipeline_file, pipeline_toml, self.clips_file, clips, "models trained")
 
     def read_metrics(self) -> dict | None:
         """``metrics.json`` of a finished run, ``None`` before it is written."""
@@ -211,6 +189,43 @@ class RunFolder:
         """Remove ``backup/`` once every model has emptied its own part of it (saved)."""
         with contextlib.suppress(OSError):
             (self.path / BACKUP_DIR).rmdir()
+
+
+def clips_of(examples: Examples, data_dir: Path) -> list[tuple[str, str, float]]:
+    """``(file relative to data_dir, session, label)`` of each clip, as a claim records them."""
+    return [(Path(os.path.relpath(file, data_dir)).as_posix(), session, float(label))
+            for file, session, label in zip(examples.files, examples.groups, examples.labels)]
+
+
+def _claim(folder: Path, saved: Path, pipeline_toml: str, clips_file: Path,
+           clips: Sequence[tuple[str, str, float]], what: str) -> None:
+    """Write a folder's claim: ``pipeline_toml`` to ``saved`` and, if any, the ``clips`` to
+    ``clips_file``, after refusing (``ConfigError``) other clips or another order of them than
+    those already recorded there (``what`` the folder holds: ``"models trained"``, ...)."""
+    rows = [list(CLIPS_HEADER)] + [[str(file), str(session), f"{float(label):g}"] for file, session, label in clips]
+    if clips:
+        _refuse_other_clips(folder, clips_file, rows, what)
+    artifacts.write_text(saved, pipeline_toml)
+    if clips:
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows(rows)
+        artifacts.write_text(clips_file, text.getvalue())
+
+
+def _refuse_other_clips(folder: Path, clips_file: Path, rows: list[list[str]], what: str) -> None:
+    if not clips_file.is_file():
+        return
+    with open(clips_file, newline="", encoding="utf-8") as handle:
+        stored = list(csv.reader(handle))
+    if stored == rows:
+        return
+    before, now = {tuple(r) for r in stored[1:]}, {tuple(r) for r in rows[1:]}
+    gone, new = before - now, now - before
+    example = min(gone or new, default=None)
+    details = (f"{len(gone)} of its clips are not among these and {len(new)} of these are new, e.g. "
+               f"{','.join(example)} ({'gone' if gone else 'new'})" if example else "the same clips in another order")
+    raise ConfigError(f"{folder}: holds {what} on other clips ({details}; {clips_file}); "
+                      f"pass another --out or delete the folder")
 
 
 def _refuse_other(folder: Path, saved: Path, config: Any, parse: Callable[[Path], Any], what: str,
@@ -242,6 +257,10 @@ class SearchFolder:
         return self.path / SEARCH_PIPELINE
 
     @property
+    def clips_file(self) -> Path:
+        return self.path / CLIPS_FILE
+
+    @property
     def best_pipeline_file(self) -> Path:
         return self.path / BEST_PIPELINE
 
@@ -264,10 +283,13 @@ class SearchFolder:
         _refuse_other(self.path, self.pipeline_file, comparable(pipeline), lambda path: comparable(load_config(path)),
                       "search", "only --max-trials may change when resuming; ")
 
-    def claim(self, pipeline: PipelineConfig, comparable: Callable[[PipelineConfig], PipelineConfig]) -> None:
-        """Write the search's pipeline, after ``refuse_other_search``."""
+    def claim(self, pipeline: PipelineConfig, comparable: Callable[[PipelineConfig], PipelineConfig],
+              clips: Sequence[tuple[str, str, float]]) -> None:
+        """Write the search's pipeline and the ``clips`` it reads (as ``RunFolder.claim``), after
+        ``refuse_other_search``; raises ``ConfigError`` if the search already here read other clips
+        (or another order of them: another split), whose trials this one would mix with its own."""
         self.refuse_other_search(pipeline, comparable)
-        artifacts.write_text(self.pipeline_file, dump_config(pipeline))
+        _claim(self.path, self.pipeline_file, dump_config(pipeline), self.clips_file, clips, "trials run")
 
 
 def resolve(pipeline_file: Path | None, data_dir: Path | None, out: Path | None,

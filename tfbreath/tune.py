@@ -11,7 +11,8 @@ synthetic clips). Each trial builds a model with ``tfbreath.hypermodel.BreathHyp
 is scored by its best ``val_accuracy`` on the session-grouped validation split. The search
 folder (default ``saved_models/<pipeline name>_tune``) receives:
 
-- ``search_pipeline.toml``: the resolved pipeline of the search;
+- ``search_pipeline.toml`` and ``clips.csv``: the resolved pipeline of the search and the clips
+  of its split (its claim, written once the data has been read);
 - ``search/``: KerasTuner's project (``oracle.json``, one ``trial_*`` folder per trial);
 - ``trials.csv``: one row per trial (status, objective, epochs, every hyperparameter), also
   printed, and ``objective.png``: the objective over the trials with the running best;
@@ -19,7 +20,8 @@ folder (default ``saved_models/<pipeline name>_tune``) receives:
   and ``best_hyperparameters.json``.
 
 Running the same command again resumes: finished trials are kept, an interrupted one is rerun.
-Only ``--max-trials`` may change between the runs of one search (to extend it).
+Only ``--max-trials`` may change between the runs of one search (to extend it); the data folder
+must hold the same clips.
 
 **Distributed search** uses KerasTuner's chief/worker mode. Every process runs the same
 command with the same ``--out`` (a shared folder) and ``--data``, and these variables:
@@ -148,15 +150,19 @@ def _search_finished(tuner: kt.Tuner) -> bool:
                                                for trial in tuner.oracle.trials.values())
 
 
-def _feature_sets(pipeline: PipelineConfig, data_dir: Path) -> tuple[data.FeatureSet, data.FeatureSet]:
+def _split(pipeline: PipelineConfig, data_dir: Path) -> tuple[data.Examples, data.Examples]:
+    """The data folder's clips, split into training and validation sides by session."""
+    return data.split_by_session(data.read_kaggle_train(data_dir), pipeline.data.validation_fraction,
+                                 pipeline.data.seed)
+
+
+def _feature_sets(pipeline: PipelineConfig, split: tuple[data.Examples, data.Examples]
+                  ) -> tuple[data.FeatureSet, data.FeatureSet]:
     """Train and validation features of every searched map, extracted once for all trials."""
-    examples = data.read_kaggle_train(data_dir)
-    train_examples, val_examples = data.split_by_session(examples, pipeline.data.validation_fraction,
-                                                         pipeline.data.seed)
     features, cache = extraction_pipeline(pipeline), pipeline.data.cache
-    sets = [data.extract(split, None, features, description=f"{name} features",
+    sets = [data.extract(examples, None, features, description=f"{name} features",
                          cache=cache if cache in ("memory", "none") else f"{cache}{TUNE_SUFFIX}_{name}")
-            for name, split in (("train", train_examples), ("validation", val_examples))]
+            for name, examples in zip(("train", "validation"), split)]
     for feature_set in sets:
         print(feature_set.report)
     return sets[0], sets[1]
@@ -229,10 +235,14 @@ def write_summary(tuner: kt.Tuner, out: Path) -> dict[str, Any]:
 
 def run(pipeline: PipelineConfig, data_dir: Path, out: Path,
         strategy: tf.distribute.Strategy | None = None) -> dict[str, Any] | None:
-    """Search (or resume, or serve as the chief); write the summary unless this is a worker."""
+    """Search (or resume, or serve as the chief); write the summary unless this is a worker.
+
+    The search folder is claimed (its pipeline and clips recorded) only once the data has been
+    read, so a search that fails on its data leaves nothing that blocks a corrected rerun.
+    """
     role = search_role()
     strategy = strategy or tf.distribute.get_strategy()
-    SearchFolder(out).claim(pipeline, _uncapped)
+    SearchFolder(out).refuse_other_search(pipeline, _uncapped)
     keras.utils.set_random_seed(pipeline.data.seed)
     with global_policy(choose_precision(pipeline.train.precision)) as precision:
         return _search(pipeline, data_dir, out, strategy, role, precision)
@@ -245,15 +255,20 @@ def _search(pipeline: PipelineConfig, data_dir: Path, out: Path, strategy: tf.di
     print(f"tuning {space.model} with {space.tuner} (at most {space.max_trials} trials, {space.max_epochs} epochs); "
           f"precision {precision}; strategy {type(strategy).__name__}, {strategy.num_replicas_in_sync} replica(s); "
           f"role {role}" + (f" {os.environ[TUNER_ID_ENV]}" if role != SINGLE else ""))
+    split = _split(pipeline, data_dir)
     tuner = make_tuner(BreathHyperModel(space.model, pipeline), pipeline, out, strategy)
+    trains = role == WORKER or (role == SINGLE and not _search_finished(tuner))
+    feature_sets = _feature_sets(pipeline, split) if trains else None
+    clips = [clip for side in split for clip in run_folder.clips_of(side, data_dir)]  # the split, in its order
+    SearchFolder(out).claim(pipeline, _uncapped, clips)
     if role == CHIEF:
         print(f"chief: serving the oracle on {os.environ[ORACLE_IP_ENV]}:{os.environ[ORACLE_PORT_ENV]} "
               f"until the workers have finished")
         tuner.search()
-    elif role == SINGLE and _search_finished(tuner):
+    elif feature_sets is None:
         print(f"{out}: every trial has finished (raise --max-trials to extend the search); summarising it")
     else:
-        train_set, val_set = _feature_sets(pipeline, data_dir)
+        train_set, val_set = feature_sets
         tuner.search(train_set, validation_data=val_set, epochs=space.max_epochs,  # Hyperband sets its own
                      verbose=1 if sys.stdout.isatty() else 2)
     if role == WORKER:

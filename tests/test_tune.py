@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -272,6 +273,30 @@ def test_a_search_is_claimed_once_its_data_is_read_and_then_refuses_other_clips(
     said = capsys.readouterr().err.strip().splitlines()
     assert said[-1].startswith(f"error: {out}: holds trials run on other clips (8 of its clips are not among these")
     assert len(said[-1].split("error: ")) == 2
+
+
+def test_clips_that_do_not_decode_or_trials_that_all_fail_are_one_line_errors(tiny_search, tmp_path, capsys,
+                                                                               monkeypatch):
+    data_dir, pipeline = tiny_search
+    empty = tmp_path / "empty"
+    shutil.copytree(data_dir, empty)
+    for wav in (empty / "train").glob("*.wav"):
+        wav.write_bytes(b"")
+    out = tmp_path / "search"
+    common = ["--pipeline", str(pipeline), "--out", str(out)]
+    assert tune.main([*common, "--data", str(empty)]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said[-1].startswith(f"error: {empty}: 0 of the 24 training clips decode, none of them I or E"), said[-1]
+    assert not SearchFolder(out).pipeline_file.exists()  # nothing blocks the corrected command
+
+    def failing_fit(self, hp, *args, **kwargs):
+        raise ValueError("no val_accuracy today")
+
+    monkeypatch.setattr(BreathHyperModel, "fit", failing_fit)
+    assert tune.main([*common, "--data", str(data_dir), "--max-trials", "4"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said[-1] == (f"error: {data_dir}: 3 trials in a row failed, the last with ValueError: no val_accuracy "
+                        f"today (see the trial messages above)"), said[-1]
 
 
 def test_an_out_that_is_a_file_or_another_search_is_refused_before_anything_is_written(tiny_search, tmp_path,

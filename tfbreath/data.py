@@ -398,3 +398,12 @@ def extract(examples: Examples | Sequence[Path], labels: np.ndarray | None, pipe
     return FeatureSet(examples, cached, SkipReport(len(examples), skipped), examples.subset(kept_indices),
                       np.asarray(kept_indices, np.int64))
 
+
+def require_both_classes(feature_set: FeatureSet, split: str, data_dir: Path) -> None:
+    """Refuse to train when a split has no decodable clip of some class (the skip report says why)."""
+    kept = feature_set.kept_examples
+    present = {LABEL_NAMES[int(label)] for label in kept.labels}
+    missing = [name for name in LABEL_NAMES if name not in present]
+    if missing:
+        raise DataError(f"{data_dir}: {len(kept)} of the {len(feature_set.examples)} {split} clips decode, "
+                        f"none of them {' or '.join(missing)}; nothing trained (skipped files listed above)")

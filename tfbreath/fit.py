@@ -88,16 +88,6 @@ def resolve(args: argparse.Namespace,
                                "data": {"seed": args.seed}}, strategy)
 
 
-def _require_both_classes(feature_set: data.FeatureSet, split: str, data_dir: Path) -> None:
-    """Refuse to train when a split has no decodable clip of some class (the skip report says why)."""
-    kept = feature_set.kept_examples
-    present = {data.LABEL_NAMES[int(label)] for label in kept.labels}
-    missing = [name for name in data.LABEL_NAMES if name not in present]
-    if missing:
-        raise data.DataError(f"{data_dir}: {len(kept)} of the {len(feature_set.examples)} {split} clips decode, "
-                             f"none of them {' or '.join(missing)}; nothing trained (skipped files listed above)")
-
-
 def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path,
         strategy: tf.distribute.Strategy | None = None, refit: bool = True) -> dict:
     """Train, ensemble and evaluate under ``strategy`` (default: the current one); write every
@@ -192,8 +182,8 @@ def _validate_on_split(pipeline: PipelineConfig, examples: data.Examples, data_d
                            cache=_cache_of(pipeline, "validation"))
     print(train_set.report)
     print(val_set.report)
-    _require_both_classes(train_set, "training", data_dir)
-    _require_both_classes(val_set, "validation", data_dir)
+    data.require_both_classes(train_set, "training", data_dir)
+    data.require_both_classes(val_set, "validation", data_dir)
     RunFolder(run_dir).claim(dump_config(pipeline), run_folder.clips_of(train_set.kept_examples, data_dir)
                              + run_folder.clips_of(val_set.kept_examples, data_dir))
     labels = val_set.kept_examples.labels
@@ -251,7 +241,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
     unlabelled_at = np.flatnonzero(extracted.kept_examples.labels == data.UNLABELLED)  # [U]
     everything = extracted.subset(labelled_at) if pseudo else extracted
     unlabelled_set = extracted.subset(unlabelled_at) if pseudo else None
-    _require_both_classes(everything, "labelled", data_dir)
+    data.require_both_classes(everything, "labelled", data_dir)
     kept = everything.kept_examples
     try:
         folds = crossval.session_folds(kept.labels, kept.groups, n_folds, seed)  # [N]

@@ -78,6 +78,9 @@ CHIEF_TOKEN = "chief"
 SINGLE, CHIEF, WORKER = "single", "chief", "worker"
 """Roles of this process in a search."""
 
+CONSECUTIVE_FAILURES = "Number of consecutive failures"
+"""How KerasTuner's ``RuntimeError`` begins when it stops a search after too many failed trials in a row."""
+
 
 class TuneError(TfbreathError, RuntimeError):
     """The search cannot run or produced nothing; the message says why in one line."""
@@ -156,15 +159,18 @@ def _split(pipeline: PipelineConfig, data_dir: Path) -> tuple[data.Examples, dat
                                  pipeline.data.seed)
 
 
-def _feature_sets(pipeline: PipelineConfig, split: tuple[data.Examples, data.Examples]
+def _feature_sets(pipeline: PipelineConfig, split: tuple[data.Examples, data.Examples], data_dir: Path
                   ) -> tuple[data.FeatureSet, data.FeatureSet]:
-    """Train and validation features of every searched map, extracted once for all trials."""
+    """Train and validation features of every searched map, extracted once for all trials; a
+    ``DataError`` if a side has no decodable clip of a class."""
     features, cache = extraction_pipeline(pipeline), pipeline.data.cache
     sets = [data.extract(examples, None, features, description=f"{name} features",
                          cache=cache if cache in ("memory", "none") else f"{cache}{TUNE_SUFFIX}_{name}")
             for name, examples in zip(("train", "validation"), split)]
     for feature_set in sets:
         print(feature_set.report)
+    for feature_set, side in zip(sets, ("training", "validation")):
+        data.require_both_classes(feature_set, side, data_dir)
     return sets[0], sets[1]
 
 
@@ -258,7 +264,7 @@ def _search(pipeline: PipelineConfig, data_dir: Path, out: Path, strategy: tf.di
     split = _split(pipeline, data_dir)
     tuner = make_tuner(BreathHyperModel(space.model, pipeline), pipeline, out, strategy)
     trains = role == WORKER or (role == SINGLE and not _search_finished(tuner))
-    feature_sets = _feature_sets(pipeline, split) if trains else None
+    feature_sets = _feature_sets(pipeline, split, data_dir) if trains else None
     clips = [clip for side in split for clip in run_folder.clips_of(side, data_dir)]  # the split, in its order
     SearchFolder(out).claim(pipeline, _uncapped, clips)
     if role == CHIEF:
@@ -268,13 +274,26 @@ def _search(pipeline: PipelineConfig, data_dir: Path, out: Path, strategy: tf.di
     elif feature_sets is None:
         print(f"{out}: every trial has finished (raise --max-trials to extend the search); summarising it")
     else:
-        train_set, val_set = feature_sets
-        tuner.search(train_set, validation_data=val_set, epochs=space.max_epochs,  # Hyperband sets its own
-                     verbose=1 if sys.stdout.isatty() else 2)
+        _run_trials(tuner, *feature_sets, space.max_epochs, data_dir)
     if role == WORKER:
         print(f"worker {os.environ[TUNER_ID_ENV]}: no trials left; the chief writes the summary")
         return None
     return write_summary(tuner, out)
+
+
+def _run_trials(tuner: kt.Tuner, train_set: data.FeatureSet, val_set: data.FeatureSet, epochs: int,
+               data_dir: Path) -> None:
+    """``tuner.search`` on the feature sets; KerasTuner's stop after too many failed trials in a
+    row becomes a one-line ``TuneError`` (the trials' tracebacks are printed above it)."""
+    try:
+        tuner.search(train_set, validation_data=val_set, epochs=epochs,  # Hyperband sets its own
+                     verbose=1 if sys.stdout.isatty() else 2)
+    except RuntimeError as err:
+        if not str(err).startswith(CONSECUTIVE_FAILURES):
+            raise
+        cause = str(err).strip().splitlines()[-1]  # the last trial's exception
+        raise TuneError(f"{data_dir}: {tuner.oracle.max_consecutive_failed_trials} trials in a row failed, the "
+                        f"last with {cause} (see the trial messages above)") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -181,6 +181,23 @@ def test_every_tuner_maximises_the_validation_accuracy(tuner, tmp_path):
     assert (made.oracle.objective.name, made.oracle.objective.direction) == (tune.OBJECTIVE, "max")
 
 
+def test_the_best_trial_is_the_highest_finished_score_ties_going_to_the_lowest_id(tmp_path):
+    """Whatever order the trials were reloaded in; ids compare as numbers ("2" before "10")."""
+    pipeline = _tiny_pipeline()
+    hp = kt.HyperParameters()
+    BreathHyperModel("cnn8", pipeline).declare_hyperparameters(hp)
+    scores = {"9": 0.5, "10": 0.75, "2": 0.75, "3": 0.9, "4": None}  # 3 was interrupted, 4 failed
+    status = {"3": "RUNNING", "4": "FAILED"}
+    for order in (["10", "9", "2", "3", "4"], ["4", "3", "2", "9", "10"]):
+        made = tune.make_tuner(BreathHyperModel("cnn8", pipeline), pipeline, tmp_path / "_".join(order))
+        for trial_id in order:
+            trial = kt.engine.trial.Trial(hp.copy(), trial_id=trial_id, status=status.get(trial_id, "COMPLETED"))
+            trial.score = scores[trial_id]
+            made.oracle.trials[trial_id] = trial
+        assert tune.write_summary(made, tmp_path / "_".join(order))["trial"] == "2", order
+    assert tune.best_trial([]) is None
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 @pytest.fixture(scope="module")

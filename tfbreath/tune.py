@@ -40,7 +40,7 @@ import io
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import keras
 import keras_tuner as kt
@@ -214,6 +214,22 @@ def plot_objective(rows: list[dict[str, Any]], path: Path) -> None:
     artifacts.save_figure(figure, path)
 
 
+def best_trial(trials: Iterable[kt.engine.trial.Trial]) -> kt.engine.trial.Trial | None:
+    """The finished trial of highest ``val_accuracy``, ties going to the lowest trial id (numerically
+    for numeric ids); ``None`` if none finished.
+
+    KerasTuner's own choice among ties follows the order its trials were reloaded in (file system
+    order), so it could change from one run of a search to the next.
+    """
+    done = [t for t in trials if t.status == kt.engine.trial.TrialStatus.COMPLETED and t.score is not None]
+    return min(done, default=None, key=lambda t: (-t.score, *_id_order(t.trial_id)))
+
+
+def _id_order(trial_id: str) -> tuple[int, int, str]:
+    """Sorts numeric trial ids by number, before any others (by text)."""
+    return (0, int(trial_id), "") if trial_id.isdigit() else (1, 0, trial_id)
+
+
 def write_summary(tuner: kt.Tuner, out: Path) -> dict[str, Any]:
     """Trial table + plot, and the best trial as a pipeline file; returns the best trial's record."""
     rows = trial_rows(tuner)
@@ -224,10 +240,9 @@ def write_summary(tuner: kt.Tuner, out: Path) -> dict[str, Any]:
     artifacts.write_text(SearchFolder(out).trials_file, buffer.getvalue())
     plot_objective(rows, SearchFolder(out).objective_plot)
     print(format_table(rows))
-    best_trials = tuner.oracle.get_best_trials(1)
-    if not best_trials or best_trials[0].score is None:
+    best = best_trial(tuner.oracle.trials.values())
+    if best is None:
         raise TuneError(f"{out}: no trial finished (see {SearchFolder(out).trials_file} and the trial messages above)")
-    best = best_trials[0]
     hypermodel = tuner.hypermodel
     best_pipeline = hypermodel.trial_pipeline(best.hyperparameters.values)
     best_pipeline = dataclasses.replace(best_pipeline, name=hypermodel.pipeline.name + TUNED_SUFFIX)

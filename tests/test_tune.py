@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfbreath import hypermodel, run_folder, tune
+from tfbreath import hypermodel, run_folder, train, tune
 from tfbreath.config import (ConfigError, MAP_NAMES, PipelineConfig, TuneConfig, config_from_dict, dump_config,
                              load_config, parse_config, with_overrides)
 from tfbreath.hypermodel import BreathHyperModel
@@ -127,6 +127,24 @@ def test_build_feeds_the_chosen_maps_out_of_all_extracted_ones(name, tmp_path):
     model.save(path)
     np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-6)
+
+
+def test_a_trial_starts_from_fits_weights_whatever_this_process_built_before():
+    """A resumed search reruns a trial as the uninterrupted one ran it, and ``fit`` its winner."""
+    pipeline = _tiny_pipeline()
+    model_hp = BreathHyperModel("cnn8", pipeline)
+    hp = kt.HyperParameters()
+    model_hp.declare_hyperparameters(hp)
+    first = model_hp.build(hp).get_layer("cnn8").get_weights()
+    keras.random.uniform((3,))  # what earlier trials drew
+    model_hp.build(hp)
+    again = model_hp.build(hp).get_layer("cnn8").get_weights()
+    keras.utils.set_random_seed(pipeline.data.seed)  # as fit does before its first model
+    fitted = train.new_model("cnn8", model_hp.trial_pipeline(hp.values)).get_weights()
+    for weights in (again, fitted):
+        assert len(weights) == len(first)
+        for a, b in zip(first, weights):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_a_pipelines_member_maps_give_way_to_the_trials_map_set():

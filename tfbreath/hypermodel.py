@@ -107,7 +107,13 @@ class BreathHyperModel(kt.HyperModel):
                 BATCH_SIZE: hp.Choice(BATCH_SIZE, list(space.batch_sizes))}
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
-        """``{"spectral": all extracted maps, "scalars"}`` -> ``SelectMaps`` -> the model -> logit."""
+        """``{"spectral": all extracted maps, "scalars"}`` -> ``SelectMaps`` -> the model -> logit.
+
+        Keras' random generators are first seeded with ``[data] seed``, as ``fit`` seeds them before
+        its model: a trial starts from the weights ``fit`` gives its pipeline, and its result does
+        not depend on how many trials this process ran before (a resumed search repeats it).
+        """
+        keras.utils.set_random_seed(self.pipeline.data.seed)
         values = self.architecture(hp)
         maps = self.space.map_sets[values[MAPS]]
         searched = self.space.searched_maps

@@ -147,6 +147,33 @@ def test_a_trial_starts_from_fits_weights_whatever_this_process_built_before():
             np.testing.assert_array_equal(a, b)
 
 
+MIRRORED_BUILD = """
+import json, sys
+import keras, keras_tuner as kt
+from tfbreath import distribute
+from tfbreath.config import parse_config
+from tfbreath.hypermodel import BreathHyperModel
+distribute.use_logical_cpus(2)
+strategy = distribute.make_strategy("mirrored")
+model_hp = BreathHyperModel("cnn8", parse_config(sys.stdin.read()))
+hp = kt.HyperParameters()
+model_hp.declare_hyperparameters(hp)
+with strategy.scope():  # where KerasTuner builds a trial's model
+    net = model_hp.build(hp).get_layer("cnn8")
+print(json.dumps([layer.synchronized for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)]))
+"""
+"""Builds a trial under a mirrored strategy of two logical CPUs (they must be made before
+TensorFlow starts, which this pytest process may have done)."""
+
+
+def test_a_trial_built_under_several_replicas_synchronises_its_batch_norm_as_fit_does():
+    done = subprocess.run([sys.executable, "-c", MIRRORED_BUILD], input=TINY_TUNE, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=DISTRIBUTED_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    synchronized = json.loads(done.stdout.strip().splitlines()[-1])
+    assert synchronized and all(synchronized), synchronized
+
+
 def test_a_pipelines_member_maps_give_way_to_the_trials_map_set():
     pipeline = config_from_dict({"features": {"maps": ["mel", "mfcc", "lpc"]},
                                  "train": {"member_maps": {"cnn8": ["lpc"], "vgg": ["mfcc"]}},

@@ -23,13 +23,14 @@ from typing import Any, Sequence
 
 import keras
 import keras_tuner as kt
+import tensorflow as tf
 
 from tfbreath.config import CNN_MODELS, ConfigError, PipelineConfig, with_overrides
 from tfbreath.data import FeatureSet
 from tfbreath.distribute import global_batch_size, shard_by_data
 from tfbreath.models import SCALARS, SPECTRAL, build_model_for_pipeline
 from tfbreath.models.select_maps import SELECT_MAPS, SelectMaps
-from tfbreath.train import augmented_batches, prepare, weight_averaging
+from tfbreath.train import augmented_batches, prepare, synchronise_batch_norm, weight_averaging
 
 OBJECTIVE = "val_accuracy"
 """What a trial maximises: the ``accuracy`` metric of ``tfbreath.train.compile_model`` on the
@@ -112,6 +113,8 @@ class BreathHyperModel(kt.HyperModel):
         Keras' random generators are first seeded with ``[data] seed``, as ``fit`` seeds them before
         its model: a trial starts from the weights ``fit`` gives its pipeline, and its result does
         not depend on how many trials this process ran before (a resumed search repeats it).
+        Under a strategy of several replicas (KerasTuner builds in its scope) the BatchNormalization
+        layers use the global batch's statistics, as in ``tfbreath.train.train_model``.
         """
         keras.utils.set_random_seed(self.pipeline.data.seed)
         values = self.architecture(hp)
@@ -119,6 +122,8 @@ class BreathHyperModel(kt.HyperModel):
         searched = self.space.searched_maps
         net = build_model_for_pipeline(self.model_name, with_overrides(self.pipeline, "features", maps=maps),
                                        width=values[WIDTH], dropout=values[DROPOUT])
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            synchronise_batch_norm(net)
         features = self.pipeline.features
         spectral = keras.Input((features.n_mels, self.pipeline.num_frames, len(searched)), name=SPECTRAL)
         inputs = {SPECTRAL: spectral}

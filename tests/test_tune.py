@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import types
 
 import keras
 import keras_tuner as kt
@@ -243,6 +244,19 @@ def test_the_best_trial_is_the_highest_finished_score_ties_going_to_the_lowest_i
     assert tune.best_trial([]) is None
 
 
+def test_a_search_past_its_cap_with_no_trial_to_rerun_is_finished():
+    """Hyperband may run fewer trials than its cap, and a lower cap leaves fewer than none to run."""
+    def tuner(remaining, *statuses):
+        trials = {str(i): kt.engine.trial.Trial(kt.HyperParameters(), str(i), status)
+                  for i, status in enumerate(statuses)}
+        return types.SimpleNamespace(remaining_trials=remaining, oracle=types.SimpleNamespace(trials=trials))
+
+    assert tune._search_finished(tuner(0, "COMPLETED", "FAILED"))
+    assert tune._search_finished(tuner(-1, "COMPLETED", "COMPLETED", "COMPLETED"))
+    assert not tune._search_finished(tuner(1, "COMPLETED"))
+    assert not tune._search_finished(tuner(-1, "COMPLETED", "RUNNING", "COMPLETED"))  # interrupted: rerun it
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 @pytest.fixture(scope="module")
@@ -278,6 +292,8 @@ def test_a_search_writes_its_summary_and_best_pipeline_and_resumes(tiny_search, 
     assert len(fits) == 2
     assert tune.main([*common, "--max-trials", "2"]) == 0  # done: trains nothing
     assert fits == [2, 2]  # [tune] max_epochs per trial
+    assert tune.main([*common, "--max-trials", "1"]) == 2  # fewer than it holds
+    assert load_config(SearchFolder(out).pipeline_file).tune.max_trials == 2
 
     rows = _trials(out)
     assert [row["trial"] for row in rows] == ["0", "1"]

@@ -149,7 +149,7 @@ def make_tuner(hypermodel: BreathHyperModel, pipeline: PipelineConfig, out: Path
 
 def _search_finished(tuner: kt.Tuner) -> bool:
     """Whether a reloaded search has used its whole trial cap, with no interrupted trial to rerun."""
-    return tuner.remaining_trials == 0 and all(trial.status != kt.engine.trial.TrialStatus.RUNNING
+    return tuner.remaining_trials <= 0 and all(trial.status != kt.engine.trial.TrialStatus.RUNNING
                                                for trial in tuner.oracle.trials.values())
 
 
@@ -278,6 +278,10 @@ def _search(pipeline: PipelineConfig, data_dir: Path, out: Path, strategy: tf.di
           f"role {role}" + (f" {os.environ[TUNER_ID_ENV]}" if role != SINGLE else ""))
     split = _split(pipeline, data_dir)
     tuner = make_tuner(BreathHyperModel(space.model, pipeline), pipeline, out, strategy)
+    held = len(tuner.oracle.trials) if role != WORKER else 0  # a worker's oracle is the chief's
+    if held > space.max_trials:  # the claim would record a cap the search has passed
+        raise TuneError(f"{out}: holds {held} trials, more than max_trials {space.max_trials}; a search only "
+                        f"grows (pass --max-trials {held} or more)")
     trains = role == WORKER or (role == SINGLE and not _search_finished(tuner))
     feature_sets = _feature_sets(pipeline, split, data_dir) if trains else None
     clips = [clip for side in split for clip in run_folder.clips_of(side, data_dir)]  # the split, in its order

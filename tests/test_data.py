@@ -13,7 +13,7 @@ from conftest import BREATH_DIR, SAMPLE_RATE, assert_same_scalars, breath_like, 
 from test_audio import lock
 import tfbreath.features.__main__ as features_cli
 from tfbreath import audio, data, features
-from tfbreath.config import DataConfig, PipelineConfig
+from tfbreath.config import DataConfig, FeatureConfig, PipelineConfig
 
 PIPELINE = PipelineConfig(data=DataConfig(batch_size=4))
 
@@ -149,6 +149,21 @@ def test_extract_caches_to_a_file(tmp_path, write_wav):
     assert list(cache.parent.glob("train*.index"))
     second = data.extract(files, None, PIPELINE, cache=str(cache), progress=False).to_numpy()
     np.testing.assert_array_equal(first["spectral"], second["spectral"])
+
+
+def test_a_file_cache_is_named_for_what_its_features_depend_on(tmp_path):
+    files = [tmp_path / f"steth_20990101_00_00_0{i}_000.wav" for i in range(3)]  # never read
+    examples = data.Examples(tuple(files), np.array([0, 1, 0], np.float32), tuple(f.stem for f in files))
+    on_file = PipelineConfig(data=DataConfig(cache=str(tmp_path / "c")))
+    name = data.cache_for(on_file, "train", examples)
+    assert name.startswith(f"{tmp_path / 'c'}_train_") and name == data.cache_for(on_file, "train", examples)
+    others = [data.cache_for(on_file, "validation", examples),
+              data.cache_for(on_file, "train", examples.subset([0, 1])),
+              data.cache_for(on_file, "train", examples.subset([1, 0, 2])),
+              data.cache_for(PipelineConfig(data=DataConfig(cache=str(tmp_path / "c")),
+                                            features=FeatureConfig(maps=("mel",))), "train", examples)]
+    assert len({name, *others}) == 5
+    assert data.cache_for(PipelineConfig(data=DataConfig(cache="memory")), "train", examples) == "memory"
 
 
 def test_features_cli_writes_every_map_and_reports_skips(tmp_path, write_wav, capsys):

@@ -377,6 +377,21 @@ def test_clips_that_do_not_decode_or_trials_that_all_fail_are_one_line_errors(ti
                         f"today (see the trial messages above)"), said[-1]
 
 
+def test_a_file_cache_serves_no_other_splits_features(tiny_search, tmp_path):
+    """A second search with another seed (another split) on the same ``[data] cache`` file."""
+    data_dir, pipeline_file = tiny_search
+    pipeline = with_overrides(load_config(pipeline_file), "data", cache=str(tmp_path / "cache" / "features"))
+
+    def features(pipeline):
+        sets = tune._feature_sets(pipeline, tune._split(pipeline, data_dir), data_dir)
+        return [np.concatenate([x["spectral"] for x, _ in s.batches(8)]) for s in sets]
+
+    features(pipeline)  # seed 42's split, cached
+    other = with_overrides(pipeline, "data", seed=7)
+    for cached, fresh in zip(features(other), features(with_overrides(other, "data", cache="memory"))):
+        np.testing.assert_array_equal(cached, fresh)
+
+
 def test_an_out_that_is_a_file_or_another_search_is_refused_before_anything_is_written(tiny_search, tmp_path,
                                                                                          capsys, monkeypatch):
     _, pipeline = tiny_search

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -68,6 +70,9 @@ EPOCH_ORDER_GRAPH_SEED = 1
 """The graph-level half of that shuffle's seed pair, fixed, so the order depends on (seed, epoch)
 alone and not on TensorFlow's global seed. A global seed of 0 also made TensorFlow's seed check
 read the epoch tensor as a Python bool, which fails in a graph (``fit --seed 0`` crashed)."""
+
+CACHE_KEY_DIGITS = 12
+"""Hex digits of the hash that ends a file cache's name (``cache_for``)."""
 
 STATUS = "status"
 LABEL = "label"
@@ -360,6 +365,21 @@ def feature_dataset(examples: Examples, pipeline: PipelineConfig,
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size).map(featurize, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.unbatch()
+
+
+def cache_for(pipeline: PipelineConfig, part: str, examples: Examples) -> str:
+    """``[data] cache`` for one part of the data: ``"memory"`` and ``"none"`` as they are; a file
+    path gets ``_<part>_<key>``, ``key`` a hash of what the cached elements depend on, the
+    ``[audio]`` and ``[features]`` settings and the part's files and labels in order (so the seed's
+    split and the data folder too): a file cache never serves another pipeline's, split's or
+    folder's features. A file rewritten in place under the same name is not noticed.
+    """
+    cache = pipeline.data.cache
+    if cache in ("memory", "none"):
+        return cache
+    described = repr((pipeline.audio, pipeline.features, [os.path.abspath(f) for f in examples.files],
+                      examples.labels.tolist()))
+    return f"{cache}_{part}_{hashlib.sha256(described.encode()).hexdigest()[:CACHE_KEY_DIGITS]}"
 
 
 def _cache(ds: tf.data.Dataset, cache: str) -> tf.data.Dataset:

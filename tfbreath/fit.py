@@ -109,12 +109,6 @@ def run(pipeline: PipelineConfig, data_dir: Path, run_dir: Path,
         return _train_and_report(pipeline, data_dir, run_dir, strategy, policy, refit)
 
 
-def _cache_of(pipeline: PipelineConfig, part: str) -> str:
-    """``[data] cache`` for one part of the data (a file cache gets a file per part)."""
-    cache = pipeline.data.cache
-    return cache if cache in ("memory", "none") else f"{cache}_{part}"
-
-
 def _train_and_report(pipeline: PipelineConfig, data_dir: Path, run_dir: Path, strategy: tf.distribute.Strategy,
                       policy: str, refit: bool) -> dict:
     started = time.monotonic()
@@ -177,9 +171,9 @@ def _validate_on_split(pipeline: PipelineConfig, examples: data.Examples, data_d
     train_examples, val_examples = data.split_by_session(examples, pipeline.data.validation_fraction,
                                                          pipeline.data.seed)
     train_set = data.extract(train_examples, None, pipeline, description="train features",
-                             cache=_cache_of(pipeline, "train"))
+                             cache=data.cache_for(pipeline, "train", train_examples))
     val_set = data.extract(val_examples, None, pipeline, description="validation features",
-                           cache=_cache_of(pipeline, "validation"))
+                           cache=data.cache_for(pipeline, "validation", val_examples))
     print(train_set.report)
     print(val_set.report)
     data.require_both_classes(train_set, "training", data_dir)
@@ -235,7 +229,7 @@ def _cross_validate(pipeline: PipelineConfig, examples: data.Examples, data_dir:
         to_read = data.Examples(examples.files + unlabelled.files, np.concatenate([examples.labels, unlabelled.labels]),
                                 examples.groups + unlabelled.groups)
     extracted = data.extract(to_read, None, pipeline, description="features",
-                             cache=_cache_of(pipeline, "all_and_unlabelled" if pseudo else "all"))
+                             cache=data.cache_for(pipeline, "all_and_unlabelled" if pseudo else "all", to_read))
     print(extracted.report)
     labelled_at = np.flatnonzero(extracted.kept_examples.labels != data.UNLABELLED)  # [N] of the kept files
     unlabelled_at = np.flatnonzero(extracted.kept_examples.labels == data.UNLABELLED)  # [U]

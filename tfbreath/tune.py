@@ -163,9 +163,9 @@ def _feature_sets(pipeline: PipelineConfig, split: tuple[data.Examples, data.Exa
                   ) -> tuple[data.FeatureSet, data.FeatureSet]:
     """Train and validation features of every searched map, extracted once for all trials; a
     ``DataError`` if a side has no decodable clip of a class."""
-    features, cache = extraction_pipeline(pipeline), pipeline.data.cache
+    features = extraction_pipeline(pipeline)
     sets = [data.extract(examples, None, features, description=f"{name} features",
-                         cache=cache if cache in ("memory", "none") else f"{cache}{TUNE_SUFFIX}_{name}")
+                         cache=data.cache_for(features, name, examples))
             for name, examples in zip(("train", "validation"), split)]
     for feature_set in sets:
         print(feature_set.report)

@@ -315,6 +315,29 @@ def test_a_search_writes_its_summary_and_best_pipeline_and_resumes(tiny_search, 
     assert tuned.train.epochs == 2
 
 
+def test_a_trial_interrupted_by_ctrl_c_is_rerun_by_the_same_command(tiny_search, tmp_path, monkeypatch):
+    data_dir, pipeline = tiny_search
+    trained = []
+    original_fit = BreathHyperModel.fit
+
+    def interrupted_fit(self, hp, *args, **kwargs):
+        trained.append(dict(hp.values))
+        if len(trained) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the last trial
+        return original_fit(self, hp, *args, **kwargs)
+
+    monkeypatch.setattr(BreathHyperModel, "fit", interrupted_fit)
+    out = tmp_path / "search"
+    command = ["--pipeline", str(pipeline), "--data", str(data_dir), "--out", str(out), "--max-trials", "2",
+               "--max-epochs", "1"]
+    with pytest.raises(KeyboardInterrupt):
+        tune.main(command)
+    assert json.loads((out / SEARCH_PROJECT / "trial_1" / "trial.json").read_text())["status"] == "RUNNING"
+    assert tune.main(command) == 0
+    assert len(trained) == 3 and trained[2] == trained[1]  # trial 1 again, with its values
+    assert [row["status"] for row in _trials(out)] == ["COMPLETED", "COMPLETED"]
+
+
 def test_cli_errors_are_one_line(tiny_search, tmp_path, capsys, monkeypatch):
     data_dir, pipeline = tiny_search
     out = tmp_path / "search"

@@ -432,6 +432,18 @@ def test_an_out_that_is_a_file_or_another_search_is_refused_before_anything_is_w
     assert {p: p.read_bytes() for p in clips} == clips  # the refused run wrote none of its own
 
 
+def test_the_demo_search_says_what_it_runs_in_its_own_default_folder(tiny_search, tmp_path, capsys, monkeypatch):
+    _, pipeline = tiny_search
+    monkeypatch.delenv(run_folder.DATA_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    resolved, data_dir, out = tune.resolve(tune._parse_args(["--pipeline", str(pipeline)]))
+    assert out == run_folder.RUNS_DIR / "tiny_synthetic_tune" and data_dir == out / run_folder.SYNTHETIC_DATA_DIR
+    said = capsys.readouterr().out
+    assert "with the demo's early_stopping_patience = 8, cache = memory in place of the pipeline's" in said, said
+    assert (resolved.train.early_stopping_patience, resolved.data.cache) == (8, "memory")
+    assert resolved.tune == parse_config(TINY_TUNE).tune  # what sets a trial's epochs, width, batch and warm-up
+
+
 # ----------------------------------------------------------------------------- chief + workers
 
 def _free_port() -> int:

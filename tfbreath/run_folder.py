@@ -294,15 +294,16 @@ class SearchFolder:
 
 def resolve(pipeline_file: Path | None, data_dir: Path | None, out: Path | None,
             overrides: dict[str, dict[str, Any]], strategy: tf.distribute.Strategy | None = None,
-            refuse_other: Callable[[PipelineConfig, Path], None] | None = None
+            refuse_other: Callable[[PipelineConfig, Path], None] | None = None,
+            demo: dict[str, dict[str, Any]] = SYNTHETIC_RECIPE, suffix: str = ""
             ) -> tuple[PipelineConfig, Path, Path]:
     """The pipeline (``pipeline_file``, else the default) with ``overrides`` (``{section: {key:
     value}}``, ``None`` values ignored) applied, the data folder and this process's run folder
-    (``out``, else ``saved_models/<pipeline name>``; a worker of a multi-worker strategy gets its
-    own subfolder).
+    (``out``, else ``saved_models/<pipeline name><suffix>``; a worker of a multi-worker strategy
+    gets its own subfolder).
 
     Without ``data_dir`` the one ``$TFBREATH_DATA`` names is used; without that the demo recipe
-    (``SYNTHETIC_RECIPE``, under the overrides) trains on synthetic inhale/exhale-like audio,
+    (``demo``, under the overrides) trains on synthetic inhale/exhale-like audio,
     written into the run folder and said clearly. Raises ``DataError`` for a data folder that
     does not exist, ``OutputPathError`` for a run folder that cannot be written, and
     ``refuse_other(pipeline, run_dir)``'s error (default: ``RunFolder.refuse_other_run``) for a
@@ -311,20 +312,21 @@ def resolve(pipeline_file: Path | None, data_dir: Path | None, out: Path | None,
     pipeline = load_config(pipeline_file) if pipeline_file else PipelineConfig()
     data_dir = data_dir or (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
     if data_dir is None:
-        for section, values in SYNTHETIC_RECIPE.items():
+        for section, values in demo.items():
             pipeline = with_overrides(pipeline, section, **values)
         pipeline = dataclasses.replace(pipeline, name=pipeline.name + SYNTHETIC_SUFFIX)
     for section, values in overrides.items():
         pipeline = with_overrides(pipeline, section, **values)
-    run_dir = distribute.worker_run_dir(out or RUNS_DIR / pipeline.name, strategy or tf.distribute.get_strategy())
+    run_dir = distribute.worker_run_dir(out or RUNS_DIR / f"{pipeline.name}{suffix}",
+                                        strategy or tf.distribute.get_strategy())
     artifacts.check_writable(run_dir, folder=True)
     if data_dir is None:
         refuse = refuse_other or (lambda chosen, folder: RunFolder(folder).refuse_other_run(chosen, load_config))
         refuse(pipeline, run_dir)  # before its data is written over
-        demo = ", ".join(f"{key} = {value}" for values in SYNTHETIC_RECIPE.values() for key, value in values.items())
+        settings = ", ".join(f"{key} = {value}" for values in demo.values() for key, value in values.items())
         print(f"No data folder given (--data) or set (${DATA_ENV}): training a small, fast demo on "
               f"synthetic inhale/exhale-like audio written to {run_dir / SYNTHETIC_DATA_DIR}, with the demo's "
-              f"{demo} in place of the pipeline's (command-line flags still apply). "
+              f"{settings} in place of the pipeline's (command-line flags still apply). "
               f"Pass --data DIR (Kaggle layout) to train on real clips.")
         data_dir = synthetic.write_synthetic_breath(run_dir / SYNTHETIC_DATA_DIR, seed=pipeline.data.seed,
                                                     sample_rate=pipeline.audio.sample_rate,

@@ -54,7 +54,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfbreath import artifacts, data, distribute, run_folder  # noqa: E402
 from tfbreath.config import (CNN_MODELS, TUNERS, PipelineConfig, TuneConfig,  # noqa: E402
-                             dump_config, load_config, with_overrides)
+                             dump_config, with_overrides)
 from tfbreath.console import add_verbose_argument  # noqa: E402
 from tfbreath.errors import TfbreathError, print_error  # noqa: E402
 from tfbreath.hypermodel import (HYPERBAND_EPOCHS, HYPERPARAMETERS, OBJECTIVE, BreathHyperModel,  # noqa: E402
@@ -63,7 +63,13 @@ from tfbreath.precision import choose_precision, global_policy  # noqa: E402
 from tfbreath.run_folder import SearchFolder  # noqa: E402
 
 TUNE_SUFFIX = "_tune"
-"""Default search folder: ``saved_models/<pipeline name>_tune``."""
+"""Default search folder: ``saved_models/<pipeline name>_tune`` (the no-data demo's pipeline name
+ends in ``_synthetic``, as ``fit``'s does)."""
+
+DEMO_RECIPE = {"train": {"early_stopping_patience": run_folder.SYNTHETIC_RECIPE["train"]["early_stopping_patience"]},
+               "data": {"cache": run_folder.SYNTHETIC_RECIPE["data"]["cache"]}}
+"""What a search without data keeps of ``fit``'s demo recipe: a trial's ``[tune]`` values set its
+epochs, width, batch size and warm-up."""
 
 TUNED_SUFFIX = "_tuned"
 """The best pipeline's name: ``<pipeline name>_tuned``."""
@@ -117,12 +123,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve(args: argparse.Namespace,
             strategy: tf.distribute.Strategy | None = None) -> tuple[PipelineConfig, Path, Path]:
     """The search's pipeline with flags applied, its data folder and its search folder."""
-    named = load_config(args.pipeline) if args.pipeline else PipelineConfig()
-    return run_folder.resolve(args.pipeline, args.data, args.out or run_folder.RUNS_DIR / f"{named.name}{TUNE_SUFFIX}",
+    return run_folder.resolve(args.pipeline, args.data, args.out,
                               {"train": {"precision": args.precision}, "data": {"seed": args.seed},
                                "tune": {"model": args.model, "tuner": args.tuner, "max_trials": args.max_trials,
                                         "max_epochs": args.max_epochs}}, strategy,
-                              lambda pipeline, out: SearchFolder(out).refuse_other_search(pipeline, _uncapped))
+                              lambda pipeline, out: SearchFolder(out).refuse_other_search(pipeline, _uncapped),
+                              DEMO_RECIPE, TUNE_SUFFIX)
 
 
 def _uncapped(pipeline: PipelineConfig) -> PipelineConfig:

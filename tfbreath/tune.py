@@ -330,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     except TfbreathError as err:
         return print_error(err)
     if best is not None:
-        print(f"done: best trial {best['trial']}, {OBJECTIVE} {best[OBJECTIVE]:.3f}; "
-              f"train it with: python -m tfbreath.fit --pipeline {SearchFolder(out).best_pipeline_file}")
+        print(f"done: best trial {best['trial']}, {OBJECTIVE} {best[OBJECTIVE]:.3f} (the best of the trials on "
+              f"the split that chose it: optimistic, and so is fit's score on that split); train it with: "
+              f"python -m tfbreath.fit --pipeline {SearchFolder(out).best_pipeline_file}")
     return 0
 
 

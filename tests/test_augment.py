@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfbreath.augment import (AugmentationSchedule, AugmentConfig, Augmenter, cutmix, cutmix_box,
-                              mask_maps, mixup, run_masks)
+from tfbreath.augment import (MASK_STREAM, AugmentationSchedule, AugmentConfig, Augmenter, cutmix,
+                              cutmix_box, mask_maps, mixup, run_masks)
 from tfbreath.config import ConfigError
 
 B, H, W, C, S = 8, 10, 12, 3, 5
@@ -428,3 +428,39 @@ def test_config_defaults_are_the_paper_recipe():
         (0.6, 1.0, 0.4, 0.2, 4)
     with pytest.raises(AttributeError):
         cfg.p_cutmix = 0.1  # frozen
+
+
+CUTMIX_H, CUTMIX_W = 10, 12
+"""A small map for the box and mask checks below."""
+
+
+def test_cutmix_box_centre_reaches_every_row_and_column_and_an_inner_box_is_whole():
+    """lam = 0.99 -> sides round(0.1 * 10) = 1, round(0.1 * 12) = 1: a 1x1 box at the centre."""
+    ys, xs = set(), set()
+    for seed in range(400):
+        y1, y2, x1, x2 = (int(v) for v in cutmix_box(tf.constant(CUTMIX_H), tf.constant(CUTMIX_W), tf.constant(0.99),
+                                                     tf.constant([seed, 2])))
+        assert (y2 - y1, x2 - x1) == (1, 1), (seed, y1, y2, x1, x2)  # a 1x1 box never needs clipping
+        ys.add(y1)
+        xs.add(x1)
+    assert ys == set(range(CUTMIX_H)) and xs == set(range(CUTMIX_W))  # centre uniform over the whole map
+
+
+def test_run_mask_widths_stay_uniform_when_the_max_width_exceeds_the_axis():
+    rows = run_masks(2000, 6, 1, 50, tf.constant([1, 2], tf.int64)).numpy()
+    counts = np.bincount(rows.sum(axis=1), minlength=7)  # widths 0..6, each ~ 2000 / 7 = 286
+    assert counts.max() < 2 * 2000 / 7, counts
+
+
+def test_masks_draw_from_the_mask_stream_of_the_batch_seed():
+    B = 8
+    spectral = np.random.default_rng(0).uniform(1, 2, (B, CUTMIX_H, CUTMIX_W, 3)).astype(np.float32)
+    inputs = {"spectral": spectral, "scalars": np.zeros((B, 5), np.float32)}
+    labels = (np.arange(B) % 2).astype(np.float32)
+    cfg = AugmentConfig(warmup_epochs=0, p_cutmix=0.0, p_mixup=0.0, freq_masks=2, freq_mask_width=4,
+                        time_masks=1, time_mask_width=5)  # branch NONE: the output is the masked input
+    aug = Augmenter(cfg, seed=4)
+    for step in range(3):
+        out, _ = aug(inputs, labels, step)
+        seed = tf.random.experimental.stateless_fold_in(aug.step_seed(step), MASK_STREAM)
+        np.testing.assert_array_equal(out["spectral"].numpy(), mask_maps(spectral, cfg, seed).numpy())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -171,3 +172,59 @@ def test_a_resumed_averaged_run_ends_with_the_uninterrupted_runs_weights(tmp_pat
     resumed, _ = _averaged_fit(tmp_path / "killed", 0.5, stop_early=stop_early)
     for got, want in zip(resumed.get_weights(), whole.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _dropout_model():
+    """A seeded dense net with dropout (a seed generator whose state a resume must restore), compiled."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    return model
+
+
+def _dropout_fit(folder, *extra, epochs=4):
+    model = _dropout_model()
+    model.fit(*DATA, batch_size=8, epochs=epochs, shuffle=False, verbose=0,
+              callbacks=[TrainingBackup(folder), *extra])
+    return model
+
+
+def test_a_resumed_dropout_run_replays_the_dropout_masks(tmp_path):
+    whole = _dropout_fit(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        _dropout_fit(tmp_path / "killed", InterruptAfter(1))
+    resumed = _dropout_fit(tmp_path / "killed")
+    for got, want in zip(resumed.get_weights(), whole.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_damaged_npz_falls_back_to_the_checkpoint_before(tmp_path, capsys):
+    folder = tmp_path / "backup"
+    with pytest.raises(KeyboardInterrupt):
+        _dropout_fit(folder, InterruptAfter(2))
+    newest = json.loads((folder / STATE_FILE).read_text())["checkpoints"][0]
+    damaged = folder / newest["random"]  # the seed generators' state
+    damaged.write_bytes(damaged.read_bytes()[:96])  # a cut copy: still starts with the zip magic
+    _dropout_fit(folder)
+    assert f"damaged checkpoint of epoch {newest['epoch']}" in capsys.readouterr().out
+
+
+def test_a_checkpoint_failing_half_way_leaves_the_fresh_weights(tmp_path, capsys):
+    folder = tmp_path / "backup"
+    with pytest.raises(KeyboardInterrupt):
+        _dropout_fit(folder, InterruptAfter(1))
+    for entry in json.loads((folder / STATE_FILE).read_text())["checkpoints"]:
+        with h5py.File(folder / entry["weights"], "r+") as f:   # the last layer's weights lost, the first's intact
+            names = []
+            f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+            last = sorted(n for n in names if n.startswith("layers/"))[-1]
+            del f[last]
+    fresh = _dropout_model().get_weights()
+    model = _dropout_model()
+    backup = TrainingBackup(folder)
+    backup.set_model(model)
+    backup.on_train_begin()
+    assert "no usable checkpoint left" in capsys.readouterr().out
+    for got, want in zip(model.get_weights(), fresh):
+        np.testing.assert_array_equal(got, want)

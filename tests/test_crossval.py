@@ -153,3 +153,58 @@ def test_summary_reports_mean_folds_pooled_and_interval():
     by_clip = crossval.session_bootstrap(labels, _hits(labels, hit), np.arange(len(labels)), crossval.accuracy)
     assert accuracy["ci95"] == [round(v, crossval.DIGITS) for v in by_session]
     assert accuracy["ci95"] != [round(v, crossval.DIGITS) for v in by_clip]
+
+
+def test_leave_one_session_out_is_allowed():
+    labels = np.array([0, 1] * 5, np.float32)                  # every session holds both classes
+    groups = [f"s{i // 2}" for i in range(10)]                 # 5 sessions of 2 clips
+    folds = crossval.session_folds(labels, groups, 5, seed=0)
+    assert sorted(set(folds)) == list(range(5))
+    for k in range(5):
+        assert len({g for g, f in zip(groups, folds) if f == k}) == 1
+
+
+def test_resamples_with_an_undefined_score_are_dropped_not_propagated():
+    # session a: two inhales, b: two exhales, c: one of each -> 2/27 of resamples hold one class only (AUC NaN)
+    labels = np.array([0, 0, 1, 1, 0, 1], np.float32)
+    groups = ["a", "a", "b", "b", "c", "c"]
+    probabilities = np.array([0.1, 0.6, 0.4, 0.9, 0.3, 0.7])
+    low, high = crossval.session_bootstrap(labels, probabilities, groups, crossval.roc_auc)
+    assert np.isfinite(low) and np.isfinite(high) and low <= high
+
+
+def test_the_bootstrap_seed_changes_the_draws():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 60).astype(np.float32)
+    groups = [f"s{i // 2}" for i in range(60)]
+    probabilities = rng.random(60)
+    intervals = {crossval.session_bootstrap(labels, probabilities, groups, crossval.roc_auc, resamples=200, seed=s)
+                 for s in range(3)}
+    assert len(intervals) > 1
+
+
+def test_every_fold_lacking_a_class_is_refused_whichever_fold_it_is():
+    labels = np.zeros(20, np.float32)
+    labels[:3] = 1.0                                          # 3 exhale sessions for 4 folds: one fold has none
+    groups = [f"s{i:02d}" for i in range(20)]               # seeds 0 and 3 leave the LAST fold empty
+    for seed in range(12):                                    # the empty fold is the last one for some seeds
+        with pytest.raises(crossval.CrossValidationError, match="has no clip of class"):
+            crossval.session_folds(labels, groups, 4, seed=seed)
+
+
+def test_folds_are_stratified_by_label_across_sessions():
+    labels = np.repeat(np.arange(40) % 2, 5).astype(np.float32)   # 40 one-class sessions, half of each class
+    groups = [f"s{i // 5}" for i in range(200)]
+    for seed in range(5):
+        folds = crossval.session_folds(labels, groups, 4, seed=seed)
+        shares = [labels[folds == k].mean() for k in range(4)]
+        assert max(abs(s - 0.5) for s in shares) <= 0.1, (seed, shares)
+
+
+def test_the_paired_gain_interval_follows_its_seed():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 60).astype(np.float32)
+    groups = [f"s{i // 2}" for i in range(60)]
+    a, b = rng.random(60), rng.random(60)
+    intervals = {tuple(crossval.paired_accuracy_gain(labels, a, b, groups, seed=s)["ci95"]) for s in range(3)}
+    assert len(intervals) > 1

@@ -144,3 +144,16 @@ def test_tflite_hann_window_power_equals_the_default():
     default = spectral.hann_window_power(x, 32, 60).numpy()
     assert default.shape == (2, 3, 60, 33)
     _assert_close(spectral.hann_window_power(x, 32, 60, TFLITE), default)
+
+
+def test_autocorrelation_does_not_wrap_when_its_least_length_is_already_smooth():
+    x = np.random.default_rng(0).standard_normal((2, 10))  # L + n_lags - 1 = 16 (5-smooth): no spare room
+    got = spectral.autocorrelation(tf.constant(x, tf.float32), 7).numpy()
+    want = np.stack([np.correlate(row, row, "full")[9:16] for row in x])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_sliding_windows_accept_the_shortest_signal():
+    x = tf.reshape(tf.range(10, dtype=tf.float32), [1, 10])
+    windows = spectral.sliding_windows(x, 4, 7).numpy()  # count + width - 1 = 10 samples exactly
+    np.testing.assert_array_equal(windows[0, -1], [6, 7, 8, 9])

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import keras
@@ -159,3 +160,32 @@ def test_two_local_workers_train_to_the_same_weights(tiny_data, tmp_path):
         np.testing.assert_allclose(chief_weight, worker_weight, rtol=1e-5, atol=1e-6)
     predictions = [(d / "validation_predictions.csv").read_text() for d in (chief_dir, worker_dir)]
     assert predictions[0] == predictions[1]
+
+
+def _strategy(cluster: dict, task_type: str, task_id: int):
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+    return types.SimpleNamespace(cluster_resolver=resolver)
+
+
+def test_with_a_chief_in_the_cluster_worker_0_is_not_the_chief():
+    cluster = {"chief": ["a:1"], "worker": ["b:2", "c:3"]}
+    assert distribute.is_chief(_strategy(cluster, "chief", 0))
+    worker0 = _strategy(cluster, "worker", 0)
+    assert not distribute.is_chief(worker0)
+    assert distribute.worker_run_dir(Path("run"), worker0) == Path("run/worker_0")
+
+
+@pytest.mark.parametrize("cluster", [{"chief": ["a:1"], "worker": ["b:2"]}, {"chief": ["a:1"]}])
+def test_a_chief_task_is_accepted(cluster, monkeypatch):
+    monkeypatch.setenv(distribute.TF_CONFIG, json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}}))
+    assert distribute._check_tf_config()["task"]["type"] == "chief"
+
+
+def test_a_bool_is_not_a_device_count():
+    with pytest.raises(distribute.StrategyError, match="got True"):
+        distribute.use_logical_cpus(True)
+
+
+def test_global_batch_counts_every_replica():
+    assert distribute.global_batch_size(4, types.SimpleNamespace(num_replicas_in_sync=3)) == 12

@@ -53,3 +53,9 @@ def test_off_keeps_the_recorded_level_exactly():
 def test_a_bad_level_is_echoed(value):
     with pytest.raises(ConfigError, match=rf"level_rms must be a number 0.0 \(off\) or in \(0, 1\], got {value}"):
         config_from_dict({"features": {"level_rms": value}}, source="p.toml")
+
+
+def test_scale_to_rms_levels_a_quiet_but_not_silent_clip():
+    y = 3e-5 * np.random.default_rng(0).standard_normal((1, 16000)).astype(np.float32)  # about -90 dBFS RMS
+    out = spectral.scale_to_rms(y, 0.05).numpy()
+    np.testing.assert_allclose(np.sqrt(np.mean(out ** 2)), 0.05, rtol=1e-5)

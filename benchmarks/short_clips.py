@@ -39,12 +39,12 @@ from tfbreath import data  # noqa: E402
 from tfbreath.audio import load_audio  # noqa: E402
 from tfbreath.classifier import load_classifier  # noqa: E402
 from tfbreath.console import OneLineParser  # noqa: E402
+from tfbreath.run_folder import DATA_ENV  # noqa: E402
 from tfbreath.errors import EXIT_OK, reported  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "breath"
-DATA_ENV = "TFBREATH_DATA"
 DEFAULT_EVERY = 4
 DEFAULT_FRACTIONS = (0.95, 0.9, 0.75, 0.6, 0.5, 0.3)
 

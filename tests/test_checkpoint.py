@@ -122,9 +122,14 @@ def test_every_damaged_checkpoint_leaves_the_fresh_weights_alone(tmp_path, capsy
         _fit(folder, InterruptAfter(1))
     for entry in json.loads((folder / STATE_FILE).read_text())["checkpoints"]:
         (folder / entry["weights"]).write_bytes(b"\0" * 96)
-    fresh = _model().get_weights()
+    _assert_nothing_restored(folder, _model, capsys)
 
-    model = _model()
+
+def _assert_nothing_restored(folder, make_model, capsys):
+    """With every checkpoint in ``folder`` damaged, the backup says so and leaves ``make_model()``'s
+    fresh weights, not some layers loaded."""
+    fresh = make_model().get_weights()
+    model = make_model()
     backup = TrainingBackup(folder)
     backup.set_model(model)
     backup.on_train_begin()
@@ -220,11 +225,4 @@ def test_a_checkpoint_failing_half_way_leaves_the_fresh_weights(tmp_path, capsys
             f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
             last = sorted(n for n in names if n.startswith("layers/"))[-1]
             del f[last]
-    fresh = _dropout_model().get_weights()
-    model = _dropout_model()
-    backup = TrainingBackup(folder)
-    backup.set_model(model)
-    backup.on_train_begin()
-    assert "no usable checkpoint left" in capsys.readouterr().out
-    for got, want in zip(model.get_weights(), fresh):
-        np.testing.assert_array_equal(got, want)
+    _assert_nothing_restored(folder, _dropout_model, capsys)

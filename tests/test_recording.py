@@ -51,6 +51,17 @@ def test_smooth_decodes_at_the_windows_own_spacing(monkeypatch):
     assert smoothed[0].smoothed.all() and not smoothed[1].smoothed.any()
 
 
+def test_a_recording_one_sample_past_a_clip_is_decoded_at_its_windows_spacing():
+    """Its two windows are a sample apart, so the duration prior spans ~1e5 window counts (its
+    erfc is vectorised); both segments are cut by an edge, so each window keeps its own phase."""
+    rate = PipelineConfig().audio.sample_rate
+    starts = recording.window_starts(CLIP + 1, CLIP, CLIP // 2)
+    assert starts.tolist() == [0, 1] and recording.window_step(starts, CLIP // 2) == 1.0
+    smoothed = recording.smooth([_recording(CLIP + 1, starts, [0.3, 0.8])], CLIP // 2, rate,
+                                recording.timeline.TimelineConfig())
+    assert smoothed[0].smoothed.tolist() == [False, True]
+
+
 def test_a_window_past_the_audio_repeats_it_and_an_empty_one_is_silence():
     audio = np.arange(1, 4, dtype=np.float32)
     assert classifier.window(audio, 0, 8).tolist() == [1, 2, 3, 1, 2, 3, 1, 2]

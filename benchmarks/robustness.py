@@ -297,7 +297,7 @@ def write_perturbed(clips: Clips, folder: Path, seed: int) -> tuple[dict[str, li
 
 
 def decode_clips(files: Sequence[Path], sample_rate: int, clip_s: float) -> np.ndarray:
-    """The package's decoder: each file at ``sample_rate``, trimmed or zero-padded to one clip. ``[N, samples]``"""
+    """The package's decoder: each file at ``sample_rate``, trimmed or repeated to one clip. ``[N, samples]``"""
     from tfbreath.audio import AudioError, load_audio
 
     try:

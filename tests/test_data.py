@@ -13,7 +13,7 @@ from conftest import BREATH_DIR, SAMPLE_RATE, assert_same_scalars, breath_like, 
 from test_audio import lock
 import tfbreath.features.__main__ as features_cli
 from tfbreath import audio, data, features
-from tfbreath.config import DataConfig, FeatureConfig, PipelineConfig
+from tfbreath.config import AudioConfig, DataConfig, FeatureConfig, PipelineConfig
 
 PIPELINE = PipelineConfig(data=DataConfig(batch_size=4))
 
@@ -161,9 +161,27 @@ def test_a_file_cache_is_named_for_what_its_features_depend_on(tmp_path):
               data.cache_for(on_file, "train", examples.subset([0, 1])),
               data.cache_for(on_file, "train", examples.subset([1, 0, 2])),
               data.cache_for(PipelineConfig(data=DataConfig(cache=str(tmp_path / "c")),
-                                            features=FeatureConfig(maps=("mel",))), "train", examples)]
-    assert len({name, *others}) == 5
+                                            features=FeatureConfig(maps=("mel",))), "train", examples),
+              data.cache_for(PipelineConfig(data=DataConfig(cache=str(tmp_path / "c")),
+                                            audio=AudioConfig(duration_s=0.5)), "train", examples),
+              data.cache_for(on_file, "train", data.Examples(examples.files, np.array([1, 1, 0], np.float32),
+                                                             examples.groups))]  # labels are cached too
+    assert len({name, *others}) == 7
     assert data.cache_for(PipelineConfig(data=DataConfig(cache="memory")), "train", examples) == "memory"
+
+
+def test_extract_without_a_cache_argument_keys_the_pipelines_file_cache_by_its_files(tmp_path, write_wav):
+    """``features`` and the benchmarks call ``extract`` without ``cache=``: a second list of files
+    must not be served the first list's cached features."""
+    pipeline = PipelineConfig(data=DataConfig(cache=str(tmp_path / "c")), features=FeatureConfig(maps=("mel",)))
+    first, second = (write_wav(f"clip{i}.wav", breath_like(i)) for i in range(2))
+
+    def scalars(files, cache=None):
+        extracted = data.extract(files, None, pipeline, cache=cache, progress=False)
+        return np.stack([e["scalars"] for e in extracted.kept.as_numpy_iterator()])
+
+    data.extract([first], None, pipeline, progress=False)
+    np.testing.assert_array_equal(scalars([second]), scalars([second], cache="none"))
 
 
 def test_features_cli_writes_every_map_and_reports_skips(tmp_path, write_wav, capsys):

@@ -22,7 +22,7 @@ def test_window_starts_end_with_the_recording():
     (10, 4, 3, [0, 3, 6]),  # the grid ends exactly at the end
     (11, 4, 3, [0, 2, 5, 7]),  # one more step: the four windows spread over the 7 samples
     (4, 4, 3, [0]),
-    (3, 4, 3, [0]),  # shorter than a window: zero-padded
+    (3, 4, 3, [0]),  # shorter than a window: repeated to fill it
     (20, 4, 8, [0, 8, 16]),  # a hop longer than the window skips samples, as asked
 ])
 def test_window_starts_known_answers(length, clip, hop, starts):

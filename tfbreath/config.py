@@ -167,7 +167,8 @@ def check_sample_rate(value: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class AudioConfig:
-    """How every file is decoded: resampled to ``sample_rate`` and padded/trimmed to ``duration_s``."""
+    """How every file is decoded: resampled to ``sample_rate``, then trimmed to ``duration_s`` or, if
+    shorter, repeated end to end to fill it (``tfbreath.audio.decode_wav``)."""
 
     sample_rate: int = 16000
     duration_s: float = 1.0

@@ -396,7 +396,8 @@ def extract(examples: Examples | Sequence[Path], labels: np.ndarray | None, pipe
     """Build the cached feature dataset and run it once (progress bar), counting skipped files.
 
     ``examples`` may be a plain list of files (then unlabelled unless ``labels`` is given).
-    ``cache`` defaults to the pipeline's ``data.cache``.
+    ``cache`` defaults to ``cache_for(pipeline, "features", examples)``: the pipeline's ``data.cache``,
+    a file cache named for these files' features.
     """
     if not isinstance(examples, Examples):
         files = tuple(Path(f) for f in examples)
@@ -404,7 +405,7 @@ def extract(examples: Examples | Sequence[Path], labels: np.ndarray | None, pipe
             raise ValueError(f"one label per file: {len(files)} files, {len(labels)} labels")
         examples = unlabelled(files) if labels is None else Examples(
             files, np.asarray(labels, np.float32), tuple(session_of(f.name) for f in files))
-    cached = _cache(feature_dataset(examples, pipeline), cache or pipeline.data.cache)
+    cached = _cache(feature_dataset(examples, pipeline), cache or cache_for(pipeline, "features", examples))
     skipped, kept_indices = [], []
     status_only = cached.map(lambda e: (e[STATUS], e[INDEX]))
     bar = tqdm(total=len(examples), desc=description, unit="clip", disable=not progress, leave=False)

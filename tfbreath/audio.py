@@ -380,6 +380,7 @@ def _fix_length(audio: tf.Tensor, num_samples: int) -> tf.Tensor:
     to 0.87 repeated (``benchmarks/short_clips.py``).
     """
     with tf.name_scope("fix_length"):
+        audio = audio[:num_samples]  # [min(n, num_samples)]: a long recording is not copied whole
         copies = -(-num_samples // tf.maximum(tf.shape(audio)[0], 1))  # [] ceil(num_samples / n)
         audio = tf.tile(audio, [copies])[:num_samples]  # [num_samples], or [0] when empty
         audio = tf.pad(audio, [[0, num_samples - tf.shape(audio)[0]]])  # zeros only for an empty one

@@ -72,9 +72,9 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from tfbreath.console import OneLineParser  # noqa: E402
-from tfbreath.run_folder import DATA_ENV  # noqa: E402
 from tfbreath.errors import EXIT_OK, EXIT_USAGE  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402  (P(exhale) at or above which the label is E)
+from tfbreath.run_folder import DATA_ENV  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "breath"

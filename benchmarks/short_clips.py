@@ -37,11 +37,11 @@ import numpy as np  # noqa: E402
 
 from tfbreath import data  # noqa: E402
 from tfbreath.audio import load_audio  # noqa: E402
-from tfbreath.classifier import load_classifier  # noqa: E402
+from tfbreath.classifier import load_classifier, window  # noqa: E402
 from tfbreath.console import OneLineParser  # noqa: E402
-from tfbreath.run_folder import DATA_ENV  # noqa: E402
 from tfbreath.errors import EXIT_OK, reported  # noqa: E402
 from tfbreath.evaluation import THRESHOLD  # noqa: E402
+from tfbreath.run_folder import DATA_ENV  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "breath"
@@ -55,8 +55,8 @@ def zeros(piece: np.ndarray, clip: int) -> np.ndarray:
 
 
 def repeat(piece: np.ndarray, clip: int) -> np.ndarray:
-    """``piece`` repeated end to end, cut to ``clip`` samples. ``[n] -> [clip]``"""
-    return np.resize(piece, clip)
+    """``piece`` repeated end to end to ``clip`` samples: the package's own fill. ``[n] -> [clip]``"""
+    return window(piece, 0, clip)
 
 
 FILLS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"zeros": zeros, "repeat": repeat}

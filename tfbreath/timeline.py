@@ -160,8 +160,7 @@ def _normal_bin_mass(edges_z: np.ndarray) -> np.ndarray:
     """P(z_i < Z <= z_i+1) of a standard normal Z, in both tails: the CDF's differences (which
     round to 0 where the CDF is 1) or the survival's (0 where that is 1), whichever is larger.
     ``[n + 1] -> [n]``"""
-    cdf = 0.5 * scipy.special.erfc(-edges_z / math.sqrt(2.0))          # [n + 1], vectorised: windows
-    survival = 0.5 * scipy.special.erfc(edges_z / math.sqrt(2.0))      # a sample apart make n ~ 1e5
+    cdf, survival = scipy.special.ndtr(edges_z), scipy.special.ndtr(-edges_z)  # [n + 1] each; n ~ 1e5 at times
     return np.maximum(np.diff(cdf), -np.diff(survival))
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import ICBHI_DIR, SHARED_DATA, needs_icbhi, sine
 from tfbreath.icbhi.config import SplitConfig
-from tfbreath.icbhi.reader import (FALLBACK_SCHEME, OFFICIAL_SPLIT_FILE, PATIENT_FOLDS, TEST_FOLDS, Cycle,
-                                   IcbhiError, parse_recording_name, patient_folds, read_annotations, read_database,
+from tfbreath.icbhi.reader import (END_TOLERANCE_S, FALLBACK_SCHEME, OFFICIAL_SPLIT_FILE, PATIENT_FOLDS,
+                                   TEST_FOLDS, Cycle, IcbhiError, parse_recording_name, patient_folds, read_annotations, read_database,
                                    split_recordings)
 from tfbreath.icbhi.synthetic import DEVICE_FORMATS, write_recording, write_split_list, write_synthetic_icbhi
 
@@ -80,6 +80,13 @@ def test_annotations_accept_tabs_and_spaces(tmp_path):
     ("0.1 0.5 0 2\n", "flag must be 0 or 1, got '2'"),
     ("0.1 abc 0 0\n", "could not convert"),
     ("0.5 0.1 0 0\n", "need 0 <= start < end"),
+    # Pinned (mutants passed before): a 5th field, a negative start, an empty span and a
+    # non-finite time are refused, not read as a cycle.
+    ("0.1 0.5 0 0 1\n", "expected 4 fields 'start end crackle wheeze', got 5"),
+    ("-0.1 0.5 0 0\n", "need 0 <= start < end"),
+    ("0.5 0.5 0 0\n", "need 0 <= start < end"),
+    ("nan 0.5 0 0\n", "need 0 <= start < end"),
+    ("0.1 inf 0 0\n", "need 0 <= start < end"),
 ])
 def test_malformed_annotation_line_names_file_and_line(tmp_path, text, problem):
     path = tmp_path / "x.txt"
@@ -94,6 +101,31 @@ def test_names():
     assert parse_recording_name("101_1b1_Al_sc_Meditron") == ("101", "1b1", "Al", "sc", "Meditron")
     with pytest.raises(IcbhiError, match="recording.wav: not an ICBHI recording name; expected patient_index"):
         parse_recording_name(Path("/x/recording.wav"))
+
+
+@pytest.mark.parametrize("name", ["abc_1b1_Al_sc_Meditron", "101_1b1_Al_sc_Meditron_copy", "101_1b1_Al_sc"])
+def test_names_need_a_numeric_patient_and_exactly_five_fields(name):
+    """The patient groups the splits, so it must be a number; a sixth field is not a device."""
+    with pytest.raises(IcbhiError, match=f"^{name}: not an ICBHI recording name"):
+        parse_recording_name(name)
+
+
+def test_empty_or_undecodable_annotation_files_are_one_line_errors_and_skips(tmp_path):
+    """An annotation file with no cycle, or not UTF-8, gives one line naming the file, never a traceback,
+    and ``read_database`` counts it as a malformed annotation."""
+    _good(tmp_path)
+    contents = {"106_1b1_Al_sc_Meditron": (b"\n  \n", "no annotated cycles"),
+                "107_1b1_Al_sc_Meditron": (b"\xff\xfe0.1 0.5 0 0\n", "cannot read annotations")}
+    for stem, (content, problem) in contents.items():
+        txt = _good(tmp_path, stem).with_suffix(".txt")
+        txt.write_bytes(content)
+        with pytest.raises(IcbhiError, match=f"^{txt}: {problem}") as err:
+            read_annotations(txt)
+        assert "\n" not in str(err.value)
+    recordings, report = read_database(tmp_path)
+    assert [r.stem for r in recordings] == ["105_1b1_Al_sc_Meditron"]
+    assert {skip.path.stem: skip.kind for skip in report.skipped_files} == dict.fromkeys(contents,
+                                                                                       "malformed annotation")
 
 
 def test_each_bad_input_is_a_counted_reported_skip(tmp_path):
@@ -154,6 +186,30 @@ def test_a_cycle_ending_just_past_the_end_is_cut_to_it(tmp_path):
     _good(tmp_path, cycles=(Cycle(1.0, 2.03, False, False),))
     (recording,), report = read_database(tmp_path)
     assert recording.cycles[0].end_s == pytest.approx(2.0) and not report.skipped_cycles
+
+
+def test_the_end_tolerance_bounds_which_cycles_are_cut_and_which_skipped(tmp_path):
+    """On a 2-s recording: a cycle ending exactly ``END_TOLERANCE_S`` past the end is cut to it; one ending
+    twice that far past, or starting at the very end (nothing left after the cut), is a skipped cycle."""
+    duration = 2.0
+    at_tolerance = Cycle(1.0, duration + END_TOLERANCE_S, False, False)
+    beyond = Cycle(1.0, duration + 2 * END_TOLERANCE_S, True, False)
+    at_the_end = Cycle(duration, duration + END_TOLERANCE_S / 2, False, True)
+    _good(tmp_path, cycles=(at_tolerance, beyond, at_the_end))
+    (recording,), report = read_database(tmp_path)
+    assert recording.duration_s == duration
+    assert recording.cycles == (Cycle(1.0, duration, False, False),)
+    assert [skip.kind for skip in report.skipped_cycles] == ["cycle past the end"] * 2
+    messages = [skip.message for skip in report.skipped_cycles]
+    assert "cycle 2 (1.0-2.1 s)" in messages[0] and "cycle 3 (2.0-2.025 s)" in messages[1]
+
+
+def test_wav_extension_is_case_insensitive(tmp_path):
+    """``.WAV`` files (as some exports name them) are read like ``.wav`` ones."""
+    wav = _good(tmp_path)
+    wav.rename(wav.with_suffix(".WAV"))
+    (recording,), report = read_database(tmp_path)
+    assert recording.wav.name == "105_1b1_Al_sc_Meditron.WAV" and not report.skipped_files
 
 
 def test_unusable_folders_raise_one_line(tmp_path):

@@ -138,6 +138,19 @@ def test_score_without_normal_cycles_is_none_and_bad_input_raises():
         icbhi_scores([0, 1], [0, 1], 4, devices=["Meditron"])
 
 
+def test_all_normal_cycles_have_no_se_no_score_and_a_full_confusion_matrix():
+    """No abnormal cycle: Se has nothing to count, so the score is ``None`` too (not Sp / 2), and
+    the confusion matrix keeps every class of the task (a device with only normal cycles)."""
+    all_normal = [0, 0, 0]
+    result = icbhi_scores(all_normal, [0, 0, 2], 4, devices=["A", "A", "B"])
+    assert result["se"] is None and result["score"] is None and result["sp"] == pytest.approx(2 / 3)
+    assert result["confusion_matrix"] == [[2, 0, 1, 0], [0] * 4, [0] * 4, [0] * 4]
+    assert result["per_class"]["wheeze"] == {"cycles": 0, "correct": 0, "recall": None}
+    device_a = result["per_device"]["A"]
+    assert device_a["sp"] == 1.0 and device_a["score"] is None
+    assert device_a["confusion_matrix"] == [[2, 0, 0, 0], [0] * 4, [0] * 4, [0] * 4]
+
+
 def test_plot_confusion_writes_png(tmp_path):
     result = icbhi_scores(LABELS, PREDICTED, 4)
     path = plot_confusion({"stage1": result["confusion_matrix"], "finetuned": result["confusion_matrix"]}, 4,

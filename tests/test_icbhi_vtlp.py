@@ -21,6 +21,17 @@ BIN_HZ = RATE / augment.VTLP_FRAME_LENGTH
 """One STFT bin of ``vtlp``."""
 ROUND_TRIP_ATOL = 1e-5
 """STFT -> inverse STFT in float32 (measured ~2e-7 on unit-scale noise)."""
+TONE_LEVEL_DB = 1.5
+"""``vtlp``'s documented bound on a tone's RMS change (measured: +0.1 dB at alpha 0.9, -0.5 dB at 1.1)."""
+NLPAUG_RATE = 16000
+"""The sample rate of nlpaug's ``VtlpAug`` defaults, which RespireNet's authors used."""
+NLPAUG_FHI_HZ = 4800.0
+"""nlpaug's ``fhi``: the warp's upper corner, in Hz at ``NLPAUG_RATE``."""
+WARP_ATOL_HZ = 0.01
+"""float32 round-off of a warped fraction of Nyquist, in Hz at 8 kHz Nyquist (~1e-3 Hz)."""
+NOISE_LOSS_DB = 5.0
+"""White noise comes out ~4 dB quieter (documented; measured 4.0 dB); without the frame-centre phase
+reference the Hann lobe's bins merge out of phase and it loses over 7 dB."""
 
 
 def _noise(batch: int = 4, seed: int = 0) -> tf.Tensor:
@@ -40,6 +51,22 @@ def test_a_tone_below_the_boundary_moves_to_alpha_times_its_frequency(alpha):
     assert out.shape == (1, LENGTH)
     assert abs(_peak_hz(out[0]) - alpha * tone_hz) <= BIN_HZ
     assert abs(_peak_hz(out[0]) - tone_hz) > BIN_HZ
+
+
+@pytest.mark.parametrize("alpha", [0.9, 1.1])
+def test_levels_of_a_tone_and_of_noise_stay_as_documented(alpha):
+    """The warp moves energy, it does not lose it: a tone's RMS within ``TONE_LEVEL_DB``, noise's
+    loss under ``NOISE_LOSS_DB`` (away from the circular ends)."""
+    tone = sine(300.0, LENGTH / RATE, RATE, 0.5)[np.newaxis]
+    noise = _noise(batch=1).numpy()
+    edge = augment.VTLP_FRAME_LENGTH
+
+    def change_db(x: np.ndarray) -> float:
+        out = augment.vtlp(x, 1.0, alpha, alpha, seed=0).numpy()
+        return 10 * np.log10(np.mean(out[:, edge:-edge] ** 2) / np.mean(x[:, edge:-edge] ** 2))
+
+    assert abs(change_db(tone)) <= TONE_LEVEL_DB
+    assert -NOISE_LOSS_DB < change_db(noise) < 0.0
 
 
 def test_alpha_one_returns_the_input():
@@ -66,6 +93,19 @@ def test_warp_keeps_zero_and_nyquist_and_increases(alpha):
     np.testing.assert_allclose(warped[low], alpha * frequency[low], rtol=1e-6)
     if alpha == 1.0:
         np.testing.assert_allclose(warped, frequency, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.8, 0.9, 1.1, 1.2])
+def test_warp_is_nlpaugs_in_hz_at_its_default_rate(alpha):
+    """The warp stated against Nyquist is nlpaug's, written in Hz with its ``fhi`` at 16 kHz."""
+    nyquist = NLPAUG_RATE / 2
+    hz = np.linspace(0.0, nyquist, 101)
+    corner = NLPAUG_FHI_HZ * min(alpha, 1.0)
+    boundary = corner / alpha
+    expected = np.where(hz <= boundary, alpha * hz,
+                        nyquist - (nyquist - corner) / (nyquist - boundary) * (nyquist - hz))
+    warped = augment.vtlp_warp((hz / nyquist).astype(np.float32), alpha).numpy() * nyquist
+    np.testing.assert_allclose(warped, expected, atol=WARP_ATOL_HZ)
 
 
 def test_batched_alphas_warp_row_by_row():

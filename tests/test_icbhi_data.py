@@ -85,11 +85,20 @@ def test_in_graph_filter_matches_scipy_sosfiltfilt():
         assert np.abs(ours - reference).max() < 1e-4 * np.abs(reference).max()
 
 
+def test_peak_normalisation_divides_by_the_largest_magnitude_of_either_sign():
+    """A recording whose peak is negative still ends up in [-1, 1]; silence stays zero."""
+    negative_peak = np.array([0.5, -2.0, 1.0], np.float32)
+    np.testing.assert_allclose(preprocess.normalize_peak(negative_peak), negative_peak / 2.0)
+    np.testing.assert_array_equal(preprocess.normalize_peak(np.zeros(3, np.float32)), np.zeros(3))
+
+
 def test_cycles_are_cut_at_the_target_rate():
     recording = np.arange(4000 * 3, dtype=np.float32)
     cycle = preprocess.cut_cycle(recording, Cycle(0.5, 1.25, False, False), 4000)
     assert cycle[0] == 2000 and len(cycle) == 3000
     assert len(preprocess.cut_cycle(recording, Cycle(2.5, 3.5, False, False), 4000)) == 2000
+    # The bounds themselves are clipped to the recording (cycle_bounds is public, not only a slice).
+    assert preprocess.cycle_bounds(Cycle(2.5, 3.5, False, False), 4000, len(recording)) == (10000, 12000)
 
 
 # ----------------------------------------------------------------------------- smart padding
@@ -125,6 +134,16 @@ def test_smart_padding_cuts_the_last_neighbour_after_and_keeps_long_cycles_whole
     assert padded.waveform.tolist() == [0, 0, 1, 1] and padded.after == (1,)
     padded = smart_pad(cycles, [1, 1, 0], 1, 4)  # longer than the target: its first 4 samples
     assert padded.waveform.tolist() == [1, 1, 1, 1] and padded.cycle_length == 4
+
+
+def test_smart_padding_stops_at_an_exact_fit_and_at_an_empty_neighbour():
+    """A neighbour that reaches the length exactly ends the padding: the other side joins nothing
+    more (``before``/``after`` list only cycles whose audio is in the waveform). An empty neighbour (a
+    cycle shorter than one sample) stops its side like an ineligible one."""
+    exact = smart_pad(_tagged([3, 2, 2]), [1, 1, 1], 1, 4)
+    assert (exact.before, exact.after) == ((), (2,)) and exact.waveform.tolist() == [1, 1, 2, 2]
+    gap = smart_pad(_tagged([2, 0, 2]), [0, 0, 0], 0, 6)
+    assert (gap.before, gap.after) == ((), ()) and gap.waveform.tolist() == [0] * 6
 
 
 def test_plain_padding_repeats_the_cycle():
@@ -180,6 +199,29 @@ def test_shift_speed_and_noise():
     assert np.all((snrs > 9.5) & (snrs < 30.5)) and np.ptp(snrs) > 3.0
 
 
+def test_noise_is_scaled_per_cycle_and_clipped_and_speed_is_drawn_per_cycle():
+    """The SNR is each cycle's own (a quiet cycle beside a loud one gets quiet noise); a full-scale
+    cycle's noisy samples are clipped to [-1, 1]; each cycle gets its own speed factor in range."""
+    snr_db, quiet_gain, snr_atol_db = 20.0, 0.01, 1.0  # one random draw of noise: within 1 dB of the SNR
+    loud = sine(300.0, 1.0, 4000, 0.5)
+    signal = np.stack([loud, quiet_gain * loud])
+    noisy = augment.add_noise(tf.constant(signal), 1.0, snr_db, snr_db, seed=2).numpy()
+    snrs = 10 * np.log10(np.mean(signal ** 2, axis=1) / np.mean((noisy - signal) ** 2, axis=1))
+    np.testing.assert_allclose(snrs, snr_db, atol=snr_atol_db)
+    full_scale = np.sign(loud)[np.newaxis]  # a square wave at +-1: the noise pushes about half its samples out
+    clipped = augment.add_noise(tf.constant(full_scale), 1.0, snr_db, snr_db, seed=2).numpy()
+    at_full_scale = np.mean(np.abs(clipped) == 1.0)
+    assert np.abs(clipped).max() == 1.0 and at_full_scale > 0.5 / 2
+
+    config, batch, length = AugmentConfig(), 16, 100
+    ramp = tf.constant(np.tile(np.arange(length, dtype=np.float32) / length, (batch, 1)))
+    faster = augment.change_speed(ramp, 1.0, config.speed_min, config.speed_max, seed=3).numpy()
+    factors = (faster[:, 1] - faster[:, 0]) * length  # the ramp's slope is the speed factor
+    slope_atol = 1e-4  # float32 round-off of one ramp step, times the length
+    assert np.all((factors >= config.speed_min - slope_atol) & (factors <= config.speed_max + slope_atol))
+    assert np.ptp(factors) > (config.speed_max - config.speed_min) / 2
+
+
 def test_augmenter_is_reproducible_and_keeps_shapes():
     batch = (tf.random.stateless_uniform([8, 400], seed=[1, 2], minval=-1, maxval=1),
              tf.constant([0, 1, 1, 2, 2, 3, 3, 0]), tf.zeros(8, tf.int32), tf.fill([8], 400))
@@ -228,6 +270,22 @@ def test_blank_rows_counts_only_the_blank_rows_at_the_top():
     np.testing.assert_allclose(clipped[1], image[4] + (image[5] - image[4]) * (3 / 7), atol=1e-6)
     untouched = np.random.default_rng(0).uniform(0.2, 1.0, (1, 8, 20)).astype(np.float32)
     np.testing.assert_allclose(clip_blank_rows(tf.constant(untouched), spec), untouched, atol=1e-6)
+
+
+def test_a_row_at_exactly_the_blank_share_is_blank_and_a_pixel_at_the_level_is_not():
+    """A pixel is blank strictly below ``blank_level`` (10/255); a row is blank when at least
+    ``blank_row_fraction`` (80 %) of its pixels are, so exactly that share counts."""
+    spec, width = CONFIG.spectrogram, 20
+    image = np.full((4, width), 0.5, np.float32)
+    image[0, :round(spec.blank_row_fraction * width)] = 0.0  # exactly the share: blank
+    image[1] = spec.blank_level  # every pixel at the level, none below it: not blank
+    assert int(blank_rows(image, spec)) == 1
+
+
+def test_mel_db_is_floored_top_db_below_its_peak():
+    """A pure tone leaves the far bands near -inf dB; ``power_to_db``'s ``top_db`` floors them."""
+    db = mel_db(sine(300.0, CONFIG.audio.cycle_s, CONFIG.audio.sample_rate, 0.5), CONFIG).numpy()
+    assert db.max() == 0.0 and db.min() == pytest.approx(-CONFIG.spectrogram.top_db)
 
 
 def test_clipping_drops_the_empty_high_bands_of_a_low_passed_cycle():

@@ -85,6 +85,20 @@ def test_in_graph_filter_matches_scipy_sosfiltfilt():
         assert np.abs(ours - reference).max() < 1e-4 * np.abs(reference).max()
 
 
+def test_preprocess_wav_is_peak_normalised_sosfiltfilt_with_the_edge_padding():
+    """The whole recording, ends included: ``preprocess_wav`` pads by ``EDGE_PAD_S`` of mirror image
+    (without it the FFT product wraps the end into the start)."""
+    config = AudioConfig()
+    rate = config.sample_rate
+    signal = np.random.default_rng(4).uniform(-0.5, 0.5, 2 * rate).astype(np.float32)
+    out, status = preprocess.preprocess_wav(tf.constant(_wav_bytes(signal, rate, "FLOAT")), config)
+    reference = scipy.signal.sosfiltfilt(preprocess.filter_sos(config), signal, padtype="even",
+                                         padlen=int(preprocess.EDGE_PAD_S * rate))
+    filter_atol = 1e-4  # float32 FFT product against scipy's float64 recursion, as in the test above
+    assert int(status) == 0
+    np.testing.assert_allclose(out.numpy(), reference / np.abs(reference).max(), atol=filter_atol)
+
+
 def test_peak_normalisation_divides_by_the_largest_magnitude_of_either_sign():
     """A recording whose peak is negative still ends up in [-1, 1]; silence stays zero."""
     negative_peak = np.array([0.5, -2.0, 1.0], np.float32)
@@ -280,6 +294,12 @@ def test_a_row_at_exactly_the_blank_share_is_blank_and_a_pixel_at_the_level_is_n
     image[0, :round(spec.blank_row_fraction * width)] = 0.0  # exactly the share: blank
     image[1] = spec.blank_level  # every pixel at the level, none below it: not blank
     assert int(blank_rows(image, spec)) == 1
+
+
+def test_a_silent_cycle_is_a_black_image_not_nan():
+    """Min-max scaling of a flat spectrogram divides 0 by 0: the grey input must be 0, not NaN."""
+    silent = cycle_spectrogram(np.zeros(SHORT.audio.num_samples, np.float32), SHORT).numpy()
+    np.testing.assert_array_equal(silent, np.zeros(spectrogram_shape(SHORT), np.float32))
 
 
 def test_mel_db_is_floored_top_db_below_its_peak():

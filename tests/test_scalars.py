@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import keras
+import librosa
 import numpy as np
 import pytest
 import scipy.signal
@@ -17,8 +18,9 @@ from conftest import (PARITY_KINDS, SAMPLE_RATE, assert_same_scalars, breath_lik
 from librosa_reference.scalars import reference_scalars
 from tfbreath import config, spectral
 from tfbreath.config import SCALAR_NAMES
-from tfbreath.scalars import (PRESELECT_STEP, _envelope_peaks, _hilbert_envelope_and_autocorrelation,
-                              _largest_pair, contrast_bands, scalar_features)
+from tfbreath.scalars import (CONTRAST_FMIN, LIBROSA_N_FFT, N_BANDS, PRESELECT_STEP, ZCR_THRESHOLD,
+                              _envelope_peaks, _flatness, _hilbert_envelope_and_autocorrelation, _largest_pair,
+                              contrast_bands, scalar_features)
 
 IDX = {name: i for i, name in enumerate(SCALAR_NAMES)}
 N_PARITY_CLIPS = 64
@@ -35,6 +37,20 @@ PEAK_COUNT_AGREEMENT = 0.95
 """The peak count is an integer decided by thresholds (height >= mean, local-maximum tests) that
 float32 vs float64 rounding of the envelope can flip on a borderline sample; exact agreement on
 95 % of clips (measured: 100 %) is the meaningful check, correlation is not."""
+OTHER_HOPS = (128, 384)
+"""Besides the default 256: a hop dividing the frame (2048) and the rolloff's hop 512, so the rolloff
+takes every 4th shared frame, and one dividing neither, so the RMS and ZCR sum whole frames and the
+rolloff has an STFT of its own."""
+DC_OFFSET = 0.1
+BELOW_ZCR_THRESHOLD = -ZCR_THRESHOLD / 2
+"""A negative sample librosa.zero_crossings snaps to zero."""
+BAND_LIMIT_HZ = 2000.0
+QUIET_GAIN = 1e-5
+"""A clip this far down has STFT power near FLATNESS_AMIN, so the floor of its dead bins weighs in."""
+FLATNESS_RTOL = 1e-5
+HIGH_TONES_HZ = np.arange(6000.0, 8000.0, 50.0)
+"""Pure tones in the top octave: their bandwidth^2 = (M2 - 2 c M1 + c^2 M0) / M0 cancels to
+round-off of either sign (without the clamp, 6.6 kHz gave a NaN bandwidth)."""
 
 
 def _features(y) -> np.ndarray:
@@ -64,12 +80,21 @@ def test_contrast_bands_follow_librosa_octaves():
     assert all(a[1] == b[0] for a, b in zip(bands[:-1], bands[1:]))  # contiguous partition
 
 
+def test_contrast_bands_refuse_an_octave_edge_at_nyquist():
+    # librosa's rule: every band's lower edge (up to fmin 2**(n_bands - 1)) must lie below Nyquist.
+    highest_lower_edge = CONTRAST_FMIN * 2 ** (N_BANDS - 1)
+    with pytest.raises(ValueError, match="exceed Nyquist"):
+        contrast_bands(int(2 * highest_lower_edge))
+    assert len(contrast_bands(int(2 * highest_lower_edge) + 2)) == N_BANDS + 1
+
+
 # ----------------------------------------------------------------------------- parity
 
 
-def _ours_and_reference(clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ours_and_reference(clips: np.ndarray, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """``[N, n]`` clips -> their scalars in-graph and by the reference, ``[N, 39]`` each."""
-    return scalar_features(tf.constant(clips)).numpy(), np.stack([reference_scalars(clip) for clip in clips])
+    return (scalar_features(tf.constant(clips), **kwargs).numpy(),
+            np.stack([reference_scalars(clip, **kwargs) for clip in clips]))
 
 
 def _scalar_mismatches(got: np.ndarray, want: np.ndarray) -> dict[str, str]:
@@ -111,6 +136,12 @@ def test_scalar_parity_fails_against_the_reference_of_other_clips(synthetic_pari
     assert _scalar_mismatches(got, np.roll(want, 1, axis=0)).keys() == set(SCALAR_NAMES)
 
 
+@pytest.mark.parametrize("hop_length", OTHER_HOPS)
+def test_parity_with_reference_at_other_hops(hop_length):
+    clips = np.stack([parity_clip(kind, seed=0) for kind in PARITY_KINDS])
+    assert _scalar_mismatches(*_ours_and_reference(clips, hop_length=hop_length)) == {}
+
+
 @needs_breath
 def test_parity_with_reference_on_real_clips():
     clips = np.stack([sf.read(path, dtype="float32")[0] for path in real_clips(N_PARITY_CLIPS)])
@@ -125,10 +156,23 @@ def test_silence_is_finite_and_zero_energy():
     out = _features(np.zeros(SAMPLE_RATE, np.float32))
     assert out.shape == (39,)
     assert np.isfinite(out).all()
-    for name in ("rms_mean", "rms_std", "rms_max", "rms_min", "zcr_mean", "envelope_mean",
-                 "envelope_peak_count", "low_freq_energy_ratio", "autocorr_10ms", "waveform_skew"):
-        assert out[IDX[name]] == 0.0, name
+    # The reference gives 0 for every column but the flatness (NaN where SciPy divides by zero:
+    # the module docstring's 0); in particular a rolloff and centroid of 0 Hz, not Nyquist.
+    for name in SCALAR_NAMES:
+        if name != "flatness_mean":
+            assert out[IDX[name]] == 0.0, name
     assert out[IDX["flatness_mean"]] == pytest.approx(1.0, abs=1e-4)  # amin floor everywhere
+
+
+@pytest.mark.parametrize("between", [0.0, BELOW_ZCR_THRESHOLD], ids=["zeros", "below-threshold"])
+def test_zero_and_sub_threshold_samples_count_as_non_negative(between):
+    # librosa.zero_crossings (threshold 1e-10, zero_pos): a positive tone with exact zeros, or
+    # negatives smaller than the threshold, between its samples never crosses zero.
+    y = np.full(SAMPLE_RATE, DC_OFFSET, np.float32)
+    y[::2] = between
+    out = _features(y)
+    assert librosa.feature.zero_crossing_rate(y).max() == 0.0
+    assert out[IDX["zcr_max"]] == 0.0
 
 
 def test_sine_1khz_known_answers():
@@ -167,11 +211,29 @@ def test_low_frequency_energy_ratio(freq, expected):
     assert _features(sine(freq))[IDX["low_freq_energy_ratio"]] == pytest.approx(expected, abs=1e-3)
 
 
+def test_high_pure_tones_have_a_finite_bandwidth():
+    out = _features(np.stack([sine(freq) for freq in HIGH_TONES_HZ]))
+    assert np.isfinite(out).all()
+    assert (out[:, IDX["bandwidth_mean"]] >= 0.0).all()
+
+
 def test_flatness_noise_high_sine_low():
     noise = _features(_white_noise())[IDX["flatness_mean"]]
     tone = _features(sine(1000.0))[IDX["flatness_mean"]]
     assert noise > 0.3
     assert tone < 1e-3
+
+
+@pytest.mark.parametrize("gain", [1.0, QUIET_GAIN])
+def test_flatness_counts_each_bin_above_the_band_limit_as_the_floor(gain):
+    # A band-limited cache's dead bins are zero: their floor's log and share are added once per
+    # frame, which must equal flooring every zero bin.
+    cache = spectral.SpectrogramCache(gain * breath_like(0)[np.newaxis], SAMPLE_RATE, BAND_LIMIT_HZ)
+    power = cache.power(LIBROSA_N_FFT, config.FeatureConfig().hop_length)  # [1, T, 1025]
+    live_bins = cache.live_bins(LIBROSA_N_FFT)
+    assert live_bins < power.shape[-1]
+    np.testing.assert_allclose(_flatness(power, live_bins).numpy(), _flatness(power, power.shape[-1]).numpy(),
+                               rtol=FLATNESS_RTOL)
 
 
 def test_percentiles_match_numpy_exactly():
@@ -236,6 +298,8 @@ def _scipy_peak_stats(envelope: np.ndarray) -> list[float]:
 def test_clips_shorter_than_the_autocorrelation_lags_are_a_clear_error():
     with pytest.raises(ValueError, match="at least 800 samples .* got 500"):
         scalar_features(np.zeros(500, np.float32))
+    shortest = SAMPLE_RATE // 20  # exactly the 50 ms of lags: accepted
+    assert np.isfinite(_features(breath_like(0, seconds=shortest / SAMPLE_RATE))).all()
 
 
 @pytest.mark.parametrize("tflite", [False, True], ids=["any-length-ffts", "tflite-ffts"])

@@ -20,7 +20,7 @@ from tfbreath import config, spectral
 from tfbreath.config import SCALAR_NAMES
 from tfbreath.scalars import (CONTRAST_FMIN, LIBROSA_N_FFT, N_BANDS, PRESELECT_STEP, ZCR_THRESHOLD,
                               _envelope_peaks, _flatness, _hilbert_envelope_and_autocorrelation, _largest_pair,
-                              contrast_bands, scalar_features)
+                              _skew_kurtosis, contrast_bands, scalar_features)
 
 IDX = {name: i for i, name in enumerate(SCALAR_NAMES)}
 N_PARITY_CLIPS = 64
@@ -44,6 +44,10 @@ rolloff has an STFT of its own."""
 DC_OFFSET = 0.1
 BELOW_ZCR_THRESHOLD = -ZCR_THRESHOLD / 2
 """A negative sample librosa.zero_crossings snaps to zero."""
+DC_LEVELS = (DC_OFFSET, 1e-3, -0.05)
+"""Constant clips whose float32 mean TF rounds off (SciPy: -1, NaN and 1 as skewness)."""
+ROUND_OFF = 1e-7
+"""Relative spread of a series that is float32 round-off on a constant (below its resolution, 1e-6)."""
 BAND_LIMIT_HZ = 2000.0
 QUIET_GAIN = 1e-5
 """A clip this far down has STFT power near FLATNESS_AMIN, so the floor of its dead bins weighs in."""
@@ -162,6 +166,27 @@ def test_silence_is_finite_and_zero_energy():
         if name != "flatness_mean":
             assert out[IDX[name]] == 0.0, name
     assert out[IDX["flatness_mean"]] == pytest.approx(1.0, abs=1e-4)  # amin floor everywhere
+
+
+@pytest.mark.parametrize("level", DC_LEVELS)
+def test_a_constant_clip_has_zero_skewness_and_kurtosis(level):
+    # A constant series has no skewness: SciPy's NaN (the module docstring's 0). Its float32 mean is
+    # off by round-off (0.1 over 16000 samples: 2.4e-7), so the deviations from it are one constant,
+    # not zero, and their skewness and kurtosis would be -1 and -2 (so are SciPy's at 0.1).
+    out = _features(np.full(SAMPLE_RATE, level, np.float32))
+    assert np.isfinite(out).all()
+    for name in ("waveform_skew", "waveform_kurtosis"):
+        assert out[IDX[name]] == 0.0, name
+
+
+def test_a_series_varying_below_float32_resolution_of_its_mean_is_constant():
+    # var <= (float32 resolution * mean)**2 (SciPy's rule for a constant series): round-off on a
+    # constant gives skewness and kurtosis 0, not the O(1) shape of its rounding errors.
+    series = DC_OFFSET * (1.0 + ROUND_OFF * np.random.default_rng(0).standard_normal(SAMPLE_RATE))
+    series = series.astype(np.float32)
+    assert np.ptp(series) > 0
+    skew, kurtosis = (t.numpy() for t in _skew_kurtosis(tf.constant(series[np.newaxis])))
+    np.testing.assert_array_equal([skew[0], kurtosis[0]], 0.0)
 
 
 @pytest.mark.parametrize("between", [0.0, BELOW_ZCR_THRESHOLD], ids=["zeros", "below-threshold"])

@@ -34,7 +34,9 @@ Deviations from the reference (all measured on 512 real clips: every correlation
 worst relative error 3.4e-4 (contrast std), peak counts identical):
 
 * Degenerate input: an all-zero clip gives finite values. Where SciPy returns NaN (skewness /
-  kurtosis of a constant series, autocorrelation normalised by zero energy) this returns 0.
+  kurtosis of a constant series, autocorrelation normalised by zero energy) this returns 0. So
+  does every constant series: SciPy's float32 mean of one (a DC clip's) can round off into a
+  skewness of +-1, the moments here are taken about its first value and cannot.
 * float32 throughout (TF's FFT is float32; NumPy's is float64 then rounded): a pure tone's
   ~-140 dB FFT noise floor lifts its bandwidth by a few Hz, and a pure tone's Hilbert envelope
   is constant up to rounding, so its mean/std ratio and peak picks are rounding noise in both.
@@ -156,8 +158,13 @@ def _skew_kurtosis(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     ``[B, m]`` -> 2 x ``[B]``
     """
     with tf.name_scope("skew_kurtosis"):
-        mean = tf.reduce_mean(x, -1, keepdims=True)  # [B, 1]
-        dev = x - mean  # [B, m]
+        # Moments of x - x[0]: a float32 mean of x itself is off by round-off growing with m (a
+        # constant 0.1 over 16000 samples: 2.4e-7), enough alone to fail the test for a constant.
+        shift = x[..., :1]  # [B, 1]
+        shifted = x - shift  # [B, m]  exactly 0 for a constant series
+        shifted_mean = tf.reduce_mean(shifted, -1, keepdims=True)  # [B, 1]
+        mean = shift + shifted_mean  # [B, 1]
+        dev = shifted - shifted_mean  # [B, m]
         dev2 = tf.square(dev)  # [B, m]
         m2 = tf.reduce_mean(dev2, -1)  # [B]
         m3 = tf.reduce_mean(dev2 * dev, -1)  # [B]

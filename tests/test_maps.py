@@ -10,7 +10,7 @@ import soundfile as sf
 import tensorflow as tf
 
 from conftest import PARITY_KINDS, SAMPLE_RATE, breath_like, needs_breath, parity_clip, real_clips, sine
-from librosa_reference.maps import reference_maps, reference_raw_maps
+from librosa_reference.maps import _cens, reference_maps, reference_raw_maps
 from tfbreath import filters, maps, spectral
 from tfbreath.config import MAP_NAMES, FeatureConfig
 
@@ -27,6 +27,14 @@ RAW_PARITY_RTOL = 1e-4
 """Raw maps: error / the map's largest |value| (measured: 1.2e-5 on real clips, 6e-6 synthetic)."""
 TEMPOGRAM_ATOL = 1e-4
 """The raw tempogram is already normalised to [-1, 1] per frame (measured: <= 1.5e-6)."""
+SMALL_MAP_FRAMES = 8
+CENS_STEP_WEIGHTS = (8, 4, 2, 1, 1, 1, 1, 1, 1)
+"""Chroma bins whose shares of their sum (20) are exactly the CENS steps 0.4, 0.2, 0.1 and 0.05."""
+SMALL_STEP, LARGE_VALUE = 1e-4, 1e3
+"""A band's step and a value elsewhere in its map: its spread is below ZSCORE_RESOLUTION of the map's
+largest |value|, above it of each frame's but the spike's."""
+BAND_LIMIT_HZ = 2000.0
+"""A band limit far below Nyquist: its LPC runs on every 4th sample (``maps.lpc_decimation``)."""
 
 
 def _maps(y, features=FEATURES):
@@ -110,6 +118,15 @@ def test_sine_lights_the_right_mel_band_and_chroma_bin():
     assert (cens[:, a_index] == cens.max(axis=1)).all()
 
 
+def test_cens_steps_are_crossed_only_above_their_threshold():
+    # librosa's quantisation counts distribution > step: bins of exactly 0.4, 0.2, 0.1 and 0.05 of
+    # a frame's sum sit on the steps, which they do not cross.
+    chroma = np.zeros((SMALL_MAP_FRAMES, maps.CHROMA_ROWS // 2), np.float32)  # [T, 12]
+    chroma[:, :len(CENS_STEP_WEIGHTS)] = CENS_STEP_WEIGHTS
+    got = maps.chroma_cens(tf.constant(chroma)).numpy()  # [T, 12]
+    np.testing.assert_allclose(got, _cens(chroma.T).T, atol=1e-6)
+
+
 def test_burg_lpc_recovers_a_known_ar2_process():
     rng = np.random.default_rng(0)
     a1, a2 = -1.3, 0.8  # y[n] = 1.3 y[n-1] - 0.8 y[n-2] + e[n]
@@ -121,11 +138,39 @@ def test_burg_lpc_recovers_a_known_ar2_process():
     np.testing.assert_allclose(coeffs, [a1, a2], atol=0.03)
 
 
-def test_log1p_keeps_float32_precision_in_graph_mode():
-    # Grappler folds the usual (1 + x) - 1 repair, so the check runs in a tf.function.
+def test_band_limited_lpc_is_the_lpc_of_the_clip_at_the_decimated_rate():
+    # With a band limit the LPC runs at sample_rate / D on every D-th sample: its frames (25 ms) and
+    # hop must be those of the slower clip, so the map equals that clip's own LPC map, frame for frame.
+    limited = FeatureConfig(maps=("lpc",), band_limit_hz=BAND_LIMIT_HZ)
+    step = maps.lpc_decimation(SAMPLE_RATE, limited)
+    assert step > 1
+    slower = FeatureConfig(maps=("lpc",), hop_length=limited.hop_length // step)
+    y = breath_like(0)
+    got = maps.raw_maps(y, SAMPLE_RATE, limited)["lpc"].numpy()
+    want = maps.raw_maps(y[::step], SAMPLE_RATE // step, slower)["lpc"].numpy()
+    assert got.shape == want.shape == (1 + len(y) // limited.hop_length, limited.lpc_order)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_lpc_of_a_clip_opening_in_digital_silence_is_zero_there():
+    # Silent frames (a zero-padded clip) have no energy to divide by: their coefficients are 0 (as
+    # the reference's), not NaN, which would also blank the whole z-scored LPC map.
+    y = breath_like(0)
+    y[:len(y) // 2] = 0.0
+    lpc = maps.raw_maps(y, SAMPLE_RATE, FEATURES)["lpc"].numpy()  # [T, order]
+    silent_frames = (len(y) // 2 - int(FEATURES.lpc_frame_s * SAMPLE_RATE) // 2) // FEATURES.hop_length
+    assert np.isfinite(lpc).all()
+    np.testing.assert_array_equal(lpc[:silent_frames], 0.0)
+    assert np.ptp(_maps(y, FeatureConfig(maps=("lpc",)))) > 0
+
+
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
+def test_log1p_keeps_float32_precision_eagerly_and_in_graph_mode(graph):
+    # Grappler folds the usual (1 + x) - 1 repair, so the check runs in a tf.function; it also
+    # rewrites log(1 + x) to LOG1P, which TFLite lacks, so eagerly the series itself is checked.
     x = np.concatenate([[0.0], np.logspace(-30, 6, 2000), -np.logspace(-30, np.log10(0.99), 500)])
     x = x.astype(np.float32)
-    got = tf.function(maps.log1p)(tf.constant(x)).numpy()
+    got = (tf.function(maps.log1p) if graph else maps.log1p)(tf.constant(x)).numpy()
     np.testing.assert_allclose(got, np.log1p(x.astype(np.float64)), rtol=4e-7)  # tf.math.log1p: 2.4e-7
 
 
@@ -209,6 +254,18 @@ def test_config_selects_maps_and_their_order():
     assert out.shape == (128, 63, 2)
     np.testing.assert_allclose(out[..., 0], full[..., MAP_NAMES.index("lpc")], atol=1e-5)
     np.testing.assert_allclose(out[..., 1], full[..., MAP_NAMES.index("mel")], atol=1e-5)
+
+
+def test_a_band_is_constant_beside_the_whole_maps_largest_value():
+    # ZSCORE_RESOLUTION compares a band's spread with the largest |value| of the whole map (silence's
+    # round-off spreads from MFCC's c0 into every band), not of each frame: a band varying 1e-4 of a
+    # value 1000 in one frame is zeroed in every frame.
+    frames = np.arange(SMALL_MAP_FRAMES)
+    x = np.stack([1.0 + np.where(frames % 2, SMALL_STEP, 0.0), np.where(frames == 0, LARGE_VALUE, 0.0)], -1)
+    x = x.astype(np.float32)  # [T, 2]: a band near 1 barely varying, one spike elsewhere in the map
+    out = maps.zscore(tf.constant(x), per_band=True).numpy()  # [T, 2]
+    np.testing.assert_array_equal(out[:, 0], 0.0)
+    assert np.ptp(out[:, 1]) > 0
 
 
 def test_small_maps_are_padded_with_their_minimum():

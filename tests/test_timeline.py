@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from tfbreath import timeline
 from tfbreath.config import ConfigError
@@ -40,6 +41,23 @@ def test_a_clean_alternating_sequence_decodes_exactly():
     np.testing.assert_array_equal(timeline.decode_phases(unsure, HOP_S), phases)
 
 
+SYMMETRIC = timeline.TimelineConfig(exhale_low_s=timeline.TYPICAL_INHALE_S[0],
+                                    exhale_high_s=timeline.TYPICAL_INHALE_S[1])
+"""Both phases with the inhale's typical durations: a window at P = 0.5 between two runs is an exact tie."""
+TIED_RUN = 3
+
+
+def test_ties_go_to_the_shorter_segment_then_to_inhale():
+    """``decode_phases``' documented tie-breaks keep a decoding reproducible: an undecided window
+    between an exhale and an inhale, equally likely in either, ends the exhale (the segment after it
+    is the shorter), and a recording whose windows say nothing ends in inhale."""
+    phases = _breathing(breaths=2, inhale=TIED_RUN, exhale=TIED_RUN)
+    undecided = np.insert(_probabilities(phases), 2 * TIED_RUN, timeline.EVEN)  # after the first exhale
+    np.testing.assert_array_equal(timeline.decode_phases(undecided, HOP_S, SYMMETRIC),
+                                  np.insert(phases, 2 * TIED_RUN, True))
+    assert timeline.decode_phases([timeline.EVEN], HOP_S, SYMMETRIC).tolist() == [False]
+
+
 def test_isolated_flicker_windows_are_removed():
     phases = _breathing()
     period = INHALE_WINDOWS + EXHALE_WINDOWS
@@ -56,6 +74,9 @@ SLOW_INHALE, SLOW_EXHALE = 4, 6
 default phase ranges' nominal breath is 3 s (20/min)."""
 DOUBTFUL, FLICKER = 0.35, 0.2
 """P(exhale) of a doubtful inhale window (1 - of an exhale one); of a wrong window inside an exhale."""
+VERY_SLOW_INHALE, VERY_SLOW_EXHALE = 5, 8
+FAST_INHALE, FAST_EXHALE = 2, 3
+"""9.2 and 24 breaths/min, outside the typical 12-20 but inside the candidate tempi's +-3 sd (8.5-28/min)."""
 TEMPO_TOLERANCE = 0.15
 FIXED_20_PER_MIN = timeline.TimelineConfig(rate_low_bpm=19.5, rate_high_bpm=20.5)
 """A rate prior so narrow that the tempo is fixed at the nominal 20 breaths/min."""
@@ -65,7 +86,8 @@ def _rate_of_tempo(tempo: float, config: timeline.TimelineConfig = timeline.Time
     return 60.0 / (tempo * config.nominal_breath_s())
 
 
-@pytest.mark.parametrize("inhale, exhale", [(SLOW_INHALE, SLOW_EXHALE), (INHALE_WINDOWS, EXHALE_WINDOWS), (3, 3)])
+@pytest.mark.parametrize("inhale, exhale", [(SLOW_INHALE, SLOW_EXHALE), (INHALE_WINDOWS, EXHALE_WINDOWS), (3, 3),
+                                            (VERY_SLOW_INHALE, VERY_SLOW_EXHALE), (FAST_INHALE, FAST_EXHALE)])
 def test_the_tempo_follows_the_recordings_rate(inhale, exhale):
     phases = _breathing(inhale=inhale, exhale=exhale)
     true_rate = 60.0 / ((inhale + exhale) * HOP_S)
@@ -127,6 +149,16 @@ def test_forward_and_viterbi_agree_with_enumerating_every_phase_sequence():
         assert np.isfinite(best)
 
 
+def test_probabilities_of_exactly_zero_and_one_are_evidence():
+    """A sigmoid in float32 or a quantised model gives P(exhale) of exactly 0 or 1: the floor clips
+    them like any other window; only values outside [0, 1] are refused."""
+    phases = _breathing()
+    certain = phases.astype(np.float64)  # 0.0 inhale, 1.0 exhale
+    np.testing.assert_array_equal(timeline.decode_phases(certain, HOP_S), phases)
+    assert timeline.most_probable_tempo(certain, HOP_S) == timeline.most_probable_tempo(
+        _probabilities(phases, timeline.PROBABILITY_FLOOR), HOP_S)
+
+
 def test_a_run_longer_than_the_longest_phase_is_cut():
     config = timeline.TimelineConfig(longest_phase_s=4.0)
     decoded = timeline.decode_phases(np.full(20, 0.9), HOP_S, config)  # 10 s of sure exhale
@@ -148,6 +180,23 @@ def test_the_rate_and_ratio_of_a_known_period_are_right():
     assert cut.ie_ratio == pytest.approx(INHALE_WINDOWS / EXHALE_WINDOWS)  # whole breaths: as many I as E
 
 
+IRREGULAR_RUNS = (INHALE_WINDOWS, EXHALE_WINDOWS, INHALE_WINDOWS, EXHALE_WINDOWS, INHALE_WINDOWS, 2 * EXHALE_WINDOWS,
+                  INHALE_WINDOWS)
+"""Window counts of alternating phases, inhale first, the last exhale twice as long: breaths of unequal length."""
+
+
+def test_breaths_run_from_inhale_onset_to_inhale_onset():
+    """One breath is an inhale and the exhale after it: rate and I:E are over the whole breaths between
+    the first and the last exhale -> inhale change (the last two here, the long one included), not
+    between the first and the last exhale onset (the first two: another rate and ratio)."""
+    phases = np.concatenate([np.full(count, bool(index % 2)) for index, count in enumerate(IRREGULAR_RUNS)])
+    count = len(phases)
+    summary = timeline.summarize(phases, _centres(count), count * HOP_S + HOP_S, _probabilities(phases))
+    whole = IRREGULAR_RUNS[2:-1]  # inhale, exhale, inhale, exhale
+    assert summary.breaths_per_min == pytest.approx(60.0 * (len(whole) // 2) / (sum(whole) * HOP_S))
+    assert summary.ie_ratio == pytest.approx(sum(whole[::2]) / sum(whole[1::2]))
+
+
 def test_phases_the_windows_never_show_give_no_rate():
     steady = np.full(60, 0.9)  # 30 s of sure exhale: the longest phase forces inhales in
     phases = timeline.decode_phases(steady, HOP_S)
@@ -159,6 +208,26 @@ def test_phases_the_windows_never_show_give_no_rate():
     one_against[:INHALE_WINDOWS] = 1.0 - SURE  # one inhale of eight the windows call exhale: still a rate
     kept = timeline.summarize(breathing, _centres(len(breathing)), len(breathing) * HOP_S, one_against)
     assert not kept.unsupported and kept.breaths_per_min is not None
+    # MAX_UNSUPPORTED_FRACTION: half of the inhales against keeps the rate, one more withholds it
+    period = INHALE_WINDOWS + EXHALE_WINDOWS
+    against = _probabilities(breathing)
+    for breath in range(BREATHS // 2):
+        against[breath * period:breath * period + INHALE_WINDOWS] = 1.0 - SURE
+    half = timeline.summarize(breathing, _centres(len(breathing)), len(breathing) * HOP_S, against)
+    assert not half.unsupported and half.breaths_per_min is not None
+    against[BREATHS // 2 * period:BREATHS // 2 * period + INHALE_WINDOWS] = 1.0 - SURE
+    assert timeline.summarize(breathing, _centres(len(breathing)), len(breathing) * HOP_S, against).unsupported
+
+
+def test_a_span_whose_windows_average_even_is_on_the_exhale_side():
+    """``EVEN`` splits the phases as ``evaluation.THRESHOLD`` does: a mean P(exhale) of exactly 0.5 is
+    on the exhale side, so inhales whose windows sit at 0.5 are unsupported, exhales there are not."""
+    even = np.full(INHALE_WINDOWS, timeline.EVEN)
+    count = BREATHS * (INHALE_WINDOWS + EXHALE_WINDOWS)
+    even_inhales = np.tile(np.r_[even, np.full(EXHALE_WINDOWS, 1.0 - SURE)], BREATHS)
+    assert timeline.summarize(_breathing(), _centres(count), count * HOP_S, even_inhales).unsupported
+    even_exhales = np.tile(np.r_[even, np.full(EXHALE_WINDOWS, SURE)], BREATHS)
+    assert not timeline.summarize(~_breathing(), _centres(count), count * HOP_S, even_exhales).unsupported
 
 
 def test_the_spans_change_halfway_between_window_centres_and_cover_the_recording():
@@ -192,6 +261,25 @@ def test_the_duration_prior_is_normalised_and_centred_on_the_typical_range():
     assert int(np.argmax(pmf)) + 1 == 2  # the mode near the median sqrt(0.8 * 2.0) = 1.26 s
 
 
+LARGE_HOP_S = 2.0
+"""Windows 2 s apart: a quarter of the typical inhale prior's mass lies below half a hop (1 s)."""
+PRIOR_RTOL, PRIOR_ATOL = 1e-9, 1e-12
+
+
+def test_the_duration_prior_is_the_log_normal_integrated_over_each_windows_bin():
+    """Bin ``n`` is ``((n - 1/2) hop, (n + 1/2) hop]`` with the first from 0 s: at a 2-s hop one window
+    holds every inhale under 3 s, the quarter under 1 s included, not only those from 1 to 3 s."""
+    low, high = timeline.TYPICAL_INHALE_S
+    longest = 4
+    sigma = np.log(high / low) / (2.0 * timeline.TYPICAL_MASS_Z)
+    edges_s = np.r_[0.0, (np.arange(1, longest + 1) + 0.5) * LARGE_HOP_S]
+    cdf = scipy.stats.lognorm(sigma, scale=np.sqrt(low * high)).cdf(edges_s)
+    log_pmf, log_survival = timeline.duration_log_prior((low, high), LARGE_HOP_S, longest)
+    np.testing.assert_allclose(np.exp(log_pmf), np.diff(cdf) / cdf[-1], rtol=PRIOR_RTOL, atol=PRIOR_ATOL)
+    np.testing.assert_allclose(np.exp(log_survival), (cdf[-1] - cdf[:-1]) / cdf[-1], rtol=PRIOR_RTOL,
+                               atol=PRIOR_ATOL)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("inhale_low_s", 0, "inhale_low_s must be > 0, got 0"),
     ("exhale_high_s", 0.5, "exhale_high_s must be > exhale_low_s = 1.0, got 0.5"),
@@ -217,6 +305,8 @@ def test_a_wide_rate_prior_keeps_every_tempo_finite():
     np.testing.assert_array_equal(decoded, pattern >= 0.5)
     log_pmf, log_survival = timeline.duration_log_prior((60.0, 200.0), HOP_S, 16)  # 30+ sd beyond 8 s
     assert np.isfinite(log_pmf).all() and np.exp(log_pmf).sum() == pytest.approx(1.0)
+    # and the other tail, where the CDF rounds to 1: a phase typically 0.01-0.02 s long, 15+ sd below 0.75 s
+    assert np.isfinite(timeline.duration_log_prior((0.01, 0.02), HOP_S, 16)[0]).all()
     # Durations beyond float64's tails (1e20 s) are impossible, and a prior of only such rates is refused.
     assert np.isneginf(timeline.duration_log_prior((1e20, 2e20), HOP_S, 16)).all()
     absurd = timeline.TimelineConfig(rate_low_bpm=1e-20, rate_high_bpm=2e-20)

@@ -22,7 +22,7 @@ from tensorflow.lite.python import schema_py_generated as tflite_schema
 from conftest import breath_like
 from tfbreath import artifacts, export, predict, serving, timeline, tflite_metadata
 from tfbreath.audio import load_audio
-from tfbreath.classifier import default_model_path, load_classifier
+from tfbreath.classifier import EXHALE, INHALE, Classifier, default_model_path, load_classifier, target
 from tfbreath.config import PipelineConfig, dump_config, with_overrides
 from tfbreath.ensemble import build_ensemble
 from tfbreath.errors import EXIT_USAGE
@@ -133,6 +133,20 @@ def test_clip_rows_match_the_model_and_the_threshold(capsys, run_dir, waveform, 
         assert probability == pytest.approx(expected[row["ID"]], abs=SAME_MODEL_ATOL)
         assert row["Target"] == ("E" if probability >= threshold else "I")
     assert {r["Target"] for r in rows} == {"I", "E"}
+
+
+def test_a_probability_at_the_threshold_is_exhale():
+    """``--threshold`` is the P(exhale) at or above which the target is E (``classifier.target``); the
+    CLI tests' thresholds fall between probabilities, so this pins the boundary."""
+    assert target(predict.THRESHOLD, predict.THRESHOLD) == EXHALE
+    assert target(np.nextafter(predict.THRESHOLD, 0.0), predict.THRESHOLD) == INHALE
+
+
+def test_a_classifiers_clip_lasts_its_samples_over_its_rate():
+    """``clip_s`` (``--hop``'s limit, the summary's note): the 1-s clips of the CLI tests read the
+    same either way up, so a half-second clip at twice the rate pins it."""
+    half_second = Classifier(lambda waveforms: np.zeros(len(waveforms)), 2 * RATE, CLIP, "half a second")
+    assert half_second.clip_s == CLIP / (2 * RATE)
 
 
 def test_a_folder_is_searched_and_the_csv_written_to_out(capsys, tmp_path, run_dir, clips):
@@ -323,6 +337,11 @@ def test_tflite_gives_the_run_folder_probabilities(capsys, tmp_path, waveform, t
     for classifier in (load_classifier(beside), explicit):
         assert (classifier.sample_rate, classifier.num_samples) == (2 * RATE, CLIP)
     assert "assuming" not in capsys.readouterr().err
+    # a pipeline of another clip length: the model's own input length is used, with a warning
+    half_clip = with_overrides(PIPELINE, "audio", duration_s=PIPELINE.audio.duration_s / 2)
+    shorter = artifacts.write_text(tmp_path / "shorter.toml", dump_config(half_clip))
+    assert load_classifier(tflite, pipeline_arg=shorter).num_samples == CLIP
+    assert f"takes {CLIP} samples per clip" in capsys.readouterr().err
 
 
 def test_tflite_metadata_gives_the_sample_rate_without_a_pipeline(capsys, tmp_path, waveform, tflite_bytes, clips):
@@ -350,6 +369,9 @@ def test_tflite_metadata_gives_the_sample_rate_without_a_pipeline(capsys, tmp_pa
     assert (code, out) == (EXIT_USAGE, "")
     assert err == [f"error: {beside}: its metadata says {2 * RATE} Hz but {beside.parent / 'pipeline.toml'} "
                    f"gives {RATE} Hz; the model carries its own rate, so leave out --pipeline"]
+    # ... while one at the metadata's rate is taken
+    same_rate = artifacts.write_text(tmp_path / "same_rate.toml", dump_config(custom_rate))
+    assert load_classifier(beside, pipeline_arg=same_rate).sample_rate == 2 * RATE
 
 
 # ---------------------------------------------------------------------------------------------

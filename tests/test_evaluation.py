@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tfbreath import evaluation
+from tfbreath import evaluation, timeline
 from tfbreath.evaluation import THRESHOLD
 
 ROWS = 6
@@ -47,3 +49,35 @@ def test_batched_accuracy_is_each_rows_weighted_accuracy():
 def test_a_probability_at_the_threshold_is_exhale():
     """``THRESHOLD`` is P(exhale) at or above which a clip is E (label 1)."""
     assert evaluation.accuracy(np.array([1.0, 0.0]), np.array([THRESHOLD, np.nextafter(THRESHOLD, 0)])) == 1.0
+
+
+def test_roc_auc_is_nan_unless_both_classes_have_weight():
+    """One class only (a cross-validation fold of one label, a weighting that drops a class) has no AUC:
+    NaN, said by no scikit-learn warning or error, for the unweighted and the one-weighting forms alike."""
+    labels = np.array([0, 0, 1, 1], np.float32)
+    probabilities = np.array([0.1, 0.6, 0.4, 0.9])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(evaluation.roc_auc(labels[2:], probabilities[2:]))
+        assert np.isnan(evaluation.roc_auc(labels, probabilities, np.array([0, 0, 1, 1])))
+    assert evaluation.roc_auc(labels, probabilities, np.array([1, 1, 1, 1])) == 0.75
+
+
+def test_a_label_at_the_threshold_is_exhale_and_the_threshold_is_the_decoders_even():
+    """A mixed label of exactly ``THRESHOLD`` counts as exhale, as a probability there does; and the
+    threshold is the P(exhale) that favours neither phase in the timeline decoder (``timeline.EVEN``)."""
+    assert evaluation.accuracy(np.array([THRESHOLD]), np.array([1.0])) == 1.0
+    assert THRESHOLD == timeline.EVEN
+
+
+def test_binary_metrics_call_exhale_at_the_threshold_and_score_it_as_the_positive_class():
+    """Exhale is the positive class and ``P >= THRESHOLD`` calls it: two of three exhale clips found
+    (one exactly at the threshold) and one inhale called exhale give precision and recall 2/3; a run
+    without false exhales tells precision (1) from recall (2/3)."""
+    labels = np.array([1, 1, 1, 0, 0])
+    probabilities = np.array([THRESHOLD, 0.9, 0.2, 0.7, 0.1])
+    scores = evaluation.binary_metrics(labels, probabilities)
+    assert scores["precision"] == pytest.approx(2 / 3) and scores["recall"] == pytest.approx(2 / 3)
+    assert scores["accuracy"] == pytest.approx(3 / 5)
+    exhale_only = evaluation.binary_metrics(np.array([1, 1, 1, 0]), np.array([0.9, 0.8, 0.2, 0.1]))
+    assert exhale_only["precision"] == 1.0 and exhale_only["recall"] == pytest.approx(2 / 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import warnings
 
 import numpy as np
@@ -9,9 +10,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from tfbreath import evaluation, timeline
-from tfbreath.evaluation import THRESHOLD
+from tfbreath.data import LABEL_NAMES
+from tfbreath.evaluation import MISSING, THRESHOLD
 
 ROWS = 6
+PREDICTION_DECIMALS = 6
+"""Decimals of a P(exhale) in a run's predictions CSV (as ``classifier.PROBABILITY_DECIMALS`` in predict's)."""
 
 
 def _case(n: int, decimals: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,3 +85,35 @@ def test_binary_metrics_call_exhale_at_the_threshold_and_score_it_as_the_positiv
     assert scores["accuracy"] == pytest.approx(3 / 5)
     exhale_only = evaluation.binary_metrics(np.array([1, 1, 1, 0]), np.array([0.9, 0.8, 0.2, 0.1]))
     assert exhale_only["precision"] == 1.0 and exhale_only["recall"] == pytest.approx(2 / 3)
+
+
+def test_log_loss_of_one_class_is_its_cross_entropy():
+    """A validation split of one label still has a loss (``train``'s candidate scores): the mean
+    ``-log P`` of its clips, where scikit-learn would refuse labels of one class."""
+    labels, probabilities = np.ones(2), np.array([0.9, 0.8])
+    assert evaluation.log_loss(labels, probabilities) == pytest.approx(-np.log(probabilities).mean())
+
+
+def test_predictions_csv_names_files_then_columns_label_and_probabilities(tmp_path):
+    """``write_predictions``: the file's name (not its folder), the extra columns, the I/E label, then
+    P(exhale) per model to ``PREDICTION_DECIMALS`` decimals."""
+    probability = 1 / 3
+    path = tmp_path / "predictions.csv"
+    evaluation.write_predictions(path, [tmp_path / "sub" / "a.wav"], np.array([1]),
+                                 {"cnn8": np.array([probability]), "ensemble": np.array([1 - probability])},
+                                 {"session": ["s1"]})
+    rows = list(csv.reader(path.read_text().splitlines()))
+    decimals = f".{PREDICTION_DECIMALS}f"
+    assert rows == [["file", "session", "Target", "cnn8", "ensemble"],
+                    ["a.wav", "s1", LABEL_NAMES[1], format(probability, decimals), format(1 - probability, decimals)]]
+
+
+def test_plots_take_a_refit_without_validation_and_a_split_of_one_class(tmp_path):
+    """A refit's history logs ``MISSING`` for validation (no validation curve drawn); a split of exhale
+    clips only still has its 2 x 2 confusion matrix."""
+    history = tmp_path / "history.csv"
+    history.write_text(f"epoch,loss,accuracy,val_loss,val_accuracy\n0,0.7,0.5,{MISSING},{MISSING}\n"
+                       f"1,0.6,0.6,{MISSING},{MISSING}\n")
+    evaluation.plot_training_curves({"cnn8": history}, tmp_path / "curves.png")
+    evaluation.plot_confusion_matrix(np.ones(2), np.ones(2), tmp_path / "confusion.png", "exhale only")
+    assert (tmp_path / "curves.png").is_file() and (tmp_path / "confusion.png").is_file()

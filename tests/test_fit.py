@@ -55,12 +55,21 @@ def test_ensemble_is_the_weighted_sigmoid_average_and_round_trips(tmp_path):
     expected = sum(a / (1 + np.exp(-z)) for a, z in zip(alphas, logits))
     out = ensemble.predict(x, verbose=0)
     np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert ensemble.name == ENSEMBLE  # its waveform and probability models, and messages, are named after it
     path = tmp_path / "e.keras"
     ensemble.save(path)
     reloaded = keras.models.load_model(path)
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), out, atol=1e-6)
     layer = WeightedSigmoidAverage([0.25, 0.75])
     assert WeightedSigmoidAverage.from_config(layer.get_config()).alphas == [0.25, 0.75]
+
+
+def test_an_ensemble_needs_exactly_one_weight_per_model():
+    """Checked before any model is read: an extra weight is refused, not broadcast into a shape error."""
+    members = {"cnn8": None}
+    for alphas in ([], [0.5, 0.5]):
+        with pytest.raises(ValueError, match=f"need one weight per model: 1 models, {len(alphas)} weights"):
+            build_ensemble(members, alphas)
 
 
 @pytest.mark.parametrize("scope", ["variable", "global"])

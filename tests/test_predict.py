@@ -262,6 +262,11 @@ def test_bad_model_is_one_error_line_and_exit_2(capsys, bad_models, clips):
         _assert_one_error_line(code, out, err)
         assert str(model) in err[0], name
     assert "pipeline.toml" in _run(capsys, "--model", bad_models["no pipeline"], wav)[2][0]
+    assert "not a run folder" in _run(capsys, "--model", bad_models["not a run"], wav)[2][0]
+    absent = bad_models["not a run"] / "absent.toml"  # an explicit --pipeline that is not there is named
+    code, out, err = _run(capsys, "--model", bad_models["no pipeline"], "--pipeline", absent, wav)
+    _assert_one_error_line(code, out, err)
+    assert str(absent) in err[0], err
 
 
 def test_usage_errors_are_one_line_and_exit_2(capsys, monkeypatch, tmp_path, run_dir):

@@ -231,6 +231,10 @@ def bad_models(tmp_path, run_dir):
     """``--model`` values that must each give one ``error:`` line and exit code 2."""
     junk_keras = tmp_path / "junk.keras"
     junk_keras.write_bytes(b"PK\x03\x04 not a zip")
+    corrupt_keras = tmp_path / "corrupt.keras"  # a whole zip whose weights fail their CRC
+    archive = bytearray((run_dir / "ensemble.keras").read_bytes())
+    archive[len(archive) // 2] ^= 0xFF
+    corrupt_keras.write_bytes(bytes(archive))
     junk_tflite = tmp_path / "junk.tflite"
     junk_tflite.write_bytes(b"not a flatbuffer")
     lonely = tmp_path / "lonely" / "ensemble.keras"  # feature-input model without its pipeline
@@ -244,7 +248,8 @@ def bad_models(tmp_path, run_dir):
     not_a_run.mkdir()
     text = tmp_path / "notes.txt"
     text.write_text("hello\n")
-    return {"missing": tmp_path / "missing.keras", "junk keras": junk_keras, "junk tflite": junk_tflite,
+    return {"missing": tmp_path / "missing.keras", "junk keras": junk_keras, "corrupt keras": corrupt_keras,
+            "junk tflite": junk_tflite,
             "no pipeline": lonely, "wrong pipeline": mismatched, "not a run": not_a_run,
             "not a model": text}
 

@@ -17,6 +17,7 @@ from tfbreath.config import CNN_MODELS, MAP_NAMES, MODEL_NAMES, FeatureConfig, P
 from tfbreath.maps import MAP_BUILDERS
 from tfbreath.models import (LOGIT, MODEL_BUILDERS, SCALAR_NORM, SCALARS, SPECTRAL,
                              build_model, build_model_for_pipeline)
+from tfbreath.models.blocks import MIN_FILTERS
 
 PAPER_SHAPE = (128, 63, 9)
 PAPER_SCALARS = 39
@@ -97,6 +98,59 @@ def test_units_order_activation_and_batch_norm_as_the_authors_code(name, norm_fi
         assert second.input is first.output, activation.name
 
 
+# Every dropout layer of the authors' code: {name: (kind, rate)} at the default dropout
+# (CNN8 and the temporal CNN 0.3, VGG 0.2 and half that in block 1).
+DROPOUTS = {
+    "cnn8": {"stage3_dropout": ("SpatialDropout2D", 0.3), "scalar1_dropout": ("Dropout", 0.3),
+             "head1_dropout": ("Dropout", 0.3)},
+    "vgg": {**{f"block{b}_dropout": ("SpatialDropout2D", 0.2) for b in (2, 3, 4)},
+            "block1_dropout": ("SpatialDropout2D", 0.1), "scalar1_dropout": ("Dropout", 0.2),
+            "head1_dropout": ("Dropout", 0.2), "head2_dropout": ("Dropout", 0.2)},
+    "temporal": {"temporal_dropout": ("SpatialDropout1D", 0.3), "scalar1_dropout": ("Dropout", 0.3),
+                 "head1_dropout": ("Dropout", 0.3)},
+}
+ACTIVATIONS = {"cnn8": "relu", "vgg": "gelu", "temporal": "relu"}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_dropouts_and_activations_are_the_authors(name):
+    """Which layers drop out, of which kind (spatial after the convs) and at which rate, and the
+    one activation of each model: none of these changes a shape or a parameter count."""
+    model = tiny(name)
+    dropouts = {layer.name: (type(layer).__name__, layer.rate) for layer in model.layers
+                if isinstance(layer, (keras.layers.Dropout, keras.layers.SpatialDropout1D,
+                                      keras.layers.SpatialDropout2D))}
+    assert dropouts == DROPOUTS[name]
+    activations = {layer.activation.__name__ for layer in model.layers if isinstance(layer, keras.layers.Activation)}
+    assert activations == {ACTIVATIONS[name]}
+
+
+def test_cnn8_shapes_follow_the_module_docstring():
+    """2x2 max-pools after the 64 and 128 stages, then a global *average* pool."""
+    model = build_model("cnn8", PAPER_SHAPE, PAPER_SCALARS)
+    assert model.get_layer("stage2_pool").output.shape == (None, 64, 31, 64)
+    assert model.get_layer("stage3_pool").output.shape == (None, 32, 15, 128)
+    assert isinstance(model.get_layer("global_pool"), keras.layers.GlobalAveragePooling2D)
+
+
+def test_cnn8_needs_one_pool_flag_per_stage():
+    with pytest.raises(ValueError, match=r"pool_after needs one flag per stage \(4\), got \[True, True\]"):
+        build_model("cnn8", TINY_SHAPE, TINY_SCALARS, pool_after=(True, True))
+
+
+def test_vgg_pools_round_up_like_ceil_mode():
+    """Odd sizes: a stride-2 "same" conv and "same" 2x2 pools give ceil(n / 2) at each step."""
+    model = tiny("vgg", shape=(20, 14, 2))
+    assert model.get_layer("block1_3_conv").output.shape[1:3] == (10, 7)
+    assert model.get_layer("block2_pool").output.shape[1:3] == (5, 4)
+    assert model.get_layer("block3_pool").output.shape[1:3] == (3, 2)
+
+
+def test_vgg_downsample_conv_must_index_a_conv_of_block_one():
+    with pytest.raises(ValueError, match=r"downsample_conv must index a conv of block 1 \(0..2\), got 3"):
+        build_model("vgg", TINY_SHAPE, TINY_SCALARS, downsample_conv=3)
+
+
 def test_vgg_has_twelve_bias_free_3x3_convs_and_a_residual_projection():
     model = build_model("vgg", PAPER_SHAPE, PAPER_SCALARS)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
@@ -150,6 +204,53 @@ def test_unknown_model_name_is_rejected():
 def test_width_must_be_positive():
     with pytest.raises(ValueError, match="width must be > 0, got 0"):
         build_model("cnn8", TINY_SHAPE, TINY_SCALARS, width=0)
+
+
+@pytest.mark.parametrize("shape, n_scalars, message", [
+    ((16, 0, 3), TINY_SCALARS, r"spectral_shape must be \(H, W, C\) with positive sizes, got \(16, 0, 3\)"),
+    (TINY_SHAPE, -1, "n_scalars must be >= 0, got -1")])
+def test_empty_or_negative_input_sizes_are_refused(shape, n_scalars, message):
+    with pytest.raises(ValueError, match=message):
+        build_model("cnn8", shape, n_scalars)
+
+
+ODD_WIDTH = 0.09
+"""A width whose filter counts (32, 64, 128, 256 x 0.09 = 2.88, 5.76, 11.52, 23.04) round up and down."""
+
+
+def test_width_rounds_each_filter_count_to_the_nearest_and_keeps_at_least_one():
+    model = build_model("cnn8", TINY_SHAPE, TINY_SCALARS, width=ODD_WIDTH)
+    convs = [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs == [3, 6, 12, 12, 23, 23, 23, 23]
+    thinnest = build_model("cnn8", TINY_SHAPE, TINY_SCALARS, width=1e-3)
+    assert {layer.filters for layer in thinnest.layers if isinstance(layer, keras.layers.Conv2D)} == {MIN_FILTERS}
+
+
+# PyTorch's BatchNorm2d / kaiming_normal_ (the reference models'): running statistics move by
+# 0.1 of the batch's, eps 1e-5; kernels start at std sqrt(2 / fan_in).
+TORCH_BN_MOMENTUM = 0.1
+TORCH_BN_EPS = 1e-5
+HE_GAIN = 2.0
+HE_STD_RTOL = 0.02
+
+
+def test_batch_norm_updates_and_normalises_like_pytorch():
+    model = tiny("cnn8")
+    norm = model.get_layer("stage1_1_bn")
+    x = np.random.default_rng(6).normal(3.0, 0.01, (8, 4, 4, norm.gamma.shape[0])).astype(np.float32)
+    norm(x, training=True)
+    np.testing.assert_allclose(norm.moving_mean, TORCH_BN_MOMENTUM * x.mean(axis=(0, 1, 2)), rtol=1e-5)
+    # inference: (x - mean) / sqrt(var + eps); with a variance of eps, eps halves the output
+    norm.moving_mean.assign(np.zeros_like(norm.moving_mean))
+    norm.moving_variance.assign(np.full_like(norm.moving_variance, TORCH_BN_EPS))
+    np.testing.assert_allclose(norm(x, training=False), x / np.sqrt(2 * TORCH_BN_EPS), rtol=1e-4)
+
+
+def test_convs_start_from_he_normal_kernels():
+    model = build_model("cnn8", PAPER_SHAPE, PAPER_SCALARS)
+    kernel = np.asarray(model.get_layer("stage4_4_conv").kernel)  # [3, 3, 256, 256]
+    fan_in = np.prod(kernel.shape[:-1])
+    np.testing.assert_allclose(kernel.std(), np.sqrt(HE_GAIN / fan_in), rtol=HE_STD_RTOL)
 
 
 def test_unadapted_scalar_norm_is_the_identity_and_adapts():

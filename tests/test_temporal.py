@@ -8,7 +8,8 @@ import numpy as np
 
 from conftest import compile_for_test
 from tfbreath.models import SCALAR_NORM, SCALARS, SPECTRAL, build_model
-from tfbreath.models.temporal import STAGES
+from tfbreath.models.blocks import scaled
+from tfbreath.models.temporal import PROJECTION, STAGES
 
 DEFAULT_SHAPE = (128, 63, 6)
 DEFAULT_SCALARS = 39
@@ -37,6 +38,28 @@ def test_default_sizes_follow_the_module_docstring():
     assert isinstance(model.get_layer("temporal2_pool"), keras.layers.MaxPooling1D)
     assert isinstance(model.get_layer("global_average"), keras.layers.GlobalAveragePooling1D)
     assert isinstance(model.get_layer("global_max"), keras.layers.GlobalMaxPooling1D)
+
+
+def test_one_pool_after_the_second_conv_only():
+    """The frames are halved once: convs 3 and 4 run at the pooled length ([B, 31, 512])."""
+    model = build_model("temporal", DEFAULT_SHAPE, DEFAULT_SCALARS)
+    assert model.get_layer("temporal4_conv").output.shape == (None, 31, 512)
+    assert [layer.name for layer in model.layers if isinstance(layer, keras.layers.MaxPooling1D)] == ["temporal2_pool"]
+
+
+def test_width_scales_the_projection_and_every_conv():
+    model = build_model("temporal", TINY_SHAPE, 0, width=TINY_WIDTH)
+    convs = [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv1D)]
+    assert convs == [scaled(PROJECTION, TINY_WIDTH), *(scaled(filters, TINY_WIDTH) for filters, _ in STAGES)]
+
+
+def test_every_conv_is_followed_by_relu_then_batch_norm():
+    model = build_model("temporal", TINY_SHAPE, 0, width=TINY_WIDTH)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv1D)]
+    for conv in convs:
+        name = conv.name.removesuffix("_conv")
+        assert model.get_layer(f"{name}_relu").input is conv.output, name
+        assert model.get_layer(f"{name}_bn").input is model.get_layer(f"{name}_relu").output, name
 
 
 def test_channels_pick_the_maps_it_reads():

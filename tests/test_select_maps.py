@@ -73,6 +73,15 @@ def test_a_member_reads_only_its_maps(member):
     assert np.abs(member.predict(read, verbose=0) - logit).max() > 1e-3
 
 
+def test_a_member_reads_its_maps_in_the_order_member_maps_lists_them():
+    """Channel k of the member is the k-th map named in ``[train] member_maps``, not the k-th
+    in feature order (its first conv's weights are per channel)."""
+    named = list(READ[::-1])  # lpc, mfcc, mel: channels 8, 3, 0
+    pipeline = with_overrides(PipelineConfig(), "train", member_maps={"cnn8": named})
+    model = build_model_for_pipeline("cnn8", pipeline, width=0.125)
+    assert model.get_layer(SELECT_MAPS).channels == [pipeline.features.maps.index(m) for m in named]
+
+
 def test_a_member_without_member_maps_reads_every_map():
     model = build_model_for_pipeline("cnn8", PipelineConfig(), width=0.125)
     assert SELECT_MAPS not in [layer.name for layer in model.layers]

@@ -49,8 +49,30 @@ def test_kernel_matches_scikit_learn_on_random_points():
                                rbf_kernel(z, landmarks, gamma=0.05), rtol=1e-4, atol=1e-6)
 
 
+FAR_SCALE = 100.0
+"""Spread of points far from the origin: |z|^2 ~ 1e6, where the expanded squared distance of a
+point to itself rounds to about +-0.1 in float32."""
+FAR_POINTS, FAR_DIMS = 32, 64
+
+
+def test_kernel_never_exceeds_one_when_round_off_makes_a_distance_negative():
+    """The expanded |z|^2 - 2 z.l + |l|^2 of a point to itself is not exactly 0 (either sign); floored
+    at 0, no similarity exceeds 1 (exp of a negative distance would)."""
+    points = np.random.default_rng(2).normal(0.0, FAR_SCALE, (FAR_POINTS, FAR_DIMS)).astype(np.float32)
+    got = np.asarray(_layer(points, 1.0)(points))  # [L, L]
+    assert got.max() <= 1.0
+
+
+def test_landmarks_are_not_trainable():
+    """The fit sets them in closed form; gradient steps (or a fine-tune) must not move them."""
+    layer = _layer(np.zeros((LANDMARKS, 2)), 1.0)
+    assert layer.trainable_weights == [] and [w.name for w in layer.non_trainable_weights] == ["landmarks"]
+
+
 @pytest.mark.parametrize("kwargs, message", [({"n_landmarks": 0, "gamma": 1.0}, "n_landmarks must be > 0, got 0"),
-                                             ({"n_landmarks": 3, "gamma": -1.0}, "gamma must be > 0, got -1.0")])
+                                             ({"n_landmarks": 3, "gamma": -1.0}, "gamma must be > 0, got -1.0"),
+                                             ({"n_landmarks": 3, "gamma": 0.0}, "gamma must be > 0, got 0.0"),
+                                             ({"n_landmarks": 3, "gamma": float("nan")}, "gamma must be > 0, got nan")])
 def test_bad_layer_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RBFKernel(**kwargs)
@@ -122,6 +144,14 @@ def test_keras_member_gives_scikit_learns_probabilities(fitted):
     want = train.CLOSED_FORM_FITS["rbf"][0](z, labels, c, RBF.train, RBF.data.seed).probability(z)
     np.testing.assert_allclose(feeds, want, atol=1e-4)
     assert not np.allclose(want, want.mean(), atol=1e-2)  # a real fit, not a constant
+
+
+def test_kernel_width_is_scikit_learns_scale_of_the_statistics_it_was_fitted_on(fitted):
+    """gamma = 1 / (D var(z)), scikit-learn's ``gamma="scale"``, of the standardised statistics of the
+    fit's clips (the check above fits with the member's own learner, so it cannot see gamma)."""
+    model, train_set, val_set, _ = fitted
+    z, _, _ = closed_form_fit_view(model, train_set, val_set)
+    assert model.get_layer(RBF_KERNEL).gamma == pytest.approx(1.0 / (z.shape[1] * z.var()), rel=1e-4)
 
 
 def test_saved_member_reloads_with_the_same_outputs_and_is_not_fitted_again(fitted, capsys):

@@ -14,8 +14,8 @@ import tensorflow as tf
 from tfbreath import train
 from tfbreath.config import PipelineConfig, with_overrides
 from tfbreath.models import build_model_for_pipeline
-from tfbreath.models.pooled import (MAX_GROUPS, MODULATION_BLOCK, POOLED_STATS, STATISTICS, PooledStatistics,
-                                    band_groups, build_pooled, gradient_safe_sqrt, legendre_basis,
+from tfbreath.models.pooled import (MAX_GROUPS, MODULATION_BLOCK, POOLED_NORM, POOLED_STATS, STATISTICS,
+                                    PooledStatistics, band_groups, build_pooled, gradient_safe_sqrt, legendre_basis,
                                     statistic_names)
 from tfbreath.precision import global_policy
 
@@ -73,6 +73,42 @@ def test_statistics_match_a_numpy_reference_and_name_every_column():
     assert len(statistic_names(MAPS, ROWS, ["s"] * N_SCALARS)) == got.shape[1]
 
 
+QUEFRENCY_STEP = 100.0
+"""Modulation cell (q, m) holds QUEFRENCY_STEP * q + m in the naming test: every cell distinct."""
+SCALAR_NAMES = tuple(f"s{i}" for i in range(N_SCALARS))
+
+
+def test_every_column_is_named_for_what_it_holds():
+    """``statistic_names`` labels the layer's columns (e.g. to read a fitted member's weights): band r
+    of mel is r and of lpc -r at every frame, modulation cell (q, m) is 100 q + m, scalar i is i."""
+    bands = np.arange(SHAPE[0], dtype=np.float32)[:, None]  # [M, 1]
+    q, m = np.meshgrid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), indexing="ij")  # [M, T] each
+    spectral = np.stack([np.broadcast_to(bands, SHAPE[:2]), QUEFRENCY_STEP * q + m,
+                         np.broadcast_to(-bands, SHAPE[:2])], axis=-1)[None].astype(np.float32)
+    scalars = np.arange(N_SCALARS, dtype=np.float32)[None]
+    values = _layer()({"spectral": spectral, "scalars": scalars}).numpy()[0]
+    columns = dict(zip(statistic_names(MAPS, ROWS, SCALAR_NAMES), values, strict=True))
+    for name, sign in (("mel", 1.0), ("lpc", -1.0)):
+        for start, stop in band_groups(ROWS[MAPS.index(name)]):
+            assert columns[f"{name}_b{start}-{stop}_mean"] == pytest.approx(sign * bands[start:stop].mean())
+            for stat in STATISTICS[1:]:  # constant in time
+                assert columns[f"{name}_b{start}-{stop}_{stat}"] == pytest.approx(0.0, abs=ATOL)
+    for i in range(MODULATION_BLOCK):
+        for j in range(MODULATION_BLOCK):
+            assert columns[f"modulation_q{i}_m{j}"] == QUEFRENCY_STEP * i + j
+    assert [columns[s] for s in SCALAR_NAMES] == list(scalars[0])
+
+
+FULL_BANDS = 128
+
+
+def test_a_full_map_gives_max_groups_of_four_bands():
+    """128 bands in the 32 groups the saved members were fitted on, named as in the module docstring."""
+    names = statistic_names(["mel"], [FULL_BANDS], [])
+    assert len(names) == MAX_GROUPS * len(STATISTICS) == FULL_BANDS
+    assert names[:len(STATISTICS)] == [f"mel_b0-4_{stat}" for stat in STATISTICS]
+
+
 def test_known_answers_constant_ramp_and_parabola_in_time():
     t = np.linspace(-1.0, 1.0, SHAPE[1]).astype(np.float32)
     basis = legendre_basis(SHAPE[1])
@@ -127,6 +163,29 @@ def test_untrained_member_says_one_half_and_stays_float32_under_bfloat16():
     assert out.dtype == tf.float32 and stats.dtype == tf.float32
     np.testing.assert_array_equal(out.numpy(), 0.0)
     np.testing.assert_allclose(stats.numpy(), _numpy_statistics(inputs), atol=ATOL)
+
+
+RAW_LEVEL = 1000.0
+"""Scalars near 1000: bfloat16 keeps 8 bits, so it would round them by up to 4 before centring."""
+
+
+def test_standardisation_runs_in_float32_under_mixed_bfloat16():
+    inputs = _inputs(8)
+    inputs["scalars"] = RAW_LEVEL + inputs["scalars"]
+    logits = []
+    for policy in ("float32", "mixed_bfloat16"):
+        with global_policy(policy):
+            model = build_pooled(SHAPE, N_SCALARS, maps=MAPS, map_rows=ROWS)
+        train.set_standardisation(model.get_layer(POOLED_NORM), model.get_layer(POOLED_STATS)(inputs).numpy())
+        kernel, bias = model.get_layer("logit").get_weights()
+        model.get_layer("logit").set_weights([np.ones_like(kernel), bias])
+        logits.append(model(inputs).numpy())
+    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-5, atol=1e-4)
+
+
+def test_a_single_scalar_is_an_input():
+    model = build_pooled(SHAPE, 1, maps=MAPS, map_rows=ROWS)
+    assert sorted(t.name for t in model.inputs) == ["scalars", "spectral"]
 
 
 def test_a_map_name_per_channel_is_required():
@@ -214,3 +273,4 @@ def test_a_modulation_map_with_fewer_rows_than_the_block_is_refused():
     """6 rows cannot give the 8 x 8 block; reshaping them anyway would mix clips of the batch."""
     with pytest.raises(ValueError, match="read the first 8 rows of modulation, which has 6"):
         PooledStatistics(["mel", "modulation"], [32, 6])
+    PooledStatistics(["mel", "modulation"], [32, MODULATION_BLOCK])  # exactly the block: accepted

@@ -46,6 +46,8 @@ def test_a_training_set_holds_the_chosen_labelled_clips_and_the_used_unlabelled_
                                         np.array([False, True]), labelled=np.array([1]))
     assert [f.name for f in chosen.kept_examples.files] == ["clip2.wav", "clip3.wav"]
     np.testing.assert_allclose(chosen.to_numpy()["labels"], [1.0, 0.9])
+    # the folds' sets are all cut from the one extracted set: its own labels stay as read
+    np.testing.assert_array_equal(extracted.kept_examples.labels, labels)
 
 
 def test_unheard_leaves_out_the_named_sessions():

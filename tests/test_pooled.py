@@ -257,15 +257,22 @@ def test_pipeline_builds_it_with_the_maps_own_rows():
     assert layer.map_rows == [128, 128, 128, 120, 24, 64, 40, 128, 12]
 
 
+ROUND_OFF_SPREAD = 1e-6
+"""Spread of a statistic constant up to round-off, above float32's resolution at 1 (1.2e-7), so it
+survives the cast to float32 that the layer sees (1e-9 would round away and prove nothing)."""
+CENTRED_BOUND = 10 * ROUND_OFF_SPREAD
+"""|z| of that statistic centred but not scaled: a few of its spreads (scaled, it would be O(1))."""
+
+
 def test_constant_statistics_are_centred_not_scaled():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((50, 3)) * [1.0, 1.0, 10.0]
-    x[:, 1] = 1.0 + 1e-9 * rng.standard_normal(50)  # a per-band z-scored band's std: 1 up to round-off
+    x[:, 1] = 1.0 + ROUND_OFF_SPREAD * rng.standard_normal(50)  # a per-band z-scored band's std: 1 up to round-off
     norm = keras.layers.Normalization(axis=-1)
     norm.build((None, 3))
     train.set_standardisation(norm, x)
     z = norm(x.astype(np.float32)).numpy()
-    assert np.abs(z[:, 1]).max() < 1e-6  # divided by Keras' 1e-7 floor it would be O(0.01-1)
+    assert np.abs(z[:, 1]).max() < CENTRED_BOUND
     np.testing.assert_allclose(z[:, [0, 2]].std(axis=0), 1.0, rtol=1e-4)
 
 

@@ -146,6 +146,13 @@ def test_vgg_pools_round_up_like_ceil_mode():
     assert model.get_layer("block3_pool").output.shape[1:3] == (3, 2)
 
 
+def test_vgg_strides_the_third_conv_of_block_one():
+    """The authors' ``downsample_conv=2``: block 1's first two convs run at full resolution (block 1's
+    output shape is the same wherever the stride is)."""
+    model = tiny("vgg")
+    assert [model.get_layer(f"block1_{c}_conv").strides for c in (1, 2, 3)] == [(1, 1), (1, 1), (2, 2)]
+
+
 def test_vgg_downsample_conv_must_index_a_conv_of_block_one():
     with pytest.raises(ValueError, match=r"downsample_conv must index a conv of block 1 \(0..2\), got 3"):
         build_model("vgg", TINY_SHAPE, TINY_SCALARS, downsample_conv=3)

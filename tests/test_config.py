@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
 from conftest import REPO
-from tfbreath.config import (ConfigError, FeatureConfig, PipelineConfig, config_from_dict, dump_config, first_difference,
-                             load_config, with_overrides)
+from tfbreath.config import (MAX_SAMPLE_RATE, MAX_SEED, AugmentConfig, ConfigError, FeatureConfig, PipelineConfig,
+                             config_from_dict, dump_config, first_difference, load_config, parse_config,
+                             with_overrides)
 
 
 def test_shipped_pipeline_equals_the_embedded_default():
@@ -43,6 +45,7 @@ def test_partial_toml_overrides_only_what_it_names(tmp_path):
     ("features", {"band_limit_hz": -1.0}, "band_limit_hz must be a number 0.0 (off) or > 0, got -1.0"),
     ("audio", {"sample_rate": 96000}, "sample_rate must be in [4000, 48000], got 96000"),
     ("data", {"validation_fraction": 1.5}, "validation_fraction must be in (0, 1), got 1.5"),
+    ("features", {"maps": ["mel", "mel"]}, "maps has duplicates, got ['mel', 'mel']"),
 ])
 def test_bad_values_are_echoed(section, values, message):
     with pytest.raises(ConfigError) as err:
@@ -244,3 +247,66 @@ def test_first_difference_names_the_first_feature_field_that_differs():
     assert first_difference(base, with_overrides(base, "features", fmax=3000.0)) == "[features] fmax: 4500.0 vs 3000.0"
     assert first_difference(base, with_overrides(base, "train", epochs=3), sections=("train",)) == \
         "[train] epochs: 140 vs 3"
+
+
+DEFAULT_FEATURES = FeatureConfig()
+DEFAULT_AUGMENT = AugmentConfig()
+
+
+def _above(value: float) -> float:
+    """The next float above ``value``: one step of round-off, as a tuner's arithmetic leaves."""
+    return math.nextafter(value, math.inf)
+
+
+@pytest.mark.parametrize("section, values", [
+    ("audio", {"sample_rate": MAX_SAMPLE_RATE}),
+    ("data", {"seed": 0}),
+    ("data", {"seed": MAX_SEED}),
+    ("features", {"level_rms": 1.0}),
+    ("features", {"band_limit_hz": PipelineConfig().audio.sample_rate / 2}),  # the Nyquist frequency
+    ("features", {"hop_length": DEFAULT_FEATURES.n_fft}),
+    ("features", {"n_mels": DEFAULT_FEATURES.n_mfcc}),
+    ("augment", {"freq_mask_width": 1, "time_mask_width": 1}),
+    ("augment", {"p_cutmix": _above(DEFAULT_AUGMENT.p_cutmix),  # sums to 1 up to round-off
+                 "p_mixup": _above(DEFAULT_AUGMENT.p_mixup)}),
+    ("train", {"pseudo_labels": "soft", "folds": 2}),
+    ("tune", {"p_cutmix": [0.3, 0.3]}),  # low == high fixes the value
+])
+def test_values_on_a_closed_bound_are_accepted(section, values):
+    """Every closed end of a documented range (``[a, b]``, ``<=``, ``>=``) takes its bound itself."""
+    pipeline = config_from_dict({section: values})
+    assert {key: getattr(getattr(pipeline, section), key) for key in values} == \
+        {key: tuple(v) if isinstance(v, list) else v for key, v in values.items()}
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("data", {"validation_fraction": 0}, "validation_fraction must be in (0, 1), got 0"),
+    ("data", {"validation_fraction": 1.0}, "validation_fraction must be in (0, 1), got 1.0"),
+    ("train", {"ema_momentum": 1.0}, "ema_momentum must be in [0, 1), got 1.0"),
+    ("augment", {"freq_mask_width": 0}, "freq_mask_width must be an integer >= 1, got 0"),
+])
+def test_values_on_an_open_bound_are_refused(section, values, message):
+    """An open end of a range (``(0, 1)``, ``[0, 1)``, ``>= 1`` for an integer) refuses its bound."""
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({section: values}, source="p.toml")
+    assert message in str(err.value)
+
+
+def test_a_pipeline_changed_in_every_section_is_dumped_and_read_back_equal():
+    """``dump_config`` writes the name and every section, strings escaped (a Windows cache path)."""
+    pipeline = config_from_dict({
+        "name": "every_section", "audio": {"duration_s": 2.0}, "features": {"n_mels": 64},
+        "data": {"cache": 'C:\\cache\\"breath"'}, "train": {"epochs": 3}, "augment": {"freq_masks": 2},
+        "tune": {"map_sets": {"mel_only": ["mel"]}},
+    })
+    assert parse_config(dump_config(pipeline)) == pipeline
+
+
+def test_with_overrides_ignores_none_and_prefixes_errors_with_the_section():
+    """CLI flags left unset arrive as ``None`` and keep the pipeline's values."""
+    base = PipelineConfig()
+    assert with_overrides(base, "train", epochs=None) is base
+    assert with_overrides(base, "train", epochs=None, model_width=0.5).train == \
+        dataclasses.replace(base.train, model_width=0.5)
+    with pytest.raises(ConfigError, match=r"^\[train\] epochs must be > 0, got 0$"):
+        with_overrides(base, "train", epochs=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import zipfile
 from pathlib import Path
 
@@ -117,3 +118,16 @@ def test_a_saved_figure_is_closed_written_or_not(tmp_path):
     with pytest.raises(OSError):
         artifacts.save_figure(plt.figure(), tmp_path / "a.png" / "b.png")  # a file where a folder should be
     assert plt.get_fignums() == [] and (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_write_json_makes_missing_folders_and_keeps_the_key_order(tmp_path):
+    """Metrics are written in the order the run records them (not sorted), into a new run folder."""
+    payload = {"val_accuracy": 0.9, "epochs": 3, "dtype_policy": "float32"}
+    path = artifacts.write_json(tmp_path / "run" / "fold_1" / "metrics.json", payload)
+    assert list(json.loads(path.read_text())) == list(payload)
+
+
+def test_format_csv_ends_lines_with_newline_only():
+    """One ``\\n`` per line whatever the platform (the csv module's default is ``\\r\\n``)."""
+    assert artifacts.format_csv(["File", "Probability"], [["a, b.wav", "0.5"]]) == \
+        'File,Probability\n"a, b.wav",0.5\n'

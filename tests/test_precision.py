@@ -21,6 +21,9 @@ SHAPE = (128, 63, 9)
 BF16_RUN = with_overrides(with_overrides(PipelineConfig(), "train", model_width=0.125, epochs=2, models=("cnn8",),
                                          precision=BF16), "data", batch_size=16)
 """A few bf16 steps, forced whatever the CPU (bf16 is emulated where it is not native)."""
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""What Linux lists in /proc/cpuinfo for native bf16 (Cooper Lake's AVX-512, Sapphire Rapids' AMX),
+spelled out here, not read from ``precision``, so dropping one there fails."""
 
 
 def test_precision_is_chosen_from_the_hardware(tmp_path, monkeypatch):
@@ -35,6 +38,21 @@ def test_precision_is_chosen_from_the_hardware(tmp_path, monkeypatch):
     assert precision.choose_precision("mixed_float16") == "mixed_float16"
     expected = BF16 if precision.cpu_supports_bf16() else "float32"
     assert precision.choose_precision("auto") == expected
+
+
+@pytest.mark.parametrize("flag", NATIVE_BF16_FLAGS)
+def test_either_bf16_flag_alone_means_native_bf16(tmp_path, flag):
+    """A CPU listing only ``amx_bf16`` (or only ``avx512_bf16``) has native bfloat16 matrix math."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"flags : fpu avx2 avx512f {flag}\n")
+    assert precision.cpu_supports_bf16(cpuinfo)
+
+
+def test_auto_is_float16_on_a_gpu_and_an_empty_environment_variable_is_unset(monkeypatch):
+    """``auto`` picks ``mixed_float16`` where TensorFlow lists a GPU; ``TFBREATH_PRECISION=`` forces nothing."""
+    monkeypatch.setenv(precision.PRECISION_ENV, "")
+    monkeypatch.setattr(precision.tf.config, "list_physical_devices", lambda kind=None: [kind])
+    assert precision.choose_precision("auto") == "mixed_float16"
 
 
 @pytest.mark.parametrize("forced", precision.POLICIES)

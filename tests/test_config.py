@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import pytest
 
@@ -88,6 +89,8 @@ def test_feature_config_accepts_any_subset_of_maps():
     ("audio", {"sample_rate": 16000.0}, "sample_rate must be an integer in [4000, 48000], got 16000.0"),
     ("audio", {"duration_s": "1"}, "duration_s must be a number > 0, got '1'"),
     ("data", {"cache": 0}, "cache must be 'memory', 'none' or a file path, got 0"),
+    ("data", {"cache": ""}, "cache must be 'memory', 'none' or a file path, got ''"),
+    ("audio", 5, "[audio] must be a table, got 5"),
     ("data", {"seed": -1}, "seed must be in [0, 4294967295], got -1"),
     ("data", {"seed": 2**40}, "seed must be in [0, 4294967295], got 1099511627776"),
     ("data", {"seed": 1.5}, "seed must be an integer in [0, 4294967295], got 1.5"),
@@ -223,6 +226,9 @@ def test_pipeline_name_must_be_a_folder_name():
         config_from_dict({"name": 5}, source="p.toml")
     with pytest.raises(ConfigError, match=r"name must be a non-empty folder name .*got 'a/b'"):
         config_from_dict({"name": "a/b"}, source="p.toml")
+    for outside in (".", ".."):  # saved_models/<name> would be saved_models itself or its parent
+        with pytest.raises(ConfigError, match=rf"name must be a non-empty folder name .*got '{re.escape(outside)}'"):
+            config_from_dict({"name": outside}, source="p.toml")
 
 
 @pytest.mark.parametrize("toml", ['[features]\nn_mels = "128"\n', "[train]\nepochs = 10.5\n",
@@ -247,6 +253,7 @@ def test_first_difference_names_the_first_feature_field_that_differs():
     assert first_difference(base, with_overrides(base, "features", fmax=3000.0)) == "[features] fmax: 4500.0 vs 3000.0"
     assert first_difference(base, with_overrides(base, "train", epochs=3), sections=("train",)) == \
         "[train] epochs: 140 vs 3"
+    assert first_difference(base, with_overrides(base, "audio", duration_s=2.0)) == "[audio] duration_s: 1.0 vs 2.0"
 
 
 DEFAULT_FEATURES = FeatureConfig()

@@ -65,6 +65,8 @@ MALFORMED = {  # name -> (file bytes, status, words the load_audio message must 
     "double_overflow.wav": (_wav(_fmt(tag=3, bits=64), np.array([0.5, 1e300], np.float64).tobytes()),
                             audio.NON_FINITE, "Inf"),
     "less_than_a_frame.wav": (_wav(_fmt(channels=2), b"\x01\x02"), audio.NO_SAMPLES, "no samples"),
+    "empty_data_chunk_last.wav": (_riff(_fmt(), _chunk(b"LIST", b"INFO"), _chunk(b"data", b"")),  # its 8 bytes
+                                  audio.NO_SAMPLES, "no samples"),  # end the file: the chunk walk still finds it
     "mp3.wav": (b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" + bytes(400), audio.NOT_WAV, "not a WAV"),
     "ogg.wav": (b"OggS\x00\x02" + bytes(200), audio.NOT_WAV, "not a WAV"),
     "avi.wav": (b"RIFF\x00\x01\x00\x00AVI LIST" + bytes(64), audio.NOT_WAV, "not a WAV"),

@@ -128,6 +128,18 @@ def test_resampled_length(write_wav, rate):
     assert wav.shape == (round(n * TARGET / rate),)
 
 
+@pytest.mark.parametrize("rate, n", [(44100, 16319), (48000, 17762)])  # 5920.73 and 5920.67 output samples
+def test_resampled_length_rounds_up_and_keeps_the_last_sample(write_wav, rate, n):
+    """A length whose fraction is above one half rounds up (test_resampled_length's all fall below
+    it), and that last sample is the clip's, not padding: a level clip ends at its level."""
+    level = 0.5
+    path = write_wav(f"round_{rate}.wav", np.full(n, level), rate, "FLOAT")
+    wav, status = _decode(path, TARGET)
+    assert status == audio.OK
+    assert wav.shape == (round(n * TARGET / rate),) == (int(n * TARGET / rate) + 1,)
+    assert wav[-1] > level / 2  # the filter's edge ringing leaves ~0.45 (measured); padding would leave 0
+
+
 @pytest.mark.parametrize("rate", [4000, 8000, 11025, 22050, 44100, 48000])
 def test_resample_impulse_alignment(write_wav, rate):
     """tfio's 32-sample delay is compensated: an impulse at 0.5 s stays at 0.5 s (±1 sample)."""
@@ -262,6 +274,7 @@ def test_bad_inputs_status_and_zero_audio(tmp_path, write_wav):
 
 @pytest.mark.parametrize("peak_dbfs, subtype, expected", [
     (-89.5, "FLOAT", audio.OK),
+    (audio.SILENCE_DBFS, "FLOAT", audio.OK),  # a peak at the level itself is not below it
     (-90.5, "FLOAT", audio.SILENT),
     (20 * np.log10(1 / 32768), "PCM_16", audio.SILENT),  # +-1 LSB of 16 bits: -90.3 dBFS, dither alone
     (20 * np.log10(2 / 32768), "PCM_16", audio.OK),  # +-2 LSB: -84.3 dBFS, a faint recording
@@ -364,6 +377,7 @@ def test_load_audio_ok(write_wav):
     assert audio.load_audio(path).shape == (8000,)
     assert audio.load_audio(path, 16000, duration_s=1.0).shape == (16000,)
     assert audio.load_audio(path, None, duration_s=0.25).shape == (11025,)
+    assert audio.load_audio(path, None, duration_s=0.35).shape == (15435,)  # 44100 x 0.35 = 15434.999...: rounded
 
 
 def test_status_messages_cover_every_code():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -58,6 +59,21 @@ def test_missing_wav_and_unknown_label_are_one_line_errors(tmp_path, write_wav):
         data.read_kaggle_train(root)
 
 
+def test_a_train_csv_with_only_a_header_is_refused(tmp_path):
+    (tmp_path / "train.csv").write_text("ID,Target\n")
+    with pytest.raises(data.DataError, match=r"train\.csv: no data rows, only a header$"):
+        data.read_kaggle_train(tmp_path)
+
+
+def test_test_csv_ids_name_their_wav_with_or_without_the_extension(tmp_path, write_wav):
+    """Kaggle's test.csv IDs are file names; an ID without ``.wav`` names the same file."""
+    (tmp_path / "test").mkdir()
+    wavs = [write_wav(f"test/{name}.wav", breath_like(i)) for i, name in enumerate(("a", "b"))]
+    (tmp_path / "test.csv").write_text("ID\na.wav\nb\n")
+    ids, examples = data.read_kaggle_test(tmp_path)
+    assert ids == ["a.wav", "b"] and examples.files == tuple(wavs)
+
+
 def test_split_keeps_sessions_apart_is_stratified_and_seedable(tmp_path, write_wav):
     examples = data.read_kaggle_train(_kaggle_layout(tmp_path, write_wav, n_sessions=20))
     train, val = data.split_by_session(examples, 0.2, seed=1)
@@ -71,6 +87,8 @@ def test_split_keeps_sessions_apart_is_stratified_and_seedable(tmp_path, write_w
     few = examples.subset(np.flatnonzero(np.isin(examples.groups, sorted(set(examples.groups))[:4])))
     with pytest.raises(data.DataError, match=r"need at least 5 recording sessions for a 20% validation split, got 4"):
         data.split_by_session(few, 0.2, seed=1)
+    with pytest.raises(data.DataError, match=r"need at least 7 recording sessions for a 15% "):  # round(1 / 0.15)
+        data.split_by_session(few, 0.15, seed=1)
 
 
 def test_extract_counts_and_reports_bad_files_and_batches_the_rest(tmp_path, write_wav):
@@ -97,6 +115,7 @@ def test_extract_counts_and_reports_bad_files_and_batches_the_rest(tmp_path, wri
 
     batches = list(feature_set.batches(batch_size=4))
     inputs, label = batches[0]
+    assert set(inputs) == {"spectral", "scalars"}  # the model's inputs only: no status, label or index
     assert inputs["spectral"].shape == (4, 128, 63, 9)
     assert inputs["scalars"].shape == (4, 39)
     assert sum(int(b[1].shape[0]) for b in batches) == 5
@@ -107,9 +126,11 @@ def test_extract_counts_and_reports_bad_files_and_batches_the_rest(tmp_path, wri
     epoch = tf.Variable(0, dtype=tf.int64)
     keras.utils.set_random_seed(0)  # TensorFlow's global seed 0 broke its own seed check here (fit --seed 0)
 
-    def order() -> list[float]:  # the clips by their first scalar, as one epoch deals them
-        return [float(x) for inputs, _ in feature_set.batches(2, shuffle_buffer=5, seed=3, epoch=epoch)
-                for x in inputs["scalars"][:, 0]]
+    def order(seed: int = 3, ds: tf.data.Dataset | None = None) -> list[float]:
+        """The clips by their first scalar, as one epoch (or one pass over ``ds``) deals them."""
+        if ds is None:
+            ds = feature_set.batches(2, shuffle_buffer=5, seed=seed, epoch=epoch)
+        return [float(x) for inputs, _ in ds for x in inputs["scalars"][:, 0]]
 
     first = order()
     assert order() == first
@@ -120,6 +141,18 @@ def test_extract_counts_and_reports_bad_files_and_batches_the_rest(tmp_path, wri
     assert order() == first
     keras.utils.set_random_seed(42)
     assert order() == first  # the order is the pipeline seed's and the epoch's, not TensorFlow's global seed's
+    assert order(seed=4) != second  # seed 4's epoch 0 is not seed 3's epoch 1 (the seed is not seed + epoch)
+    # Without an epoch variable, each pass over one dataset deals a new order.
+    reshuffled = feature_set.batches(2, shuffle_buffer=5, seed=3)
+    assert order(ds=reshuffled) != order(ds=reshuffled)
+
+
+def test_skip_report_counts_the_kept_files_and_groups_the_reasons():
+    """The report's first line counts what was kept, not what was read, and sums each reason."""
+    bad = data.SkipReport(4, [(Path("a.wav"), "silent"), (Path("b.wav"), "empty"), (Path("c.wav"), "silent")])
+    assert str(bad).splitlines() == ["features: 1 of 4 file(s) ok, skipped 3: 2 silent, 1 empty",
+                                     "  skipped a.wav: silent", "  skipped b.wav: empty", "  skipped c.wav: silent"]
+    assert str(data.SkipReport(2, [])) == "features: 2 of 2 file(s) ok, none skipped"
 
 
 def test_pipeline_features_equal_a_direct_call(tmp_path, write_wav):
@@ -167,7 +200,8 @@ def test_a_file_cache_is_named_for_what_its_features_depend_on(tmp_path):
               data.cache_for(on_file, "train", data.Examples(examples.files, np.array([1, 1, 0], np.float32),
                                                              examples.groups))]  # labels are cached too
     assert len({name, *others}) == 7
-    assert data.cache_for(PipelineConfig(data=DataConfig(cache="memory")), "train", examples) == "memory"
+    for kept_as_is in ("memory", "none"):  # not file caches: "none" must not become a file named none_train_...
+        assert data.cache_for(PipelineConfig(data=DataConfig(cache=kept_as_is)), "train", examples) == kept_as_is
 
 
 def test_extract_without_a_cache_argument_keys_the_pipelines_file_cache_by_its_files(tmp_path, write_wav):
@@ -268,6 +302,16 @@ def test_a_folder_named_like_a_wav_is_not_collected_but_searched(tmp_path, write
     write_wav("takes.wav/inner.wav", breath_like(0))
     write_wav("outer.wav", breath_like(1))
     assert [p.name for p in data.collect_wav_files([tmp_path])] == ["outer.wav", "inner.wav"]
+
+
+def test_wav_files_are_collected_whatever_the_case_of_their_extension(tmp_path, write_wav):
+    """Recorders and Windows tools often write ``.WAV``: a folder's ``*.WAV`` and ``*.Wav`` are found
+    too, sorted by name whatever order the folder lists them in (written here last first)."""
+    names = ["a.WAV", "b.Wav", "c.wav", "d.WAV", "e.wav", "f.Wav"]
+    for i, name in reversed(list(enumerate(names))):
+        write_wav(name, breath_like(i))
+    (tmp_path / "notes.txt").write_text("not audio")
+    assert [p.name for p in data.collect_wav_files([tmp_path])] == names
 
 
 def test_an_unreadable_file_is_a_counted_skip(tmp_path, write_wav, monkeypatch):

@@ -85,10 +85,10 @@ def test_cnn8_has_eight_3x3_convs_rising_32_64_128_256():
     assert trainable_params(literal) == CNN8_LITERAL_PARAMS
 
 
-@pytest.mark.parametrize("name, norm_first", [("cnn8", False), ("vgg", True)])
+@pytest.mark.parametrize("name, norm_first", [("cnn8", False), ("vgg", True), ("temporal", False)])
 def test_units_order_activation_and_batch_norm_as_the_authors_code(name, norm_first):
-    """CNN8: conv (bias) -> activation -> BN; VGG: conv (no bias) -> BN -> activation; the same in
-    the dense units."""
+    """CNN8 and the temporal CNN: conv (bias) -> activation -> BN; VGG: conv (no bias) -> BN ->
+    activation; the same in the dense units."""
     model = build_model(name, PAPER_SHAPE, PAPER_SCALARS)
     activations = [layer for layer in model.layers if isinstance(layer, keras.layers.Activation)]
     assert len(activations) >= 8

@@ -53,15 +53,6 @@ def test_width_scales_the_projection_and_every_conv():
     assert convs == [scaled(PROJECTION, TINY_WIDTH), *(scaled(filters, TINY_WIDTH) for filters, _ in STAGES)]
 
 
-def test_every_conv_is_followed_by_relu_then_batch_norm():
-    model = build_model("temporal", TINY_SHAPE, 0, width=TINY_WIDTH)
-    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv1D)]
-    for conv in convs:
-        name = conv.name.removesuffix("_conv")
-        assert model.get_layer(f"{name}_relu").input is conv.output, name
-        assert model.get_layer(f"{name}_bn").input is model.get_layer(f"{name}_relu").output, name
-
-
 def test_channels_pick_the_maps_it_reads():
     """With ``channels=[1]`` the logit moves with map 1 and never with map 0."""
     model = build_model("temporal", TINY_SHAPE, 0, width=TINY_WIDTH, channels=[1])

@@ -25,6 +25,8 @@ BREATH_DIR = SHARED_DATA / "breath"
 ICBHI_DIR = SHARED_DATA / "icbhi_sample"
 
 SAMPLE_RATE = 16000
+BAND_LIMIT_HZ = 2000.0
+"""The shipped recipe's band limit (``pipelines/breath_phase_cpu.toml``): the clips' 4-kHz recordings."""
 
 
 def _skip_without(path: Path) -> pytest.MarkDecorator:

@@ -10,12 +10,11 @@ import numpy as np
 import scipy.signal
 import tensorflow as tf
 
-from conftest import SAMPLE_RATE, assert_features_equal, breath_like, sine
+from conftest import BAND_LIMIT_HZ, SAMPLE_RATE, assert_features_equal, breath_like, sine
 from tfbreath import filters, maps, spectral
 from tfbreath.config import NO_BAND_LIMIT, PipelineConfig, with_overrides
 from tfbreath.features import SCALARS, SPECTRAL, extract_features
 
-BAND_LIMIT_HZ = 2000.0
 PIPELINE = PipelineConfig()
 LIMITED = with_overrides(PIPELINE, "features", band_limit_hz=BAND_LIMIT_HZ)
 

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import tensorflow as tf
 
-from conftest import PARITY_KINDS, SAMPLE_RATE, breath_like, needs_breath, parity_clip, real_clips, sine
+from conftest import BAND_LIMIT_HZ, PARITY_KINDS, SAMPLE_RATE, breath_like, needs_breath, parity_clip, real_clips, sine
 from librosa_reference.maps import _cens, reference_maps, reference_raw_maps
 from tfbreath import filters, maps, spectral
 from tfbreath.config import MAP_NAMES, FeatureConfig
@@ -33,8 +33,6 @@ CENS_STEP_WEIGHTS = (8, 4, 2, 1, 1, 1, 1, 1, 1)
 SMALL_STEP, LARGE_VALUE = 1e-4, 1e3
 """A band's step and a value elsewhere in its map: its spread is below ZSCORE_RESOLUTION of the map's
 largest |value|, above it of each frame's but the spike's."""
-BAND_LIMIT_HZ = 2000.0
-"""A band limit far below Nyquist: its LPC runs on every 4th sample (``maps.lpc_decimation``)."""
 
 
 def _maps(y, features=FEATURES):

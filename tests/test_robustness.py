@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import BREATH_DIR, REPO, SAMPLE_RATE, breath_like, needs_breath, real_clips
+from conftest import BAND_LIMIT_HZ, BREATH_DIR, REPO, SAMPLE_RATE, breath_like, needs_breath, real_clips
 
 BENCHMARK = REPO / "benchmarks" / "robustness.py"
 BREATH_PRESENT = BREATH_DIR.is_dir()
@@ -71,7 +71,6 @@ and MFCC of real clips, 0.6-1.4 for LPC (8 kHz round trip worst). Band-limited a
 QUIET_MAP_TOLERANCE = 0.3
 """The quiet clip (330 LSB peak) band-limited: at most 0.185 (mel_delta2, 8 kHz), the 16-bit
 requantisation of the resampled copy inside the passband; full band: 0.74-1.4 (LPC)."""
-BAND_LIMIT_HZ = 2000.0
 OTHER_CLIP_MARGIN = 3.0
 """A different clip must move a map at least this many tolerances: the comparison discriminates."""
 

@@ -13,8 +13,8 @@ import scipy.signal
 import soundfile as sf
 import tensorflow as tf
 
-from conftest import (PARITY_KINDS, SAMPLE_RATE, assert_same_scalars, breath_like, needs_breath, parity_clip,
-                      real_clips, sine)
+from conftest import (BAND_LIMIT_HZ, PARITY_KINDS, SAMPLE_RATE, assert_same_scalars, breath_like, needs_breath,
+                      parity_clip, real_clips, sine)
 from librosa_reference.scalars import reference_scalars
 from tfbreath import config, spectral
 from tfbreath.config import SCALAR_NAMES
@@ -48,7 +48,6 @@ DC_LEVELS = (DC_OFFSET, 1e-3, -0.05)
 """Constant clips whose float32 mean TF rounds off (SciPy: -1, NaN and 1 as skewness)."""
 ROUND_OFF = 1e-7
 """Relative spread of a series that is float32 round-off on a constant (below its resolution, 1e-6)."""
-BAND_LIMIT_HZ = 2000.0
 QUIET_GAIN = 1e-5
 """A clip this far down has STFT power near FLATNESS_AMIN, so the floor of its dead bins weighs in."""
 FLATNESS_RTOL = 1e-5

@@ -10,8 +10,8 @@ import pytest
 from conftest import ICBHI_DIR, SHARED_DATA, needs_icbhi, sine
 from tfbreath.icbhi.config import SplitConfig
 from tfbreath.icbhi.reader import (END_TOLERANCE_S, FALLBACK_SCHEME, OFFICIAL_SPLIT_FILE, PATIENT_FOLDS,
-                                   TEST_FOLDS, Cycle, IcbhiError, parse_recording_name, patient_folds, read_annotations, read_database,
-                                   split_recordings)
+                                   TEST_FOLDS, Cycle, IcbhiError, parse_recording_name, patient_folds,
+                                   read_annotations, read_database, split_recordings)
 from tfbreath.icbhi.synthetic import DEVICE_FORMATS, write_recording, write_split_list, write_synthetic_icbhi
 
 REAL_CYCLES = {
